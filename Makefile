@@ -1,0 +1,71 @@
+# hybridsync -- every target sets up what it needs on a brand-new machine.
+# `make help` lists the targets.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+BIN    := $(VENV)/bin
+export VIRTUAL_ENV := $(abspath $(VENV))
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+# Real editing traces used by the demo, tests and benchmarks.
+export HYBRIDSYNC_TRACES ?= $(abspath ../shared/data/editing-traces)
+
+RUST_SOURCES := $(shell find rust -name '*.rs' -o -name Cargo.toml) Cargo.toml pyproject.toml
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## List the targets and what they do
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(VENV)/.created:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip "maturin>=1.7,<2.0"
+	touch $@
+
+$(VENV)/.built: $(VENV)/.created $(RUST_SOURCES)
+	$(BIN)/maturin develop --release --extras test
+	touch $@
+
+.PHONY: build
+build: $(VENV)/.built ## Create .venv, install dependencies, build the extension (release)
+
+.PHONY: demo
+demo: build ## Run the main job: the demonstration
+	$(PY) -m hybridsync.demo
+
+.PHONY: test
+test: build test-rust lint test-python ## Run every check CI runs
+
+.PHONY: test-rust
+test-rust: ## cargo test, clippy (-D warnings) and rustfmt --check
+	cargo test --workspace --exclude hybridsync-python
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo fmt --all --check
+
+.PHONY: lint
+lint: build ## ruff, mypy --strict, stubtest, actionlint
+	$(BIN)/ruff check python tests benches
+	$(BIN)/ruff format --check python tests benches
+	$(BIN)/mypy
+	$(PY) -m mypy.stubtest hybridsync._core
+	@echo "actionlint: see the lint-workflows target"
+
+.PHONY: test-python
+test-python: build ## pytest (with hypothesis)
+	$(BIN)/pytest
+
+.PHONY: bench
+bench: build ## Benchmarks of the text kernels vs diff-match-patch (C++ and Python)
+	$(PY) benches/bench_text.py
+
+.PHONY: fmt
+fmt: build ## Format Rust and Python sources in place
+	cargo fmt --all
+	$(BIN)/ruff format python tests benches
+	$(BIN)/ruff check --fix python tests benches
+
+.PHONY: clean
+clean: ## Remove build outputs and the virtual environment
+	cargo clean
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,400 @@
+//! `hybridsync._core`: the thin pyo3 layer over `hybridsync-core`.
+//!
+//! Conversions and argument checks live here; every algorithm lives in the
+//! core crate. Core errors map onto the `hybridsync.errors` hierarchy in one
+//! place ([`CoreError`]); CPU-heavy calls release the GIL.
+
+use std::time::Duration;
+
+use hybridsync_core::text::{self, Cleanup, Diff, DiffOptions, MatchOptions, Op, PatchOptions};
+use hybridsync_core::Error;
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyTuple, PyType};
+
+/// Inputs at least this large (in UTF-8 bytes) are processed without the GIL.
+const DETACH_THRESHOLD: usize = 4096;
+
+/// A core error on its way to Python.
+struct CoreError(Error);
+
+impl From<Error> for CoreError {
+    fn from(e: Error) -> Self {
+        CoreError(e)
+    }
+}
+
+impl From<CoreError> for PyErr {
+    fn from(e: CoreError) -> PyErr {
+        let (class, msg) = match e.0 {
+            Error::Decode(m) => ("DecodeError", m),
+            Error::InvalidArgument(m) => ("InvalidArgumentError", m),
+            Error::LimitExceeded(m) => ("LimitExceededError", m),
+        };
+        Python::attach(|py| {
+            let cls = py
+                .import("hybridsync.errors")
+                .and_then(|m| m.getattr(class))
+                .and_then(|c| c.cast_into::<PyType>().map_err(PyErr::from));
+            match cls {
+                Ok(cls) => PyErr::from_type(cls, msg),
+                Err(import_error) => import_error,
+            }
+        })
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> PyErr {
+    CoreError(Error::invalid(msg)).into()
+}
+
+/// Run `f` without the GIL when the input is large.
+fn maybe_detach<T: Send>(py: Python<'_>, size: usize, f: impl FnOnce() -> T + Send) -> T {
+    if size >= DETACH_THRESHOLD {
+        py.detach(f)
+    } else {
+        f()
+    }
+}
+
+fn chars(s: &str) -> Vec<char> {
+    s.chars().collect()
+}
+
+fn string(c: &[char]) -> String {
+    c.iter().collect()
+}
+
+fn timeout_arg(seconds: f64) -> PyResult<Option<Duration>> {
+    if seconds.is_nan() || seconds < 0.0 {
+        return Err(invalid(format!(
+            "timeout must be >= 0 seconds (0 = no limit), got {seconds}"
+        )));
+    }
+    if seconds == 0.0 {
+        return Ok(None);
+    }
+    Ok(Duration::try_from_secs_f64(seconds).ok())
+}
+
+fn unit_arg(name: &str, v: f64) -> PyResult<f64> {
+    if !(0.0..=1.0).contains(&v) {
+        return Err(invalid(format!(
+            "{name} must be within 0.0 ..= 1.0, got {v}"
+        )));
+    }
+    Ok(v)
+}
+
+fn count_arg(name: &str, v: i64) -> PyResult<usize> {
+    usize::try_from(v).map_err(|_| invalid(format!("{name} must be >= 0, got {v}")))
+}
+
+fn diffs_to_py(diffs: Vec<Diff>) -> Vec<(i8, String)> {
+    diffs
+        .into_iter()
+        .map(|d| (d.op.as_i8(), string(&d.text)))
+        .collect()
+}
+
+fn diffs_from_py(diffs: Vec<(i64, String)>) -> PyResult<Vec<Diff>> {
+    diffs
+        .into_iter()
+        .map(|(op, text)| {
+            let op = i8::try_from(op)
+                .ok()
+                .and_then(Op::from_i8)
+                .ok_or_else(|| invalid(format!("diff op must be -1, 0 or 1, got {op}")))?;
+            Ok(Diff::new(op, chars(&text)))
+        })
+        .collect()
+}
+
+/// Diff ``a`` into ``b``: a list of ``(op, text)`` with op -1 (delete),
+/// 0 (equal) or 1 (insert).
+///
+/// Args:
+///     timeout: seconds before the diff stops refining (0 = no limit, optimal).
+///     cleanup: ``"semantic"`` (human-readable), ``"efficiency"`` or ``"none"``.
+///     edit_cost: cost of an empty edit, for the efficiency cleanup.
+///     checklines: run a line-level diff first on large texts.
+#[pyfunction]
+#[pyo3(signature = (a, b, *, timeout=1.0, cleanup="semantic", edit_cost=4, checklines=true))]
+fn diff(
+    py: Python<'_>,
+    a: &str,
+    b: &str,
+    timeout: f64,
+    cleanup: &str,
+    edit_cost: i64,
+    checklines: bool,
+) -> PyResult<Vec<(i8, String)>> {
+    let cleanup = match cleanup {
+        "semantic" => Cleanup::Semantic,
+        "efficiency" => Cleanup::Efficiency,
+        "none" => Cleanup::None,
+        other => {
+            return Err(invalid(format!(
+                "cleanup must be 'semantic', 'efficiency' or 'none', got {other:?}"
+            )))
+        }
+    };
+    let opts = DiffOptions {
+        timeout: timeout_arg(timeout)?,
+        edit_cost: count_arg("edit_cost", edit_cost)?,
+        checklines,
+        cleanup,
+    };
+    Ok(maybe_detach(py, a.len() + b.len(), || {
+        diffs_to_py(text::diff(&chars(a), &chars(b), &opts))
+    }))
+}
+
+/// Best location of ``pattern`` in ``text`` near ``loc`` (Bitap fuzzy
+/// search), or ``None``.
+///
+/// Args:
+///     threshold: 0.0 = exact only, 1.0 = anything goes.
+///     distance: how far from ``loc`` a match may be; a match this many code
+///         points away scores 1.0 worse.
+#[pyfunction]
+#[pyo3(signature = (text, pattern, loc, *, threshold=0.5, distance=1000))]
+fn r#match(
+    py: Python<'_>,
+    text: &str,
+    pattern: &str,
+    loc: i64,
+    threshold: f64,
+    distance: i64,
+) -> PyResult<Option<usize>> {
+    let opts = MatchOptions {
+        threshold: unit_arg("threshold", threshold)?,
+        distance: count_arg("distance", distance)?,
+    };
+    let loc = usize::try_from(loc.max(0)).unwrap_or(usize::MAX);
+    let found = maybe_detach(py, text.len(), || {
+        text::match_main(&chars(text), &chars(pattern), loc, &opts)
+    });
+    Ok(found.map_err(CoreError)?)
+}
+
+/// Make the patch that turns ``a`` into ``b``.
+///
+/// Args:
+///     timeout: time budget of the underlying diff (0 = no limit).
+///     edit_cost: cost of an empty edit, for the efficiency cleanup.
+///     margin: context kept around each hunk, in code points (1..15).
+#[pyfunction]
+#[pyo3(signature = (a, b, *, timeout=1.0, edit_cost=4, margin=4))]
+fn make_patch(
+    py: Python<'_>,
+    a: &str,
+    b: &str,
+    timeout: f64,
+    edit_cost: i64,
+    margin: i64,
+) -> PyResult<Patch> {
+    let opts = DiffOptions {
+        timeout: timeout_arg(timeout)?,
+        edit_cost: count_arg("edit_cost", edit_cost)?,
+        ..DiffOptions::default()
+    };
+    let margin = count_arg("margin", margin)?;
+    let patch = maybe_detach(py, a.len() + b.len(), || {
+        text::make_patch(&chars(a), &chars(b), &opts, margin)
+    });
+    Ok(Patch(patch.map_err(CoreError)?))
+}
+
+/// Make a patch from a source text and a diff of it (as returned by :func:`diff`).
+#[pyfunction]
+#[pyo3(signature = (a, diffs, *, margin=4))]
+fn patch_from_diffs(a: &str, diffs: Vec<(i64, String)>, margin: i64) -> PyResult<Patch> {
+    let diffs = diffs_from_py(diffs)?;
+    let margin = count_arg("margin", margin)?;
+    Ok(Patch(
+        text::make_patch_from_diffs(&chars(a), &diffs, margin).map_err(CoreError)?,
+    ))
+}
+
+/// Apply ``patch`` to ``text``, locating each hunk fuzzily.
+///
+/// Returns ``(new_text, applied)`` where ``applied`` holds one flag per hunk
+/// (hunks longer than 32 code points are split first, as the reference does).
+///
+/// Args:
+///     match_threshold: how loosely a hunk's context may match (0.0 .. 1.0).
+///     match_distance: how far from its expected place a hunk may be found.
+///     delete_threshold: how closely a large deletion must match (0.0 .. 1.0).
+///     margin: the context margin the patch was made with (1..15).
+///     timeout: time budget of the diffs run on imperfect matches (0 = none).
+#[pyfunction]
+#[pyo3(signature = (
+    patch, text, *, match_threshold=0.5, match_distance=1000, delete_threshold=0.5, margin=4, timeout=1.0
+))]
+#[allow(clippy::too_many_arguments)]
+fn apply_patch(
+    py: Python<'_>,
+    patch: &Bound<'_, PyAny>,
+    text: &str,
+    match_threshold: f64,
+    match_distance: i64,
+    delete_threshold: f64,
+    margin: i64,
+    timeout: f64,
+) -> PyResult<(String, Vec<bool>)> {
+    let patch = patch.cast::<Patch>().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "apply_patch() expects a hybridsync.text.Patch, got {}",
+            patch
+                .get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default()
+        ))
+    })?;
+    let opts = PatchOptions {
+        margin: count_arg("margin", margin)?,
+        matching: MatchOptions {
+            threshold: unit_arg("match_threshold", match_threshold)?,
+            distance: count_arg("match_distance", match_distance)?,
+        },
+        delete_threshold: unit_arg("delete_threshold", delete_threshold)?,
+        diff_timeout: timeout_arg(timeout)?,
+    };
+    let patch = &patch.get().0;
+    let result = maybe_detach(py, text.len(), || {
+        text::apply_patch(patch, &chars(text), &opts).map(|(t, flags)| (string(&t), flags))
+    });
+    Ok(result.map_err(CoreError)?)
+}
+
+/// One hunk of a :class:`Patch`: diffs with context and their place.
+#[pyclass(module = "hybridsync._core", frozen, eq, hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Hunk(text::Hunk);
+
+#[pymethods]
+impl Hunk {
+    /// Start in the source text (code points).
+    #[getter]
+    fn start1(&self) -> usize {
+        self.0.start1
+    }
+    /// Start in the destination text (code points).
+    #[getter]
+    fn start2(&self) -> usize {
+        self.0.start2
+    }
+    /// Length covered in the source text.
+    #[getter]
+    fn length1(&self) -> usize {
+        self.0.length1
+    }
+    /// Length covered in the destination text.
+    #[getter]
+    fn length2(&self) -> usize {
+        self.0.length2
+    }
+    /// The diffs as ``(op, text)`` pairs, context included.
+    #[getter]
+    fn diffs(&self) -> Vec<(i8, String)> {
+        diffs_to_py(self.0.diffs.clone())
+    }
+    fn __repr__(&self) -> String {
+        format!(
+            "Hunk(start1={}, length1={}, start2={}, length2={}, diffs={})",
+            self.0.start1,
+            self.0.length1,
+            self.0.start2,
+            self.0.length2,
+            self.0.diffs.len()
+        )
+    }
+}
+
+/// A patch: the hunks that turn one text into another.
+///
+/// Serialize with :meth:`to_bytes` (compact binary, for the wire) or
+/// :meth:`to_text` (the standard diff-match-patch patch text).
+#[pyclass(module = "hybridsync._core", frozen, eq, hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Patch(text::Patch);
+
+#[pymethods]
+impl Patch {
+    fn __len__(&self) -> usize {
+        self.0.hunks.len()
+    }
+
+    /// The hunks, in text order.
+    #[getter]
+    fn hunks(&self) -> Vec<Hunk> {
+        self.0.hunks.iter().cloned().map(Hunk).collect()
+    }
+
+    /// Encode into the compact binary form (see ``docs/protocol.md``).
+    fn to_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.0.to_bytes())
+    }
+
+    /// Decode the binary form.
+    ///
+    /// Raises:
+    ///     DecodeError: the bytes are truncated, garbled or of an unknown version.
+    #[staticmethod]
+    fn from_bytes(py: Python<'_>, data: &[u8]) -> PyResult<Patch> {
+        let p = maybe_detach(py, data.len(), || text::Patch::from_bytes(data));
+        Ok(Patch(p.map_err(CoreError)?))
+    }
+
+    /// The standard diff-match-patch patch text (``@@ -1,4 +1,5 @@`` ...).
+    fn to_text(&self) -> String {
+        self.0.to_text()
+    }
+
+    /// Parse the standard diff-match-patch patch text.
+    ///
+    /// Raises:
+    ///     DecodeError: the text is not a well-formed patch.
+    #[staticmethod]
+    fn from_text(text: &str) -> PyResult<Patch> {
+        Ok(Patch(text::Patch::from_text(text).map_err(CoreError)?))
+    }
+
+    fn __repr__(&self) -> String {
+        let (ins, del): (usize, usize) = self.0.hunks.iter().fold((0, 0), |(i, d), h| {
+            h.diffs.iter().fold((i, d), |(i, d), x| match x.op {
+                Op::Insert => (i + x.text.len(), d),
+                Op::Delete => (i, d + x.text.len()),
+                Op::Equal => (i, d),
+            })
+        });
+        format!("<Patch hunks={} +{ins} -{del}>", self.0.hunks.len())
+    }
+
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyTuple>> {
+        let py = slf.py();
+        let ctor = py.get_type::<Patch>().getattr("from_bytes")?;
+        let args = PyTuple::new(py, [slf.get().to_bytes(py)])?;
+        PyTuple::new(py, [ctor, args.into_any()])
+    }
+}
+
+/// The Rust kernels of hybridsync.
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("DIFF_DELETE", -1)?;
+    m.add("DIFF_EQUAL", 0)?;
+    m.add("DIFF_INSERT", 1)?;
+    m.add("PATCH_FORMAT_VERSION", text::PATCH_FORMAT_VERSION)?;
+    m.add_function(wrap_pyfunction!(diff, m)?)?;
+    m.add_function(wrap_pyfunction!(r#match, m)?)?;
+    m.add_function(wrap_pyfunction!(make_patch, m)?)?;
+    m.add_function(wrap_pyfunction!(patch_from_diffs, m)?)?;
+    m.add_function(wrap_pyfunction!(apply_patch, m)?)?;
+    m.add_class::<Patch>()?;
+    m.add_class::<Hunk>()?;
+    Ok(())
+}
