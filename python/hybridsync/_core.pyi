@@ -2,6 +2,20 @@
 
 from typing import Literal, final
 
+__all__ = [
+    "DIFF_DELETE",
+    "DIFF_EQUAL",
+    "DIFF_INSERT",
+    "PATCH_FORMAT_VERSION",
+    "Hunk",
+    "Patch",
+    "__version__",
+    "apply_patch",
+    "diff",
+    "make_patch",
+    "match",
+    "patch_from_diffs",
+]
 __version__: str
 
 DIFF_DELETE: Literal[-1]
@@ -45,6 +59,7 @@ def apply_patch(
     margin: int = 4,
     timeout: float = 1.0,
 ) -> tuple[str, list[bool]]: ...
+
 @final
 class Hunk:
     @property
@@ -57,12 +72,13 @@ class Hunk:
     def length2(self) -> int: ...
     @property
     def diffs(self) -> list[tuple[int, str]]: ...
-    def __eq__(self, other: object) -> bool: ...
+    def __eq__(self, other: object, /) -> bool: ...
     def __hash__(self) -> int: ...
+
 @final
 class Patch:
     def __len__(self) -> int: ...
-    def __eq__(self, other: object) -> bool: ...
+    def __eq__(self, other: object, /) -> bool: ...
     def __hash__(self) -> int: ...
     @property
     def hunks(self) -> list[Hunk]: ...

@@ -10,8 +10,8 @@ working for callers that already expect those.
 from __future__ import annotations
 
 __all__ = [
-    "HybridSyncError",
     "DecodeError",
+    "HybridSyncError",
     "InvalidArgumentError",
     "LimitExceededError",
 ]
