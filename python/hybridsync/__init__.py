@@ -1,8 +1,17 @@
-"""hybridsync: differential synchronization of an agent swarm's working memory."""
+"""hybridsync: differential synchronization of an agent swarm's working memory.
+
+- :class:`Memory` -- one replica (``memory.text``: named text documents).
+- :class:`Link` -- one side of a diff-sync link to a peer (sans-IO).
+- :mod:`hybridsync.text` -- the Rust diff/match/patch kernels.
+- :mod:`hybridsync.sim` -- a deterministic network simulator.
+- :mod:`hybridsync.errors` -- the exception hierarchy.
+"""
 
 from __future__ import annotations
 
 from hybridsync import errors, text
 from hybridsync._core import __version__
+from hybridsync.link import Link, LinkMetrics
+from hybridsync.memory import Memory
 
-__all__ = ["__version__", "errors", "text"]
+__all__ = ["Link", "LinkMetrics", "Memory", "__version__", "errors", "text"]

@@ -14,6 +14,7 @@ __all__ = [
     "HybridSyncError",
     "InvalidArgumentError",
     "LimitExceededError",
+    "ProtocolError",
 ]
 
 
@@ -33,3 +34,9 @@ class InvalidArgumentError(HybridSyncError, ValueError):
 
 class LimitExceededError(HybridSyncError, ValueError):
     """An input is larger than a configured or structural limit."""
+
+
+class ProtocolError(HybridSyncError):
+    """A well-formed frame that this link must not accept: from another
+    sender than the link's peer, or of the wrong direction (a reply sent to a
+    server, a request sent to a client). Nothing was changed."""

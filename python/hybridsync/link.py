@@ -1,0 +1,481 @@
+"""One side of a differential-synchronization link (sans-IO).
+
+A :class:`Link` joins a :class:`~hybridsync.Memory` to one peer. It never
+touches a socket or a clock: :meth:`Link.outgoing` returns the next frame to
+send and :meth:`Link.incoming` applies a frame that arrived; when to call
+them is the caller's policy.
+
+The protocol is Fraser's differential synchronization with guaranteed
+delivery, run as stop-and-wait exchanges: the ``"client"`` side (the one
+farther from the root of the link tree) sends requests, the ``"server"``
+side answers each with one reply. Per document and link each side keeps a
+shadow of what the peer has, a backup shadow, versions and a stack of
+unacknowledged edits; edits apply strictly to the shadow and fuzzily to the
+live text. ``docs/protocol.md`` specifies the frames and the rules.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Literal
+
+import xxhash
+
+from hybridsync.errors import InvalidArgumentError, ProtocolError
+from hybridsync.frame import Edit, Entry, Frame, Kind, decode_frame, encode_frame
+from hybridsync.memory import Memory
+from hybridsync.text import apply_patch, make_patch
+
+__all__ = ["Link", "LinkMetrics", "Role"]
+
+Role = Literal["client", "server"]
+
+# A strict patch must fit exactly where it was made: no fuzz at all.
+_STRICT = {"match_threshold": 0.0, "match_distance": 0, "delete_threshold": 0.0}
+
+
+@dataclass
+class LinkMetrics:
+    """Counters of one link side."""
+
+    frames_sent: int = 0
+    frames_received: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    #: Frames ignored as duplicates, reordered or answering an older request.
+    stale_frames: int = 0
+    #: Frames resent unchanged (a request awaiting its reply, or a lost reply).
+    retransmits: int = 0
+    #: Documents diffed against their shadow.
+    docs_diffed: int = 0
+    #: New edits made (one per changed document per exchange).
+    edits_made: int = 0
+    #: Peer edits applied.
+    edits_applied: int = 0
+    #: Fuzzy hunks that did not apply to the live text (the peer's edit was lost there).
+    hunks_failed: int = 0
+    #: Divergence detections (checksum mismatch, version from the future, a
+    #: strict patch that did not fit) that re-initialised a document.
+    resyncs: int = 0
+    #: Whole documents sent (creation or re-initialisation).
+    fulls_sent: int = 0
+    #: Both sides created the same document independently; the server's copy won.
+    creation_conflicts: int = 0
+
+
+class _Doc:
+    """Per-document state of one link side."""
+
+    __slots__ = (
+        "ack_due",
+        "backup",
+        "backup_local",
+        "backup_remote",
+        "full_pending",
+        "local",
+        "remote",
+        "shadow",
+        "stack",
+        "tombstone",
+        "want_full",
+    )
+
+    def __init__(self, shadow: str, local: int, remote: int) -> None:
+        self.shadow = shadow
+        self.local = local  # our edits incorporated in the shadow (Fraser's n)
+        self.remote = remote  # peer edits incorporated in the shadow (Fraser's m)
+        self.backup = shadow
+        self.backup_local = local
+        self.backup_remote = remote
+        self.stack: list[Edit] = []
+        self.ack_due = False
+        self.full_pending = False
+        self.want_full = False
+        self.tombstone = False
+
+    def take_backup(self) -> None:
+        self.backup, self.backup_local, self.backup_remote = self.shadow, self.local, self.remote
+
+    def needs_send(self) -> bool:
+        return bool(
+            self.stack or self.ack_due or self.full_pending or self.want_full or self.tombstone
+        )
+
+
+def _checksum(text: str) -> int:
+    return xxhash.xxh3_64_intdigest(text.encode())
+
+
+class Link:
+    """One side of a diff-sync link between ``memory`` and the peer ``peer_id``.
+
+    Args:
+        memory: the local replica.
+        peer_id: the peer's ``replica_id`` (frames from anyone else are refused).
+        role: ``"client"`` sends requests (the side farther from the root of
+            the link tree), ``"server"`` answers them. Links must form a tree.
+        epoch: identifies this incarnation of a client link; a server that
+            sees a new epoch starts the link afresh. Random by default.
+        compress_threshold: frames whose body is at least this many bytes are
+            zstd-compressed (when that helps); negative disables compression.
+        max_frame_bytes: larger incoming frames are refused.
+    """
+
+    def __init__(
+        self,
+        memory: Memory,
+        peer_id: str,
+        *,
+        role: Role = "client",
+        epoch: int | None = None,
+        compress_threshold: int = 1024,
+        max_frame_bytes: int = 64 << 20,
+    ) -> None:
+        if role not in ("client", "server"):
+            raise InvalidArgumentError(f"role must be 'client' or 'server', got {role!r}")
+        if not isinstance(peer_id, str) or not peer_id:
+            raise InvalidArgumentError("peer_id must be a non-empty str")
+        if epoch is not None and not (isinstance(epoch, int) and 0 < epoch < 1 << 63):
+            raise InvalidArgumentError(f"epoch must be an int in 1 .. 2**63-1, got {epoch!r}")
+        self.memory = memory
+        self.peer_id = peer_id
+        self.role: Role = role
+        self.compress_threshold = compress_threshold
+        self.max_frame_bytes = max_frame_bytes
+        self.metrics = LinkMetrics()
+        self._docs: dict[str, _Doc] = {}
+        self._dirty: set[str] = set(memory.text)
+        self._pending: set[str] = set()
+        self._deleted_acks: set[str] = set()
+        self._epoch: int | None
+        if role == "client":
+            # 28 random bits above bit 28: the varint is always 5 bytes long.
+            self._epoch = epoch if epoch is not None else (1 << 28) | secrets.randbits(28)
+        else:
+            self._epoch = epoch
+        self._seq = 0  # client: latest request sent; server: latest request processed
+        self._awaiting = False  # client: latest request not answered yet
+        self._last_frame = b""  # client: latest request; server: latest reply
+        self._reply_due = False  # server: a request awaits its reply
+        self._resend_reply = False  # server: a duplicate request asks for the reply again
+        memory._attach(self)
+
+    def __repr__(self) -> str:
+        return (
+            f"<Link {self.memory.replica_id!r} -> {self.peer_id!r} ({self.role}), "
+            f"{len(self._docs)} documents, {'idle' if self.idle else 'busy'}>"
+        )
+
+    def close(self) -> None:
+        """Detach from the replica; the link stops tracking changes."""
+        self.memory._detach(self)
+
+    # -- state --------------------------------------------------------------
+
+    @property
+    def idle(self) -> bool:
+        """True when this side has nothing to tell the peer but acknowledgements."""
+        return not (self._dirty or self._pending or self._deleted_acks)
+
+    @property
+    def awaiting_reply(self) -> bool:
+        """Client side: the latest request has not been answered yet."""
+        return self._awaiting
+
+    def _refresh(self, name: str) -> None:
+        doc = self._docs.get(name)
+        if doc is not None and doc.needs_send():
+            self._pending.add(name)
+        else:
+            self._pending.discard(name)
+
+    def _mark_dirty(self, name: str) -> None:
+        self._dirty.add(name)
+
+    def _mark_deleted(self, name: str) -> None:
+        self._dirty.discard(name)
+        doc = self._docs.get(name)
+        if doc is None:
+            return
+        doc.tombstone = True
+        doc.stack.clear()
+        doc.full_pending = doc.want_full = doc.ack_due = False
+        self._pending.add(name)
+
+    # -- sending --------------------------------------------------------------
+
+    def outgoing(self) -> bytes | None:
+        """Run one cycle and return the frame to send, or ``None``.
+
+        Client: a new request (diffing every changed document), or the
+        unanswered latest request again. Server: the reply to the latest
+        request, or ``None`` when no request awaits one.
+        """
+        if self.role == "client":
+            if self._awaiting:
+                return self._sent(self._last_frame, retransmit=True)
+            self._seq += 1
+            self._awaiting = True
+        else:
+            if not self._reply_due:
+                if self._resend_reply and self._last_frame:
+                    self._resend_reply = False
+                    return self._sent(self._last_frame, retransmit=True)
+                return None
+            self._reply_due = self._resend_reply = False
+        entries = []
+        for name in sorted(self._dirty | self._pending | self._deleted_acks):
+            entry = self._entry_for(name)
+            if entry is not None:
+                entries.append(entry)
+            self._refresh(name)
+        assert self._epoch is not None  # a server only replies after a request set it
+        frame = Frame(
+            self.memory.replica_id, self._epoch, self._seq, self.role == "server", tuple(entries)
+        )
+        data = encode_frame(frame, compress_threshold=self.compress_threshold)
+        self._last_frame = data
+        return self._sent(data, retransmit=False)
+
+    def _sent(self, data: bytes, *, retransmit: bool) -> bytes:
+        m = self.metrics
+        m.frames_sent += 1
+        m.bytes_sent += len(data)
+        m.retransmits += retransmit
+        return data
+
+    def _entry_for(self, name: str) -> Entry | None:
+        if name in self._deleted_acks:
+            self._deleted_acks.discard(name)
+            return Entry(name, Kind.DELETED)
+        text = self.memory.text._docs.get(name)
+        doc = self._docs.get(name)
+        if doc is None:
+            self._dirty.discard(name)
+            if text is None:
+                return None
+            # A document new to this link travels whole.
+            doc = self._docs[name] = _Doc(text, 1, 0)
+            doc.full_pending = True
+            return self._full(name, doc)
+        if doc.tombstone:
+            return Entry(name, Kind.DELETE)
+        if doc.want_full:
+            return Entry(name, Kind.RESYNC)
+        if doc.full_pending:
+            return self._full(name, doc)
+        if name in self._dirty:
+            self._dirty.discard(name)
+            if text is not None and text != doc.shadow:
+                self.metrics.docs_diffed += 1
+                patch = make_patch(doc.shadow, text)
+                doc.stack.append(Edit(doc.local, patch, patch.to_bytes()))
+                doc.shadow = text
+                doc.local += 1
+                self.metrics.edits_made += 1
+        if not (doc.stack or doc.ack_due):
+            return None
+        doc.ack_due = False
+        return Entry(
+            name,
+            Kind.EDITS,
+            ack=doc.remote,
+            local=doc.local,
+            edits=tuple(doc.stack),
+            checksum=_checksum(doc.shadow),
+        )
+
+    def _full(self, name: str, doc: _Doc) -> Entry:
+        self.metrics.fulls_sent += 1
+        doc.ack_due = False
+        return Entry(name, Kind.FULL, ack=doc.remote, local=doc.local, text=doc.shadow)
+
+    # -- receiving ------------------------------------------------------------
+
+    def incoming(self, data: bytes) -> None:
+        """Apply a frame from the peer.
+
+        Duplicated, reordered and superseded frames are ignored. Raises
+        :class:`~hybridsync.errors.DecodeError` (malformed, truncated, unknown
+        version), :class:`~hybridsync.errors.LimitExceededError` (too large)
+        or :class:`~hybridsync.errors.ProtocolError` (wrong sender or
+        direction); on any error nothing changes.
+        """
+        frame = decode_frame(data, max_bytes=self.max_frame_bytes)
+        if frame.sender != self.peer_id:
+            raise ProtocolError(
+                f"frame from {frame.sender!r} on the link to {self.peer_id!r}: refused"
+            )
+        if frame.reply != (self.role == "client"):
+            kind = "reply" if frame.reply else "request"
+            raise ProtocolError(f"a {kind} frame cannot be sent to the {self.role} side of a link")
+        self.metrics.frames_received += 1
+        self.metrics.bytes_received += len(data)
+        if self.role == "client":
+            if frame.epoch != self._epoch or not self._awaiting or frame.seq != self._seq:
+                self.metrics.stale_frames += 1
+                return
+            self._awaiting = False
+        else:
+            if frame.epoch != self._epoch:
+                if self._epoch is not None:
+                    self._restart()
+                self._epoch = frame.epoch
+            elif frame.seq <= self._seq:
+                self.metrics.stale_frames += 1
+                if frame.seq == self._seq:
+                    self._resend_reply = True  # our reply was lost
+                return
+            self._seq = frame.seq
+            self._reply_due = True
+        for entry in frame.entries:
+            self._receive(entry)
+            self._refresh(entry.name)
+
+    def _restart(self) -> None:
+        """The client link restarted (new epoch): start every document afresh."""
+        self._docs.clear()
+        self._pending.clear()
+        self._deleted_acks.clear()
+        self._dirty = set(self.memory.text)
+        self._seq = 0
+        self._last_frame = b""
+
+    def _receive(self, e: Entry) -> None:
+        name = e.name
+        doc = self._docs.get(name)
+        if e.kind == Kind.EDITS:
+            self._receive_edits(e, doc)
+        elif e.kind == Kind.FULL:
+            self._receive_full(e, doc)
+        elif e.kind == Kind.DELETE:
+            self.memory._delete_text(name, self)
+            self._docs.pop(name, None)
+            self._dirty.discard(name)
+            self._deleted_acks.add(name)
+        elif e.kind == Kind.DELETED:
+            if doc is not None and doc.tombstone:
+                del self._docs[name]
+                if name in self.memory.text:
+                    self._dirty.add(name)  # re-created since: it travels anew
+        elif e.kind == Kind.RESYNC:
+            text = self.memory.text._docs.get(name)
+            if text is None:
+                if doc is not None and not doc.tombstone:
+                    del self._docs[name]
+                return
+            fresh = _Doc(text, (doc.local + 1) if doc else 1, doc.remote if doc else 0)
+            fresh.full_pending = True
+            self._docs[name] = fresh
+            self._dirty.discard(name)
+
+    def _receive_edits(self, e: Entry, doc: _Doc | None) -> None:
+        if doc is None:
+            # The peer has state we lack. A server holding the document sends
+            # it whole; otherwise ask for the peer's copy.
+            text = self.memory.text._docs.get(e.name)
+            if self.role == "server" and text is not None:
+                doc = self._docs[e.name] = _Doc(text, 1, 0)
+                doc.full_pending = True
+                self._dirty.discard(e.name)
+            else:
+                doc = self._docs[e.name] = _Doc(text or "", 0, 0)
+                doc.want_full = True
+            return
+        if doc.tombstone or doc.want_full:
+            return  # a deletion wins; a resync waits for its FULL
+        if doc.full_pending:
+            if e.ack < doc.local:
+                return  # the peer has not adopted our FULL yet
+            doc.full_pending = False
+        if e.ack != doc.local and e.ack == doc.backup_local:
+            # The peer never received our latest edits: roll back to the
+            # backup shadow; the next diff sends them again.
+            doc.shadow, doc.local, doc.remote = doc.backup, doc.backup_local, doc.backup_remote
+            doc.stack.clear()
+        if e.ack > doc.local:
+            self._diverged(e.name, doc)
+            return
+        doc.stack = [s for s in doc.stack if s.version >= e.ack]
+        for edit in e.edits:
+            if edit.version < doc.remote:
+                continue  # already applied
+            if edit.version > doc.remote:
+                self._diverged(e.name, doc)
+                return
+            shadow, flags = apply_patch(edit.patch, doc.shadow, **_STRICT)  # type: ignore[arg-type]
+            if not all(flags):
+                self._diverged(e.name, doc)
+                return
+            self._apply_to_text(e.name, doc.shadow, shadow, edit)
+            doc.shadow = shadow
+            doc.remote += 1
+            self.metrics.edits_applied += 1
+        if e.edits:
+            doc.ack_due = True
+        if (doc.remote, doc.local) != (e.local, e.ack) or _checksum(doc.shadow) != e.checksum:
+            self._diverged(e.name, doc)
+            return
+        doc.take_backup()
+
+    def _apply_to_text(self, name: str, old_shadow: str, new_shadow: str, edit: Edit) -> None:
+        text = self.memory.text._docs.get(name, "")
+        if text == old_shadow:
+            new_text = new_shadow
+        else:
+            new_text, flags = apply_patch(edit.patch, text)
+            self.metrics.hunks_failed += flags.count(False)
+        self.memory._set_text(name, new_text, self)
+
+    def _diverged(self, name: str, doc: _Doc) -> None:
+        """Re-initialise a document: the server sends its text whole, a
+        client asks for it."""
+        self.metrics.resyncs += 1
+        text = self.memory.text._docs.get(name)
+        doc.stack.clear()
+        doc.ack_due = False
+        if self.role == "server" and text is not None:
+            doc.shadow = text
+            doc.local += 1
+            doc.full_pending = True
+            doc.want_full = False
+            doc.take_backup()
+            self._dirty.discard(name)
+        else:
+            doc.want_full = True
+            doc.full_pending = False
+
+    def _receive_full(self, e: Entry, doc: _Doc | None) -> None:
+        text = self.memory.text._docs.get(e.name)
+        if doc is not None and doc.tombstone:
+            return  # a deletion wins
+        if (
+            self.role == "server"
+            and text is not None
+            and text != e.text
+            and (doc is None or doc.full_pending)
+        ):
+            # Independent creations (or crossing re-initialisations): the
+            # server's copy wins and travels back whole.
+            if doc is None:
+                self.metrics.creation_conflicts += 1
+                doc = self._docs[e.name] = _Doc(text, 1, e.local)
+                doc.full_pending = True
+                self._dirty.discard(e.name)
+            return
+        new_text = e.text
+        if doc is not None and text is not None:
+            # Carry over our changes the peer does not have.
+            pending = [s.patch for s in doc.stack if s.version >= e.ack]
+            if text != doc.shadow:
+                pending.append(make_patch(doc.shadow, text))
+            for patch in pending:
+                new_text, flags = apply_patch(patch, new_text)
+                self.metrics.hunks_failed += flags.count(False)
+        elif doc is None and text is not None and text != e.text:
+            self.metrics.creation_conflicts += 1
+        fresh = self._docs[e.name] = _Doc(e.text, e.ack, e.local)
+        fresh.ack_due = True
+        self.memory._set_text(e.name, new_text, self)
+        self._dirty.add(e.name)

@@ -1,0 +1,127 @@
+"""A replica of an agent swarm's working memory."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, MutableMapping
+from typing import TYPE_CHECKING
+
+import xxhash
+
+from hybridsync.errors import InvalidArgumentError
+
+if TYPE_CHECKING:
+    from hybridsync.link import Link
+
+__all__ = ["Memory", "TextDocuments"]
+
+
+class TextDocuments(MutableMapping[str, str]):
+    """The named text documents of a replica (``memory.text``).
+
+    A plain mutable mapping: assignment creates or replaces a document,
+    ``del`` deletes it. Every change is noted by the replica's links, which
+    diff only the documents that changed.
+    """
+
+    def __init__(self, memory: Memory) -> None:
+        self._memory = memory
+        self._docs: dict[str, str] = {}
+
+    def __getitem__(self, name: str) -> str:
+        return self._docs[name]
+
+    def __setitem__(self, name: str, value: str) -> None:
+        if not isinstance(name, str):
+            raise InvalidArgumentError(f"document names are str, got {type(name).__name__}")
+        if not isinstance(value, str):
+            raise InvalidArgumentError(
+                f"text documents hold str, got {type(value).__name__} for {name!r}"
+            )
+        if self._docs.get(name) == value:
+            return
+        self._docs[name] = value
+        self._memory._text_changed(name, None)
+
+    def __delitem__(self, name: str) -> None:
+        del self._docs[name]
+        self._memory._text_deleted(name, None)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._docs)
+
+    def __len__(self) -> int:
+        return len(self._docs)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._docs
+
+    def __repr__(self) -> str:
+        return f"<TextDocuments of {self._memory.replica_id!r}: {len(self._docs)} documents>"
+
+
+class Memory:
+    """One replica of a swarm's shared working memory.
+
+    ``memory.text`` holds named text documents. Connect replicas with
+    :class:`hybridsync.Link` objects (one per peer); links carry every change
+    in both directions.
+
+    Args:
+        replica_id: a name unique in the swarm (it travels in every frame).
+    """
+
+    def __init__(self, replica_id: str) -> None:
+        if not isinstance(replica_id, str) or not replica_id:
+            raise InvalidArgumentError("replica_id must be a non-empty str")
+        self.replica_id = replica_id
+        self.text = TextDocuments(self)
+        self._links: list[Link] = []
+
+    def __repr__(self) -> str:
+        return f"<Memory {self.replica_id!r}: {len(self.text)} text documents>"
+
+    @property
+    def links(self) -> tuple[Link, ...]:
+        """The links attached to this replica."""
+        return tuple(self._links)
+
+    def digest(self) -> str:
+        """Deterministic content hash (xxh3-128, hex) of everything the replica
+        holds: equal digests iff equal content."""
+        h = xxhash.xxh3_128()
+        docs = self.text._docs
+        for name in sorted(docs):
+            for part in (b"text", name.encode(), docs[name].encode()):
+                h.update(len(part).to_bytes(8, "little"))
+                h.update(part)
+        return h.hexdigest()
+
+    # -- used by links -----------------------------------------------------
+
+    def _attach(self, link: Link) -> None:
+        self._links.append(link)
+
+    def _detach(self, link: Link) -> None:
+        self._links.remove(link)
+
+    def _text_changed(self, name: str, origin: Link | None) -> None:
+        for link in self._links:
+            link._mark_dirty(name)
+
+    def _text_deleted(self, name: str, origin: Link | None) -> None:
+        for link in self._links:
+            if link is not origin:
+                link._mark_deleted(name)
+
+    def _set_text(self, name: str, value: str, origin: Link) -> None:
+        """Store text that arrived over ``origin``."""
+        if self.text._docs.get(name) == value:
+            return
+        self.text._docs[name] = value
+        self._text_changed(name, origin)
+
+    def _delete_text(self, name: str, origin: Link) -> None:
+        """Delete a document because ``origin``'s peer deleted it."""
+        if name in self.text._docs:
+            del self.text._docs[name]
+            self._text_deleted(name, origin)
