@@ -1,0 +1,223 @@
+"""The diff-sync engine: frames, links, replicas (without the simulator)."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hybridsync import Link, Memory
+from hybridsync.errors import DecodeError, HybridSyncError, LimitExceededError, ProtocolError
+from hybridsync.frame import MAGIC, PROTOCOL_VERSION, decode_frame
+from hybridsync.traces import Trace, apply_splices, load_trace
+
+
+def pair(client: str = "c", server: str = "s") -> tuple[Memory, Memory, Link, Link]:
+    cm, sm = Memory(client), Memory(server)
+    return cm, sm, Link(cm, server, role="client", epoch=11), Link(sm, client, role="server")
+
+
+def exchange(cl: Link, sv: Link) -> None:
+    frame = cl.outgoing()
+    assert frame is not None
+    sv.incoming(frame)
+    reply = sv.outgoing()
+    assert reply is not None
+    cl.incoming(reply)
+
+
+def settle(links: list[tuple[Link, Link]], rounds: int = 8) -> None:
+    for _ in range(rounds):
+        for cl, sv in links:
+            exchange(cl, sv)
+
+
+def snapshot(link: Link) -> object:
+    docs = {
+        n: (d.shadow, d.local, d.remote, d.backup, len(d.stack), d.ack_due, d.full_pending)
+        for n, d in link._docs.items()
+    }
+    return (docs, sorted(link._dirty), sorted(link._pending), link._seq, link._awaiting)
+
+
+def test_round_trip_create_edit_delete() -> None:
+    cm, sm, cl, sv = pair()
+    cm.text["plan"] = "step 1\nstep 2\n"
+    sm.text["notes"] = "🙂 from the hub"
+    settle([(cl, sv)], 2)
+    assert (
+        dict(cm.text) == dict(sm.text) == {"plan": "step 1\nstep 2\n", "notes": "🙂 from the hub"}
+    )
+    cm.text["plan"] = "step 1\nstep 1.5\nstep 2\n"
+    sm.text["notes"] = "🙂 from the hub, edited"
+    settle([(cl, sv)], 2)
+    assert cm.digest() == sm.digest()
+    del sm.text["plan"]
+    settle([(cl, sv)], 3)
+    assert "plan" not in cm.text and cm.digest() == sm.digest()
+    assert cl.idle and sv.idle
+
+
+def test_digest_is_content_only_and_order_independent() -> None:
+    a, b = Memory("a"), Memory("b")
+    a.text["x"], a.text["y"] = "1", "2"
+    b.text["y"], b.text["x"] = "2", "1"
+    assert a.digest() == b.digest()
+    b.text["x"] = "1 "
+    assert a.digest() != b.digest()
+    # Length prefixes keep ("ab","c") and ("a","bc") apart.
+    c, d = Memory("c"), Memory("d")
+    c.text["ab"] = "c"
+    d.text["a"] = "bc"
+    assert c.digest() != d.digest()
+
+
+def test_idle_cycle_frame_is_tiny_and_untouched_documents_are_not_diffed() -> None:
+    cm, sm, cl, sv = pair("agent-7", "hub")
+    for i in range(1000):
+        cm.text[f"doc-{i:04d}"] = f"document {i}\n" * 20
+    settle([(cl, sv)], 2)
+    diffed = cl.metrics.docs_diffed
+    frame = cl.outgoing()
+    assert frame is not None and len(frame) < 64
+    sv.incoming(frame)
+    reply = sv.outgoing()
+    assert reply is not None and len(reply) < 64
+    cl.incoming(reply)
+    for i in range(0, 1000, 100):
+        cm.text[f"doc-{i:04d}"] += "one more line\n"
+    exchange(cl, sv)
+    assert cl.metrics.docs_diffed - diffed == 10
+    assert sm.digest() == cm.digest()
+
+
+def test_unknown_protocol_version_is_refused_clearly() -> None:
+    _cm, _sm, cl, sv = pair()
+    frame = bytearray(cl.outgoing() or b"")
+    frame[4] = PROTOCOL_VERSION + 1
+    with pytest.raises(DecodeError, match="protocol version 2"):
+        sv.incoming(bytes(frame))
+
+
+def test_wrong_sender_and_wrong_direction_are_refused() -> None:
+    _cm, _sm, cl, sv = pair()
+    other = Link(Memory("intruder"), "s", role="client", epoch=3)
+    with pytest.raises(ProtocolError):
+        sv.incoming(other.outgoing() or b"")
+    with pytest.raises(ProtocolError):
+        cl.incoming(cl.outgoing() or b"")  # a request sent to a client
+
+
+def test_oversized_frames_are_refused() -> None:
+    cm, sm, cl, _ = pair()
+    sv = Link(sm, "c", role="server", max_frame_bytes=4096)
+    cm.text["big"] = "".join(random.Random(1).choice("abcdefgh😀") for _ in range(20000))
+    with pytest.raises(LimitExceededError):
+        sv.incoming(cl.outgoing() or b"")
+    assert "big" not in sm.text
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_incoming_never_crashes_and_never_changes_state_on_error(data: st.DataObject) -> None:
+    cm, sm, cl, sv = pair()
+    cm.text["a"] = "alpha 😀 beta\n" * 3
+    sm.text["b"] = "gamma"
+    settle([(cl, sv)], 2)
+    cm.text["a"] += "delta"
+    frame = bytearray(cl.outgoing() or b"")
+    mode = data.draw(st.sampled_from(["flip", "truncate", "extend", "random"]))
+    if mode == "flip":
+        for _ in range(data.draw(st.integers(1, 4))):
+            i = data.draw(st.integers(0, len(frame) - 1))
+            frame[i] ^= 1 << data.draw(st.integers(0, 7))
+    elif mode == "truncate":
+        frame = frame[: data.draw(st.integers(0, len(frame) - 1))]
+    elif mode == "extend":
+        frame += data.draw(st.binary(min_size=1, max_size=16))
+    else:
+        frame = bytearray(MAGIC + bytes([PROTOCOL_VERSION]) + data.draw(st.binary(max_size=200)))
+    before = (snapshot(sv), sm.digest())
+    try:
+        sv.incoming(bytes(frame))
+    except HybridSyncError:
+        assert (snapshot(sv), sm.digest()) == before
+    # Whatever happened, the pair still converges.
+    settle([(cl, sv)], 6)
+    assert cm.digest() == sm.digest()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_decode_frame_raises_only_decode_errors(blob: bytes) -> None:
+    for data in (blob, MAGIC + bytes([PROTOCOL_VERSION, 0]) + blob):
+        with contextlib.suppress(DecodeError):
+            decode_frame(data)
+
+
+def split_turns(
+    trace: Trace, agents: int, turn: int
+) -> list[tuple[int, list[tuple[int, int, str]]]]:
+    turns = []
+    for i in range(0, len(trace.txns), turn):
+        splices = [s for txn in trace.txns[i : i + turn] for s in txn]
+        turns.append(((i // turn) % agents, splices))
+    return turns
+
+
+@pytest.mark.parametrize(
+    ("name", "agents"), [("sveltecomponent", 2), ("rustcode", 3), ("seph-blog1", 4)]
+)
+def test_trace_split_between_agents_with_full_sync_between_turns(name: str, agents: int) -> None:
+    trace = load_trace(name)
+    hub = Memory("hub")
+    hub.text["doc"] = trace.start
+    clients = [Memory(f"agent-{i}") for i in range(agents)]
+    links = [
+        (Link(c, "hub", role="client", epoch=i + 1), Link(hub, c.replica_id, role="server"))
+        for i, c in enumerate(clients)
+    ]
+    settle(links, 1)
+    turns = split_turns(trace, agents, 400 if name == "seph-blog1" else 100)
+    for who, splices in turns:
+        mem = clients[who]
+        mem.text["doc"] = apply_splices(mem.text["doc"], tuple(splices))
+        # A full sync: the author reaches the hub, then everyone catches up.
+        exchange(*links[who])
+        for cl, sv in links:
+            exchange(cl, sv)
+    assert all(c.text["doc"] == trace.end for c in clients)
+    assert hub.text["doc"] == trace.end
+    assert sum(cl.metrics.resyncs + sv.metrics.resyncs for cl, sv in links) == 0
+
+
+@pytest.mark.parametrize("name", ["sveltecomponent", "rustcode"])
+def test_trace_with_concurrent_turns_converges(name: str) -> None:
+    trace = load_trace(name)
+    rng = random.Random(7)
+    hub = Memory("hub")
+    hub.text["doc"] = trace.start
+    clients = [Memory(f"agent-{i}") for i in range(3)]
+    links = [
+        (Link(c, "hub", role="client", epoch=i + 1), Link(hub, c.replica_id, role="server"))
+        for i, c in enumerate(clients)
+    ]
+    settle(links, 1)
+    # Each agent replays its own slice of the trace at its own position in
+    # its own copy; exchanges happen in random order and only sometimes.
+    for who, splices in split_turns(trace, 3, 60)[:120]:
+        mem = clients[who]
+        text = mem.text["doc"]
+        for pos, deleted, inserted in splices:
+            pos = min(pos, len(text))
+            text = text[:pos] + inserted + text[pos + min(deleted, len(text) - pos) :]
+        mem.text["doc"] = text
+        for i in rng.sample(range(3), rng.randint(0, 3)):
+            exchange(*links[i])
+    settle(links, 10)
+    digests = {hub.digest(), *(c.digest() for c in clients)}
+    assert len(digests) == 1
+    assert all(cl.idle and sv.idle for cl, sv in links)
