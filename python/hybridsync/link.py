@@ -24,7 +24,7 @@ import xxhash
 
 from hybridsync.errors import InvalidArgumentError, ProtocolError
 from hybridsync.frame import Edit, Entry, Frame, Kind, decode_frame, encode_frame
-from hybridsync.memory import Memory
+from hybridsync.memory import Memory, _check_encodable
 from hybridsync.text import apply_patch, make_patch
 
 __all__ = ["Link", "LinkMetrics", "Role"]
@@ -136,6 +136,7 @@ class Link:
             raise InvalidArgumentError(f"role must be 'client' or 'server', got {role!r}")
         if not isinstance(peer_id, str) or not peer_id:
             raise InvalidArgumentError("peer_id must be a non-empty str")
+        _check_encodable(peer_id, "peer_id")
         if epoch is not None and not (isinstance(epoch, int) and 0 < epoch < 1 << 63):
             raise InvalidArgumentError(f"epoch must be an int in 1 .. 2**63-1, got {epoch!r}")
         self.memory = memory
@@ -148,12 +149,14 @@ class Link:
         self._dirty: set[str] = set(memory.text)
         self._pending: set[str] = set()
         self._deleted_acks: set[str] = set()
+        self._absent: set[str] = set()  # ABSENT answers to send
         self._epoch: int | None
         if role == "client":
-            # 28 random bits above bit 28: the varint is always 5 bytes long.
-            self._epoch = epoch if epoch is not None else (1 << 28) | secrets.randbits(28)
+            # Bit 34 set and 34 random bits below it: the varint is always 5 bytes.
+            self._epoch = epoch if epoch is not None else (1 << 34) | secrets.randbits(34)
         else:
             self._epoch = epoch
+        self._retired_epochs: set[int] = set()  # server: client incarnations replaced
         self._seq = 0  # client: latest request sent; server: latest request processed
         self._awaiting = False  # client: latest request not answered yet
         self._last_frame = b""  # client: latest request; server: latest reply
@@ -176,7 +179,7 @@ class Link:
     @property
     def idle(self) -> bool:
         """True when this side has nothing to tell the peer but acknowledgements."""
-        return not (self._dirty or self._pending or self._deleted_acks)
+        return not (self._dirty or self._pending or self._deleted_acks or self._absent)
 
     @property
     def awaiting_reply(self) -> bool:
@@ -225,7 +228,7 @@ class Link:
                 return None
             self._reply_due = self._resend_reply = False
         entries = []
-        for name in sorted(self._dirty | self._pending | self._deleted_acks):
+        for name in sorted(self._dirty | self._pending | self._deleted_acks | self._absent):
             entry = self._entry_for(name)
             if entry is not None:
                 entries.append(entry)
@@ -249,6 +252,10 @@ class Link:
         if name in self._deleted_acks:
             self._deleted_acks.discard(name)
             return Entry(name, Kind.DELETED)
+        if name in self._absent:
+            self._absent.discard(name)
+            if name not in self._docs and name not in self.memory.text:
+                return Entry(name, Kind.ABSENT)
         text = self.memory.text._docs.get(name)
         doc = self._docs.get(name)
         if doc is None:
@@ -319,7 +326,13 @@ class Link:
             self._awaiting = False
         else:
             if frame.epoch != self._epoch:
+                # Only the first request of a client incarnation never seen
+                # before starts the link afresh; anything else is a late frame.
+                if frame.seq != 1 or frame.epoch in self._retired_epochs:
+                    self.metrics.stale_frames += 1
+                    return
                 if self._epoch is not None:
+                    self._retired_epochs.add(self._epoch)
                     self._restart()
                 self._epoch = frame.epoch
             elif frame.seq <= self._seq:
@@ -338,6 +351,7 @@ class Link:
         self._docs.clear()
         self._pending.clear()
         self._deleted_acks.clear()
+        self._absent.clear()
         self._dirty = set(self.memory.text)
         self._seq = 0
         self._last_frame = b""
@@ -361,14 +375,28 @@ class Link:
                     self._dirty.add(name)  # re-created since: it travels anew
         elif e.kind == Kind.RESYNC:
             text = self.memory.text._docs.get(name)
+            if doc is not None and doc.tombstone:
+                return  # our DELETE answers it
             if text is None:
-                if doc is not None and not doc.tombstone:
-                    del self._docs[name]
+                self._docs.pop(name, None)
+                self._absent.add(name)
                 return
-            fresh = _Doc(text, (doc.local + 1) if doc else 1, doc.remote if doc else 0)
-            fresh.full_pending = True
-            self._docs[name] = fresh
-            self._dirty.discard(name)
+            self._send_whole(name, doc, text)
+        elif e.kind == Kind.ABSENT:
+            # The peer has nothing: our copy (if any) travels whole.
+            text = self.memory.text._docs.get(name)
+            if doc is not None and doc.tombstone:
+                return
+            if text is None:
+                self._docs.pop(name, None)
+            else:
+                self._send_whole(name, doc, text)
+
+    def _send_whole(self, name: str, doc: _Doc | None, text: str) -> None:
+        fresh = _Doc(text, (doc.local + 1) if doc else 1, doc.remote if doc else 0)
+        fresh.full_pending = True
+        self._docs[name] = fresh
+        self._dirty.discard(name)
 
     def _receive_edits(self, e: Entry, doc: _Doc | None) -> None:
         if doc is None:
@@ -394,6 +422,7 @@ class Link:
             # backup shadow; the next diff sends them again.
             doc.shadow, doc.local, doc.remote = doc.backup, doc.backup_local, doc.backup_remote
             doc.stack.clear()
+            self._dirty.add(e.name)
         if e.ack > doc.local:
             self._diverged(e.name, doc)
             return

@@ -15,6 +15,17 @@ if TYPE_CHECKING:
 __all__ = ["Memory", "TextDocuments"]
 
 
+def _check_encodable(s: str, what: str) -> None:
+    """Refuse lone surrogates: they cannot cross the wire as UTF-8."""
+    if not s.isascii():
+        try:
+            s.encode()
+        except UnicodeEncodeError as exc:
+            raise InvalidArgumentError(
+                f"{what} contains a lone surrogate at index {exc.start}"
+            ) from None
+
+
 class TextDocuments(MutableMapping[str, str]):
     """The named text documents of a replica (``memory.text``).
 
@@ -37,6 +48,8 @@ class TextDocuments(MutableMapping[str, str]):
             raise InvalidArgumentError(
                 f"text documents hold str, got {type(value).__name__} for {name!r}"
             )
+        _check_encodable(name, "document name")
+        _check_encodable(value, f"text of {name!r}")
         if self._docs.get(name) == value:
             return
         self._docs[name] = value
@@ -73,6 +86,7 @@ class Memory:
     def __init__(self, replica_id: str) -> None:
         if not isinstance(replica_id, str) or not replica_id:
             raise InvalidArgumentError("replica_id must be a non-empty str")
+        _check_encodable(replica_id, "replica_id")
         self.replica_id = replica_id
         self.text = TextDocuments(self)
         self._links: list[Link] = []

@@ -8,6 +8,7 @@
 //!   diff-match-patch patch text.
 //! - [`Error`]: the one error type every fallible function returns.
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod error;
 pub mod text;

@@ -3,14 +3,24 @@
 //! Conversions and argument checks live here; every algorithm lives in the
 //! core crate. Core errors map onto the `hybridsync.errors` hierarchy in one
 //! place ([`CoreError`]); CPU-heavy calls release the GIL.
+//!
+//! Strings cross without copies: the kernels run directly over CPython's
+//! 1-, 2- or 4-byte code-point storage (PEP 393), widening one side only
+//! when two inputs are stored differently, and results are built with
+//! `PyUnicode_FromKindAndData` (one memcpy).
+#![allow(unsafe_code)]
 
+use std::borrow::Cow;
 use std::time::Duration;
 
-use hybridsync_core::text::{self, Cleanup, Diff, DiffOptions, MatchOptions, Op, PatchOptions};
+use hybridsync_core::text::{
+    self, Cleanup, Diff, DiffOptions, MatchOptions, Op, PatchOptions, Unit,
+};
 use hybridsync_core::Error;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyTuple, PyType};
+use pyo3::types::string::PyStringData;
+use pyo3::types::{PyBytes, PyString, PyTuple, PyType};
 
 /// Inputs at least this large (in UTF-8 bytes) are processed without the GIL.
 const DETACH_THRESHOLD: usize = 4096;
@@ -63,6 +73,129 @@ fn chars(s: &str) -> Vec<char> {
 
 fn string(c: &[char]) -> String {
     c.iter().collect()
+}
+
+/// A code-point width CPython stores strings in, and its `PyUnicode_*_KIND`.
+trait Storage: Unit {
+    const KIND: u8;
+    /// The string's code points in this width: borrowed when stored so,
+    /// widened otherwise (callers pick the widest kind of their inputs).
+    fn view<'a>(data: &PyStringData<'a>) -> Cow<'a, [Self]>;
+}
+
+macro_rules! storage {
+    ($t:ty, $kind:expr, $variant:ident) => {
+        impl Storage for $t {
+            const KIND: u8 = $kind;
+            fn view<'a>(data: &PyStringData<'a>) -> Cow<'a, [Self]> {
+                #[allow(unreachable_patterns)] // one arm per width; the own width borrows
+                match *data {
+                    PyStringData::$variant(s) => Cow::Borrowed(s),
+                    PyStringData::Ucs1(s) => Cow::Owned(s.iter().map(|&u| u as $t).collect()),
+                    PyStringData::Ucs2(s) => Cow::Owned(s.iter().map(|&u| u as $t).collect()),
+                    PyStringData::Ucs4(s) => Cow::Owned(s.iter().map(|&u| u as $t).collect()),
+                }
+            }
+        }
+    };
+}
+storage!(u8, 1, Ucs1);
+storage!(u16, 2, Ucs2);
+storage!(u32, 4, Ucs4);
+
+/// Run `$body` with `$t` bound to the storage type of `$kind` (1, 2 or 4).
+macro_rules! with_kind {
+    ($kind:expr, $t:ident => $body:expr) => {
+        match $kind {
+            1 => {
+                type $t = u8;
+                $body
+            }
+            2 => {
+                type $t = u16;
+                $body
+            }
+            _ => {
+                type $t = u32;
+                $body
+            }
+        }
+    };
+}
+
+fn kind_of(data: &PyStringData<'_>) -> u8 {
+    match data {
+        PyStringData::Ucs1(_) => 1,
+        PyStringData::Ucs2(_) => 2,
+        PyStringData::Ucs4(_) => 4,
+    }
+}
+
+fn units_len(data: &PyStringData<'_>) -> usize {
+    match data {
+        PyStringData::Ucs1(d) => d.len(),
+        PyStringData::Ucs2(d) => d.len(),
+        PyStringData::Ucs4(d) => d.len(),
+    }
+}
+
+/// The code points of a Python string, rejecting lone surrogates (they
+/// cannot be encoded for the wire).
+fn code_points<'a>(s: &'a Bound<'_, PyString>) -> PyResult<PyStringData<'a>> {
+    // SAFETY: `data` reads the canonical PEP 393 buffer of an immutable str
+    // that `s` keeps alive for 'a.
+    let data = unsafe { s.data()? };
+    let surrogate = match data {
+        PyStringData::Ucs1(_) => None,
+        PyStringData::Ucs2(d) => d.iter().position(|&u| (0xD800..=0xDFFF).contains(&u)),
+        PyStringData::Ucs4(d) => d.iter().position(|&u| (0xD800..=0xDFFF).contains(&u)),
+    };
+    match surrogate {
+        Some(i) => Err(invalid(format!(
+            "text contains a lone surrogate code point at index {i}"
+        ))),
+        None => Ok(data),
+    }
+}
+
+/// A Python str from code points of one storage width (one memcpy).
+fn py_str<'py, T: Storage>(py: Python<'py>, units: &[T]) -> PyResult<Bound<'py, PyString>> {
+    let len = pyo3::ffi::Py_ssize_t::try_from(units.len())
+        .map_err(|_| CoreError(Error::LimitExceeded("text too long".into())))?;
+    // SAFETY: the buffer holds `len` valid code points of width T::KIND; the
+    // call copies them and returns a new reference (or NULL with an error set).
+    unsafe {
+        let ptr =
+            pyo3::ffi::PyUnicode_FromKindAndData(i32::from(T::KIND), units.as_ptr().cast(), len);
+        Bound::from_owned_ptr_or_err(py, ptr).map(|o| o.cast_into_unchecked::<PyString>())
+    }
+}
+
+fn diffs_to_list<'py, T: Storage>(
+    py: Python<'py>,
+    diffs: &[Diff<T>],
+) -> PyResult<Vec<(i8, Bound<'py, PyString>)>> {
+    diffs
+        .iter()
+        .map(|d| Ok((d.op.as_i8(), py_str(py, &d.text)?)))
+        .collect()
+}
+
+/// The storage width a patch's code points need.
+fn patch_kind(p: &text::Patch) -> u8 {
+    let max = p
+        .hunks
+        .iter()
+        .flat_map(|h| h.diffs.iter())
+        .flat_map(|d| d.text.iter())
+        .map(|&c| c as u32)
+        .max()
+        .unwrap_or(0);
+    match max {
+        0..=0xFF => 1,
+        0x100..=0xFFFF => 2,
+        _ => 4,
+    }
 }
 
 fn timeout_arg(seconds: f64) -> PyResult<Option<Duration>> {
@@ -122,13 +255,13 @@ fn diffs_from_py(diffs: Vec<(i64, String)>) -> PyResult<Vec<Diff>> {
 #[pyo3(signature = (a, b, *, timeout=1.0, cleanup="semantic", edit_cost=4, checklines=true))]
 fn diff(
     py: Python<'_>,
-    a: &str,
-    b: &str,
+    a: &Bound<'_, PyString>,
+    b: &Bound<'_, PyString>,
     timeout: f64,
     cleanup: &str,
     edit_cost: i64,
     checklines: bool,
-) -> PyResult<Vec<(i8, String)>> {
+) -> PyResult<Py<PyAny>> {
     let cleanup = match cleanup {
         "semantic" => Cleanup::Semantic,
         "efficiency" => Cleanup::Efficiency,
@@ -145,9 +278,13 @@ fn diff(
         checklines,
         cleanup,
     };
-    Ok(maybe_detach(py, a.len() + b.len(), || {
-        diffs_to_py(text::diff(&chars(a), &chars(b), &opts))
-    }))
+    let (da, db) = (code_points(a)?, code_points(b)?);
+    let size = units_len(&da) + units_len(&db);
+    with_kind!(kind_of(&da).max(kind_of(&db)), T => {
+        let (a, b) = (T::view(&da), T::view(&db));
+        let diffs = maybe_detach(py, size, || text::diff(&a, &b, &opts));
+        Ok(diffs_to_list(py, &diffs)?.into_pyobject(py)?.into_any().unbind())
+    })
 }
 
 /// Best location of ``pattern`` in ``text`` near ``loc`` (Bitap fuzzy
@@ -161,8 +298,8 @@ fn diff(
 #[pyo3(signature = (text, pattern, loc, *, threshold=0.5, distance=1000))]
 fn r#match(
     py: Python<'_>,
-    text: &str,
-    pattern: &str,
+    text: &Bound<'_, PyString>,
+    pattern: &Bound<'_, PyString>,
     loc: i64,
     threshold: f64,
     distance: i64,
@@ -172,8 +309,11 @@ fn r#match(
         distance: count_arg("distance", distance)?,
     };
     let loc = usize::try_from(loc.max(0)).unwrap_or(usize::MAX);
-    let found = maybe_detach(py, text.len(), || {
-        text::match_main(&chars(text), &chars(pattern), loc, &opts)
+    let (dt, dp) = (code_points(text)?, code_points(pattern)?);
+    let size = units_len(&dt);
+    let found = with_kind!(kind_of(&dt).max(kind_of(&dp)), T => {
+        let (t, p) = (T::view(&dt), T::view(&dp));
+        maybe_detach(py, size, || text::match_main(&t, &p, loc, &opts))
     });
     Ok(found.map_err(CoreError)?)
 }
@@ -188,8 +328,8 @@ fn r#match(
 #[pyo3(signature = (a, b, *, timeout=1.0, edit_cost=4, margin=4))]
 fn make_patch(
     py: Python<'_>,
-    a: &str,
-    b: &str,
+    a: &Bound<'_, PyString>,
+    b: &Bound<'_, PyString>,
     timeout: f64,
     edit_cost: i64,
     margin: i64,
@@ -200,8 +340,11 @@ fn make_patch(
         ..DiffOptions::default()
     };
     let margin = count_arg("margin", margin)?;
-    let patch = maybe_detach(py, a.len() + b.len(), || {
-        text::make_patch(&chars(a), &chars(b), &opts, margin)
+    let (da, db) = (code_points(a)?, code_points(b)?);
+    let size = units_len(&da) + units_len(&db);
+    let patch = with_kind!(kind_of(&da).max(kind_of(&db)), T => {
+        let (a, b) = (T::view(&da), T::view(&db));
+        maybe_detach(py, size, || text::make_patch(&a, &b, &opts, margin))
     });
     Ok(Patch(patch.map_err(CoreError)?))
 }
@@ -236,13 +379,13 @@ fn patch_from_diffs(a: &str, diffs: Vec<(i64, String)>, margin: i64) -> PyResult
 fn apply_patch(
     py: Python<'_>,
     patch: &Bound<'_, PyAny>,
-    text: &str,
+    text: &Bound<'_, PyString>,
     match_threshold: f64,
     match_distance: i64,
     delete_threshold: f64,
     margin: i64,
     timeout: f64,
-) -> PyResult<(String, Vec<bool>)> {
+) -> PyResult<(Py<PyString>, Vec<bool>)> {
     let patch = patch.cast::<Patch>().map_err(|_| {
         PyTypeError::new_err(format!(
             "apply_patch() expects a hybridsync.text.Patch, got {}",
@@ -263,10 +406,13 @@ fn apply_patch(
         diff_timeout: timeout_arg(timeout)?,
     };
     let patch = &patch.get().0;
-    let result = maybe_detach(py, text.len(), || {
-        text::apply_patch(patch, &chars(text), &opts).map(|(t, flags)| (string(&t), flags))
-    });
-    Ok(result.map_err(CoreError)?)
+    let dt = code_points(text)?;
+    let size = units_len(&dt);
+    with_kind!(kind_of(&dt).max(patch_kind(patch)), T => {
+        let t = T::view(&dt);
+        let (out, flags) = maybe_detach(py, size, || text::apply_patch(patch, &t, &opts)).map_err(CoreError)?;
+        Ok((py_str(py, &out)?.unbind(), flags))
+    })
 }
 
 /// One hunk of a :class:`Patch`: diffs with context and their place.

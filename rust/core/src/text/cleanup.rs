@@ -2,7 +2,7 @@
 
 use unicode_general_category::{get_general_category, GeneralCategory as Gc};
 
-use super::{common_overlap, common_prefix, common_suffix, Diff, Op};
+use super::{common_overlap, common_prefix, common_suffix, Diff, Op, Unit};
 
 /// Reorder and merge like edit sections; merge equalities. Any edit section
 /// can move as long as it doesn't cross an equality.
@@ -124,7 +124,7 @@ pub fn cleanup_merge<T: PartialEq + Copy>(diffs: &mut Vec<Diff<T>>) {
 }
 
 /// Reduce the number of edits by eliminating semantically trivial equalities.
-pub fn cleanup_semantic(diffs: &mut Vec<Diff>) {
+pub fn cleanup_semantic<T: Unit>(diffs: &mut Vec<Diff<T>>) {
     let mut changes = false;
     let mut equalities: Vec<usize> = Vec::new();
     // Length of diffs[equalities.last()], when it counts as the last equality.
@@ -206,7 +206,8 @@ pub fn cleanup_semantic(diffs: &mut Vec<Diff>) {
 
 /// Python's `str.isalnum()` for one code point (letters and numbers by
 /// general category).
-fn is_alnum(c: char) -> bool {
+fn is_alnum<T: Unit>(u: T) -> bool {
+    let Some(c) = u.to_char() else { return false };
     if c.is_ascii() {
         return c.is_ascii_alphanumeric();
     }
@@ -224,24 +225,40 @@ fn is_alnum(c: char) -> bool {
 }
 
 /// Python's `str.isspace()` for one code point.
-fn is_space(c: char) -> bool {
-    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
+fn is_space<T: Unit>(u: T) -> bool {
+    u.to_char()
+        .is_some_and(|c| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c))
 }
 
-fn ends_with_blank_line(s: &[char]) -> bool {
-    s.ends_with(&['\n', '\n']) || s.ends_with(&['\n', '\r', '\n'])
+const LF: u32 = 0x0a;
+const CR: u32 = 0x0d;
+
+fn codes_end<T: Unit>(s: &[T], tail: &[u32]) -> bool {
+    s.len() >= tail.len()
+        && s[s.len() - tail.len()..]
+            .iter()
+            .zip(tail)
+            .all(|(u, &c)| u.code() == c)
 }
 
-fn starts_with_blank_line(s: &[char]) -> bool {
-    s.starts_with(&['\n', '\n'])
-        || s.starts_with(&['\n', '\r', '\n'])
-        || s.starts_with(&['\r', '\n', '\n'])
-        || s.starts_with(&['\r', '\n', '\r', '\n'])
+fn codes_start<T: Unit>(s: &[T], head: &[u32]) -> bool {
+    s.len() >= head.len() && s.iter().zip(head).all(|(u, &c)| u.code() == c)
+}
+
+fn ends_with_blank_line<T: Unit>(s: &[T]) -> bool {
+    codes_end(s, &[LF, LF]) || codes_end(s, &[LF, CR, LF])
+}
+
+fn starts_with_blank_line<T: Unit>(s: &[T]) -> bool {
+    codes_start(s, &[LF, LF])
+        || codes_start(s, &[LF, CR, LF])
+        || codes_start(s, &[CR, LF, LF])
+        || codes_start(s, &[CR, LF, CR, LF])
 }
 
 /// How well a boundary between `one` and `two` falls on a logical
 /// boundary: 6 (best) to 0 (worst).
-fn semantic_score(one: &[char], two: &[char]) -> u8 {
+fn semantic_score<T: Unit>(one: &[T], two: &[T]) -> u8 {
     let (Some(&c1), Some(&c2)) = (one.last(), two.first()) else {
         return 6; // edges are the best
     };
@@ -249,8 +266,8 @@ fn semantic_score(one: &[char], two: &[char]) -> u8 {
     let non_alnum2 = !is_alnum(c2);
     let white1 = non_alnum1 && is_space(c1);
     let white2 = non_alnum2 && is_space(c2);
-    let break1 = white1 && (c1 == '\r' || c1 == '\n');
-    let break2 = white2 && (c2 == '\r' || c2 == '\n');
+    let break1 = white1 && matches!(c1.code(), CR | LF);
+    let break2 = white2 && matches!(c2.code(), CR | LF);
     let blank1 = break1 && ends_with_blank_line(one);
     let blank2 = break2 && starts_with_blank_line(two);
     if blank1 || blank2 {
@@ -270,7 +287,7 @@ fn semantic_score(one: &[char], two: &[char]) -> u8 {
 
 /// Shift single edits surrounded by equalities sideways to align them to
 /// word boundaries (`The c<ins>at c</ins>ame.` -> `The <ins>cat </ins>came.`).
-pub fn cleanup_semantic_lossless(diffs: &mut Vec<Diff>) {
+pub fn cleanup_semantic_lossless<T: Unit>(diffs: &mut Vec<Diff<T>>) {
     let mut pointer = 1usize;
     while pointer + 1 < diffs.len() {
         if diffs[pointer - 1].op == Op::Equal && diffs[pointer + 1].op == Op::Equal {
@@ -324,7 +341,7 @@ pub fn cleanup_semantic_lossless(diffs: &mut Vec<Diff>) {
 }
 
 /// Reduce the number of edits by eliminating operationally trivial equalities.
-pub fn cleanup_efficiency(diffs: &mut Vec<Diff>, edit_cost: usize) {
+pub fn cleanup_efficiency<T: Unit>(diffs: &mut Vec<Diff<T>>, edit_cost: usize) {
     let mut changes = false;
     let mut equalities: Vec<usize> = Vec::new();
     let mut last_equality: Option<usize> = None;

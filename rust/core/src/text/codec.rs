@@ -108,7 +108,7 @@ impl Patch {
                         r.position()
                     ))
                 })? as usize;
-            let n = r.usize_max(r.remaining() / 2, "diff count")?;
+            let n = r.usize_max(r.remaining(), "diff count")?;
             if n == 0 {
                 return Err(Error::decode(format!(
                     "hunk without diffs at byte {}",

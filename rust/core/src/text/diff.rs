@@ -4,27 +4,31 @@ use std::collections::HashMap;
 use std::hash::Hash;
 
 use super::cleanup::{cleanup_efficiency, cleanup_merge, cleanup_semantic};
-use super::{common_prefix, common_suffix, find, Cleanup, Deadline, Diff, DiffOptions, Op};
+use super::{common_prefix, common_suffix, find, Cleanup, Deadline, Diff, DiffOptions, Op, Unit};
 
 /// An element a diff runs over: a code point, or a line id in line mode.
-pub(crate) trait Atom: Copy + Eq + Hash + std::fmt::Debug {
+pub(crate) trait Atom: super::Search + Copy + Eq + Hash + std::fmt::Debug {
     /// Line-level pre-pass for large texts; only code points have lines.
     fn line_mode(_a: &[Self], _b: &[Self], _deadline: Deadline) -> Option<Vec<Diff<Self>>> {
         None
     }
 }
 
-impl Atom for u32 {}
+/// A line of text, numbered by its first appearance (line mode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LineId(u32);
 
-impl Atom for char {
-    fn line_mode(a: &[char], b: &[char], deadline: Deadline) -> Option<Vec<Diff<char>>> {
+impl Atom for LineId {}
+
+impl<T: Unit> Atom for T {
+    fn line_mode(a: &[T], b: &[T], deadline: Deadline) -> Option<Vec<Diff<T>>> {
         Some(line_mode(a, b, deadline))
     }
 }
 
 /// Diff `a` into `b` with the given options (the `diff_main` of
 /// diff-match-patch followed by the chosen cleanup).
-pub fn diff(a: &[char], b: &[char], opts: &DiffOptions) -> Vec<Diff> {
+pub fn diff<T: Unit>(a: &[T], b: &[T], opts: &DiffOptions) -> Vec<Diff<T>> {
     let deadline = opts.deadline();
     let mut diffs = diff_main_impl(a, b, opts.checklines, deadline);
     match opts.cleanup {
@@ -36,12 +40,12 @@ pub fn diff(a: &[char], b: &[char], opts: &DiffOptions) -> Vec<Diff> {
 }
 
 /// The raw `diff_main`: trimmed, computed and merged, no semantic cleanup.
-pub fn diff_main(
-    a: &[char],
-    b: &[char],
+pub fn diff_main<T: Unit>(
+    a: &[T],
+    b: &[T],
     checklines: bool,
     timeout: Option<std::time::Duration>,
-) -> Vec<Diff> {
+) -> Vec<Diff<T>> {
     diff_main_impl(a, b, checklines, Deadline::after(timeout))
 }
 
@@ -206,15 +210,15 @@ fn half_match_at<'a, T: Atom>(long: &'a [T], short: &'a [T], i: usize) -> Option
 }
 
 /// Line-level diff, then a character-level rediff of each replaced block.
-fn line_mode(text1: &[char], text2: &[char], deadline: Deadline) -> Vec<Diff> {
+fn line_mode<T: Unit>(text1: &[T], text2: &[T], deadline: Deadline) -> Vec<Diff<T>> {
     let (chars1, chars2, lines) = lines_to_ids(text1, text2);
     let line_diffs = diff_main_impl(&chars1, &chars2, false, deadline);
-    let mut diffs: Vec<Diff> = line_diffs
+    let mut diffs: Vec<Diff<T>> = line_diffs
         .into_iter()
         .map(|d| {
             let mut text = Vec::new();
             for id in d.text {
-                if let Some(line) = lines.get(id as usize) {
+                if let Some(line) = lines.get(id.0 as usize) {
                     text.extend_from_slice(line);
                 }
             }
@@ -225,8 +229,8 @@ fn line_mode(text1: &[char], text2: &[char], deadline: Deadline) -> Vec<Diff> {
 
     // Rediff any replacement blocks, this time character by character.
     diffs.push(Diff::new(Op::Equal, Vec::new()));
-    let mut out: Vec<Diff> = Vec::with_capacity(diffs.len());
-    let mut pending: Vec<Diff> = Vec::new();
+    let mut out: Vec<Diff<T>> = Vec::with_capacity(diffs.len());
+    let mut pending: Vec<Diff<T>> = Vec::new();
     let (mut count_delete, mut count_insert) = (0, 0);
     let (mut text_delete, mut text_insert) = (Vec::new(), Vec::new());
     for d in diffs {
@@ -262,15 +266,19 @@ fn line_mode(text1: &[char], text2: &[char], deadline: Deadline) -> Vec<Diff> {
 
 /// Map each distinct line to an id (the reference's `diff_linesToChars`,
 /// including its caps of 666,666 lines for the first text and 1,114,111 in all).
-fn lines_to_ids(text1: &[char], text2: &[char]) -> (Vec<u32>, Vec<u32>, Vec<Vec<char>>) {
-    let mut lines: Vec<Vec<char>> = vec![Vec::new()];
-    let mut index: HashMap<&[char], u32> = HashMap::new();
-    let mut ids: Vec<Vec<u32>> = Vec::with_capacity(2);
+#[allow(clippy::type_complexity)]
+fn lines_to_ids<'a, T: Unit>(
+    text1: &'a [T],
+    text2: &'a [T],
+) -> (Vec<LineId>, Vec<LineId>, Vec<&'a [T]>) {
+    let mut lines: Vec<&'a [T]> = vec![&[]];
+    let mut index: HashMap<&'a [T], LineId> = HashMap::new();
+    let mut ids: Vec<Vec<LineId>> = Vec::with_capacity(2);
     for (text, max_lines) in [(text1, 666_666usize), (text2, 1_114_111usize)] {
         let mut chars = Vec::new();
         let mut line_start = 0usize;
         while line_start < text.len() {
-            let mut line_end = match text[line_start..].iter().position(|&c| c == '\n') {
+            let mut line_end = match text[line_start..].iter().position(|&c| c.code() == 0x0a) {
                 Some(p) => line_start + p + 1,
                 None => text.len(),
             };
@@ -282,8 +290,8 @@ fn lines_to_ids(text1: &[char], text2: &[char]) -> (Vec<u32>, Vec<u32>, Vec<Vec<
                     line = &text[line_start..];
                     line_end = text.len();
                 }
-                lines.push(line.to_vec());
-                let id = (lines.len() - 1) as u32;
+                lines.push(line);
+                let id = LineId((lines.len() - 1) as u32);
                 index.insert(line, id);
                 chars.push(id);
             }

@@ -1,6 +1,6 @@
 //! Bitap fuzzy matching.
 
-use super::{find, rfind};
+use super::{find, rfind, Unit};
 use crate::error::{Error, Result};
 
 /// Longest pattern Bitap searches for inside patch application
@@ -33,9 +33,9 @@ impl Default for MatchOptions {
 ///
 /// Fails only when `pattern` is longer than [`MATCH_MAX_PATTERN`] code
 /// points and no exact match is at `loc`.
-pub fn match_main(
-    text: &[char],
-    pattern: &[char],
+pub fn match_main<T: Unit>(
+    text: &[T],
+    pattern: &[T],
     loc: usize,
     opts: &MatchOptions,
 ) -> Result<Option<usize>> {
@@ -65,19 +65,20 @@ pub fn match_main(
 /// Per-character bit masks of the pattern.
 struct Alphabet {
     ascii: [u64; 128],
-    other: Vec<(char, u64)>,
+    other: Vec<(u32, u64)>,
 }
 
 impl Alphabet {
-    fn new(pattern: &[char]) -> Self {
+    fn new<T: Unit>(pattern: &[T]) -> Self {
         let mut a = Alphabet {
             ascii: [0; 128],
             other: Vec::new(),
         };
         let n = pattern.len();
-        for (i, &c) in pattern.iter().enumerate() {
+        for (i, &u) in pattern.iter().enumerate() {
+            let c = u.code();
             let bit = 1u64 << (n - i - 1);
-            if (c as u32) < 128 {
+            if c < 128 {
                 a.ascii[c as usize] |= bit;
             } else if let Some(e) = a.other.iter_mut().find(|e| e.0 == c) {
                 e.1 |= bit;
@@ -89,8 +90,9 @@ impl Alphabet {
     }
 
     #[inline]
-    fn get(&self, c: char) -> u64 {
-        if (c as u32) < 128 {
+    fn get<T: Unit>(&self, u: T) -> u64 {
+        let c = u.code();
+        if c < 128 {
             self.ascii[c as usize]
         } else {
             self.other.iter().find(|e| e.0 == c).map_or(0, |e| e.1)
@@ -98,7 +100,7 @@ impl Alphabet {
     }
 }
 
-fn bitap(text: &[char], pattern: &[char], loc: usize, opts: &MatchOptions) -> Option<usize> {
+fn bitap<T: Unit>(text: &[T], pattern: &[T], loc: usize, opts: &MatchOptions) -> Option<usize> {
     let s = Alphabet::new(pattern);
     let plen = pattern.len();
     let loc_i = loc as i64;

@@ -10,14 +10,17 @@
 //! - [`Patch::to_bytes`] / [`Patch::from_bytes`]: a compact binary form;
 //!   [`Patch::to_text`] / [`Patch::from_text`]: the standard patch text.
 //!
-//! Texts are `&[char]`: an index is a code point, never a UTF-8 byte or a
-//! UTF-16 unit, so astral characters are never split.
+//! Texts are slices of code points (`&[char]`, or `&[u8]` / `&[u16]` /
+//! `&[u32]` holding code points, which is how CPython stores strings; see
+//! [`Unit`]): an index is a code point, never a UTF-8 byte or a UTF-16 unit,
+//! so astral characters are never split.
 
 mod cleanup;
 mod codec;
 mod diff;
 mod matching;
 mod patch;
+mod unit;
 
 use std::time::{Duration, Instant};
 
@@ -25,7 +28,10 @@ pub use cleanup::{cleanup_efficiency, cleanup_merge, cleanup_semantic, cleanup_s
 pub use codec::PATCH_FORMAT_VERSION;
 pub use diff::{diff, diff_main, levenshtein, text1, text2, x_index};
 pub use matching::{match_main, MatchOptions, MATCH_MAX_BITS};
-pub use patch::{apply_patch, make_patch, make_patch_from_diffs, Hunk, Patch, PatchOptions};
+pub use patch::{
+    apply_patch, make_patch, make_patch_from_diffs, Hunk, Patch, PatchOptions, MAX_MARGIN,
+};
+pub use unit::Unit;
 
 /// The operation of one diff segment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -148,9 +154,48 @@ impl Deadline {
     }
 }
 
-/// First index `>= from` where `needle` occurs in `hay` (like Python's
-/// `str.find(needle, from)`); linear time for long needles.
-pub(crate) fn find<T: PartialEq + Copy>(hay: &[T], needle: &[T], from: usize) -> Option<usize> {
+/// Substring search over one unit type (Python's `str.find` / `str.rfind`).
+/// Bytes use SIMD `memchr::memmem`; wider units a first-unit scan, with a
+/// linear-time fallback for long needles.
+pub trait Search: Copy + PartialEq {
+    /// First index `>= from` where `needle` occurs in `hay`.
+    fn find_from(hay: &[Self], needle: &[Self], from: usize) -> Option<usize> {
+        generic_find(hay, needle, from)
+    }
+    /// Last index `>= from` where `needle` occurs entirely within `hay[from..]`.
+    fn rfind_from(hay: &[Self], needle: &[Self], from: usize) -> Option<usize> {
+        generic_rfind(hay, needle, from)
+    }
+}
+
+impl Search for u8 {
+    fn find_from(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+        let tail = hay.get(from..)?;
+        memchr::memmem::find(tail, needle).map(|i| i + from)
+    }
+    fn rfind_from(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+        let tail = hay.get(from..)?;
+        memchr::memmem::rfind(tail, needle).map(|i| i + from)
+    }
+}
+impl Search for u16 {}
+impl Search for u32 {}
+impl Search for char {}
+impl Search for diff::LineId {}
+
+/// First index `>= from` where `needle` occurs in `hay` (Python's
+/// `str.find(needle, from)`).
+pub(crate) fn find<T: Search>(hay: &[T], needle: &[T], from: usize) -> Option<usize> {
+    T::find_from(hay, needle, from)
+}
+
+/// Last index `>= from` where `needle` occurs entirely within `hay[from..]`
+/// (Python's `str.rfind(needle, from)`).
+pub(crate) fn rfind<T: Search>(hay: &[T], needle: &[T], from: usize) -> Option<usize> {
+    T::rfind_from(hay, needle, from)
+}
+
+fn generic_find<T: PartialEq + Copy>(hay: &[T], needle: &[T], from: usize) -> Option<usize> {
     if from > hay.len() {
         return None;
     }
@@ -209,22 +254,23 @@ fn kmp_find<T: PartialEq + Copy>(hay: &[T], needle: &[T], from: usize) -> Option
     None
 }
 
-/// Last index `>= from` where `needle` occurs entirely within `hay[from..]`
-/// (Python's `str.rfind(needle, from)`).
-pub(crate) fn rfind<T: PartialEq + Copy>(hay: &[T], needle: &[T], from: usize) -> Option<usize> {
+fn generic_rfind<T: PartialEq + Copy>(hay: &[T], needle: &[T], from: usize) -> Option<usize> {
     if from > hay.len() || needle.len() > hay.len() - from {
         return None;
     }
-    let mut i = hay.len() - needle.len();
-    loop {
-        if hay[i..i + needle.len()] == *needle {
+    let Some(&first) = needle.first() else {
+        return Some(hay.len());
+    };
+    // Candidate starts lie in from ..= last; scan them right to left.
+    let mut end = hay.len() - needle.len() + 1;
+    while end > from {
+        let i = from + hay[from..end].iter().rposition(|&c| c == first)?;
+        if hay[i + 1..i + needle.len()] == needle[1..] {
             return Some(i);
         }
-        if i == from {
-            return None;
-        }
-        i -= 1;
+        end = i;
     }
+    None
 }
 
 /// Length of the common prefix.
@@ -242,7 +288,7 @@ pub(crate) fn common_suffix<T: PartialEq>(a: &[T], b: &[T]) -> usize {
 }
 
 /// Length of the longest suffix of `a` that is a prefix of `b`.
-pub(crate) fn common_overlap<T: PartialEq + Copy>(a: &[T], b: &[T]) -> usize {
+pub(crate) fn common_overlap<T: Search>(a: &[T], b: &[T]) -> usize {
     if a.is_empty() || b.is_empty() {
         return 0;
     }

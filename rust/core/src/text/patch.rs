@@ -7,7 +7,8 @@ use std::time::Duration;
 use super::cleanup::{cleanup_efficiency, cleanup_semantic, cleanup_semantic_lossless};
 use super::diff::{diff_main_impl, levenshtein, text1, text2, x_index};
 use super::matching::{match_main, MatchOptions, MATCH_MAX_BITS};
-use super::{find, rfind, Deadline, Diff, DiffOptions, Op};
+use super::unit::convert;
+use super::{find, rfind, Deadline, Diff, DiffOptions, Op, Unit};
 use crate::error::{Error, Result};
 
 /// Largest context margin: hunks are split to fit [`MATCH_MAX_BITS`] with a
@@ -15,10 +16,10 @@ use crate::error::{Error, Result};
 pub const MAX_MARGIN: usize = MATCH_MAX_BITS / 2 - 1;
 
 /// One hunk: a run of diffs with surrounding context.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Hunk {
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Hunk<T = char> {
     /// The diffs, context (equalities) included.
-    pub diffs: Vec<Diff>,
+    pub diffs: Vec<Diff<T>>,
     /// Start in the source text, in code points.
     pub start1: usize,
     /// Start in the destination text, in code points.
@@ -27,6 +28,36 @@ pub struct Hunk {
     pub length1: usize,
     /// Length covered in the destination text (equalities and insertions).
     pub length2: usize,
+}
+
+impl<T> Default for Hunk<T> {
+    fn default() -> Self {
+        Hunk {
+            diffs: Vec::new(),
+            start1: 0,
+            start2: 0,
+            length1: 0,
+            length2: 0,
+        }
+    }
+}
+
+impl<T: Unit> Hunk<T> {
+    /// The same hunk over another unit type; `None` if a code point does not fit.
+    pub fn convert<U: Unit>(&self) -> Option<Hunk<U>> {
+        let diffs = self
+            .diffs
+            .iter()
+            .map(|d| convert(&d.text).map(|t| Diff::new(d.op, t)))
+            .collect::<Option<Vec<_>>>()?;
+        Some(Hunk {
+            diffs,
+            start1: self.start1,
+            start2: self.start2,
+            length1: self.length1,
+            length2: self.length2,
+        })
+    }
 }
 
 /// A patch: the hunks that turn one text into another.
@@ -100,7 +131,12 @@ fn clamp(len: usize, start: i64, end: i64) -> (usize, usize) {
 
 /// Make a patch turning `a` into `b` (diff, semantic and efficiency
 /// cleanups when the diff has more than two segments, then hunks).
-pub fn make_patch(a: &[char], b: &[char], diff_opts: &DiffOptions, margin: usize) -> Result<Patch> {
+pub fn make_patch<T: Unit>(
+    a: &[T],
+    b: &[T],
+    diff_opts: &DiffOptions,
+    margin: usize,
+) -> Result<Patch> {
     validate_margin(margin)?;
     let mut diffs = diff_main_impl(a, b, true, diff_opts.deadline());
     if diffs.len() > 2 {
@@ -111,7 +147,11 @@ pub fn make_patch(a: &[char], b: &[char], diff_opts: &DiffOptions, margin: usize
 }
 
 /// Make a patch from a source text and a diff of it.
-pub fn make_patch_from_diffs(text: &[char], diffs: &[Diff], margin: usize) -> Result<Patch> {
+pub fn make_patch_from_diffs<T: Unit>(
+    text: &[T],
+    diffs: &[Diff<T>],
+    margin: usize,
+) -> Result<Patch> {
     validate_margin(margin)?;
     let source_len: usize = diffs
         .iter()
@@ -123,16 +163,16 @@ pub fn make_patch_from_diffs(text: &[char], diffs: &[Diff], margin: usize) -> Re
             "the diffs do not describe the given source text",
         ));
     }
-    let mut hunks = Vec::new();
+    let mut hunks: Vec<Hunk<T>> = Vec::new();
     if diffs.is_empty() {
-        return Ok(Patch { hunks });
+        return Ok(Patch::default());
     }
-    let mut hunk = Hunk::default();
+    let mut hunk: Hunk<T> = Hunk::default();
     let (mut count1, mut count2) = (0usize, 0usize);
     // The text with the hunks so far applied; each hunk's edits are applied
     // once its context has been taken from the text before it.
-    let mut prepatch: Vec<char> = text.to_vec();
-    let mut pending: Vec<(usize, usize, Vec<char>)> = Vec::new(); // (at, deleted, inserted) in prepatch
+    let mut prepatch: Vec<T> = text.to_vec();
+    let mut pending: Vec<(usize, usize, Vec<T>)> = Vec::new(); // (at, deleted, inserted) in prepatch
     let mut shift: i64 = 0; // count2 - position in prepatch of the current hunk's edits
     let last = diffs.len() - 1;
     for (x, d) in diffs.iter().enumerate() {
@@ -183,11 +223,16 @@ pub fn make_patch_from_diffs(text: &[char], diffs: &[Diff], margin: usize) -> Re
         add_context(&mut hunk, &prepatch, margin);
         hunks.push(hunk);
     }
+    let hunks = hunks
+        .iter()
+        .map(|h| h.convert())
+        .collect::<Option<_>>()
+        .ok_or_else(|| Error::invalid("text contains a lone surrogate code point"))?;
     Ok(Patch { hunks })
 }
 
 /// Apply recorded edits (positions in the text before any of them, in order).
-fn apply_pending(text: &mut Vec<char>, pending: &mut Vec<(usize, usize, Vec<char>)>) {
+fn apply_pending<T: Unit>(text: &mut Vec<T>, pending: &mut Vec<(usize, usize, Vec<T>)>) {
     let mut offset: i64 = 0;
     for (at, deleted, inserted) in pending.drain(..) {
         let at = (at as i64 + offset) as usize;
@@ -199,7 +244,7 @@ fn apply_pending(text: &mut Vec<char>, pending: &mut Vec<(usize, usize, Vec<char
 
 /// Grow a hunk's context until it is unique in `text`, without letting the
 /// pattern outgrow what Bitap can match.
-fn add_context(hunk: &mut Hunk, text: &[char], margin: usize) {
+fn add_context<T: Unit>(hunk: &mut Hunk<T>, text: &[T], margin: usize) {
     if text.is_empty() {
         return;
     }
@@ -237,8 +282,8 @@ fn add_context(hunk: &mut Hunk, text: &[char], margin: usize) {
 }
 
 /// Add padding (chars 1..=margin) on both ends so edges can match; returns it.
-fn add_padding(hunks: &mut [Hunk], margin: usize) -> Vec<char> {
-    let padding: Vec<char> = (1..=margin as u32).filter_map(char::from_u32).collect();
+fn add_padding<T: Unit>(hunks: &mut [Hunk<T>], margin: usize) -> Vec<T> {
+    let padding: Vec<T> = (1..=margin as u32).filter_map(T::from_code).collect();
     let pl = padding.len();
     for h in hunks.iter_mut() {
         h.start1 += pl;
@@ -290,7 +335,7 @@ fn add_padding(hunks: &mut [Hunk], margin: usize) -> Vec<char> {
 /// Split hunks longer than Bitap's limit into smaller ones. Follows the
 /// reference's iteration exactly: the indices visited are those of the
 /// hunk list as it was on entry.
-fn split_max(hunks: &mut Vec<Hunk>, margin: usize) {
+fn split_max<T: Unit>(hunks: &mut Vec<Hunk<T>>, margin: usize) {
     let patch_size = MATCH_MAX_BITS;
     let entries = hunks.len();
     for x0 in 0..entries {
@@ -303,11 +348,11 @@ fn split_max(hunks: &mut Vec<Hunk>, margin: usize) {
         let big = hunks.remove(x0);
         let mut x = x0;
         let (mut start1, mut start2) = (big.start1, big.start2);
-        let mut big_diffs: VecDeque<Diff> = big.diffs.into();
-        let mut precontext: Vec<char> = Vec::new();
+        let mut big_diffs: VecDeque<Diff<T>> = big.diffs.into();
+        let mut precontext: Vec<T> = Vec::new();
         while !big_diffs.is_empty() {
             // Create one of several smaller hunks.
-            let mut hunk = Hunk {
+            let mut hunk: Hunk<T> = Hunk {
                 start1: start1.saturating_sub(precontext.len()),
                 start2: start2.saturating_sub(precontext.len()),
                 ..Hunk::default()
@@ -355,7 +400,7 @@ fn split_max(hunks: &mut Vec<Hunk>, margin: usize) {
                     } else {
                         empty = false;
                     }
-                    let piece: Vec<char> = front.text[..take].to_vec();
+                    let piece: Vec<T> = front.text[..take].to_vec();
                     hunk.diffs.push(Diff::new(front.op, piece));
                     if take == len {
                         big_diffs.pop_front();
@@ -368,7 +413,7 @@ fn split_max(hunks: &mut Vec<Hunk>, margin: usize) {
             let t2 = text2(&hunk.diffs);
             precontext = t2[t2.len().saturating_sub(margin)..].to_vec();
             // Append the end context for this hunk.
-            let mut postcontext: Vec<char> = Vec::with_capacity(margin);
+            let mut postcontext: Vec<T> = Vec::with_capacity(margin);
             for d in big_diffs.iter().filter(|d| d.op != Op::Insert) {
                 let need = margin - postcontext.len();
                 if need == 0 {
@@ -394,20 +439,27 @@ fn split_max(hunks: &mut Vec<Hunk>, margin: usize) {
 
 /// Apply a patch to `text`, locating each hunk fuzzily. Returns the new text
 /// and, for each hunk after splitting, whether it applied.
-pub fn apply_patch(
+pub fn apply_patch<T: Unit>(
     patch: &Patch,
-    text: &[char],
+    text: &[T],
     opts: &PatchOptions,
-) -> Result<(Vec<char>, Vec<bool>)> {
+) -> Result<(Vec<T>, Vec<bool>)> {
     opts.validate()?;
     if patch.hunks.is_empty() {
         return Ok((text.to_vec(), Vec::new()));
     }
     let max_bits = MATCH_MAX_BITS;
-    let mut hunks = patch.hunks.clone();
+    let mut hunks: Vec<Hunk<T>> = patch
+        .hunks
+        .iter()
+        .map(|h| h.convert())
+        .collect::<Option<_>>()
+        .ok_or_else(|| {
+            Error::invalid("the patch holds code points wider than the text's storage")
+        })?;
     let padding = add_padding(&mut hunks, opts.margin);
     let pl = padding.len();
-    let mut text: Vec<char> = {
+    let mut text: Vec<T> = {
         let mut t = Vec::with_capacity(text.len() + 2 * pl);
         t.extend_from_slice(&padding);
         t.extend_from_slice(text);
