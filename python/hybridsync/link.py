@@ -25,7 +25,7 @@ import xxhash
 from hybridsync.errors import InvalidArgumentError, ProtocolError
 from hybridsync.frame import Edit, Entry, Frame, Kind, decode_frame, encode_frame
 from hybridsync.memory import Memory, _check_encodable
-from hybridsync.text import apply_patch, make_patch
+from hybridsync.text import apply_patch, make_patch, merge3
 
 __all__ = ["Link", "LinkMetrics", "Role"]
 
@@ -53,14 +53,16 @@ class LinkMetrics:
     edits_made: int = 0
     #: Peer edits applied.
     edits_applied: int = 0
-    #: Fuzzy hunks that did not apply to the live text (the peer's edit was lost there).
+    #: Peer edits merged three-way into a live text that had changed locally.
+    merges: int = 0
+    #: Fuzzy hunks that did not apply while re-basing onto a whole document.
     hunks_failed: int = 0
     #: Divergence detections (checksum mismatch, version from the future, a
     #: strict patch that did not fit) that re-initialised a document.
     resyncs: int = 0
     #: Whole documents sent (creation or re-initialisation).
     fulls_sent: int = 0
-    #: Both sides created the same document independently; the server's copy won.
+    #: Both sides created the same document independently; both texts were kept.
     creation_conflicts: int = 0
 
 
@@ -326,12 +328,14 @@ class Link:
             self._awaiting = False
         else:
             if frame.epoch != self._epoch:
-                # Only the first request of a client incarnation never seen
-                # before starts the link afresh; anything else is a late frame.
-                if frame.seq != 1 or frame.epoch in self._retired_epochs:
-                    self.metrics.stale_frames += 1
-                    return
+                # A fresh server link adopts the first client it hears from;
+                # after that only the first request of a client incarnation
+                # never seen before starts the link afresh, anything else is
+                # a late frame.
                 if self._epoch is not None:
+                    if frame.seq != 1 or frame.epoch in self._retired_epochs:
+                        self.metrics.stale_frames += 1
+                        return
                     self._retired_epochs.add(self._epoch)
                     self._restart()
                 self._epoch = frame.epoch
@@ -437,7 +441,7 @@ class Link:
             if not all(flags):
                 self._diverged(e.name, doc)
                 return
-            self._apply_to_text(e.name, doc.shadow, shadow, edit)
+            self._apply_to_text(e.name, doc.shadow, shadow)
             doc.shadow = shadow
             doc.remote += 1
             self.metrics.edits_applied += 1
@@ -448,13 +452,17 @@ class Link:
             return
         doc.take_backup()
 
-    def _apply_to_text(self, name: str, old_shadow: str, new_shadow: str, edit: Edit) -> None:
+    def _apply_to_text(self, name: str, old_shadow: str, new_shadow: str) -> None:
         text = self.memory.text._docs.get(name, "")
         if text == old_shadow:
             new_text = new_shadow
         else:
-            new_text, flags = apply_patch(edit.patch, text)
-            self.metrics.hunks_failed += flags.count(False)
+            # The text changed since the shadow: both derive from the old
+            # shadow, so merge three-way (every edit on both sides survives)
+            # rather than patch fuzzily (a coarse hunk could overwrite text
+            # edited here meanwhile).
+            new_text = merge3(old_shadow, new_shadow, text)
+            self.metrics.merges += 1
         self.memory._set_text(name, new_text, self)
 
     def _diverged(self, name: str, doc: _Doc) -> None:
@@ -483,18 +491,20 @@ class Link:
             self.role == "server"
             and text is not None
             and text != e.text
-            and (doc is None or doc.full_pending)
+            and doc is not None
+            and doc.full_pending
         ):
-            # Independent creations (or crossing re-initialisations): the
-            # server's copy wins and travels back whole.
-            if doc is None:
-                self.metrics.creation_conflicts += 1
-                doc = self._docs[e.name] = _Doc(text, 1, e.local)
-                doc.full_pending = True
-                self._dirty.discard(e.name)
+            # Crossing whole documents: the server's travels on; the client
+            # merges when it arrives (below), so nothing is merged twice.
             return
         new_text = e.text
-        if doc is not None and text is not None:
+        creation = doc is None or (doc.full_pending and (doc.local, doc.remote) == (1, 0))
+        if text is not None and text != e.text and creation:
+            # Both sides created the document independently: keep both
+            # texts, the incoming one first.
+            new_text = merge3("", e.text, text)
+            self.metrics.creation_conflicts += 1
+        elif doc is not None and text is not None:
             # Carry over our changes the peer does not have.
             pending = [s.patch for s in doc.stack if s.version >= e.ack]
             if text != doc.shadow:
@@ -502,8 +512,6 @@ class Link:
             for patch in pending:
                 new_text, flags = apply_patch(patch, new_text)
                 self.metrics.hunks_failed += flags.count(False)
-        elif doc is None and text is not None and text != e.text:
-            self.metrics.creation_conflicts += 1
         fresh = self._docs[e.name] = _Doc(e.text, e.ack, e.local)
         fresh.ack_due = True
         self.memory._set_text(e.name, new_text, self)

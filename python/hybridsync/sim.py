@@ -34,10 +34,13 @@ Agents edit between ticks: mutate ``network[name].text`` directly or use
 Example::
 
     net = Network.star(4, seed=7, loss=0.3, duplicate=0.1, reorder=0.2)
-    net.write("r1", "plan", "1. gather sources\\n")
-    net.edit("r2", "plan", lambda s: s + "2. draft\\n")
+    net.write("r0", "plan", "1. gather sources\\n")
+    net.run_until_quiescent()
+    net.edit("r1", "plan", lambda s: s + "2. draft\\n")
+    net.edit("r2", "plan", lambda s: "0. read the brief\\n" + s)
     ticks = net.run_until_quiescent(max_ticks=500)
-    print(net.summary())
+    assert net.converged()
+    print(net.texts("r3")["plan"], net.summary())
 """
 
 from __future__ import annotations
@@ -252,9 +255,6 @@ class MetricsSummary:
     bytes_sent: int
     bytes_received: int
     resyncs: int
-
-
-_METRIC_FIELDS = ("frames_sent", "frames_received", "bytes_sent", "bytes_received", "resyncs")
 
 
 @dataclass(frozen=True)
@@ -794,16 +794,20 @@ class Network:
         return total
 
     def link_metrics(self) -> dict[Direction, LinkMetrics]:
-        """Each link's own ``metrics`` object, by ``(holder, peer)``."""
+        """Each link's own (live) ``metrics`` object, by ``(holder, peer)``."""
         return {key: self._links[key].metrics for key in sorted(self._links)}
 
     def metrics_summary(self) -> MetricsSummary:
         """The links' own metrics summed over every link."""
-        sums = dict.fromkeys(_METRIC_FIELDS, 0)
-        for link in self._links.values():
-            for name in _METRIC_FIELDS:
-                sums[name] += int(getattr(link.metrics, name))
-        return MetricsSummary(links=len(self._links), **sums)
+        metrics = [link.metrics for link in self._links.values()]
+        return MetricsSummary(
+            links=len(metrics),
+            frames_sent=sum(m.frames_sent for m in metrics),
+            frames_received=sum(m.frames_received for m in metrics),
+            bytes_sent=sum(m.bytes_sent for m in metrics),
+            bytes_received=sum(m.bytes_received for m in metrics),
+            resyncs=sum(m.resyncs for m in metrics),
+        )
 
     def summary(self) -> str:
         """A plain-text table of the traffic per direction and in total."""
