@@ -207,7 +207,10 @@ fn timeout_arg(seconds: f64) -> PyResult<Option<Duration>> {
     if seconds == 0.0 {
         return Ok(None);
     }
-    Ok(Duration::try_from_secs_f64(seconds).ok())
+    // Beyond what a Duration holds: limited in principle, never reached.
+    Ok(Some(
+        Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX),
+    ))
 }
 
 fn unit_arg(name: &str, v: f64) -> PyResult<f64> {

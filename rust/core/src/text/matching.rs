@@ -128,7 +128,10 @@ fn bitap<T: Unit>(text: &[T], pattern: &[T], loc: usize, opts: &MatchOptions) ->
     let mut best_loc: i64 = -1;
     let text_len = text.len() as i64;
     let mut bin_max = (plen + text.len()) as i64;
+    // Bit arrays cover only the window scanned at each error level,
+    // rd[j - base] for j in base ..= finish + 1; windows only shrink.
     let mut last_rd: Vec<u64> = Vec::new();
+    let mut last_base: i64 = 0;
     for d in 0..plen {
         // Scan for the best match; each iteration allows for one more error.
         // Binary search for how far from `loc` we can stray at this error level.
@@ -144,11 +147,21 @@ fn bitap<T: Unit>(text: &[T], pattern: &[T], loc: usize, opts: &MatchOptions) ->
         }
         // Use the result from this iteration as the maximum for the next.
         bin_max = bin_mid;
-        let mut start = (loc_i - bin_mid + 1).max(1);
+        // The scan runs from `finish` down to this `start`, fixed when the
+        // scan begins (as in the reference Python port, whose `range` is
+        // evaluated once).
+        let start = (loc_i - bin_mid + 1).max(1);
         let finish = (loc_i + bin_mid).min(text_len) + plen as i64;
-
-        let mut rd = vec![0u64; (finish + 2) as usize];
-        rd[(finish + 1) as usize] = (1u64 << d) - 1;
+        let base = start;
+        let mut rd = vec![0u64; (finish + 2 - base) as usize];
+        rd[(finish + 1 - base) as usize] = (1u64 << d) - 1;
+        let last = |j: i64| -> u64 {
+            usize::try_from(j - last_base)
+                .ok()
+                .and_then(|i| last_rd.get(i))
+                .copied()
+                .unwrap_or(0)
+        };
         let mut j = finish;
         while j >= start {
             let char_match = if text_len < j {
@@ -156,15 +169,15 @@ fn bitap<T: Unit>(text: &[T], pattern: &[T], loc: usize, opts: &MatchOptions) ->
             } else {
                 s.get(text[(j - 1) as usize])
             };
-            let ju = j as usize;
+            let ju = (j - base) as usize;
             rd[ju] = if d == 0 {
                 // First pass: exact match.
                 ((rd[ju + 1] << 1) | 1) & char_match
             } else {
                 // Subsequent passes: fuzzy match.
                 (((rd[ju + 1] << 1) | 1) & char_match)
-                    | (((last_rd[ju + 1] | last_rd[ju]) << 1) | 1)
-                    | last_rd[ju + 1]
+                    | (((last(j + 1) | last(j)) << 1) | 1)
+                    | last(j + 1)
             };
             if rd[ju] & match_mask != 0 {
                 let sc = score(d, j - 1);
@@ -172,10 +185,7 @@ fn bitap<T: Unit>(text: &[T], pattern: &[T], loc: usize, opts: &MatchOptions) ->
                 if sc <= score_threshold {
                     score_threshold = sc;
                     best_loc = j - 1;
-                    if best_loc > loc_i {
-                        // When passing loc, don't exceed our current distance from loc.
-                        start = (2 * loc_i - best_loc).max(1);
-                    } else {
+                    if best_loc <= loc_i {
                         // Already passed loc, downhill from here on in.
                         break;
                     }
@@ -188,6 +198,7 @@ fn bitap<T: Unit>(text: &[T], pattern: &[T], loc: usize, opts: &MatchOptions) ->
             break;
         }
         last_rd = rd;
+        last_base = base;
     }
     usize::try_from(best_loc).ok()
 }
