@@ -3,9 +3,10 @@ diff-match-patch (the pure-Python ``diff-match-patch`` package).
 
 Diffs and patches are compared without a deadline (``timeout=0`` here,
 ``Diff_Timeout = 0`` there): a deadline is a wall-clock time, so only then is
-diff-match-patch deterministic. ``apply_patch`` (which has no timeout option)
-and the half-match tests use a positive timeout that is never reached (see
-``textcases.APPLY_TIMEOUT``). Generated cases (the tests that decide; the
+diff-match-patch deterministic. ``apply_patch`` is compared both ways: with
+``timeout=0``, and with its default timeout against a reference whose timeout
+is positive but never reached (see ``textcases.APPLY_TIMEOUT``), as in the
+half-match test. Generated cases (the tests that decide; the
 Unicode tests in test_text_unicode.py add 900 more):
 
 ==========================================  =======
@@ -179,7 +180,9 @@ def patch_cases(draw: st.DrawFn) -> tuple[str, str, str]:
 def test_apply_to_edited_text_matches_reference(case: tuple[str, str, str]) -> None:
     a, b, shifted = case
     patch = T.make_patch(a, b, timeout=0)
-    assert T.apply_patch(patch, shifted) == ref_apply(ref_patches_of(patch), shifted)
+    ref_patches = ref_patches_of(patch)
+    assert T.apply_patch(patch, shifted) == ref_apply(ref_patches, shifted)
+    assert T.apply_patch(patch, shifted, timeout=0) == ref_apply(ref_patches, shifted, timeout=0)
 
 
 @settings(max_examples=examples(400), deadline=None)
@@ -306,6 +309,11 @@ def check_trace_case(rng: random.Random, doc: str) -> None:
     for _ in range(rng.randint(1, 3)):
         shifted = random_edit(rng, shifted, doc)
     assert T.apply_patch(patch, shifted) == ref_apply(ref_patches, shifted), (a, b, shifted)
+    assert T.apply_patch(patch, shifted, timeout=0) == ref_apply(ref_patches, shifted, timeout=0), (
+        a,
+        b,
+        shifted,
+    )
 
     pattern_start = rng.randint(0, max(0, len(b) - 1))
     pattern = b[pattern_start : pattern_start + rng.randint(1, 32)]

@@ -45,6 +45,7 @@ INVALID: list[tuple[str, Callable[[], Any]]] = [
     ("apply delete_threshold -0.1", lambda: T.apply_patch(patch(), A, delete_threshold=-0.1)),
     ("apply delete_threshold 2", lambda: T.apply_patch(patch(), A, delete_threshold=2.0)),
     ("apply margin -1", lambda: T.apply_patch(patch(), A, margin=-1)),
+    ("apply timeout -1", lambda: T.apply_patch(patch(), A, timeout=-1.0)),
 ]
 
 
@@ -62,6 +63,7 @@ NOT_A_NUMBER: list[tuple[str, Callable[[], Any]]] = [
     ("make_patch timeout nan", lambda: T.make_patch(A, B, timeout=NAN)),
     ("apply match_threshold nan", lambda: T.apply_patch(patch(), A, match_threshold=NAN)),
     ("apply delete_threshold nan", lambda: T.apply_patch(patch(), A, delete_threshold=NAN)),
+    ("apply timeout nan", lambda: T.apply_patch(patch(), A, timeout=NAN)),
 ]
 
 

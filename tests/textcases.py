@@ -85,19 +85,25 @@ def ref_diff(
     return [(op, data) for op, data in diffs]
 
 
-#: Reference for ``apply_patch``. ``apply_patch`` has no timeout option: like
-#: ``patch_apply`` with its default ``Diff_Timeout`` (1 s) it diffs imperfect
-#: matches with the half-match speed-up enabled, which changes where fuzzy
-#: hunks land. Any positive timeout enables it; 10 s keeps the reference's
-#: deadline out of reach on a slow machine (the diffs involved take
-#: milliseconds), so the comparison is deterministic.
+#: Reference for ``apply_patch`` with its default timeout (1 s). Like
+#: ``patch_apply`` with ``Diff_Timeout`` > 0, it diffs imperfect matches with
+#: the half-match speed-up enabled, which changes where fuzzy hunks land. Any
+#: positive timeout enables it; 10 s keeps the reference's deadline out of
+#: reach on a slow machine (the diffs involved take milliseconds), so the
+#: comparison is deterministic.
 APPLY_TIMEOUT = 10.0
 REF_APPLY = reference(timeout=APPLY_TIMEOUT)
 
 
-def ref_apply(patches: Sequence[Any], text: str, **options: Any) -> tuple[str, list[bool]]:
-    """The reference ``hybridsync.text.apply_patch(patch, text, **options)``."""
-    dmp = reference(timeout=APPLY_TIMEOUT, **options) if options else REF_APPLY
+def ref_apply(
+    patches: Sequence[Any], text: str, *, timeout: float = APPLY_TIMEOUT, **options: Any
+) -> tuple[str, list[bool]]:
+    """The reference ``hybridsync.text.apply_patch(patch, text, **options)``
+    (``timeout=0``: the same with ``timeout=0``)."""
+    if timeout == APPLY_TIMEOUT and not options:
+        dmp = REF_APPLY
+    else:
+        dmp = reference(timeout=timeout, **options)
     new_text, flags = dmp.patch_apply(list(patches), text)
     return new_text, list(flags)
 

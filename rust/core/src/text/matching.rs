@@ -50,7 +50,7 @@ pub fn match_main<T: Unit>(
         return Ok(Some(loc));
     }
     if pattern.len() > MATCH_MAX_PATTERN {
-        return Err(Error::invalid(format!(
+        return Err(Error::LimitExceeded(format!(
             "pattern of {} code points is longer than the fuzzy-match limit of {MATCH_MAX_PATTERN}",
             pattern.len()
         )));
