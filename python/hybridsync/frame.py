@@ -25,6 +25,8 @@ __all__ = [
     "Entry",
     "Frame",
     "Kind",
+    "MetaBlock",
+    "MetaKind",
     "decode_frame",
     "encode_frame",
 ]
@@ -33,7 +35,8 @@ MAGIC = b"HSYN"
 PROTOCOL_VERSION = 1
 FLAG_COMPRESSED = 0x01
 FLAG_REPLY = 0x02
-_KNOWN_FLAGS = FLAG_COMPRESSED | FLAG_REPLY
+FLAG_META = 0x04
+_KNOWN_FLAGS = FLAG_COMPRESSED | FLAG_REPLY | FLAG_META
 _HEADER = struct.Struct("<4sBB")
 _CHECKSUM = struct.Struct("<Q")
 
@@ -81,6 +84,28 @@ class Entry:
     text: str = ""
 
 
+class MetaKind(enum.IntEnum):
+    """What a frame's metadata block carries."""
+
+    #: Only the sender's epoch.
+    NONE = 0
+    #: ``a`` = the sender's state vector, ``b`` = a Yjs update of the epoch.
+    UPDATE = 1
+    #: A new epoch: ``a`` = its base document (a Yjs update), ``b`` = the final
+    #: state vector of the receiver's (older) epoch.
+    EPOCH = 2
+
+
+@dataclass(frozen=True)
+class MetaBlock:
+    """The structured-metadata part of a frame."""
+
+    epoch: int
+    kind: MetaKind
+    a: bytes = b""
+    b: bytes = b""
+
+
 @dataclass(frozen=True)
 class Frame:
     """One frame of a link exchange."""
@@ -90,6 +115,7 @@ class Frame:
     seq: int
     reply: bool
     entries: tuple[Entry, ...] = field(default_factory=tuple)
+    meta: MetaBlock | None = None
 
 
 def _put_uint(out: bytearray, value: int) -> None:
@@ -128,6 +154,13 @@ def encode_frame(frame: Frame, *, compress_threshold: int = 1024, level: int = 3
             _put_uint(body, e.local)
             _put_bytes(body, e.text.encode())
     flags = FLAG_REPLY if frame.reply else 0
+    if frame.meta is not None:
+        flags |= FLAG_META
+        _put_uint(body, frame.meta.epoch)
+        body.append(frame.meta.kind)
+        if frame.meta.kind != MetaKind.NONE:
+            _put_bytes(body, frame.meta.a)
+            _put_bytes(body, frame.meta.b)
     payload = bytes(body)
     if compress_threshold >= 0 and len(payload) >= compress_threshold:
         packed = zstandard.ZstdCompressor(level=level).compress(payload)
@@ -288,6 +321,18 @@ def decode_frame(data: bytes, *, max_bytes: int = 64 << 20) -> Frame:
             entries.append(Entry(name, kind, ack, local, text=r.text(f"text of {name!r}")))
         else:
             entries.append(Entry(name, kind))
+    meta = None
+    if flags & FLAG_META:
+        epoch_m = r.uint()
+        kind_byte = r.take(1)[0]
+        try:
+            mkind = MetaKind(kind_byte)
+        except ValueError:
+            raise DecodeError(f"unknown metadata block kind {kind_byte}") from None
+        if mkind == MetaKind.NONE:
+            meta = MetaBlock(epoch_m, mkind)
+        else:
+            meta = MetaBlock(epoch_m, mkind, r.blob(), r.blob())
     if r.pos != len(body):
         raise DecodeError(f"{len(body) - r.pos} trailing bytes after the last entry")
-    return Frame(sender, epoch, seq, bool(flags & FLAG_REPLY), tuple(entries))
+    return Frame(sender, epoch, seq, bool(flags & FLAG_REPLY), tuple(entries), meta)

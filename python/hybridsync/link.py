@@ -23,8 +23,18 @@ from typing import Literal
 import xxhash
 
 from hybridsync.errors import InvalidArgumentError, ProtocolError
-from hybridsync.frame import Edit, Entry, Frame, Kind, decode_frame, encode_frame
+from hybridsync.frame import (
+    Edit,
+    Entry,
+    Frame,
+    Kind,
+    MetaBlock,
+    MetaKind,
+    decode_frame,
+    encode_frame,
+)
 from hybridsync.memory import Memory, _check_encodable
+from hybridsync.meta import decode_state_vector, merge_state_vectors
 from hybridsync.text import apply_patch, make_patch, merge3
 
 __all__ = ["Link", "LinkMetrics", "Role"]
@@ -159,6 +169,11 @@ class Link:
         else:
             self._epoch = epoch
         self._retired_epochs: set[int] = set()  # server: client incarnations replaced
+        # Metadata channel: the peer's epoch and what it is known to hold.
+        self._meta_dirty = not memory.meta.is_empty()
+        self._peer_epoch = 0
+        self._peer_state: bytes | None = None
+        self._sent_state: bytes | None = None  # our state vector in the last frame built
         self._seq = 0  # client: latest request sent; server: latest request processed
         self._awaiting = False  # client: latest request not answered yet
         self._last_frame = b""  # client: latest request; server: latest reply
@@ -181,7 +196,14 @@ class Link:
     @property
     def idle(self) -> bool:
         """True when this side has nothing to tell the peer but acknowledgements."""
-        return not (self._dirty or self._pending or self._deleted_acks or self._absent)
+        return not (
+            self._dirty
+            or self._pending
+            or self._deleted_acks
+            or self._absent
+            or self._meta_dirty
+            or (self.role == "server" and self._peer_epoch < self.memory.meta.epoch)
+        )
 
     @property
     def awaiting_reply(self) -> bool:
@@ -237,11 +259,64 @@ class Link:
             self._refresh(name)
         assert self._epoch is not None  # a server only replies after a request set it
         frame = Frame(
-            self.memory.replica_id, self._epoch, self._seq, self.role == "server", tuple(entries)
+            self.memory.replica_id,
+            self._epoch,
+            self._seq,
+            self.role == "server",
+            tuple(entries),
+            self._meta_block(),
         )
         data = encode_frame(frame, compress_threshold=self.compress_threshold)
         self._last_frame = data
         return self._sent(data, retransmit=False)
+
+    def _meta_block(self) -> MetaBlock:
+        meta = self.memory.meta
+        if self.memory.is_root:
+            meta.maybe_compact()  # the compaction pass runs during each cycle
+        self._sent_state = meta.state()
+        if self.role == "server" and self._peer_epoch < meta.epoch:
+            # The peer is on an older epoch: move it across. What the epoch
+            # gained since its base follows once the peer reports its state.
+            self._meta_dirty = True
+            return MetaBlock(
+                meta.epoch, MetaKind.EPOCH, meta.base, meta.frozen_state(self._peer_epoch)
+            )
+        if self._meta_dirty or (self.role == "client" and self._peer_epoch < meta.epoch):
+            self._meta_dirty = False
+            known = self._peer_state if self._peer_epoch == meta.epoch else None
+            return MetaBlock(
+                meta.epoch, MetaKind.UPDATE, self._sent_state, meta.update_since(known)
+            )
+        return MetaBlock(meta.epoch, MetaKind.NONE)
+
+    def _receive_meta(self, blk: MetaBlock | None, delivered: bool) -> None:
+        """Apply a frame's metadata block. ``delivered``: the peer has our last
+        frame (its content is in the peer's state). Raises DecodeError before
+        changing anything if the block is invalid."""
+        meta = self.memory.meta
+        if blk is None:
+            return
+        if blk.kind == MetaKind.UPDATE:
+            decode_state_vector(blk.a)  # validate before anything changes
+        epoch_before = meta.epoch
+        if blk.kind == MetaKind.EPOCH and blk.epoch > meta.epoch:
+            meta.cross(blk.epoch, blk.a, blk.b, meta.epoch)
+        elif blk.kind == MetaKind.UPDATE and blk.epoch == meta.epoch:
+            meta.apply_remote(blk.b, self)
+        elif blk.kind == MetaKind.UPDATE and blk.epoch > meta.epoch:
+            # The peer is ahead with its whole document (a restarted root).
+            meta.cross(blk.epoch, blk.b, b"", meta.epoch)
+        if meta.epoch != epoch_before:
+            self._peer_state = meta.base_state if blk.kind == MetaKind.EPOCH else blk.a
+        elif blk.epoch == meta.epoch:
+            known = self._peer_state if self._peer_epoch == meta.epoch else None
+            if delivered and self._sent_state is not None:
+                known = merge_state_vectors(known, self._sent_state)
+            if blk.kind == MetaKind.UPDATE:
+                known = merge_state_vectors(known, blk.a)
+            self._peer_state = known
+        self._peer_epoch = blk.epoch
 
     def _sent(self, data: bytes, *, retransmit: bool) -> bytes:
         m = self.metrics
@@ -319,39 +394,61 @@ class Link:
         if frame.reply != (self.role == "client"):
             kind = "reply" if frame.reply else "request"
             raise ProtocolError(f"a {kind} frame cannot be sent to the {self.role} side of a link")
-        self.metrics.frames_received += 1
-        self.metrics.bytes_received += len(data)
+        restart = False
         if self.role == "client":
             if frame.epoch != self._epoch or not self._awaiting or frame.seq != self._seq:
-                self.metrics.stale_frames += 1
+                self._count_received(data, stale=True)
                 return
+        elif frame.epoch != self._epoch:
+            # A fresh server link adopts the first client it hears from;
+            # after that only the first request of a client incarnation never
+            # seen before starts the link afresh, anything else is a late frame.
+            if self._epoch is not None:
+                if frame.seq != 1 or frame.epoch in self._retired_epochs:
+                    self._count_received(data, stale=True)
+                    return
+                restart = True
+        elif frame.seq <= self._seq:
+            self._count_received(data, stale=True)
+            if frame.seq == self._seq:
+                self._resend_reply = True  # our reply was lost
+            return
+        # The metadata block is the only part that can still fail: apply it
+        # before anything else changes.
+        if restart:
+            saved = (self._peer_epoch, self._peer_state, self._sent_state)
+            self._peer_epoch, self._peer_state, self._sent_state = 0, None, None
+            try:
+                self._receive_meta(frame.meta, delivered=False)
+            except Exception:
+                self._peer_epoch, self._peer_state, self._sent_state = saved
+                raise
+        else:
+            # A reply, or a request following one we answered: the peer has our last frame.
+            self._receive_meta(frame.meta, delivered=self._seq > 0)
+        self._count_received(data, stale=False)
+        if self.role == "client":
             self._awaiting = False
         else:
-            if frame.epoch != self._epoch:
-                # A fresh server link adopts the first client it hears from;
-                # after that only the first request of a client incarnation
-                # never seen before starts the link afresh, anything else is
-                # a late frame.
-                if self._epoch is not None:
-                    if frame.seq != 1 or frame.epoch in self._retired_epochs:
-                        self.metrics.stale_frames += 1
-                        return
-                    self._retired_epochs.add(self._epoch)
-                    self._restart()
-                self._epoch = frame.epoch
-            elif frame.seq <= self._seq:
-                self.metrics.stale_frames += 1
-                if frame.seq == self._seq:
-                    self._resend_reply = True  # our reply was lost
-                return
+            if restart:
+                assert self._epoch is not None
+                self._retired_epochs.add(self._epoch)
+                self._restart()
+            self._epoch = frame.epoch
             self._seq = frame.seq
             self._reply_due = True
         for entry in frame.entries:
             self._receive(entry)
             self._refresh(entry.name)
 
+    def _count_received(self, data: bytes, *, stale: bool) -> None:
+        self.metrics.frames_received += 1
+        self.metrics.bytes_received += len(data)
+        self.metrics.stale_frames += stale
+
     def _restart(self) -> None:
         """The client link restarted (new epoch): start every document afresh."""
+        self._meta_dirty = not self.memory.meta.is_empty()
         self._docs.clear()
         self._pending.clear()
         self._deleted_acks.clear()

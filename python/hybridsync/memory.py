@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, MutableMapping
 from typing import TYPE_CHECKING
 
 import xxhash
 
 from hybridsync.errors import InvalidArgumentError
+from hybridsync.meta import CompactionPolicy, Meta, canonical_json
 
 if TYPE_CHECKING:
     from hybridsync.link import Link
@@ -81,18 +83,39 @@ class Memory:
 
     Args:
         replica_id: a name unique in the swarm (it travels in every frame).
+        compaction: when the root of the link tree starts a new metadata
+            epoch (see :class:`hybridsync.meta.CompactionPolicy`).
     """
 
-    def __init__(self, replica_id: str) -> None:
+    def __init__(self, replica_id: str, *, compaction: CompactionPolicy | None = None) -> None:
         if not isinstance(replica_id, str) or not replica_id:
             raise InvalidArgumentError("replica_id must be a non-empty str")
         _check_encodable(replica_id, "replica_id")
         self.replica_id = replica_id
-        self.text = TextDocuments(self)
         self._links: list[Link] = []
+        self.text = TextDocuments(self)
+        self.meta = Meta(self, compaction or CompactionPolicy())
 
     def __repr__(self) -> str:
-        return f"<Memory {self.replica_id!r}: {len(self.text)} text documents>"
+        return (
+            f"<Memory {self.replica_id!r}: {len(self.text)} text documents, "
+            f"{len(self.meta)} metadata keys (epoch {self.meta.epoch})>"
+        )
+
+    def transaction(self) -> contextlib.AbstractContextManager[None]:
+        """Group several metadata writes into one change::
+
+        with memory.transaction():
+            memory.meta["tasks"]["t1"]["status"] = "done"
+            memory.meta["log"].append("t1 done")
+        """
+        return self.meta.transaction()
+
+    @property
+    def is_root(self) -> bool:
+        """True when no link has this replica as its client side: the root of
+        the link tree, which owns metadata compaction."""
+        return not any(link.role == "client" for link in self._links)
 
     @property
     def links(self) -> tuple[Link, ...]:
@@ -108,6 +131,10 @@ class Memory:
             for part in (b"text", name.encode(), docs[name].encode()):
                 h.update(len(part).to_bytes(8, "little"))
                 h.update(part)
+        meta = canonical_json(self.meta.to_py())
+        for part in (b"meta", meta):
+            h.update(len(part).to_bytes(8, "little"))
+            h.update(part)
         return h.hexdigest()
 
     # -- used by links -----------------------------------------------------
@@ -133,6 +160,11 @@ class Memory:
             return
         self.text._docs[name] = value
         self._text_changed(name, origin)
+
+    def _meta_changed(self, origin: Link | None, *, epoch_changed: bool = False) -> None:
+        for link in self._links:
+            if link is not origin:
+                link._meta_dirty = True
 
     def _delete_text(self, name: str, origin: Link) -> None:
         """Delete a document because ``origin``'s peer deleted it."""

@@ -1,0 +1,628 @@
+"""Structured metadata: JSON-like values on a Yjs CRDT (pycrdt), with epochs.
+
+``memory.meta`` is a mutable mapping of JSON-like values (dicts, lists, str,
+int, float, bool, None). Concurrent writes from different replicas merge by
+the CRDT's rules: writes to distinct keys all survive, writes to one key end
+with one deterministic winner everywhere.
+
+A CRDT keeps metadata about its history: every overwritten value leaves a
+header behind. To keep that bounded by the live value, the root of the link
+tree (the replica with no upstream link) runs a compaction pass each cycle;
+past the :class:`CompactionPolicy` threshold it starts a new **epoch**: a
+fresh document built from the live value. Every replica crosses to the new
+epoch at its next exchange. Writes made on the old epoch that the root had
+not integrated (unsent local writes, frames in flight, a replica partitioned
+for a long time) are re-applied on the new epoch from their value-level
+form, so nothing is lost and nothing is applied twice: each replica logs its
+own writes tagged with the Yjs clock they produced, and the new epoch comes
+with the old document's final state vector, which says exactly which of them
+the root integrated.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Union
+
+import xxhash
+from pycrdt import Array, Doc, Map
+
+from hybridsync.errors import DecodeError, InvalidArgumentError, LimitExceededError
+
+if TYPE_CHECKING:
+    from hybridsync.link import Link
+    from hybridsync.memory import Memory
+
+__all__ = ["CompactionPolicy", "Meta", "MetaList", "MetaMap", "MetaMetrics"]
+
+#: A JSON-like value as stored.
+Value = Union[None, bool, int, float, str, list["Value"], dict[str, "Value"]]  # noqa: UP007
+Path = tuple[str | int, ...]
+#: A value-level write: (kind, container path, key or index, value).
+Op = tuple[str, Path, str | int | None, Any]
+
+_ROOT = "meta"
+_CLOCK = "clock"
+_MAX_DEPTH = 64
+_INT_LIMIT = 1 << 63
+_EXACT_FLOAT = 1 << 53
+#: Frozen state vectors kept to move lagging replicas across epochs.
+_EPOCH_HISTORY = 256
+
+
+@dataclass(frozen=True)
+class CompactionPolicy:
+    """When the root starts a new epoch.
+
+    A compaction runs when the encoded CRDT state exceeds ``max_ratio`` times
+    the live value's compact JSON size plus ``slack_bytes``, or when more
+    than ``max_clients`` CRDT client ids have written in the epoch.
+    ``enabled=False`` keeps one epoch forever (plain CRDT behaviour).
+    """
+
+    max_ratio: float = 1.5
+    slack_bytes: int = 2048
+    max_clients: int = 64
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        if not (self.max_ratio >= 1.0 and self.slack_bytes >= 0 and self.max_clients >= 1):
+            raise InvalidArgumentError(
+                "CompactionPolicy needs max_ratio >= 1.0, slack_bytes >= 0, max_clients >= 1"
+            )
+
+
+@dataclass
+class MetaMetrics:
+    """Size and compaction counters of a replica's metadata."""
+
+    #: Encoded CRDT state of the current epoch, in bytes (``len(get_update())``).
+    encoded_bytes: int = 0
+    #: The live value as compact JSON, in bytes.
+    live_bytes: int = 0
+    #: CRDT client ids in the current epoch's state vector.
+    clients: int = 0
+    epoch: int = 0
+    #: Epochs this replica started (as the root).
+    compactions: int = 0
+    #: Epochs this replica crossed into.
+    crossings: int = 0
+    #: Own writes re-applied on a new epoch because the root had not integrated them.
+    rebased_writes: int = 0
+    #: Largest encoded state seen (bytes).
+    max_encoded_bytes: int = 0
+
+
+# -- values ------------------------------------------------------------------
+
+
+def _check(value: Any, depth: int = 0) -> Value:
+    """Validate a JSON-like value (and copy containers)."""
+    if depth > _MAX_DEPTH:
+        raise LimitExceededError(f"metadata values nest at most {_MAX_DEPTH} levels deep")
+    if value is None or isinstance(value, (bool, str)):
+        if isinstance(value, str):
+            _check_str(value)
+        return value
+    if isinstance(value, int):
+        if not -_INT_LIMIT <= value < _INT_LIMIT:
+            raise InvalidArgumentError(f"integer {value} does not fit in 64 bits")
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidArgumentError(f"metadata numbers must be finite (JSON), got {value}")
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_check(v, depth + 1) for v in value]
+    if isinstance(value, dict):
+        out: dict[str, Value] = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise InvalidArgumentError(f"metadata keys are str, got {type(k).__name__}")
+            _check_str(k)
+            out[k] = _check(v, depth + 1)
+        return out
+    raise InvalidArgumentError(
+        f"metadata holds JSON-like values (dict, list, str, int, float, bool, None), "
+        f"got {type(value).__name__}"
+    )
+
+
+def _check_str(s: str) -> None:
+    if not s.isascii():
+        try:
+            s.encode()
+        except UnicodeEncodeError:
+            raise InvalidArgumentError("metadata strings cannot hold lone surrogates") from None
+
+
+def _prelim(value: Value) -> Any:
+    """A checked value as pycrdt content (containers become shared types)."""
+    if isinstance(value, dict):
+        return Map({k: _prelim(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return Array([_prelim(v) for v in value])
+    return value
+
+
+def _plain(value: Any) -> Value:
+    """A stored value as plain Python. Numbers follow JSON: integral values
+    within +-2**53 read back as int."""
+    if isinstance(value, (Map, dict)):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (Array, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and value.is_integer() and abs(value) < _EXACT_FLOAT:
+        return int(value)
+    return value  # type: ignore[no-any-return]
+
+
+def canonical_json(value: Value) -> bytes:
+    """Compact, key-sorted JSON of a plain value (sizes and digests)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+# -- state vectors -------------------------------------------------------------
+
+
+def decode_state_vector(data: bytes) -> dict[int, int]:
+    """Decode a Yjs (v1) state vector: client id -> clock."""
+    pos = 0
+
+    def uint() -> int:
+        nonlocal pos
+        value = shift = 0
+        while True:
+            if pos >= len(data):
+                raise DecodeError("truncated state vector")
+            b = data[pos]
+            pos += 1
+            value |= (b & 0x7F) << shift
+            if not b & 0x80:
+                return value
+            shift += 7
+            if shift > 63:
+                raise DecodeError("state vector varint longer than 64 bits")
+
+    if not data:
+        return {}
+    n = uint()
+    if n > len(data):
+        raise DecodeError("state vector entry count exceeds its size")
+    out: dict[int, int] = {}
+    for _ in range(n):
+        client = uint()
+        out[client] = uint()
+    if pos != len(data):
+        raise DecodeError("trailing bytes after a state vector")
+    return out
+
+
+def encode_state_vector(sv: dict[int, int]) -> bytes:
+    """Encode a Yjs (v1) state vector."""
+    out = bytearray()
+
+    def uint(v: int) -> None:
+        while v >= 0x80:
+            out.append((v & 0x7F) | 0x80)
+            v >>= 7
+        out.append(v)
+
+    uint(len(sv))
+    for client in sorted(sv):
+        uint(client)
+        uint(sv[client])
+    return bytes(out)
+
+
+def merge_state_vectors(a: bytes | None, b: bytes) -> bytes:
+    """The state vector covering both ``a`` and ``b`` (per-client maximum)."""
+    if not a:
+        return b
+    merged = decode_state_vector(a)
+    for client, clock in decode_state_vector(b).items():
+        if clock > merged.get(client, 0):
+            merged[client] = clock
+    return encode_state_vector(merged)
+
+
+def _client_id(replica_id: str, epoch: int) -> int:
+    """A CRDT client id unique to (replica, epoch), within JavaScript's 53 bits."""
+    return xxhash.xxh64_intdigest(f"{replica_id}\x00{epoch}".encode()) & ((1 << 53) - 1)
+
+
+# -- proxies -------------------------------------------------------------------
+
+
+class MetaMap(MutableMapping[str, Any]):
+    """A dict inside ``memory.meta``, addressed by its path: it stays valid
+    across epochs (a fresh document replaces the old one)."""
+
+    def __init__(self, meta: Meta, path: Path) -> None:
+        self._meta = meta
+        self._path = path
+
+    def _node(self) -> Map[Any]:
+        node = self._meta._resolve(self._path)
+        if not isinstance(node, Map):
+            raise KeyError(f"{self._path!r} is no longer a dict")
+        return node
+
+    def __getitem__(self, key: str) -> Any:
+        return self._meta._wrap(self._node()[key], (*self._path, key))
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._meta._set(self._path, key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self._meta._delete(self._path, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._node().keys()))
+
+    def __len__(self) -> int:
+        return len(self._node())
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key in self._node()
+
+    def to_py(self) -> dict[str, Value]:
+        """The dict as plain Python values."""
+        out = _plain(self._node())
+        assert isinstance(out, dict)
+        return out
+
+    def __repr__(self) -> str:
+        return f"MetaMap({self.to_py()!r})"
+
+
+class MetaList:
+    """A list inside ``memory.meta``, addressed by its path."""
+
+    def __init__(self, meta: Meta, path: Path) -> None:
+        self._meta = meta
+        self._path = path
+
+    def _node(self) -> Array[Any]:
+        node = self._meta._resolve(self._path)
+        if not isinstance(node, Array):
+            raise KeyError(f"{self._path!r} is no longer a list")
+        return node
+
+    def __len__(self) -> int:
+        return len(self._node())
+
+    def __getitem__(self, index: int) -> Any:
+        node = self._node()
+        i = _index(index, len(node))
+        return self._meta._wrap(node[i], (*self._path, i))
+
+    def __setitem__(self, index: int, value: Any) -> None:
+        self._meta._list_set(self._path, index, value)
+
+    def __delitem__(self, index: int) -> None:
+        self._meta._list_delete(self._path, index)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter([self[i] for i in range(len(self))])
+
+    def append(self, value: Any) -> None:
+        """Append a value."""
+        self._meta._list_insert(self._path, len(self), value)
+
+    def insert(self, index: int, value: Any) -> None:
+        """Insert a value before ``index`` (clamped to the list)."""
+        self._meta._list_insert(self._path, index, value)
+
+    def to_py(self) -> list[Value]:
+        """The list as plain Python values."""
+        out = _plain(self._node())
+        assert isinstance(out, list)
+        return out
+
+    def __repr__(self) -> str:
+        return f"MetaList({self.to_py()!r})"
+
+
+def _index(index: int, length: int) -> int:
+    if not isinstance(index, int):
+        raise InvalidArgumentError(f"list indices are int, got {type(index).__name__}")
+    i = index + length if index < 0 else index
+    if not 0 <= i < length:
+        raise IndexError(f"list index {index} out of range for a list of {length}")
+    return i
+
+
+# -- the channel ---------------------------------------------------------------
+
+
+class Meta(MutableMapping[str, Any]):
+    """The structured metadata of a replica (``memory.meta``)."""
+
+    def __init__(self, memory: Memory, policy: CompactionPolicy) -> None:
+        self._memory = memory
+        self.policy = policy
+        self.metrics = MetaMetrics()
+        self._txn_depth = 0
+        self._txn_ops: list[Op] = []
+        self._ticks = 0
+        #: Own writes not known to be integrated by the root: (clock end, op).
+        self._pending: list[tuple[int, Op]] = []
+        #: Frozen state vectors of ended epochs (epoch -> encoded state vector).
+        self._frozen: dict[int, bytes] = {}
+        self._changed = True  # since the last compaction check
+        self._start_epoch(0, b"")
+
+    # -- epochs
+
+    def _start_epoch(self, epoch: int, base: bytes) -> None:
+        self.epoch = epoch
+        self.base = base
+        self._client = _client_id(self._memory.replica_id, epoch)
+        self._doc: Doc[Any] = Doc(client_id=self._client)
+        if base:
+            self._doc.apply_update(base)
+        self._root = self._doc.get(_ROOT, type=Map)
+        self._clock = self._doc.get(_CLOCK, type=Map)
+        self.base_state = self._doc.get_state()
+        self.metrics.epoch = epoch
+
+    def frozen_state(self, epoch: int) -> bytes:
+        """The final state vector of an ended epoch (empty if unknown)."""
+        return self._frozen.get(epoch, b"")
+
+    def maybe_compact(self) -> bool:
+        """Run the compaction pass: start a new epoch when the policy says so.
+        Only the root of the link tree calls it. Returns True if it compacted."""
+        if not self._changed:
+            return False
+        self._changed = False
+        live = self.to_py()
+        encoded = len(self._doc.get_update())
+        clients = len(decode_state_vector(self._doc.get_state()))
+        self._measure(encoded, len(canonical_json(live)), clients)
+        p = self.policy
+        if not p.enabled:
+            return False
+        if encoded <= p.max_ratio * self.metrics.live_bytes + p.slack_bytes and (
+            clients <= p.max_clients
+        ):
+            return False
+        self._frozen[self.epoch] = self._doc.get_state()
+        self._trim_history()
+        builder: Doc[Any] = Doc(client_id=_client_id(self._memory.replica_id, self.epoch + 1))
+        root = builder.get(_ROOT, type=Map)
+        with builder.transaction():
+            for k, v in live.items():
+                root[k] = _prelim(v)
+        self._start_epoch(self.epoch + 1, builder.get_update())
+        self._pending.clear()  # the root integrated everything it wrote
+        self.metrics.compactions += 1
+        self._measure(len(self._doc.get_update()), self.metrics.live_bytes, 1)
+        self._memory._meta_changed(None, epoch_changed=True)
+        return True
+
+    def _trim_history(self) -> None:
+        while len(self._frozen) > _EPOCH_HISTORY:
+            del self._frozen[min(self._frozen)]
+
+    def cross(self, epoch: int, base: bytes, frozen_state: bytes, from_epoch: int) -> None:
+        """Move to ``epoch`` (built from ``base``), re-applying own writes that
+        the frozen state of ``from_epoch`` (our current epoch) does not cover.
+        Raises DecodeError (nothing changes) if ``base`` or the state is bad."""
+        frozen = decode_state_vector(frozen_state)
+        probe: Doc[Any] = Doc()
+        try:
+            probe.apply_update(base)
+        except ValueError as exc:
+            raise DecodeError(f"invalid epoch base document: {exc}") from exc
+        integrated = frozen.get(self._client, 0)
+        keep = [op for end, op in self._pending if end > integrated]
+        self._frozen[from_epoch] = frozen_state
+        self._trim_history()
+        self._start_epoch(epoch, base)
+        self._pending = []
+        self.metrics.crossings += 1
+        if keep:
+            with self._write() as ops:
+                for op in keep:
+                    if self._replay(op):
+                        ops.append(op)
+            self.metrics.rebased_writes += len(keep)
+        self._changed = True
+        self._memory._meta_changed(None, epoch_changed=True)
+
+    # -- sync
+
+    def is_empty(self) -> bool:
+        """True for a replica that never held any metadata (nothing to send)."""
+        return self.epoch == 0 and not decode_state_vector(self._doc.get_state())
+
+    def state(self) -> bytes:
+        """The encoded state vector of the current epoch's document."""
+        return self._doc.get_state()
+
+    def update_since(self, state: bytes | None) -> bytes:
+        """Everything a holder of ``state`` (of this epoch) lacks."""
+        return self._doc.get_update(state) if state else self._doc.get_update()
+
+    def apply_remote(self, update: bytes, origin: Link) -> None:
+        """Integrate an update of the current epoch from a peer."""
+        before = None
+        try:
+            self._doc.apply_update(update)
+        except ValueError as exc:
+            raise DecodeError(f"invalid metadata update: {exc}") from exc
+        if update:
+            self._changed = True
+            self._memory._meta_changed(origin)
+        del before
+
+    def _measure(self, encoded: int, live: int, clients: int) -> None:
+        m = self.metrics
+        m.encoded_bytes, m.live_bytes, m.clients = encoded, live, clients
+        m.max_encoded_bytes = max(m.max_encoded_bytes, encoded)
+
+    def measure(self) -> MetaMetrics:
+        """Measure the encoded state and the live value now."""
+        self._measure(
+            len(self._doc.get_update()),
+            len(canonical_json(self.to_py())),
+            len(decode_state_vector(self._doc.get_state())),
+        )
+        return self.metrics
+
+    # -- writes
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group writes into one CRDT transaction (one change on the wire)."""
+        with self._write():
+            yield
+
+    @contextmanager
+    def _write(self) -> Iterator[list[Op]]:
+        if self._txn_depth:
+            self._txn_depth += 1
+            try:
+                yield self._txn_ops
+            finally:
+                self._txn_depth -= 1
+            return
+        self._txn_depth = 1
+        self._txn_ops = []
+        try:
+            with self._doc.transaction(origin="local"):
+                yield self._txn_ops
+                if self._txn_ops:
+                    # Every transaction advances our clock, deletions included,
+                    # so each logged write has a clock to be acknowledged by.
+                    self._ticks += 1
+                    self._clock[str(self._client)] = self._ticks
+        finally:
+            self._txn_depth = 0
+        if self._txn_ops:
+            end = decode_state_vector(self._doc.get_state()).get(self._client, 0)
+            self._pending.extend((end, op) for op in self._txn_ops)
+            self._txn_ops = []
+            self._changed = True
+            self._memory._meta_changed(None)
+
+    def _resolve(self, path: Path) -> Any:
+        node: Any = self._root
+        for part in path:
+            try:
+                node = node[part]
+            except (KeyError, IndexError, TypeError):
+                raise KeyError(f"no metadata at {path!r}") from None
+        return node
+
+    def _wrap(self, value: Any, path: Path) -> Any:
+        if isinstance(value, Map):
+            return MetaMap(self, path)
+        if isinstance(value, Array):
+            return MetaList(self, path)
+        return _plain(value)
+
+    def _set(self, path: Path, key: str, value: Any) -> None:
+        if not isinstance(key, str):
+            raise InvalidArgumentError(f"metadata keys are str, got {type(key).__name__}")
+        _check_str(key)
+        checked = _check(value)
+        node = self._resolve(path)
+        with self._write() as ops:
+            node[key] = _prelim(checked)
+            ops.append(("set", path, key, checked))
+
+    def _delete(self, path: Path, key: str) -> None:
+        node = self._resolve(path)
+        if key not in node:
+            raise KeyError(key)
+        with self._write() as ops:
+            del node[key]
+            ops.append(("del", path, key, None))
+
+    def _list_set(self, path: Path, index: int, value: Any) -> None:
+        checked = _check(value)
+        node = self._resolve(path)
+        i = _index(index, len(node))
+        with self._write() as ops:
+            node[i] = _prelim(checked)
+            ops.append(("lset", path, i, checked))
+
+    def _list_insert(self, path: Path, index: int, value: Any) -> None:
+        checked = _check(value)
+        node = self._resolve(path)
+        if not isinstance(index, int):
+            raise InvalidArgumentError(f"list indices are int, got {type(index).__name__}")
+        i = max(0, min(index + len(node) if index < 0 else index, len(node)))
+        with self._write() as ops:
+            node.insert(i, _prelim(checked))
+            ops.append(("insert", path, i, checked))
+
+    def _list_delete(self, path: Path, index: int) -> None:
+        node = self._resolve(path)
+        i = _index(index, len(node))
+        with self._write() as ops:
+            del node[i]
+            ops.append(("ldel", path, i, None))
+
+    def _replay(self, op: Op) -> bool:
+        """Re-apply a logged write on the current document (value level);
+        False when its container no longer exists."""
+        kind, path, key, value = op
+        try:
+            node = self._resolve(path)
+        except KeyError:
+            return False
+        if kind in ("set", "del"):
+            if not isinstance(node, Map) or not isinstance(key, str):
+                return False
+            if kind == "set":
+                node[key] = _prelim(value)
+            elif key in node:
+                del node[key]
+            return True
+        if not isinstance(node, Array) or not isinstance(key, int):
+            return False
+        n = len(node)
+        if kind == "insert":
+            node.insert(min(key, n), _prelim(value))
+        elif kind == "lset" and n:
+            node[min(key, n - 1)] = _prelim(value)
+        elif kind == "ldel" and n:
+            del node[min(key, n - 1)]
+        return True
+
+    # -- the mapping
+
+    def __getitem__(self, key: str) -> Any:
+        return self._wrap(self._root[key], (key,))
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._set((), key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self._delete((), key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._root.keys()))
+
+    def __len__(self) -> int:
+        return len(self._root)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._root
+
+    def to_py(self) -> dict[str, Value]:
+        """The whole metadata as plain Python values."""
+        out = _plain(self._root)
+        assert isinstance(out, dict)
+        return out
+
+    def __repr__(self) -> str:
+        return f"<Meta of {self._memory.replica_id!r}: epoch {self.epoch}, {len(self)} keys>"
