@@ -274,20 +274,21 @@ class Link:
         meta = self.memory.meta
         if self.memory.is_root:
             meta.maybe_compact()  # the compaction pass runs during each cycle
-        self._sent_state = meta.state()
+        # _sent_state: what the peer holds once it has this frame.
         if self.role == "server" and self._peer_epoch < meta.epoch:
             # The peer is on an older epoch: move it across. What the epoch
             # gained since its base follows once the peer reports its state.
             self._meta_dirty = True
-            return MetaBlock(
-                meta.epoch, MetaKind.EPOCH, meta.base, meta.frozen_state(self._peer_epoch)
-            )
+            self._sent_state = meta.base_state
+            frozen = meta.frozen_state(self._peer_epoch)
+            return MetaBlock(meta.epoch, MetaKind.EPOCH, meta.base, frozen)
         if self._meta_dirty or (self.role == "client" and self._peer_epoch < meta.epoch):
             self._meta_dirty = False
             known = self._peer_state if self._peer_epoch == meta.epoch else None
-            return MetaBlock(
-                meta.epoch, MetaKind.UPDATE, self._sent_state, meta.update_since(known)
-            )
+            self._sent_state = meta.state()
+            update = meta.update_since(known)
+            return MetaBlock(meta.epoch, MetaKind.UPDATE, self._sent_state, update)
+        self._sent_state = None
         return MetaBlock(meta.epoch, MetaKind.NONE)
 
     def _receive_meta(self, blk: MetaBlock | None, delivered: bool) -> None:

@@ -1,0 +1,309 @@
+"""Structured metadata: the API, sync, epochs and compaction."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pycrdt import Array, Doc
+
+from hybridsync import Link, Memory
+from hybridsync.errors import InvalidArgumentError, LimitExceededError
+from hybridsync.meta import CompactionPolicy
+
+EAGER = CompactionPolicy(max_ratio=1.0, slack_bytes=256)
+
+
+class Star:
+    """A root with client replicas, exchanged by hand with seeded loss."""
+
+    def __init__(
+        self, n: int, *, policy: CompactionPolicy | None = None, loss: float = 0.0, seed: int = 0
+    ) -> None:
+        self.root = Memory("root", compaction=policy)
+        self.leaves = [Memory(f"leaf-{i}") for i in range(n)]
+        self.links = [
+            (
+                Link(m, "root", role="client", epoch=100 + i),
+                Link(self.root, m.replica_id, role="server"),
+            )
+            for i, m in enumerate(self.leaves)
+        ]
+        self.loss = loss
+        self.rng = random.Random(seed)
+        self.cut: set[int] = set()
+
+    def exchange(self, i: int) -> None:
+        if i in self.cut:
+            return
+        cl, sv = self.links[i]
+        frame = cl.outgoing()
+        assert frame is not None
+        if self.rng.random() < self.loss:
+            return
+        sv.incoming(frame)
+        reply = sv.outgoing()
+        if reply is not None and self.rng.random() >= self.loss:
+            cl.incoming(reply)
+
+    def cycle(self) -> None:
+        for i in range(len(self.links)):
+            self.exchange(i)
+
+    def settle(self, rounds: int = 60) -> None:
+        self.loss = 0.0
+        for _ in range(rounds):
+            self.cycle()
+            if self.converged() and all(c.idle and s.idle for c, s in self.links):
+                return
+        raise AssertionError("did not settle")
+
+    def converged(self) -> bool:
+        return len({m.digest() for m in [self.root, *self.leaves]}) == 1
+
+
+# -- the API -------------------------------------------------------------------
+
+
+def test_json_like_values_nested_updates_and_lists() -> None:
+    m = Memory("a")
+    m.meta["tasks"] = {"t1": {"status": "todo", "tags": ["x"]}, "n": 3}
+    m.meta["flag"] = True
+    m.meta["none"] = None
+    m.meta["pi"] = 3.5
+    tasks = m.meta["tasks"]
+    tasks["t1"]["status"] = "done"
+    tasks["t1"]["tags"].append("y")
+    tasks["t1"]["tags"].insert(0, "w")
+    tasks["t2"] = {"status": "todo"}
+    del tasks["t2"]["status"]
+    assert m.meta.to_py() == {
+        "tasks": {"t1": {"status": "done", "tags": ["w", "x", "y"]}, "n": 3, "t2": {}},
+        "flag": True,
+        "none": None,
+        "pi": 3.5,
+    }
+    assert isinstance(m.meta["tasks"]["n"], int)  # JSON numbers: integral reads back as int
+    assert (
+        "tasks" in m.meta and len(m.meta) == 4 and sorted(m.meta) == ["flag", "none", "pi", "tasks"]
+    )
+    tags = m.meta["tasks"]["t1"]["tags"]
+    del tags[1]
+    tags[0] = "v"
+    assert tags.to_py() == ["v", "y"] and tags[-1] == "y" and len(tags) == 2
+    with pytest.raises(KeyError):
+        m.meta["missing"]
+    with pytest.raises(IndexError):
+        tags[5]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [object(), {1: "x"}, math.nan, math.inf, 2**64, {"k": {1, 2}}, "lone \ud800"],
+)
+def test_non_json_values_are_refused_and_change_nothing(bad: object) -> None:
+    m = Memory("a")
+    m.meta["keep"] = 1
+    before = m.digest()
+    with pytest.raises(InvalidArgumentError):
+        m.meta["bad"] = bad
+    assert m.digest() == before
+
+
+def test_too_deep_values_are_refused() -> None:
+    value: object = "leaf"
+    for _ in range(100):
+        value = [value]
+    with pytest.raises(LimitExceededError):
+        Memory("a").meta["deep"] = value
+
+
+def test_a_transaction_is_one_change() -> None:
+    a, b = Memory("a"), Memory("b")
+    cl, sv = Link(a, "b", role="client", epoch=5), Link(b, "a", role="server")
+    with a.transaction():
+        a.meta["x"] = 1
+        a.meta["y"] = {"z": [1, 2]}
+        a.meta["y"]["z"].append(3)
+    assert len({end for end, _ in a.meta._pending}) == 1  # one clock tick for three writes
+    sv.incoming(cl.outgoing() or b"")
+    assert b.meta.to_py() == {"x": 1, "y": {"z": [1, 2, 3]}}
+
+
+# -- sync ----------------------------------------------------------------------
+
+
+def test_concurrent_writes_merge_by_the_crdt() -> None:
+    star = Star(2)
+    a, b = star.leaves
+    a.meta["board"] = {"t1": "todo"}
+    star.settle()
+    a.meta["board"]["t1"] = "claimed by a"  # same key: one winner everywhere
+    b.meta["board"]["t1"] = "claimed by b"
+    a.meta["a-only"] = 1  # distinct keys: both survive
+    b.meta["b-only"] = 2
+    star.settle()
+    value = star.root.meta.to_py()
+    assert value["a-only"] == 1 and value["b-only"] == 2
+    assert value["board"]["t1"] in ("claimed by a", "claimed by b")
+    assert a.meta.to_py() == b.meta.to_py() == value
+
+
+def test_metadata_converges_under_loss_in_a_chain() -> None:
+    root, hub, leaf = Memory("root", compaction=EAGER), Memory("hub"), Memory("leaf")
+    pairs = [
+        (Link(hub, "root", role="client", epoch=1), Link(root, "hub", role="server")),
+        (Link(leaf, "hub", role="client", epoch=2), Link(hub, "leaf", role="server")),
+    ]
+    rng = random.Random(3)
+
+    def cycle(loss: float) -> None:
+        for cl, sv in pairs:
+            frame = cl.outgoing() or b""
+            if rng.random() >= loss:
+                sv.incoming(frame)
+                reply = sv.outgoing()
+                if reply and rng.random() >= loss:
+                    cl.incoming(reply)
+
+    for i in range(400):
+        rng.choice([root, hub, leaf]).meta[f"k{rng.randrange(10)}"] = f"v{i}"
+        leaf.meta.setdefault("log", [])
+        if i % 7 == 0:
+            leaf.meta["log"].append(i)
+        cycle(0.3)
+    for _ in range(50):
+        cycle(0.0)
+    assert len({m.digest() for m in (root, hub, leaf)}) == 1
+    assert root.meta.metrics.compactions >= 2
+    assert hub.meta.epoch == leaf.meta.epoch == root.meta.epoch
+    assert root.meta["log"].to_py() == list(range(0, 400, 7))  # every append once
+
+
+# -- epochs ----------------------------------------------------------------------
+
+
+def test_compaction_keeps_the_state_bounded_by_the_live_value() -> None:
+    star = Star(3, policy=CompactionPolicy(max_ratio=1.5, slack_bytes=1024), loss=0.2, seed=1)
+    rng = random.Random(2)
+    worst = 0.0
+    for i in range(3000):
+        rng.choice(star.leaves).meta[f"key-{rng.randrange(30)}"] = f"value {i}"
+        star.exchange(rng.randrange(3))
+        for m in (star.root, *star.leaves):
+            metrics = m.meta.measure()
+            worst = max(worst, metrics.encoded_bytes - (2 * metrics.live_bytes + 4096))
+    star.settle()
+    assert worst <= 0, f"state exceeded 2x live + 4 KB by {worst} bytes"
+    assert star.root.meta.metrics.compactions > 10
+    assert star.converged()
+
+
+def test_naive_rebuild_duplicates_and_epochs_do_not() -> None:
+    """Regression: rebuilding a fresh document from the live value and merging
+    it with a replica that still has the old history duplicates content."""
+    old = Doc()
+    log = old.get("log", type=Array)
+    log.append("hello")
+    replica = Doc()
+    replica.apply_update(old.get_update())
+    rebuilt = Doc()
+    rebuilt.get("log", type=Array).extend(list(log))
+    replica.apply_update(rebuilt.get_update())
+    assert list(replica.get("log", type=Array)) == ["hello", "hello"]  # the trap
+
+    star = Star(1, policy=EAGER)
+    leaf = star.leaves[0]
+    leaf.meta["log"] = ["hello"]
+    star.settle()
+    for i in range(50):  # enough overwrites for several compactions
+        star.root.meta["counter"] = i
+        star.cycle()
+    star.settle()
+    assert star.root.meta.metrics.compactions >= 2
+    assert leaf.meta.epoch == star.root.meta.epoch
+    assert leaf.meta["log"].to_py() == star.root.meta["log"].to_py() == ["hello"]
+
+
+def test_a_replica_partitioned_across_epochs_keeps_its_writes() -> None:
+    star = Star(3, policy=EAGER)
+    lonely = star.leaves[2]
+    lonely.meta["notes"] = ["before the partition"]
+    lonely.meta["owner"] = "lonely"
+    star.settle()
+    star.cut.add(2)
+    start_epoch = star.root.meta.epoch
+    for i in range(200):  # the others keep overwriting: several compactions
+        star.leaves[i % 2].meta["status"] = f"step {i}"
+        star.cycle()
+    assert star.root.meta.epoch >= start_epoch + 2
+    lonely.meta["notes"].append("written while partitioned")
+    lonely.meta["lonely-key"] = {"deep": [1, 2]}
+    notes = lonely.meta["notes"]  # a proxy taken before the crossing
+    star.cut.clear()
+    star.settle()
+    notes.append("after rejoining")
+    star.settle()
+    for m in (star.root, *star.leaves):
+        assert m.meta["notes"].to_py() == [
+            "before the partition",
+            "written while partitioned",
+            "after rejoining",
+        ]
+        assert m.meta["lonely-key"].to_py() == {"deep": [1, 2]}
+        assert m.meta["status"] == "step 199"
+    assert lonely.meta.metrics.rebased_writes >= 2
+
+
+# -- properties -------------------------------------------------------------------
+
+OPS = st.lists(
+    st.tuples(
+        st.integers(0, 2),  # writer
+        st.sampled_from(["set", "del", "append", "sync", "sync"]),
+        st.integers(0, 5),  # key
+        st.integers(0, 1000),  # value
+    ),
+    max_size=120,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops=OPS, seed=st.integers(0, 2**16), loss=st.sampled_from([0.0, 0.2, 0.5]))
+def test_property_convergence_with_faults_and_compactions(
+    ops: list[tuple[int, str, int, int]], seed: int, loss: float
+) -> None:
+    star = Star(3, policy=CompactionPolicy(max_ratio=1.0, slack_bytes=128), loss=loss, seed=seed)
+    written: dict[str, list[object]] = {}
+    singles: dict[str, object] = {}
+    appended: list[int] = []
+    for writer, kind, k, v in ops:
+        m = star.leaves[writer]
+        key = f"k{k}"
+        if kind == "set":
+            m.meta[key] = v
+            written.setdefault(key, []).append(v)
+        elif kind == "del" and key in m.meta:
+            del m.meta[key]
+            written.setdefault(key, []).append(None)
+        elif kind == "append":
+            m.meta.setdefault(f"log-{writer}", [])
+            m.meta[f"log-{writer}"].append(v)
+            appended.append(v)
+        else:
+            star.exchange(writer)
+    for key, values in written.items():
+        if len(values) == 1 and values[0] is not None:
+            singles[key] = values[0]
+    star.settle()
+    final = star.root.meta.to_py()
+    for key, value in singles.items():  # a write nobody superseded is everywhere
+        assert final.get(key) == value
+    for key, value in final.items():
+        if key in written:  # the winner is one of the writes
+            assert value in written[key]
+    logs = sorted(v for w in range(3) for v in final.get(f"log-{w}", []))
+    assert logs == sorted(appended)  # every append exactly once
