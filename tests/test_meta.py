@@ -96,6 +96,11 @@ def test_json_like_values_nested_updates_and_lists() -> None:
     assert tags.to_py() == ["v", "y"] and tags[-1] == "y" and len(tags) == 2
     with pytest.raises(KeyError):
         m.meta["missing"]
+    m.meta.setdefault("log", []).append("first")  # setdefault returns the live list
+    m.meta["tasks"].setdefault("t3", {})["k"] = "v"
+    assert m.meta["log"].to_py() == ["first"] and m.meta["tasks"]["t3"].to_py() == {"k": "v"}
+    del m.meta["log"]
+    del m.meta["tasks"]["t3"]
     with pytest.raises(IndexError):
         tags[5]
 

@@ -270,6 +270,13 @@ class MetaMap(MutableMapping[str, Any]):
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and key in self._node()
 
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        """``self[key]``, storing ``default`` first if the key is missing; a
+        stored dict or list comes back as its live proxy."""
+        if key not in self:
+            self[key] = default
+        return self[key]
+
     def to_py(self) -> dict[str, Value]:
         """The dict as plain Python values."""
         out = _plain(self._node())
@@ -617,6 +624,13 @@ class Meta(MutableMapping[str, Any]):
 
     def __contains__(self, key: object) -> bool:
         return key in self._root
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        """``self[key]``, storing ``default`` first if the key is missing; a
+        stored dict or list comes back as its live proxy."""
+        if key not in self:
+            self[key] = default
+        return self[key]
 
     def to_py(self) -> dict[str, Value]:
         """The whole metadata as plain Python values."""
