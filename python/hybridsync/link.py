@@ -10,8 +10,10 @@ delivery, run as stop-and-wait exchanges: the ``"client"`` side (the one
 farther from the root of the link tree) sends requests, the ``"server"``
 side answers each with one reply. Per document and link each side keeps a
 shadow of what the peer has, a backup shadow, versions and a stack of
-unacknowledged edits; edits apply strictly to the shadow and fuzzily to the
-live text. ``docs/protocol.md`` specifies the frames and the rules.
+unacknowledged edits; edits apply strictly to the shadow and are merged into
+the live text (three-way when it changed meanwhile). The same frames carry
+the structured metadata's CRDT updates and epoch changes.
+``docs/protocol.md`` specifies the frames and the rules.
 """
 
 from __future__ import annotations
