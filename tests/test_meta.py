@@ -107,7 +107,7 @@ def test_json_like_values_nested_updates_and_lists() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    [object(), {1: "x"}, math.nan, math.inf, 2**64, {"k": {1, 2}}, "lone \ud800"],
+    [object(), {1: "x"}, math.nan, math.inf, 2**53, -(2**60), {"k": {1, 2}}, "lone \ud800"],
 )
 def test_non_json_values_are_refused_and_change_nothing(bad: object) -> None:
     m = Memory("a")
@@ -136,6 +136,15 @@ def test_a_transaction_is_one_change() -> None:
     assert len({end for end, _ in a.meta._pending}) == 1  # one clock tick for three writes
     sv.incoming(cl.outgoing() or b"")
     assert b.meta.to_py() == {"x": 1, "y": {"z": [1, 2, 3]}}
+
+
+def test_the_log_of_own_writes_stays_bounded_without_compaction() -> None:
+    m = Memory("a", compaction=CompactionPolicy(enabled=False))
+    for i in range(5000):
+        m.meta[f"k{i % 10}"] = {"n": i}
+        m.meta[f"k{i % 10}"]["seen"] = True
+    assert len(m.meta._pending) < 600
+    assert m.meta.to_py()["k9"] == {"n": 4999, "seen": True}
 
 
 # -- sync ----------------------------------------------------------------------

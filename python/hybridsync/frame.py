@@ -334,5 +334,5 @@ def decode_frame(data: bytes, *, max_bytes: int = 64 << 20) -> Frame:
         else:
             meta = MetaBlock(epoch_m, mkind, r.blob(), r.blob())
     if r.pos != len(body):
-        raise DecodeError(f"{len(body) - r.pos} trailing bytes after the last entry")
+        raise DecodeError(f"{len(body) - r.pos} trailing bytes after the frame body")
     return Frame(sender, epoch, seq, bool(flags & FLAG_REPLY), tuple(entries), meta)

@@ -48,7 +48,6 @@ Op = tuple[str, Path, str | int | None, Any]
 _ROOT = "meta"
 _CLOCK = "clock"
 _MAX_DEPTH = 64
-_INT_LIMIT = 1 << 63
 _EXACT_FLOAT = 1 << 53
 #: Frozen state vectors kept to move lagging replicas across epochs.
 _EPOCH_HISTORY = 256
@@ -109,8 +108,11 @@ def _check(value: Any, depth: int = 0) -> Value:
             _check_str(value)
         return value
     if isinstance(value, int):
-        if not -_INT_LIMIT <= value < _INT_LIMIT:
-            raise InvalidArgumentError(f"integer {value} does not fit in 64 bits")
+        if not -_EXACT_FLOAT < value < _EXACT_FLOAT:
+            raise InvalidArgumentError(
+                f"integer {value} is beyond +-2**53: JSON numbers (and Yjs) hold it only "
+                "approximately; store it as a string"
+            )
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -158,7 +160,11 @@ def _plain(value: Any) -> Value:
         return [_plain(v) for v in value]
     if isinstance(value, float) and value.is_integer() and abs(value) < _EXACT_FLOAT:
         return int(value)
-    return value  # type: ignore[no-any-return]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        return "bytes:" + bytes(value).hex()  # a peer stored non-JSON content
+    return None
 
 
 def canonical_json(value: Value) -> bytes:
@@ -359,6 +365,7 @@ class Meta(MutableMapping[str, Any]):
         self._ticks = 0
         #: Own writes not known to be integrated by the root: (clock end, op).
         self._pending: list[tuple[int, Op]] = []
+        self._pending_limit = 256
         #: Frozen state vectors of ended epochs (epoch -> encoded state vector).
         self._frozen: dict[int, bytes] = {}
         self._changed = True  # since the last compaction check
@@ -439,7 +446,7 @@ class Meta(MutableMapping[str, Any]):
                 for op in keep:
                     if self._replay(op):
                         ops.append(op)
-            self.metrics.rebased_writes += len(keep)
+                self.metrics.rebased_writes += len(ops)
         self._changed = True
         self._memory._meta_changed(None, epoch_changed=True)
 
@@ -459,15 +466,12 @@ class Meta(MutableMapping[str, Any]):
 
     def apply_remote(self, update: bytes, origin: Link) -> None:
         """Integrate an update of the current epoch from a peer."""
-        before = None
         try:
             self._doc.apply_update(update)
         except ValueError as exc:
             raise DecodeError(f"invalid metadata update: {exc}") from exc
-        if update:
-            self._changed = True
-            self._memory._meta_changed(origin)
-        del before
+        self._changed = True
+        self._memory._meta_changed(origin)
 
     def _measure(self, encoded: int, live: int, clients: int) -> None:
         m = self.metrics
@@ -516,8 +520,29 @@ class Meta(MutableMapping[str, Any]):
             end = decode_state_vector(self._doc.get_state()).get(self._client, 0)
             self._pending.extend((end, op) for op in self._txn_ops)
             self._txn_ops = []
+            if len(self._pending) > self._pending_limit:
+                self._collapse_pending()
             self._changed = True
             self._memory._meta_changed(None)
+
+    def _collapse_pending(self) -> None:
+        """Bound the log of own writes: a later set/del of a dict key makes
+        earlier writes to that key, and to anything inside it, irrelevant."""
+        kept: list[tuple[int, Op]] = []
+        replaced: set[Path] = set()
+        for end, op in reversed(self._pending):
+            kind, path, key, _ = op
+            if any(path[: len(p)] == p for p in replaced):
+                continue
+            if kind in ("set", "del") and isinstance(key, str):
+                target = (*path, key)
+                if target in replaced:
+                    continue
+                replaced.add(target)
+            kept.append((end, op))
+        kept.reverse()
+        self._pending = kept
+        self._pending_limit = 2 * len(kept) + 256
 
     def _resolve(self, path: Path) -> Any:
         node: Any = self._root
