@@ -70,6 +70,7 @@ import pycrdt
 import zstandard
 from pycrdt import YMessageType, YSyncMessageType, create_update_message, write_message
 
+from _machine import cpu_model
 from hybridsync import Link, Memory
 from hybridsync.traces import Trace, apply_splices, load_trace
 
@@ -739,14 +740,7 @@ def run_trace(trace: Trace, n_txns: int, log: Callable[[str], None]) -> dict[str
 
 
 def environment(argv: Sequence[str]) -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return {
         "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": " ".join(["python", "benches/bench_sync.py", *argv]),

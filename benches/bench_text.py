@@ -38,13 +38,13 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import fast_diff_match_patch
 from diff_match_patch import diff_match_patch
 
+from _machine import cpu_model, package_version
 from hybridsync import text as ht
 from hybridsync.traces import Trace, apply_splices, load_trace
 
@@ -626,20 +626,8 @@ def flag(t: Timing, timeout: float | None = None) -> str:
 
 
 def environment() -> dict[str, Any]:
-    def version(dist: str) -> str:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return "unknown"
-
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    version = package_version
+    cpu = cpu_model()
     return {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "python": platform.python_version(),
