@@ -472,6 +472,10 @@ class Meta(MutableMapping[str, Any]):
             raise DecodeError(f"invalid metadata update: {exc}") from exc
         self._changed = True
         self._memory._meta_changed(origin)
+        if self._memory.is_root:
+            # Check right away: a root integrating many peers' updates in one
+            # cycle stays bounded between them too.
+            self.maybe_compact()
 
     def _measure(self, encoded: int, live: int, clients: int) -> None:
         m = self.metrics
