@@ -316,6 +316,8 @@ class Link:
             known = self._peer_state if self._peer_epoch == meta.epoch else None
             if delivered and self._sent_state is not None:
                 known = merge_state_vectors(known, self._sent_state)
+                if self.role == "client":
+                    meta.note_delivered(self._sent_state)
             if blk.kind == MetaKind.UPDATE:
                 known = merge_state_vectors(known, blk.a)
             self._peer_state = known

@@ -369,11 +369,21 @@ class Meta(MutableMapping[str, Any]):
         #: Frozen state vectors of ended epochs (epoch -> encoded state vector).
         self._frozen: dict[int, bytes] = {}
         self._changed = True  # since the last compaction check
+        self._client = 0
+        self._delivered = 0
+        self._base_size = 0
         self._start_epoch(0, b"")
 
     # -- epochs
 
+    def note_delivered(self, state: bytes) -> None:
+        """Our upstream acknowledged a frame that carried ``state`` (a state
+        vector of the current epoch)."""
+        clock = decode_state_vector(state).get(self._client, 0)
+        self._delivered = max(self._delivered, clock)
+
     def _start_epoch(self, epoch: int, base: bytes) -> None:
+        self._delivered = 0  # own clock acknowledged by the upstream, this epoch
         self.epoch = epoch
         self.base = base
         self._client = _client_id(self._memory.replica_id, epoch)
@@ -383,6 +393,7 @@ class Meta(MutableMapping[str, Any]):
         self._root = self._doc.get(_ROOT, type=Map)
         self._clock = self._doc.get(_CLOCK, type=Map)
         self.base_state = self._doc.get_state()
+        self._base_size = len(base)
         self.metrics.epoch = epoch
 
     def frozen_state(self, epoch: int) -> bytes:
@@ -406,6 +417,8 @@ class Meta(MutableMapping[str, Any]):
             clients <= p.max_clients
         ):
             return False
+        if encoded <= self._base_size + 64 and clients <= p.max_clients:
+            return False  # nothing to gain: the history is the base already
         self._frozen[self.epoch] = self._doc.get_state()
         self._trim_history()
         builder: Doc[Any] = Doc(client_id=_client_id(self._memory.replica_id, self.epoch + 1))
@@ -434,7 +447,13 @@ class Meta(MutableMapping[str, Any]):
             probe.apply_update(base)
         except ValueError as exc:
             raise DecodeError(f"invalid epoch base document: {exc}") from exc
-        integrated = frozen.get(self._client, 0)
+        if frozen_state:
+            integrated = frozen.get(self._client, 0)
+        else:
+            # The sender no longer knows our epoch's final state (we were away
+            # for more epochs than it remembers): count what our upstream
+            # acknowledged as integrated, re-apply the rest.
+            integrated = self._delivered
         keep = [op for end, op in self._pending if end > integrated]
         self._frozen[from_epoch] = frozen_state
         self._trim_history()
@@ -513,9 +532,9 @@ class Meta(MutableMapping[str, Any]):
         try:
             with self._doc.transaction(origin="local"):
                 yield self._txn_ops
-                if self._txn_ops:
-                    # Every transaction advances our clock, deletions included,
-                    # so each logged write has a clock to be acknowledged by.
+                if any(op[0] in ("del", "ldel") for op in self._txn_ops):
+                    # A deletion alone does not advance our clock; this write
+                    # does, so each logged write has a clock to be acknowledged by.
                     self._ticks += 1
                     self._clock[str(self._client)] = self._ticks
         finally:
