@@ -1,0 +1,1084 @@
+#!/usr/bin/env python3
+"""Structured metadata under churn: hybridsync vs plain pycrdt (Yjs) vs Loro.
+
+Every engine replays the same seeded workload on a star of replicas (a hub and its
+leaves), in ticks:
+
+* ``hybridsync`` -- :class:`hybridsync.Memory` replicas (``memory.meta``, compaction
+  policy ``max_ratio=1.5, slack_bytes=2048, max_clients=64``) joined by
+  :class:`hybridsync.Link` pairs, driven by :mod:`hybridsync.sim` (lossless by default,
+  one tick of delay each way, clients poll every tick). Wire bytes are every frame sent,
+  polls and acknowledgements included.
+* ``pycrdt`` -- what a pycrdt-websocket user does: one ``pycrdt.Doc`` per replica (a root
+  ``Map``, nested ``Map``/``Array`` for nested values), every local transaction's update
+  sent as a y-protocol ``SYNC_UPDATE`` message to the hub, which applies it and relays the
+  same message to every other replica; a joining replica downloads the hub's whole state
+  (``SYNC_STEP1`` + ``SYNC_STEP2``). Messages are delivered at the end of the tick.
+* ``loro`` -- the same relay with ``loro.LoroDoc`` replicas: every commit's update
+  (``subscribe_local_update``) to the hub and on to every other replica; a joining replica
+  imports the hub's snapshot (``ExportMode.Snapshot()``). The shallow snapshot a joiner
+  could download instead (``ExportMode.ShallowSnapshot(frontiers)``, history dropped) is
+  reported too. (Loro keeps its history: that is how it is designed, not a defect.)
+
+Workloads:
+
+(a) **storm**: 100 keys overwritten with unique 14-character values; a hub, 20 long-lived
+    leaves and short-lived leaves (about 5 at a time) that join as fresh replicas, write
+    for a while, then leave once their writes are delivered.
+(b) **board**: a task board of 50 agents: the hub creates tasks (a dict of dicts) and
+    archives (deletes) finished ones; agents claim tasks (some claims collide in the same
+    tick), update progress and complete them, each change one transaction that also
+    appends a line to an append-only log list.
+
+Metrics: wire bytes; state size = the encoded state of a replica (hybridsync:
+``len(doc.get_update())`` of the current epoch for every replica present; pycrdt:
+``len(doc.get_update())`` of the hub; Loro: ``len(export(Snapshot()))`` of the hub --
+every pycrdt/Loro replica holds the same history once synced) sampled every few ticks,
+maximum and final; live JSON size; CPU = ``time.process_time`` of the engine's own work
+(writes, sync, joins; the size sampling is excluded). Ratios are ``hybridsync / other``:
+below 1.0 means hybridsync is smaller or cheaper. Convergence (all present replicas equal
+after settling) is checked per engine; final values need not agree across engines
+(concurrent writes merge by each engine's own rules).
+
+An engine whose CPU time on a workload passes ``--budget-s`` stops there and is reported
+as not finished (DNF), with its numbers up to that tick and per-transaction ratios.
+
+Usage::
+
+    python benches/bench_meta.py [--quick] [--loss 0.0] [--budget-s 300] [--out benches/results]
+
+It writes ``meta.md`` and ``meta.json`` into ``--out`` (about 10 minutes in full, 2-3
+minutes with ``--quick``, on a 2-core machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import json
+import math
+import os
+import platform
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import xxhash
+from pycrdt import Array, Doc, Map, create_update_message
+
+from hybridsync import Link, Memory
+from hybridsync.frame import MetaKind, decode_frame
+from hybridsync.meta import CompactionPolicy
+from hybridsync.sim import Network
+
+try:
+    import loro
+except ImportError:  # reported, the pycrdt comparison still runs
+    loro = None
+
+SEED = 20_240_817
+POLICY = CompactionPolicy(max_ratio=1.5, slack_bytes=2048, max_clients=64)
+HUB = "r0"
+
+#: One write inside a transaction: ("set", path, key, value) | ("del", path, key, None)
+#: | ("append", path, None, value). ``path`` names the container from the root.
+Op = tuple[str, tuple[str, ...], Any, Any]
+
+
+# --------------------------------------------------------------------------- workloads
+
+
+@dataclass
+class Tick:
+    joins: list[str] = field(default_factory=list)
+    leaves: list[str] = field(default_factory=list)
+    txns: list[tuple[str, list[Op]]] = field(default_factory=list)
+
+
+@dataclass
+class Workload:
+    name: str
+    title: str
+    description: str
+    initial: list[str]  # replicas present from the start (the hub first)
+    setup: list[Op]  # the hub's first transaction
+    ticks: list[Tick]
+    sample_every: int
+
+    @property
+    def txn_count(self) -> int:
+        return sum(len(t.txns) for t in self.ticks)
+
+    @property
+    def op_count(self) -> int:
+        return sum(len(ops) for t in self.ticks for _, ops in t.txns)
+
+    @property
+    def replica_count(self) -> int:
+        return len(self.initial) + sum(len(t.joins) for t in self.ticks)
+
+
+def storm(writes: int, replicas: int, long_lived: int, short_alive: int, per_tick: int) -> Workload:
+    rng = random.Random(SEED)
+    keys = [f"k{i:02d}" for i in range(100)]
+    short = replicas - 1 - long_lived
+    n_ticks = -(-writes // per_tick)
+    spacing = n_ticks / short
+    join_at: dict[int, list[str]] = {}
+    leave_at: dict[int, list[str]] = {}
+    for j in range(short):
+        name = f"r{long_lived + 1 + j}"
+        join_at.setdefault(max(0, round((j - short_alive + 1) * spacing)), []).append(name)
+        leave_at.setdefault(round((j + 1) * spacing), []).append(name)
+    active = [HUB] + [f"r{i}" for i in range(1, long_lived + 1)]
+    ticks: list[Tick] = []
+    seq = 0
+    for t in range(n_ticks):
+        tick = Tick(joins=join_at.get(t, []), leaves=leave_at.get(t, []))
+        active += tick.joins
+        for name in tick.leaves:
+            active.remove(name)
+        for _ in range(min(per_tick, writes - seq)):
+            seq += 1
+            writer = rng.choice(active)
+            tick.txns.append((writer, [("set", (), rng.choice(keys), f"{writer:>4}:{seq:09d}")]))
+        ticks.append(tick)
+    leftovers = [n for n in active if int(n[1:]) > long_lived]
+    if leftovers:
+        ticks.append(Tick(leaves=leftovers))
+    return Workload(
+        name="storm",
+        title=(
+            f"(a) Overwrite storm: {writes:,} overwrites of 100 keys, {replicas} replicas "
+            f"({long_lived} long-lived leaves, {short} short-lived about {short_alive} at a "
+            f"time), {per_tick} writes/tick"
+        ),
+        description=(
+            "Each overwrite is one transaction on a uniformly chosen key by a uniformly "
+            "chosen active writer; values are unique, 14 characters. Short-lived replicas "
+            "join as fresh replicas and leave once their writes are delivered."
+        ),
+        initial=[HUB] + [f"r{i}" for i in range(1, long_lived + 1)],
+        setup=[("set", (), k, f"{HUB:>4}:{0:09d}") for k in keys],
+        ticks=ticks,
+        sample_every=max(1, n_ticks // 100),
+    )
+
+
+def board(agents: int, n_ticks: int) -> Workload:
+    """A task board: ``tasks`` (dict of dicts) and an append-only ``log`` list."""
+    rng = random.Random(SEED + 1)
+    names = [f"r{i}" for i in range(1, agents)]
+    tasks: dict[str, dict[str, Any]] = {}  # the script's own view
+    working: dict[str, str] = {}  # agent -> task
+    done_at: dict[str, int] = {}
+    ticks: list[Tick] = []
+    next_task = 0
+    words = ["parse", "fetch", "rank", "summarize", "verify", "embed", "plan", "review"]
+    for t in range(n_ticks):
+        tick = Tick()
+        # The hub (orchestrator) creates tasks and archives finished ones.
+        for _ in range(3):
+            tid = f"t{next_task:05d}"
+            next_task += 1
+            tasks[tid] = {"created": t, "status": "open"}
+            tick.txns.append(
+                (
+                    HUB,
+                    [
+                        (
+                            "set",
+                            ("tasks",),
+                            tid,
+                            {
+                                "title": f"{rng.choice(words)} batch {next_task}",
+                                "status": "open",
+                                "owner": None,
+                                "progress": 0,
+                                "priority": rng.randint(1, 5),
+                                "tags": [rng.choice(words), rng.choice(words)],
+                            },
+                        ),
+                        ("append", ("log",), None, f"{t:05d} r0 created {tid}"),
+                    ],
+                )
+            )
+        for tid in [tid for tid, at in done_at.items() if at <= t - 10]:
+            del done_at[tid]
+            del tasks[tid]
+            tick.txns.append(
+                (
+                    HUB,
+                    [
+                        ("del", ("tasks",), tid, None),
+                        ("append", ("log",), None, f"{t:05d} r0 archived {tid}"),
+                    ],
+                )
+            )
+        # Agents: claim an open task seen for long enough, work on it, complete it.
+        claimable = [
+            tid for tid, s in tasks.items() if s["status"] == "open" and s["created"] <= t - 6
+        ]
+        rng.shuffle(claimable)
+        claimed_now: list[str] = []
+        for agent in names:
+            tid = working.get(agent)
+            if tid is None:
+                if rng.random() < 0.3 and (claimable or claimed_now):
+                    if claimed_now and rng.random() < 0.1:
+                        # A colliding claim: another agent claimed it this very tick.
+                        # This agent gives up on it afterwards (it sees the other owner).
+                        tid = rng.choice(claimed_now)
+                    else:
+                        if not claimable:
+                            continue
+                        tid = claimable.pop()
+                        tasks[tid]["status"] = "claimed"
+                        working[agent] = tid
+                        claimed_now.append(tid)
+                    tick.txns.append(
+                        (
+                            agent,
+                            [
+                                ("set", ("tasks", tid), "status", "claimed"),
+                                ("set", ("tasks", tid), "owner", agent),
+                                ("append", ("log",), None, f"{t:05d} {agent} claimed {tid}"),
+                            ],
+                        )
+                    )
+            elif tid not in claimed_now and rng.random() < 0.5:
+                task = tasks[tid]
+                task["progress"] = min(100, task.get("progress", 0) + rng.randint(10, 40))
+                if task["progress"] < 100:
+                    tick.txns.append(
+                        (agent, [("set", ("tasks", tid), "progress", task["progress"])])
+                    )
+                else:
+                    task["status"] = "done"
+                    done_at[tid] = t
+                    del working[agent]
+                    tick.txns.append(
+                        (
+                            agent,
+                            [
+                                ("set", ("tasks", tid), "progress", 100),
+                                ("set", ("tasks", tid), "status", "done"),
+                                ("set", ("tasks", tid), "result", f"ok:{rng.getrandbits(64):016x}"),
+                                ("append", ("log",), None, f"{t:05d} {agent} finished {tid}"),
+                            ],
+                        )
+                    )
+        ticks.append(tick)
+    return Workload(
+        name="board",
+        title=f"(b) Task board: {agents} agents (hub + {agents - 1}), {n_ticks} ticks",
+        description=(
+            "The hub creates 3 tasks per tick (a dict with a nested list) and deletes "
+            "tasks 10 ticks after they are done; each agent without a task claims one "
+            "(probability 0.3 per tick; 10% of claims collide with another agent's claim "
+            "of the same tick), then updates its progress (probability 0.5 per tick) "
+            "until done. Every change is one transaction; claims, completions, creations "
+            "and archivals also append a line to `log` (append-only)."
+        ),
+        initial=[HUB, *names],
+        setup=[("set", (), "tasks", {}), ("set", (), "log", [])],
+        ticks=ticks,
+        sample_every=max(1, n_ticks // 100),
+    )
+
+
+# --------------------------------------------------------------------------- engines
+
+
+def normalize(value: Any) -> Any:
+    """JSON-comparable: integral floats (pycrdt numbers) read as int."""
+    if isinstance(value, dict):
+        return {k: normalize(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [normalize(v) for v in value]
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
+
+
+def live_bytes(value: Any) -> int:
+    return len(json.dumps(normalize(value), sort_keys=True, separators=(",", ":")).encode())
+
+
+class Engine:
+    name = ""
+
+    def __init__(self, workload: Workload) -> None:
+        self.workload = workload
+        self.wire_bytes = 0
+        self.messages = 0
+        self.skipped = 0
+        self.joined = 0
+        #: CPU seconds spent on measuring inside the engine's work (subtracted).
+        self.overhead_cpu = 0.0
+
+    def join(self, name: str) -> None:
+        raise NotImplementedError
+
+    def leave(self, name: str) -> None:
+        raise NotImplementedError
+
+    def txn(self, writer: str, ops: Sequence[Op]) -> None:
+        raise NotImplementedError
+
+    def tick(self) -> None:
+        raise NotImplementedError
+
+    def settle(self) -> int:
+        raise NotImplementedError
+
+    def sizes(self) -> dict[str, int]:
+        raise NotImplementedError
+
+    def values(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def extra(self) -> dict[str, Any]:
+        return {}
+
+
+class Hybrid(Engine):
+    name = "hybridsync"
+
+    def __init__(self, workload: Workload, loss: float) -> None:
+        super().__init__(workload)
+        self.net = Network(SEED, loss=loss)
+        self.present: dict[str, Memory] = {}
+        self.leaving: set[str] = set()
+        self.drained: set[str] = set()
+        #: Metadata bytes sent, by part (before frame compression).
+        self.parts: dict[str, int] = dict.fromkeys(
+            ("epoch base", "epoch frozen state", "update state vector", "update"), 0
+        )
+
+    def join(self, name: str) -> None:
+        memory = self.net.add_replica(name, Memory(name, compaction=POLICY))
+        self.present[name] = memory
+        self.joined += 1
+        if name != HUB:
+            server, client = self.net.connect(HUB, name)
+            self._watch(client, name)
+            self._tally(server)
+            self._tally(client)
+
+    def _tally(self, link: Link) -> None:
+        """Count the metadata block of every frame sent, by part."""
+        outgoing = link.outgoing
+
+        def counted() -> bytes | None:
+            data = outgoing()
+            if data is not None:
+                start = time.process_time()
+                blk = decode_frame(data).meta
+                if blk is not None and blk.kind == MetaKind.EPOCH:
+                    self.parts["epoch base"] += len(blk.a)
+                    self.parts["epoch frozen state"] += len(blk.b)
+                elif blk is not None and blk.kind == MetaKind.UPDATE:
+                    self.parts["update state vector"] += len(blk.a)
+                    self.parts["update"] += len(blk.b)
+                self.overhead_cpu += time.process_time() - start
+            return data
+
+        link.outgoing = counted  # type: ignore[method-assign]
+
+    def _watch(self, link: Link, name: str) -> None:
+        """A leaving replica leaves once a request built while its link was idle has
+        been answered: the hub has everything it wrote (stop-and-wait)."""
+        incoming, outgoing = link.incoming, link.outgoing
+        clean = False
+
+        def on_incoming(data: bytes) -> None:
+            awaiting = link.awaiting_reply
+            incoming(data)
+            if clean and awaiting and not link.awaiting_reply:
+                self.drained.add(name)
+
+        def on_outgoing() -> bytes | None:
+            nonlocal clean
+            if name in self.leaving and not link.awaiting_reply:
+                clean = link.idle
+            return outgoing()
+
+        link.incoming = on_incoming  # type: ignore[method-assign]
+        link.outgoing = on_outgoing  # type: ignore[method-assign]
+
+    def leave(self, name: str) -> None:
+        self.leaving.add(name)
+
+    def txn(self, writer: str, ops: Sequence[Op]) -> None:
+        meta = self.present[writer].meta
+        try:
+            nodes = [_resolve_hybrid(meta, path) for _, path, _, _ in ops]
+        except KeyError:
+            self.skipped += 1
+            return
+        with meta.transaction():
+            for (kind, _, key, value), node in zip(ops, nodes, strict=True):
+                if kind == "set":
+                    node[key] = value
+                elif kind == "del":
+                    if key in node:
+                        del node[key]
+                else:
+                    node.append(value)
+
+    def tick(self) -> None:
+        self.net.tick()
+        for name in sorted(self.drained):
+            self.leaving.discard(name)
+            del self.present[name]
+            self.net.isolate(name)
+        self.drained.clear()
+
+    def settle(self) -> int:
+        for taken in range(5000):
+            if not self.leaving and self._quiet():
+                return taken
+            self.tick()
+        raise RuntimeError("hybridsync did not settle")
+
+    def _quiet(self) -> bool:
+        for name in self.present:
+            if name != HUB and not (
+                self.net.link(name, HUB).idle and self.net.link(HUB, name).idle
+            ):
+                return False
+        return len({m.digest() for m in self.present.values()}) == 1
+
+    def finish(self) -> None:
+        totals = self.net.totals()
+        self.wire_bytes, self.messages = totals.bytes_sent, totals.frames_sent
+
+    def sizes(self) -> dict[str, int]:
+        return {n: len(m.meta.update_since(None)) for n, m in self.present.items()}
+
+    def values(self) -> dict[str, Any]:
+        return {n: m.meta.to_py() for n, m in self.present.items()}
+
+    def extra(self) -> dict[str, Any]:
+        hub = self.present[HUB].meta.metrics
+        everyone = [self.net[n].meta.metrics for n in self.net.names]
+        return {
+            "epochs": hub.epoch,
+            "hub_max_encoded_at_compaction": hub.max_encoded_bytes,
+            "crossings": sum(m.crossings for m in everyone),
+            "rebased_writes": sum(m.rebased_writes for m in everyone),
+            "frames_lost": self.net.totals().frames_lost,
+            "meta_bytes_by_part": dict(self.parts),
+        }
+
+
+def _resolve_hybrid(meta: Any, path: Sequence[str]) -> Any:
+    node = meta
+    for part in path:
+        node = node[part]
+    return node
+
+
+def _prelim(value: Any) -> Any:
+    if isinstance(value, dict):
+        return Map({k: _prelim(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return Array([_prelim(v) for v in value])
+    return value
+
+
+class _Relay(Engine):
+    """A hub relaying every local update to every other replica (pycrdt-websocket
+    style); subclasses provide the document type."""
+
+    def __init__(self, workload: Workload) -> None:
+        super().__init__(workload)
+        self.docs: dict[str, Any] = {}
+        self.outbox: dict[str, list[bytes]] = {}
+        self.leaving: set[str] = set()
+
+    def new_doc(self, name: str) -> Any:
+        raise NotImplementedError
+
+    def snapshot(self, doc: Any) -> bytes:
+        raise NotImplementedError
+
+    def load(self, doc: Any, data: bytes) -> None:
+        raise NotImplementedError
+
+    def apply_remote(self, name: str, update: bytes) -> None:
+        raise NotImplementedError
+
+    def message_size(self, update: bytes) -> int:
+        return len(update)
+
+    def join(self, name: str) -> None:
+        self.docs[name] = self.new_doc(name)
+        self.outbox[name] = []
+        self.joined += 1
+        if name != HUB:
+            data = self.snapshot(self.docs[HUB])
+            self.load(self.docs[name], data)
+            self.wire_bytes += self.join_bytes(data)
+            self.messages += 2
+
+    def join_bytes(self, data: bytes) -> int:
+        """Bytes of a join: the joiner's (empty) version, then the hub's state."""
+        return len(data)
+
+    def leave(self, name: str) -> None:
+        self.leaving.add(name)  # leaves after this tick's delivery
+
+    def tick(self) -> None:
+        present = list(self.docs)
+        for sender in present:
+            updates, self.outbox[sender] = self.outbox[sender], []
+            for update in updates:
+                size = self.message_size(update)
+                if sender != HUB:
+                    self.apply_remote(HUB, update)
+                    self.wire_bytes += size
+                    self.messages += 1
+                for name in present:
+                    if name not in (HUB, sender):
+                        self.apply_remote(name, update)
+                        self.wire_bytes += size
+                        self.messages += 1
+        for name in self.leaving:
+            del self.docs[name]
+            del self.outbox[name]
+        self.leaving.clear()
+
+    def settle(self) -> int:
+        self.tick()
+        return 1
+
+
+class Pycrdt(_Relay):
+    name = "pycrdt"
+
+    def __init__(self, workload: Workload) -> None:
+        super().__init__(workload)
+        self.remote = False
+
+    def new_doc(self, name: str) -> Any:
+        doc: Doc[Any] = Doc(client_id=xxhash.xxh32_intdigest(name.encode()))
+        doc.get("meta", type=Map)
+
+        def on_txn(event: Any, name: str = name) -> None:
+            if not self.remote:
+                self.outbox[name].append(event.update)
+
+        doc.observe(on_txn)
+        return doc
+
+    def snapshot(self, doc: Any) -> bytes:
+        return bytes(doc.get_update())
+
+    def load(self, doc: Any, data: bytes) -> None:
+        self.remote = True
+        try:
+            doc.apply_update(data)
+        finally:
+            self.remote = False
+
+    def join_bytes(self, data: bytes) -> int:
+        # SYNC_STEP1 with the joiner's empty state vector (4 bytes), then SYNC_STEP2
+        # (framed like a SYNC_UPDATE message) with the hub's whole state.
+        return 4 + len(create_update_message(data))
+
+    def message_size(self, update: bytes) -> int:
+        return len(create_update_message(update))
+
+    def apply_remote(self, name: str, update: bytes) -> None:
+        self.load(self.docs[name], update)
+
+    def txn(self, writer: str, ops: Sequence[Op]) -> None:
+        doc = self.docs[writer]
+        root = doc.get("meta", type=Map)
+        try:
+            nodes = []
+            for _, path, _, _ in ops:
+                node = root
+                for part in path:
+                    node = node[part]
+                nodes.append(node)
+        except KeyError:
+            self.skipped += 1
+            return
+        with doc.transaction():
+            for (kind, _, key, value), node in zip(ops, nodes, strict=True):
+                if kind == "set":
+                    node[key] = _prelim(value)
+                elif kind == "del":
+                    if key in node:
+                        del node[key]
+                else:
+                    node.append(_prelim(value))
+
+    def sizes(self) -> dict[str, int]:
+        return {HUB: len(self.docs[HUB].get_update())}
+
+    def values(self) -> dict[str, Any]:
+        return {n: normalize(d.get("meta", type=Map).to_py()) for n, d in self.docs.items()}
+
+
+class Loro(_Relay):
+    name = "loro"
+
+    def __init__(self, workload: Workload) -> None:
+        super().__init__(workload)
+        self.subs: dict[str, Any] = {}
+
+    def new_doc(self, name: str) -> Any:
+        doc = loro.LoroDoc()
+
+        def on_update(update: bytes, name: str = name) -> bool:
+            self.outbox[name].append(bytes(update))
+            return True
+
+        self.subs[name] = doc.subscribe_local_update(on_update)
+        return doc
+
+    def snapshot(self, doc: Any) -> bytes:
+        return bytes(doc.export(loro.ExportMode.Snapshot()))
+
+    def load(self, doc: Any, data: bytes) -> None:
+        doc.import_(data)
+
+    def apply_remote(self, name: str, update: bytes) -> None:
+        self.docs[name].import_(update)
+
+    def tick(self) -> None:
+        super().tick()
+        for name in list(self.subs):
+            if name not in self.docs:
+                del self.subs[name]
+
+    def txn(self, writer: str, ops: Sequence[Op]) -> None:
+        doc = self.docs[writer]
+        root = doc.get_map("meta")
+        try:
+            nodes = []
+            for _, path, _, _ in ops:
+                node = root
+                for part in path:
+                    got = node.get(part)
+                    if not isinstance(got, loro.ValueOrContainer.Container):
+                        raise KeyError(part)
+                    node = got.container
+                nodes.append(node)
+        except KeyError:
+            self.skipped += 1
+            return
+        for (kind, _, key, value), node in zip(ops, nodes, strict=True):
+            if kind == "set":
+                _loro_set(node, key, value)
+            elif kind == "del":
+                node.delete(key)
+            else:
+                _loro_push(node, value)
+        doc.commit()
+
+    def sizes(self) -> dict[str, int]:
+        return {HUB: len(self.snapshot(self.docs[HUB]))}
+
+    def values(self) -> dict[str, Any]:
+        return {n: normalize(d.get_map("meta").get_deep_value()) for n, d in self.docs.items()}
+
+    def extra(self) -> dict[str, Any]:
+        hub = self.docs[HUB]
+        shallow = hub.export(loro.ExportMode.ShallowSnapshot(hub.oplog_frontiers))
+        updates = hub.export(loro.ExportMode.Updates(loro.VersionVector()))
+        return {"shallow_snapshot_bytes": len(shallow), "all_updates_bytes": len(updates)}
+
+
+def _loro_set(node: Any, key: str, value: Any) -> None:
+    if isinstance(value, dict):
+        child = node.insert_container(key, loro.LoroMap())
+        for k, v in value.items():
+            _loro_set(child, k, v)
+    elif isinstance(value, list):
+        child = node.insert_container(key, loro.LoroList())
+        for v in value:
+            _loro_push(child, v)
+    else:
+        node.insert(key, value)
+
+
+def _loro_push(node: Any, value: Any) -> None:
+    if isinstance(value, dict):
+        child = node.insert_container(len(node), loro.LoroMap())
+        for k, v in value.items():
+            _loro_set(child, k, v)
+    elif isinstance(value, list):
+        child = node.insert_container(len(node), loro.LoroList())
+        for v in value:
+            _loro_push(child, v)
+    else:
+        node.push(value)
+
+
+# --------------------------------------------------------------------------- running
+
+
+@dataclass
+class Result:
+    engine: str
+    wire_bytes: int = 0
+    messages: int = 0
+    state_max: int = 0
+    state_max_hub: int = 0
+    state_final: int = 0
+    live_max: int = 0
+    live_final: int = 0
+    max_ratio: float = 0.0
+    max_excess: int = 0
+    cpu_s: float = 0.0
+    wall_s: float = 0.0
+    settle_ticks: int = 0
+    converged: bool = False
+    #: False: stopped when its CPU time passed the budget (numbers up to that tick).
+    finished: bool = True
+    ticks_done: int = 0
+    replicas_at_end: int = 0
+    skipped_txns: int = 0
+    samples: list[tuple[int, int, int]] = field(default_factory=list)  # tick, state, live
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def run(engine: Engine, w: Workload, budget_s: float) -> Result:
+    """Replay ``w`` on ``engine``; stop (did not finish) once its CPU time passes
+    ``budget_s``."""
+    res = Result(engine.name)
+    gc.collect()
+    cpu = 0.0
+    wall = 0.0
+
+    def timed(fn: Callable[[], Any]) -> Any:
+        nonlocal cpu, wall
+        c, t = time.process_time(), time.perf_counter()
+        out = fn()
+        cpu += time.process_time() - c
+        wall += time.perf_counter() - t
+        return out
+
+    def sample(tick: int) -> None:
+        sizes = engine.sizes()
+        live = live_bytes(_hub_value(engine))
+        top = max(sizes.values())
+        res.state_max = max(res.state_max, top)
+        res.state_max_hub = max(res.state_max_hub, sizes[HUB])
+        res.live_max = max(res.live_max, live)
+        if live:
+            res.max_ratio = max(res.max_ratio, top / live)
+        res.samples.append((tick, top, live))
+
+    def start() -> None:
+        for name in w.initial:
+            engine.join(name)
+        engine.txn(HUB, w.setup)
+
+    timed(start)
+    for i, tick in enumerate(w.ticks):
+
+        def step(tick: Tick = tick) -> None:
+            for name in tick.joins:
+                engine.join(name)
+            for name in tick.leaves:
+                engine.leave(name)
+            for writer, ops in tick.txns:
+                engine.txn(writer, ops)
+            engine.tick()
+
+        timed(step)
+        res.ticks_done = i + 1
+        if i % w.sample_every == 0:
+            sample(i + 1)
+        if cpu > budget_s:
+            break
+    res.finished = res.ticks_done == len(w.ticks)
+    if res.finished:
+        res.settle_ticks = timed(engine.settle)
+    if isinstance(engine, Hybrid):
+        engine.finish()
+    sample(res.ticks_done + res.settle_ticks)
+    sizes = engine.sizes()
+    values = engine.values()
+    res.state_final = max(sizes.values())
+    res.live_final = live_bytes(values[HUB])
+    first = values[HUB]
+    res.converged = res.finished and all(v == first for v in values.values())
+    res.replicas_at_end = len(values)
+    res.wire_bytes, res.messages = engine.wire_bytes, engine.messages
+    res.cpu_s, res.wall_s = cpu - engine.overhead_cpu, wall
+    res.skipped_txns = engine.skipped
+    res.max_excess = max(s - (2 * live + 4096) for _, s, live in res.samples)
+    res.extra = engine.extra()
+    return res
+
+
+def _hub_value(engine: Engine) -> Any:
+    if isinstance(engine, Hybrid):
+        return engine.present[HUB].meta.to_py()
+    if isinstance(engine, Pycrdt):
+        return engine.docs[HUB].get("meta", type=Map).to_py()
+    return engine.docs[HUB].get_map("meta").get_deep_value()
+
+
+# --------------------------------------------------------------------------- report
+
+
+def environment(argv: Sequence[str]) -> dict[str, Any]:
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {p: metadata.version(p) for p in ("hybridsync", "pycrdt")}
+    versions["loro"] = metadata.version("loro") if loro is not None else "not installed"
+    return {
+        "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": " ".join(["python", "benches/bench_meta.py", *argv]),
+        "python": f"{platform.python_version()} ({platform.python_implementation()})",
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "versions": versions,
+    }
+
+
+def _ratio(a: float, b: float) -> str:
+    if b == 0:
+        return "—" if a == 0 else "∞"
+    r = a / b
+    return f"{r:.2f}x" if r >= 0.01 else f"{r:.4f}x"
+
+
+def _winner(
+    label: str, results: Sequence[Result], key: Callable[[Result], float], unit: str
+) -> str:
+    ranked = sorted(results, key=key)
+    best, second = ranked[0], ranked[1]
+    margin = key(second) / key(best) if key(best) else math.inf
+    order = " < ".join(f"{r.engine} {key(r):,.{0 if unit == 'B' else 2}f}" for r in ranked)
+    return (
+        f"- **{label}**: {best.engine} wins ({margin:.2f}x ahead of {second.engine}); "
+        f"{order} {unit}"
+    )
+
+
+def _txns_done(w: Workload, r: Result) -> int:
+    return sum(len(t.txns) for t in w.ticks[: r.ticks_done]) + 1  # + the setup
+
+
+def render_workload(w: Workload, results: Sequence[Result], budget_s: float) -> list[str]:
+    hs = next(r for r in results if r.engine == "hybridsync")
+    hs_txns = _txns_done(w, hs)
+    out = [
+        f"## {w.title}",
+        "",
+        w.description,
+        f"Transactions: {w.txn_count:,} ({w.op_count:,} writes), ticks: {len(w.ticks):,}, "
+        f"replicas over the run: {w.replica_count}.",
+        "",
+        "| engine | wire bytes | B / txn | messages | state max (B) | state final (B) | "
+        "live final (B) | max state / live | CPU s | CPU µs / txn | settle ticks | "
+        "replicas at end | converged | hybridsync / this: wire | state max | CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        txns = _txns_done(w, r)
+        if r is hs:
+            ratios = " | — | — | — |"
+        elif r.finished:
+            ratios = (
+                f" | {_ratio(hs.wire_bytes, r.wire_bytes)} | "
+                f"{_ratio(hs.state_max, r.state_max)} | {_ratio(hs.cpu_s, r.cpu_s)} |"
+            )
+        else:  # per transaction, over the part it finished
+            ratios = (
+                f" | {_ratio(hs.wire_bytes / hs_txns, r.wire_bytes / txns)} † | — | "
+                f"{_ratio(hs.cpu_s / hs_txns, r.cpu_s / txns)} † |"
+            )
+        status = (
+            ("✓" if r.converged else "✗")
+            if r.finished
+            else f"DNF: stopped at tick {r.ticks_done:,} of {len(w.ticks):,}"
+        )
+        out.append(
+            f"| {r.engine} | {r.wire_bytes:,} | {r.wire_bytes / txns:,.1f} | "
+            f"{r.messages:,} | {r.state_max:,} | {r.state_final:,} | {r.live_final:,} | "
+            f"{r.max_ratio:,.2f} | {r.cpu_s:.2f} | {r.cpu_s / txns * 1e6:,.1f} | "
+            f"{r.settle_ticks} | {r.replicas_at_end} | {status}" + ratios
+        )
+    out.append("")
+    dnf = [r for r in results if not r.finished]
+    if dnf:
+        out.append(
+            "DNF = did not finish: "
+            + ", ".join(r.engine for r in dnf)
+            + f" passed the CPU budget of {budget_s:.0f} s and stopped; its numbers cover "
+            "the ticks it ran (so its state and wire totals are not comparable), † ratios "
+            "are per transaction over those ticks."
+        )
+    ex = hs.extra
+    out.append(
+        f"hybridsync: {ex['epochs']:,} epochs; the hub's state at its compaction pass "
+        f"peaked at {ex['hub_max_encoded_at_compaction']:,} B (inside a tick, after "
+        f"integrating the tick's requests; the sampled maximum is taken between ticks); "
+        f"{ex['crossings']:,} epoch crossings; {ex['rebased_writes']:,} writes re-applied "
+        f"on a new epoch; state - (2 x live + 4 KB) at most {hs.max_excess:+,} B "
+        f"(sampled every {w.sample_every} ticks). Its metadata bytes by part, before frame "
+        "compression: "
+        + ", ".join(f"{k} {v:,}" for k, v in ex["meta_bytes_by_part"].items())
+        + f" (the wire total, after compression, is {hs.wire_bytes:,})."
+    )
+    lo = next((r for r in results if r.engine == "loro"), None)
+    if lo is not None:
+        out.append(
+            f"Loro: a shallow snapshot of the {'final' if lo.finished else 'last'} hub "
+            f"(`ExportMode.ShallowSnapshot(oplog_frontiers)`) is "
+            f"{lo.extra['shallow_snapshot_bytes']:,} B; all updates "
+            f"(`ExportMode.Updates(VersionVector())`) {lo.extra['all_updates_bytes']:,} B."
+        )
+    if any(r.skipped_txns for r in results):
+        out.append(
+            "Skipped transactions (the writer's replica lacked the container): "
+            + ", ".join(f"{r.engine} {r.skipped_txns}" for r in results)
+        )
+    done = [r for r in results if r.finished]
+    out += ["", "Who wins" + (" (among the engines that finished):" if dnf else ":"), ""]
+    if len(done) >= 2:
+        out += [
+            _winner("wire bytes", done, lambda r: r.wire_bytes, "B"),
+            _winner("state size (max)", done, lambda r: r.state_max, "B"),
+            _winner("state size (final)", done, lambda r: r.state_final, "B"),
+            _winner("CPU", done, lambda r: r.cpu_s, "s"),
+        ]
+    for r in dnf:
+        out.append(
+            f"- **{r.engine}** did not finish: {r.cpu_s / _txns_done(w, r) * 1e6:,.0f} µs "
+            f"of CPU per transaction over the first {r.ticks_done:,} ticks "
+            f"(hybridsync: {hs.cpu_s / hs_txns * 1e6:,.0f} µs over the whole run)."
+        )
+    out.append("")
+    return out
+
+
+def render(env: dict[str, Any], data: dict[str, Any]) -> str:
+    v = env["versions"]
+    out = [
+        "# Structured metadata: hybridsync vs pycrdt vs Loro",
+        "",
+        f"- {env['date_utc']}; Python {env['python']}, {env['platform']}; CPU: {env['cpu']} "
+        f"({env['cpu_count']} logical CPUs, load average "
+        f"{' / '.join(str(x) for x in env['loadavg_at_start'])} at start)",
+        f"- hybridsync {v['hybridsync']}, pycrdt {v['pycrdt']}, loro {v['loro']}; mode: "
+        f"{data['mode']}; hybridsync frame loss {data['loss']:.0%}; command: "
+        f"`{env['command']}`",
+        "- engines: **hybridsync** = `memory.meta` over `Link` pairs driven by "
+        "`hybridsync.sim` (compaction `max_ratio=1.5, slack_bytes=2048, max_clients=64`; "
+        "every frame counted, polls included); **pycrdt** = one `Doc` per replica, each "
+        "transaction's update sent as a y-protocol SYNC_UPDATE message to the hub and "
+        "relayed to every other replica, joiners download the hub's full state; **loro** = "
+        "the same relay with `LoroDoc` (one commit per transaction), joiners import the "
+        "hub's snapshot.",
+        "- state = encoded state of a replica (hybridsync: every replica present, "
+        "`len(get_update())` of its current epoch; pycrdt: the hub's `len(get_update())`; "
+        "loro: the hub's `len(export(Snapshot()))`), sampled between ticks. live = compact "
+        "JSON of the hub's value. CPU = `process_time` of the engine's own work (size "
+        "sampling excluded), single process. Ratios are **hybridsync / other**: below 1.0 "
+        "means hybridsync is smaller or cheaper.",
+        "",
+    ]
+    if loro is None:
+        out += ["**loro is not installed: only the pycrdt comparison ran.**", ""]
+    for w in data["workloads"]:
+        out += w["markdown"]
+    return "\n".join(out) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smaller workloads (a smoke run)")
+    ap.add_argument("--loss", type=float, default=0.0, help="hybridsync frame loss (0..1)")
+    ap.add_argument("--out", default="benches/results", help="output folder")
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="CPU seconds an engine may spend on one workload before it is stopped "
+        "(default 300, 60 with --quick)",
+    )
+    args = ap.parse_args(argv)
+    env = environment(argv)
+    budget = args.budget_s if args.budget_s is not None else (60.0 if args.quick else 300.0)
+    if args.quick:
+        workloads = [storm(20_000, 50, 20, 5, 100), board(50, 120)]
+    else:
+        workloads = [storm(50_000, 50, 20, 5, 100), board(50, 400)]
+    data: dict[str, Any] = {
+        "environment": env,
+        "mode": "quick" if args.quick else "full",
+        "loss": args.loss,
+        "budget_s": budget,
+        "workloads": [],
+    }
+    for w in workloads:
+        results = []
+        factories: list[Callable[[], Engine]] = [
+            lambda w=w: Hybrid(w, args.loss),
+            lambda w=w: Pycrdt(w),
+        ]
+        if loro is not None:
+            factories.append(lambda w=w: Loro(w))
+        for make in factories:
+            engine = make()
+            print(f"{w.name}: {engine.name} ...", file=sys.stderr, flush=True)
+            r = run(engine, w, budget)
+            print(
+                f"  wire {r.wire_bytes:,} B, state max {r.state_max:,} B final "
+                f"{r.state_final:,} B, live {r.live_final:,} B, CPU {r.cpu_s:.2f} s, "
+                f"converged {r.converged}, finished {r.finished} ({r.ticks_done} ticks)",
+                file=sys.stderr,
+                flush=True,
+            )
+            results.append(r)
+        data["workloads"].append(
+            {
+                "name": w.name,
+                "title": w.title,
+                "txns": w.txn_count,
+                "ops": w.op_count,
+                "ticks": len(w.ticks),
+                "replicas": w.replica_count,
+                "results": [r.__dict__ for r in results],
+                "markdown": render_workload(w, results, budget),
+            }
+        )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "meta.md").write_text(render(env, data))
+    for w in data["workloads"]:
+        del w["markdown"]
+    (out / "meta.json").write_text(json.dumps(data, indent=1) + "\n")
+    print(f"wrote {out / 'meta.md'} and {out / 'meta.json'}", file=sys.stderr)
+    finished = [r for w in data["workloads"] for r in w["results"] if r["finished"]]
+    return 0 if all(r["converged"] for r in finished) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
