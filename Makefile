@@ -90,3 +90,26 @@ fmt: build ## Format Rust and Python sources in place
 clean: ## Remove build outputs and the virtual environment
 	cargo clean
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+# --- arm64 (aarch64) wheel, built here and tested under qemu-user emulation ---
+# Scripts in scripts/arm64/; outputs in build/arm64/. ARM64_LINKER=gcc builds
+# with Debian's cross gcc (a manylinux_2_34 wheel) instead of zig (2_28);
+# ARM64_PYTEST_ARGS selects tests (default: the whole suite).
+ARM64_PYTEST_ARGS ?=
+
+.PHONY: wheel-arm64
+wheel-arm64: ## Cross-build the manylinux aarch64 cp311 wheel (build/arm64/wheels)
+	scripts/arm64/build-wheel.sh
+
+.PHONY: test-arm64
+test-arm64: wheel-arm64 test-arm64-rust ## Test the aarch64 wheel: pytest under qemu-aarch64
+	scripts/arm64/test-python.sh $(ARM64_PYTEST_ARGS)
+
+.PHONY: test-arm64-rust
+test-arm64-rust: ## cargo test of the Rust core for aarch64, under qemu-aarch64
+	scripts/arm64/test-rust.sh
+
+.PHONY: neon-arm64
+neon-arm64: ## Which tests reach the NEON (memchr) code of the aarch64 wheel (gcc-linked)
+	ARM64_LINKER=gcc scripts/arm64/build-wheel.sh
+	ARM64_LINKER=gcc scripts/arm64/neon-paths.sh
