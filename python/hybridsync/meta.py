@@ -370,6 +370,7 @@ class Meta(MutableMapping[str, Any]):
         self._frozen: dict[int, bytes] = {}
         self._changed = True  # since the last compaction check
         self._client = 0
+        self._estimate = 0
         self._delivered = 0
         self._base_size = 0
         self._start_epoch(0, b"")
@@ -491,12 +492,20 @@ class Meta(MutableMapping[str, Any]):
             raise DecodeError(f"invalid metadata update: {exc}") from exc
         self._changed = True
         self._memory._meta_changed(origin)
-        if self._memory.is_root:
-            # Check right away: a root integrating many peers' updates in one
-            # cycle stays bounded between them too.
+        self._estimate += len(update)
+        p = self.policy
+        if (
+            self._memory.is_root
+            and p.enabled
+            and self._estimate > p.max_ratio * self.metrics.live_bytes + p.slack_bytes
+        ):
+            # Check right away (the estimate, last measured size plus the
+            # updates since, bounds the state): a root integrating many peers'
+            # updates in one cycle stays bounded between them too.
             self.maybe_compact()
 
     def _measure(self, encoded: int, live: int, clients: int) -> None:
+        self._estimate = encoded
         m = self.metrics
         m.encoded_bytes, m.live_bytes, m.clients = encoded, live, clients
         m.max_encoded_bytes = max(m.max_encoded_bytes, encoded)
