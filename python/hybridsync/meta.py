@@ -244,7 +244,19 @@ def _client_id(replica_id: str, epoch: int) -> int:
 # -- proxies -------------------------------------------------------------------
 
 
-class MetaMap(MutableMapping[str, Any]):
+class _LiveMapping(MutableMapping[str, Any]):
+    """A mapping whose stored dicts and lists read back as live proxies."""
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        """``self[key]``, storing ``default`` first if the key is missing; a
+        stored dict or list comes back as its live proxy (so
+        ``meta.setdefault("log", []).append(x)`` writes through)."""
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+
+class MetaMap(_LiveMapping):
     """A dict inside ``memory.meta``, addressed by its path: it stays valid
     across epochs (a fresh document replaces the old one)."""
 
@@ -275,13 +287,6 @@ class MetaMap(MutableMapping[str, Any]):
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and key in self._node()
-
-    def setdefault(self, key: str, default: Any = None) -> Any:
-        """``self[key]``, storing ``default`` first if the key is missing; a
-        stored dict or list comes back as its live proxy."""
-        if key not in self:
-            self[key] = default
-        return self[key]
 
     def to_py(self) -> dict[str, Value]:
         """The dict as plain Python values."""
@@ -353,7 +358,7 @@ def _index(index: int, length: int) -> int:
 # -- the channel ---------------------------------------------------------------
 
 
-class Meta(MutableMapping[str, Any]):
+class Meta(_LiveMapping):
     """The structured metadata of a replica (``memory.meta``)."""
 
     def __init__(self, memory: Memory, policy: CompactionPolicy) -> None:
@@ -681,13 +686,6 @@ class Meta(MutableMapping[str, Any]):
 
     def __contains__(self, key: object) -> bool:
         return key in self._root
-
-    def setdefault(self, key: str, default: Any = None) -> Any:
-        """``self[key]``, storing ``default`` first if the key is missing; a
-        stored dict or list comes back as its live proxy."""
-        if key not in self:
-            self[key] = default
-        return self[key]
 
     def to_py(self) -> dict[str, Value]:
         """The whole metadata as plain Python values."""
