@@ -453,13 +453,10 @@ class Meta(_LiveMapping):
             probe.apply_update(base)
         except ValueError as exc:
             raise DecodeError(f"invalid epoch base document: {exc}") from exc
-        if frozen_state:
-            integrated = frozen.get(self._client, 0)
-        else:
-            # The sender no longer knows our epoch's final state (we were away
-            # for more epochs than it remembers): count what our upstream
-            # acknowledged as integrated, re-apply the rest.
-            integrated = self._delivered
+        # Without a frozen state (the sender no longer knows our epoch: we were
+        # away for more epochs than it remembers), count what our upstream
+        # acknowledged as integrated and re-apply the rest.
+        integrated = frozen.get(self._client, 0) if frozen_state else self._delivered
         keep = [op for end, op in self._pending if end > integrated]
         self._frozen[from_epoch] = frozen_state
         self._trim_history()
