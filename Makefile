@@ -24,14 +24,18 @@ $(VENV)/.created:
 	touch $@
 
 $(VENV)/.built: $(VENV)/.created $(RUST_SOURCES)
-	$(BIN)/maturin develop --release --extras test
+	$(BIN)/maturin develop --release --extras test,demo
 	touch $@
 
 .PHONY: build
 build: $(VENV)/.built ## Create .venv, install dependencies, build the extension (release)
 
 .PHONY: demo
-demo: build ## Run the main job: the demonstration
+demo: build ## The main job: a live swarm (hub + 3 agent processes through lossy relays)
+	$(BIN)/hybridsync demo --out demo-out
+
+.PHONY: demo-kernels
+demo-kernels: build ## The in-process demo: a trace as patches, merges, a simulated lossy swarm
 	$(PY) -m hybridsync.demo
 
 .PHONY: test
@@ -62,11 +66,16 @@ test-python: build ## pytest (with hypothesis)
 	$(BIN)/pytest
 
 .PHONY: bench
-bench: bench-text bench-sync ## All benchmarks (results in benches/results/)
+bench: bench-text bench-sync bench-meta ## All benchmarks (results in benches/results/)
 
 .PHONY: bench-text
 bench-text: build ## Text kernels vs diff-match-patch (C++) and diff-match-patch (Python)
 	$(PY) benches/bench_text.py
+
+.PHONY: bench-meta
+bench-meta: build ## Structured metadata vs pycrdt and Loro: storm and task board
+	$(PY) -m pip install --quiet "loro>=1.0"
+	$(PY) benches/bench_meta.py
 
 .PHONY: bench-sync
 bench-sync: build ## The sync engine vs pycrdt: wire bytes and CPU per cycle

@@ -4,6 +4,9 @@
 - :class:`Link` -- one side of a diff-sync link to a peer (sans-IO).
 - :mod:`hybridsync.text` -- the Rust diff/match/patch kernels.
 - :mod:`hybridsync.sim` -- a deterministic network simulator.
+- :mod:`hybridsync.net` -- hubs and nodes over authenticated WebSockets
+  (asyncio: :func:`serve`, :func:`connect`; :class:`SyncNode` for threads).
+- ``hybridsync`` -- the command line (serve, join, status, demo).
 - :mod:`hybridsync.errors` -- the exception hierarchy.
 """
 
@@ -13,5 +16,16 @@ from hybridsync import errors, text
 from hybridsync._core import __version__
 from hybridsync.link import Link, LinkMetrics
 from hybridsync.memory import Memory
+from hybridsync.net import SyncNode, connect, serve
 
-__all__ = ["Link", "LinkMetrics", "Memory", "__version__", "errors", "text"]
+__all__ = [
+    "Link",
+    "LinkMetrics",
+    "Memory",
+    "SyncNode",
+    "__version__",
+    "connect",
+    "errors",
+    "serve",
+    "text",
+]

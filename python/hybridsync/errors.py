@@ -10,11 +10,15 @@ working for callers that already expect those.
 from __future__ import annotations
 
 __all__ = [
+    "AuthenticationError",
+    "ClosedError",
     "DecodeError",
+    "HandshakeError",
     "HybridSyncError",
     "InvalidArgumentError",
     "LimitExceededError",
     "ProtocolError",
+    "SyncTimeoutError",
 ]
 
 
@@ -40,3 +44,22 @@ class ProtocolError(HybridSyncError):
     """A well-formed frame that this link must not accept: from another
     sender than the link's peer, or of the wrong direction (a reply sent to a
     server, a request sent to a client). Nothing was changed."""
+
+
+class AuthenticationError(HybridSyncError):
+    """A peer did not prove that it holds the swarm's shared secret (or we
+    do not hold the one it has): the connection was refused."""
+
+
+class HandshakeError(HybridSyncError):
+    """A handshake message is malformed, unexpected or from an unsupported
+    version (not an authentication failure: the peer may not be hybridsync)."""
+
+
+class SyncTimeoutError(HybridSyncError, TimeoutError):
+    """A synchronisation (``sync``, ``wait_connected``) did not complete in
+    time. Nothing is lost: the transport keeps trying."""
+
+
+class ClosedError(HybridSyncError, ConnectionError):
+    """The session or node is closed (or failed for good, see its cause)."""
