@@ -63,6 +63,7 @@ import platform
 import random
 import sys
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -311,7 +312,7 @@ def live_bytes(value: Any) -> int:
     return len(json.dumps(normalize(value), sort_keys=True, separators=(",", ":")).encode())
 
 
-class Engine:
+class Engine(ABC):
     name = ""
 
     def __init__(self, workload: Workload) -> None:
@@ -323,26 +324,26 @@ class Engine:
         #: CPU seconds spent on measuring inside the engine's work (subtracted).
         self.overhead_cpu = 0.0
 
-    def join(self, name: str) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def join(self, name: str) -> None: ...
 
-    def leave(self, name: str) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def leave(self, name: str) -> None: ...
 
-    def txn(self, writer: str, ops: Sequence[Op]) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def txn(self, writer: str, ops: Sequence[Op]) -> None: ...
 
-    def tick(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def tick(self) -> None: ...
 
-    def settle(self) -> int:
-        raise NotImplementedError
+    @abstractmethod
+    def settle(self) -> int: ...
 
-    def sizes(self) -> dict[str, int]:
-        raise NotImplementedError
+    @abstractmethod
+    def sizes(self) -> dict[str, int]: ...
 
-    def values(self) -> dict[str, Any]:
-        raise NotImplementedError
+    @abstractmethod
+    def values(self) -> dict[str, Any]: ...
 
     def extra(self) -> dict[str, Any]:
         return {}
@@ -494,7 +495,7 @@ def _prelim(value: Any) -> Any:
     return value
 
 
-class _Relay(Engine):
+class _Relay(Engine, ABC):
     """A hub relaying every local update to every other replica (pycrdt-websocket
     style); subclasses provide the document type."""
 
@@ -504,17 +505,17 @@ class _Relay(Engine):
         self.outbox: dict[str, list[bytes]] = {}
         self.leaving: set[str] = set()
 
-    def new_doc(self, name: str) -> Any:
-        raise NotImplementedError
+    @abstractmethod
+    def new_doc(self, name: str) -> Any: ...
 
-    def snapshot(self, doc: Any) -> bytes:
-        raise NotImplementedError
+    @abstractmethod
+    def snapshot(self, doc: Any) -> bytes: ...
 
-    def load(self, doc: Any, data: bytes) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def load(self, doc: Any, data: bytes) -> None: ...
 
-    def apply_remote(self, name: str, update: bytes) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def apply_remote(self, name: str, update: bytes) -> None: ...
 
     def message_size(self, update: bytes) -> int:
         return len(update)
