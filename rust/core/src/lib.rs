@@ -6,11 +6,14 @@
 //! - [`text`]: the diff-match-patch family (diff, fuzzy match, patch) over
 //!   Unicode code points, with a compact binary patch form and the standard
 //!   diff-match-patch patch text.
+//! - [`kv`]: quantized KV-cache codecs (GGML Q4_0/Q8_0, MLX affine 4-bit)
+//!   and page hashing, gathering and checked scattering.
 //! - [`Error`]: the one error type every fallible function returns.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod kv;
 pub mod text;
 pub mod varint;
 

@@ -22,6 +22,8 @@ use pyo3::prelude::*;
 use pyo3::types::string::PyStringData;
 use pyo3::types::{PyBytes, PyString, PyTuple, PyType};
 
+mod kv;
+
 /// Inputs at least this large (in UTF-8 bytes) are processed without the GIL.
 const DETACH_THRESHOLD: usize = 4096;
 
@@ -545,5 +547,13 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(apply_patch, m)?)?;
     m.add_class::<Patch>()?;
     m.add_class::<Hunk>()?;
+    m.add_function(wrap_pyfunction!(kv::kv_row_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(kv::kv_quantize, m)?)?;
+    m.add_function(wrap_pyfunction!(kv::kv_dequantize, m)?)?;
+    m.add_function(wrap_pyfunction!(kv::kv_hash_pages, m)?)?;
+    m.add_function(wrap_pyfunction!(kv::kv_gather_pages, m)?)?;
+    m.add_function(wrap_pyfunction!(kv::kv_verify_pages, m)?)?;
+    m.add_function(wrap_pyfunction!(kv::kv_scatter_pages, m)?)?;
+    m.add_function(wrap_pyfunction!(kv::kv_page_hash, m)?)?;
     Ok(())
 }
