@@ -17,6 +17,7 @@ __all__ = [
     "HybridSyncError",
     "InvalidArgumentError",
     "LimitExceededError",
+    "OwnershipError",
     "ProtocolError",
     "SyncTimeoutError",
 ]
@@ -63,3 +64,9 @@ class SyncTimeoutError(HybridSyncError, TimeoutError):
 
 class ClosedError(HybridSyncError, ConnectionError):
     """The session or node is closed (or failed for good, see its cause)."""
+
+
+class OwnershipError(HybridSyncError):
+    """A write to a KV cache this replica does not own: a mirror of another
+    replica's cache, or a cache superseded by a same-named cache of a replica
+    whose id sorts first (see :mod:`hybridsync.kv`). Nothing was changed."""

@@ -12,10 +12,13 @@ import enum
 import struct
 from dataclasses import dataclass, field
 
+import numpy as np
 import xxhash
 import zstandard
 
-from hybridsync.errors import DecodeError, LimitExceededError
+from hybridsync import _core
+from hybridsync.errors import DecodeError, HybridSyncError, LimitExceededError
+from hybridsync.kv import Geometry
 from hybridsync.text import Patch
 
 __all__ = [
@@ -24,6 +27,9 @@ __all__ = [
     "Edit",
     "Entry",
     "Frame",
+    "KVEntry",
+    "KVKind",
+    "KVRun",
     "Kind",
     "MetaBlock",
     "MetaKind",
@@ -36,7 +42,8 @@ PROTOCOL_VERSION = 1
 FLAG_COMPRESSED = 0x01
 FLAG_REPLY = 0x02
 FLAG_META = 0x04
-_KNOWN_FLAGS = FLAG_COMPRESSED | FLAG_REPLY | FLAG_META
+FLAG_KV = 0x08
+_KNOWN_FLAGS = FLAG_COMPRESSED | FLAG_REPLY | FLAG_META | FLAG_KV
 _HEADER = struct.Struct("<4sBB")
 _CHECKSUM = struct.Struct("<Q")
 
@@ -106,6 +113,55 @@ class MetaBlock:
     b: bytes = b""
 
 
+class KVKind(enum.IntEnum):
+    """What a frame's KV entry says about one cache."""
+
+    #: The sender's token count, table digest and the pages the peer lacks.
+    PAGES = 1
+    #: The receiver's token count and digest, with its whole page table when
+    #: it does not match (the sender then sends only what differs).
+    HAVE = 2
+    #: The owner deleted the cache.
+    DELETE = 3
+
+
+#: Wire codes of (format, scale type).
+_FMT_CODES = {("q4_0", "f16"): 1, ("q8_0", "f16"): 2}
+_FMT_CODES.update({("mlx4", t): 3 + i for i, t in enumerate(("f16", "bf16", "f32"))})
+_FMT_NAMES = {v: k for k, v in _FMT_CODES.items()}
+KV_COMPLETE = 0x01  # PAGES: after these pages the receiver holds the sender's cache
+KV_PROBE = 0x02  # PAGES: the sender does not know the receiver's table; answer with HAVE
+
+
+@dataclass(frozen=True)
+class KVRun:
+    """Pages of one (layer, K|V): parallel ``uint32`` head and page indices,
+    ``uint64`` hashes, and the pages' bytes concatenated."""
+
+    layer: int
+    kind: int
+    heads: np.ndarray
+    pages: np.ndarray
+    hashes: np.ndarray
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class KVEntry:
+    """What one frame carries for one KV cache."""
+
+    name: str
+    kind: KVKind
+    owner: str
+    geometry: Geometry | None = None
+    tokens: int = 0
+    digest: int = 0
+    flags: int = 0
+    runs: tuple[KVRun, ...] = ()
+    #: HAVE: the sender's page table, ``uint64 [layers, 2, heads, pages]``.
+    table: np.ndarray | None = None
+
+
 @dataclass(frozen=True)
 class Frame:
     """One frame of a link exchange."""
@@ -116,6 +172,7 @@ class Frame:
     reply: bool
     entries: tuple[Entry, ...] = field(default_factory=tuple)
     meta: MetaBlock | None = None
+    kv: tuple[KVEntry, ...] = ()
 
 
 def _put_uint(out: bytearray, value: int) -> None:
@@ -130,9 +187,49 @@ def _put_bytes(out: bytearray, data: bytes) -> None:
     out += data
 
 
+def _put_geometry(out: bytearray, g: Geometry) -> None:
+    out.append(_FMT_CODES[(g.fmt, g.scale_type if g.fmt == "mlx4" else "f16")])
+    for v in (g.layers, g.kv_heads, g.head_dim, g.page_tokens):
+        _put_uint(out, v)
+
+
+def _encode_kv(entries: tuple[KVEntry, ...]) -> bytes:
+    out = bytearray()
+    _put_uint(out, len(entries))
+    for e in entries:
+        _put_bytes(out, e.name.encode())
+        out.append(e.kind)
+        _put_bytes(out, e.owner.encode())
+        if e.kind == KVKind.DELETE:
+            continue
+        assert e.geometry is not None
+        _put_geometry(out, e.geometry)
+        _put_uint(out, e.tokens)
+        out += _CHECKSUM.pack(e.digest)
+        if e.kind == KVKind.PAGES:
+            out.append(e.flags)
+            _put_uint(out, len(e.runs))
+            for r in e.runs:
+                _put_uint(out, r.layer)
+                out.append(r.kind)
+                _put_uint(out, len(r.heads))
+                out += r.heads.astype("<u4").tobytes()
+                out += r.pages.astype("<u4").tobytes()
+                out += r.hashes.astype("<u8").tobytes()
+                _put_bytes(out, r.payload)
+        else:
+            if e.table is None:
+                out.append(0)
+            else:
+                out.append(1)
+                out += e.table.astype("<u8").tobytes()
+    return bytes(out)
+
+
 def encode_frame(frame: Frame, *, compress_threshold: int = 1024, level: int = 3) -> bytes:
     """Encode a frame; bodies of ``compress_threshold`` bytes or more are
-    zstd-compressed when that makes them smaller."""
+    zstd-compressed when that makes them smaller. KV pages travel in their own
+    section, never compressed (quantized data does not compress)."""
     body = bytearray()
     _put_bytes(body, frame.sender.encode())
     _put_uint(body, frame.epoch)
@@ -167,7 +264,14 @@ def encode_frame(frame: Frame, *, compress_threshold: int = 1024, level: int = 3
         if len(packed) < len(payload):
             payload = packed
             flags |= FLAG_COMPRESSED
-    framed = _HEADER.pack(MAGIC, PROTOCOL_VERSION, flags) + payload
+    kv = b""
+    if frame.kv:
+        flags |= FLAG_KV
+        section = _encode_kv(frame.kv)
+        head = bytearray()
+        _put_uint(head, len(section))
+        kv = bytes(head) + section
+    framed = b"".join((_HEADER.pack(MAGIC, PROTOCOL_VERSION, flags), kv, payload))
     return framed + _CHECKSUM.pack(xxhash.xxh3_64_intdigest(framed))
 
 
@@ -252,9 +356,94 @@ def _decompress(body: bytes, max_bytes: int) -> bytes:
     return bytes(out)
 
 
-def decode_frame(data: bytes, *, max_bytes: int = 64 << 20) -> Frame:
+def _get_geometry(r: _Reader, what: str) -> Geometry:
+    code = r.take(1)[0]
+    if code not in _FMT_NAMES:
+        raise DecodeError(f"unknown KV format code {code} for {what}")
+    fmt, scale = _FMT_NAMES[code]
+    layers, heads, dim, page = r.uint(), r.uint(), r.uint(), r.uint()
+    g = Geometry(layers, heads, dim, fmt, page, scale)
+    try:
+        g.check()
+    except HybridSyncError as exc:
+        raise DecodeError(f"bad geometry for {what}: {exc}") from None
+    return g
+
+
+def _decode_kv(data: bytes, max_kv_bytes: int) -> tuple[KVEntry, ...]:
+    r = _Reader(data)
+    out: list[KVEntry] = []
+    names: set[str] = set()
+    for _ in range(r.count("KV entry count", 3)):
+        name = r.text("KV cache name")
+        if not name or name in names:
+            raise DecodeError(f"KV cache name {name!r} is empty or appears twice in one frame")
+        names.add(name)
+        kind_byte = r.take(1)[0]
+        try:
+            kind = KVKind(kind_byte)
+        except ValueError:
+            raise DecodeError(f"unknown KV entry kind {kind_byte} for {name!r}") from None
+        owner = r.text("KV cache owner")
+        if not owner:
+            raise DecodeError(f"KV cache {name!r} has an empty owner")
+        if kind == KVKind.DELETE:
+            out.append(KVEntry(name, kind, owner))
+            continue
+        g = _get_geometry(r, repr(name))
+        tokens = r.uint()
+        rb = g.row_bytes
+        if tokens * rb * g.kv_heads * g.layers * 2 > max_kv_bytes:
+            raise LimitExceededError(
+                f"KV cache {name!r} of {tokens} tokens would exceed the limit of {max_kv_bytes} bytes"
+            )
+        (digest,) = _CHECKSUM.unpack(r.take(_CHECKSUM.size))
+        pages = -(-tokens // g.page_tokens)
+        if kind == KVKind.HAVE:
+            has_table = r.take(1)[0]
+            if has_table > 1:
+                raise DecodeError(f"bad table flag {has_table} for {name!r}")
+            table = None
+            if has_table:
+                count = g.layers * 2 * g.kv_heads * pages
+                raw = r.take(count * 8)
+                table = np.frombuffer(raw, dtype="<u8").astype(np.uint64)
+                table = table.reshape(g.layers, 2, g.kv_heads, pages)
+            out.append(KVEntry(name, kind, owner, g, tokens, digest, table=table))
+            continue
+        flags = r.take(1)[0]
+        if flags & ~(KV_COMPLETE | KV_PROBE):
+            raise DecodeError(f"unknown KV flags 0x{flags:02x} for {name!r}")
+        runs: list[KVRun] = []
+        seen: set[tuple[int, int]] = set()
+        for _ in range(r.count("KV run count", 4)):
+            layer = r.uint()
+            kv_kind = r.take(1)[0]
+            if layer >= g.layers or kv_kind > 1 or (layer, kv_kind) in seen:
+                raise DecodeError(f"bad or repeated KV run (layer {layer}, kind {kv_kind})")
+            seen.add((layer, kv_kind))
+            n = r.count("page count", 16)
+            heads = np.frombuffer(r.take(4 * n), dtype="<u4").astype(np.uint32)
+            pidx = np.frombuffer(r.take(4 * n), dtype="<u4").astype(np.uint32)
+            hashes = np.frombuffer(r.take(8 * n), dtype="<u8").astype(np.uint64)
+            payload = r.blob()
+            if len(np.unique((heads.astype(np.uint64) << np.uint64(32)) | pidx)) != n:
+                raise DecodeError(f"a page of {name!r} appears twice in one run")
+            _core.kv_verify_pages(
+                payload, g.kv_heads, tokens, rb, g.page_tokens, tokens, heads, pidx, hashes
+            )
+            runs.append(KVRun(layer, kv_kind, heads, pidx, hashes, payload))
+        out.append(KVEntry(name, kind, owner, g, tokens, digest, flags, tuple(runs)))
+    if r.pos != len(data):
+        raise DecodeError(f"{len(data) - r.pos} trailing bytes after the KV section")
+    return tuple(out)
+
+
+def decode_frame(data: bytes, *, max_bytes: int = 64 << 20, max_kv_bytes: int = 1 << 36) -> Frame:
     """Decode and validate a frame. Raises DecodeError (malformed, truncated,
-    unknown version) or LimitExceededError (over ``max_bytes``, compressed or not)."""
+    unknown version, a KV page whose hash does not match) or
+    LimitExceededError (over ``max_bytes``, compressed or not, or a KV cache
+    over ``max_kv_bytes``)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise DecodeError(f"a frame is bytes, got {type(data).__name__}")
     data = bytes(data)
@@ -279,6 +468,12 @@ def decode_frame(data: bytes, *, max_bytes: int = 64 << 20) -> Frame:
     if flags & ~_KNOWN_FLAGS:
         raise DecodeError(f"unknown frame flags 0x{flags:02x}")
     body = data[_HEADER.size : -_CHECKSUM.size]
+    kv: tuple[KVEntry, ...] = ()
+    if flags & FLAG_KV:
+        r0 = _Reader(body)
+        section = r0.blob()
+        kv = _decode_kv(section, max_kv_bytes)
+        body = body[r0.pos :]
     if flags & FLAG_COMPRESSED:
         body = _decompress(body, max_bytes)
     r = _Reader(body)
@@ -335,4 +530,4 @@ def decode_frame(data: bytes, *, max_bytes: int = 64 << 20) -> Frame:
             meta = MetaBlock(epoch_m, mkind, r.blob(), r.blob())
     if r.pos != len(body):
         raise DecodeError(f"{len(body) - r.pos} trailing bytes after the frame body")
-    return Frame(sender, epoch, seq, bool(flags & FLAG_REPLY), tuple(entries), meta)
+    return Frame(sender, epoch, seq, bool(flags & FLAG_REPLY), tuple(entries), meta, kv)

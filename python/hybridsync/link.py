@@ -35,6 +35,7 @@ from hybridsync.frame import (
     decode_frame,
     encode_frame,
 )
+from hybridsync.kvsync import KVChannel
 from hybridsync.memory import Memory, _check_encodable
 from hybridsync.meta import decode_state_vector, merge_state_vectors
 from hybridsync.text import apply_patch, make_patch, merge3
@@ -76,6 +77,14 @@ class LinkMetrics:
     fulls_sent: int = 0
     #: Both sides created the same document independently; both texts were kept.
     creation_conflicts: int = 0
+    #: KV pages sent / received, and the page bytes sent.
+    kv_pages_sent: int = 0
+    kv_pages_received: int = 0
+    kv_page_bytes_sent: int = 0
+    #: KV digests that did not match after a transfer (the table was re-based).
+    kv_resyncs: int = 0
+    #: Same-named KV caches of different owners met on this link.
+    kv_conflicts: int = 0
 
 
 class _Doc:
@@ -134,6 +143,9 @@ class Link:
         compress_threshold: frames whose body is at least this many bytes are
             zstd-compressed (when that helps); negative disables compression.
         max_frame_bytes: larger incoming frames are refused.
+        kv_frame_bytes: KV page bytes per frame at most (a larger change
+            travels over several exchanges; one page always fits).
+        max_kv_bytes: KV caches announced larger than this are refused.
     """
 
     def __init__(
@@ -145,6 +157,8 @@ class Link:
         epoch: int | None = None,
         compress_threshold: int = 1024,
         max_frame_bytes: int = 64 << 20,
+        kv_frame_bytes: int = 8 << 20,
+        max_kv_bytes: int = 1 << 36,
     ) -> None:
         if role not in ("client", "server"):
             raise InvalidArgumentError(f"role must be 'client' or 'server', got {role!r}")
@@ -158,6 +172,7 @@ class Link:
         self.role: Role = role
         self.compress_threshold = compress_threshold
         self.max_frame_bytes = max_frame_bytes
+        self.max_kv_bytes = max_kv_bytes
         self.metrics = LinkMetrics()
         self._docs: dict[str, _Doc] = {}
         self._dirty: set[str] = set(memory.text)
@@ -181,6 +196,7 @@ class Link:
         self._last_frame = b""  # client: latest request; server: latest reply
         self._reply_due = False  # server: a request awaits its reply
         self._resend_reply = False  # server: a duplicate request asks for the reply again
+        self._kv = KVChannel(self, kv_frame_bytes)
         memory._attach(self)
 
     def __repr__(self) -> str:
@@ -205,6 +221,7 @@ class Link:
             or self._absent
             or self._meta_dirty
             or (self.role == "server" and self._peer_epoch < self.memory.meta.epoch)
+            or not self._kv.idle
         )
 
     @property
@@ -267,6 +284,7 @@ class Link:
             self.role == "server",
             tuple(entries),
             self._meta_block(),
+            self._kv.entries(),
         )
         data = encode_frame(frame, compress_threshold=self.compress_threshold)
         self._last_frame = data
@@ -391,7 +409,7 @@ class Link:
         or :class:`~hybridsync.errors.ProtocolError` (wrong sender or
         direction); on any error nothing changes.
         """
-        frame = decode_frame(data, max_bytes=self.max_frame_bytes)
+        frame = decode_frame(data, max_bytes=self.max_frame_bytes, max_kv_bytes=self.max_kv_bytes)
         if frame.sender != self.peer_id:
             raise ProtocolError(
                 f"frame from {frame.sender!r} on the link to {self.peer_id!r}: refused"
@@ -445,6 +463,8 @@ class Link:
         for entry in frame.entries:
             self._receive(entry)
             self._refresh(entry.name)
+        for kv_entry in frame.kv:
+            self._kv.receive(kv_entry)
 
     def _count_received(self, data: bytes, *, stale: bool) -> None:
         self.metrics.frames_received += 1
@@ -461,6 +481,7 @@ class Link:
         self._dirty = set(self.memory.text)
         self._seq = 0
         self._last_frame = b""
+        self._kv.restart()
 
     def _receive(self, e: Entry) -> None:
         name = e.name

@@ -9,9 +9,11 @@ from typing import TYPE_CHECKING
 import xxhash
 
 from hybridsync.errors import InvalidArgumentError
+from hybridsync.kv import KVCaches
 from hybridsync.meta import CompactionPolicy, Meta, canonical_json
 
 if TYPE_CHECKING:
+    from hybridsync.kvsync import KVChannel
     from hybridsync.link import Link
 
 __all__ = ["Memory", "TextDocuments"]
@@ -77,7 +79,9 @@ class TextDocuments(MutableMapping[str, str]):
 class Memory:
     """One replica of a swarm's shared working memory.
 
-    ``memory.text`` holds named text documents. Connect replicas with
+    ``memory.text`` holds named text documents, ``memory.meta`` structured
+    metadata (a CRDT), ``memory.kv`` quantized KV caches
+    (:class:`hybridsync.kv.KVCache`, one writer each). Connect replicas with
     :class:`hybridsync.Link` objects (one per peer); links carry every change
     in both directions.
 
@@ -95,11 +99,13 @@ class Memory:
         self._links: list[Link] = []
         self.text = TextDocuments(self)
         self.meta = Meta(self, compaction or CompactionPolicy())
+        self.kv = KVCaches(self)
 
     def __repr__(self) -> str:
         return (
             f"<Memory {self.replica_id!r}: {len(self.text)} text documents, "
-            f"{len(self.meta)} metadata keys (epoch {self.meta.epoch})>"
+            f"{len(self.meta)} metadata keys (epoch {self.meta.epoch}), "
+            f"{len(self.kv)} KV caches>"
         )
 
     def transaction(self) -> contextlib.AbstractContextManager[None]:
@@ -135,6 +141,16 @@ class Memory:
         for part in (b"meta", meta):
             h.update(len(part).to_bytes(8, "little"))
             h.update(part)
+        caches = self.kv._caches
+        for name in sorted(caches):
+            c = caches[name]
+            g = c.geometry
+            shape = f"{g.fmt}/{g.scale_type}/{g.layers}/{g.kv_heads}/{g.head_dim}/{g.page_tokens}"
+            for part in (b"kv", name.encode(), str(c.owner).encode(), shape.encode()):
+                h.update(len(part).to_bytes(8, "little"))
+                h.update(part)
+            h.update(c.tokens.to_bytes(8, "little"))
+            h.update(c.digest().to_bytes(8, "little"))
         return h.hexdigest()
 
     # -- used by links -----------------------------------------------------
@@ -165,6 +181,18 @@ class Memory:
         for link in self._links:
             if link is not origin:
                 link._meta_dirty = True
+
+    def _kv_changed(
+        self, name: str, first_page: int, origin: KVChannel | None, *, reset: bool = False
+    ) -> None:
+        for link in self._links:
+            if link._kv is not origin:
+                link._kv.mark(name, first_page, reset)
+
+    def _kv_deleted(self, name: str, owner: str, origin: KVChannel | None) -> None:
+        for link in self._links:
+            if link._kv is not origin:
+                link._kv.mark_deleted(name, owner)
 
     def _delete_text(self, name: str, origin: Link) -> None:
         """Delete a document because ``origin``'s peer deleted it."""

@@ -1,0 +1,788 @@
+"""Quantized KV caches: codecs, paged storage and page tables.
+
+A :class:`KVCache` holds the keys and values of ``layers`` attention layers
+with ``kv_heads`` heads of ``head_dim`` values each, quantized as GGML
+``"q4_0"`` / ``"q8_0"`` (llama.cpp) or MLX affine 4-bit, groups of 64
+(``"mlx4"``, mlx-lm's ``QuantizedKVCache``). Storage per (layer, K|V) is one
+``[kv_heads, capacity, row_bytes]`` byte array: one quantized row per token
+and head. A **page** is ``page_tokens`` consecutive rows of one head of one
+(layer, K|V); appending tokens leaves every earlier row byte-identical, so
+only the pages that gained rows change.
+
+Each cache keeps a table of xxh3-64 page hashes, refreshed lazily and only
+for the pages written since the last refresh (O(changed), not O(cache)).
+Links mirror a cache by comparing that table against a per-link table of
+what the peer holds and sending only the pages that differ
+(``docs/protocol.md`` section 7). :meth:`KVCache.scan` rehashes everything
+and catches memory changed behind the API's back.
+
+Values must be finite: NaN or infinity in keys or values raise
+:class:`~hybridsync.errors.InvalidArgumentError` and change nothing (the
+reference quantizers disagree on what to make of them). Quantization is
+bit-exact with llama.cpp's reference quantizer / the ``gguf`` package (Q4_0,
+Q8_0) and with ``mlx.core.quantize`` (mlx4); see ``tests/test_kv_codecs.py``.
+
+**One writer per cache.** The replica that assigns a cache to
+``memory.kv[name]`` owns it; mirrors on other replicas are read-only
+(:class:`~hybridsync.errors.OwnershipError`). When two replicas create
+same-named caches, the one whose owner id sorts first (Python string order)
+wins on every replica: the other cache is replaced by a mirror of the
+winner, the loser's :class:`KVCache` object refuses further writes, and the
+conflict is recorded in ``memory.kv.conflicts``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, MutableMapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hybridsync import _core
+from hybridsync.errors import InvalidArgumentError, OwnershipError
+
+if TYPE_CHECKING:
+    from hybridsync.memory import Memory
+
+__all__ = [
+    "FORMATS",
+    "KVCache",
+    "KVCaches",
+    "KVConflict",
+    "dequantize",
+    "quantize",
+]
+
+#: Quantized formats a cache can use.
+FORMATS = ("q4_0", "q8_0", "mlx4")
+_SCALE_TYPES = ("f16", "bf16", "f32")
+_GROUP = {"q4_0": 32, "q8_0": 32, "mlx4": 64}
+_MAX_LAYERS = 4096
+_MAX_HEADS = 4096
+_MAX_HEAD_DIM = 1 << 16
+_MAX_PAGE_TOKENS = 1 << 16
+_U64 = np.uint64
+
+
+# -- float inputs -------------------------------------------------------------
+
+
+def _f32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
+    """Round float32 values to bfloat16 (nearest, ties to even), as raw bits."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounded = u + (np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))
+    return (rounded >> np.uint32(16)).astype(np.uint16)
+
+
+def _bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
+    return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
+def _float_input(x: Any, what: str) -> tuple[np.ndarray, str]:
+    """``x`` as a C-contiguous numpy array and its float type name: float32
+    and float16 as such, bfloat16 (mlx, or numpy with ml_dtypes) as uint16 bits."""
+    if type(x).__module__.startswith("mlx"):
+        import mlx.core as mx
+
+        if x.dtype == mx.bfloat16:
+            return np.ascontiguousarray(np.array(x.view(mx.uint16))), "bf16"
+        if x.dtype in (mx.float16, mx.float32):
+            arr = np.ascontiguousarray(np.array(x))
+            return arr, "f16" if arr.dtype == np.float16 else "f32"
+        raise InvalidArgumentError(f"{what} must be float16, bfloat16 or float32, got {x.dtype}")
+    if not isinstance(x, np.ndarray):
+        if not hasattr(x, "__array__"):
+            raise InvalidArgumentError(f"{what} must be an array, got {type(x).__name__}")
+        x = np.asarray(x)
+    if x.dtype == np.float32:
+        return np.ascontiguousarray(x), "f32"
+    if x.dtype == np.float16:
+        return np.ascontiguousarray(x), "f16"
+    if x.dtype.name == "bfloat16" and x.dtype.itemsize == 2:
+        return np.ascontiguousarray(x).view(np.uint16), "bf16"
+    raise InvalidArgumentError(f"{what} must be float16, bfloat16 or float32, got {x.dtype}")
+
+
+def _cast(arr: np.ndarray, src: str, dst: str) -> np.ndarray:
+    """Convert raw values between float types (bf16 as uint16 bits)."""
+    if src == dst:
+        return arr
+    f32 = _bf16_bits_to_f32(arr) if src == "bf16" else arr.astype(np.float32)
+    if dst == "bf16":
+        return _f32_to_bf16_bits(f32)
+    return f32.astype(np.float16 if dst == "f16" else np.float32)
+
+
+def _row_bytes(fmt: str, head_dim: int, scale_type: str) -> int:
+    return _core.kv_row_bytes(fmt, head_dim, scale_type)
+
+
+# -- standalone codecs --------------------------------------------------------
+
+
+def quantize(x: Any, fmt: str, *, scale_type: str | None = None) -> np.ndarray:
+    """Quantize the last axis of ``x`` (float16, bfloat16 or float32).
+
+    Returns raw quantized rows, ``uint8`` shaped ``[..., row_bytes]``: for
+    ``"q4_0"`` / ``"q8_0"`` the GGML blocks (what ``gguf.quants.quantize``
+    returns); for ``"mlx4"`` the packed codes, then the scales, then the
+    biases of each row (split them with :func:`mlx4_parts`). ``scale_type``
+    (mlx4 only) defaults to the input's type, like ``mlx.core.quantize``.
+    """
+    _check_format(fmt)
+    arr, src = _float_input(x, "x")
+    if arr.ndim == 0:
+        raise InvalidArgumentError("x must have at least one axis")
+    n = arr.shape[-1]
+    st = scale_type or src
+    if st not in _SCALE_TYPES:
+        raise InvalidArgumentError(f"scale_type must be one of {_SCALE_TYPES}, got {st!r}")
+    if fmt == "mlx4" and st != src:
+        arr, src = _cast(arr, src, st), st
+    rb = _row_bytes(fmt, n, st)
+    out = np.empty((*arr.shape[:-1], rb), dtype=np.uint8)
+    _core.kv_quantize(arr.reshape(-1).view(np.uint8), src, n, fmt, out.reshape(-1), st)
+    return out
+
+
+def dequantize(q: np.ndarray, fmt: str, n: int, *, scale_type: str = "f16") -> np.ndarray:
+    """Inverse of :func:`quantize`: rows of ``n`` float32 values."""
+    _check_format(fmt)
+    q = np.ascontiguousarray(q, dtype=np.uint8)
+    rb = _row_bytes(fmt, n, scale_type)
+    if q.ndim == 0 or q.shape[-1] != rb:
+        raise InvalidArgumentError(f"quantized rows of {n} {fmt} values have {rb} bytes")
+    out = np.empty((*q.shape[:-1], n), dtype=np.float32)
+    _core.kv_dequantize(q.reshape(-1), fmt, n, out.reshape(-1), scale_type)
+    return out
+
+
+def mlx4_parts(rows: np.ndarray, head_dim: int, scale_type: str) -> tuple[np.ndarray, ...]:
+    """Views of mlx4 rows as mlx's three arrays: ``uint32`` codes
+    ``[..., head_dim/8]``, scales and biases ``[..., head_dim/64]``
+    (float16 / float32, or uint16 bits for bf16)."""
+    half = head_dim // 2
+    groups = head_dim // 64
+    dt = {"f16": np.float16, "bf16": np.uint16, "f32": np.float32}[scale_type]
+    size = np.dtype(dt).itemsize
+    w = rows[..., :half].view(np.uint32)
+    s = rows[..., half : half + groups * size].view(dt)
+    b = rows[..., half + groups * size :].view(dt)
+    return w, s, b
+
+
+def _check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise InvalidArgumentError(f"unknown KV format {fmt!r}: use one of {FORMATS}")
+
+
+# -- page tables --------------------------------------------------------------
+
+_M1 = _U64(0x9E3779B97F4A7C15)
+_M2 = _U64(0xFF51AFD7ED558CCD)
+_M3 = _U64(0xC4CEB9FE1A85EC53)
+_S33 = _U64(33)
+
+
+def _mix(hashes: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """A keyed 64-bit mix of each page hash; 0 (no page) mixes to 0."""
+    x = hashes ^ (keys * _M1)
+    x ^= x >> _S33
+    x *= _M2
+    x ^= x >> _S33
+    x *= _M3
+    x ^= x >> _S33
+    x[hashes == 0] = 0
+    return x
+
+
+class PageTable:
+    """Page hashes ``[layers, 2, heads, pages]`` (0 = no page) and a digest
+    maintained incrementally: the sum of the keyed mixes of every hash."""
+
+    __slots__ = ("_sum", "hashes", "heads", "layers", "tokens")
+
+    def __init__(self, layers: int, heads: int, pages: int = 0) -> None:
+        self.layers = layers
+        self.heads = heads
+        self.tokens = 0
+        self.hashes = np.zeros((layers, 2, heads, max(pages, 1)), dtype=_U64)
+        self._sum = 0
+
+    def copy(self) -> PageTable:
+        t = PageTable(self.layers, self.heads)
+        t.hashes = self.hashes.copy()
+        t.tokens = self.tokens
+        t._sum = self._sum
+        return t
+
+    def _keys(self, first: int, last: int) -> np.ndarray:
+        rows = np.arange(self.layers * 2 * self.heads, dtype=_U64) << _U64(32)
+        pages = np.arange(first, last, dtype=_U64)
+        return (rows.reshape(self.layers, 2, self.heads, 1) | pages).astype(_U64)
+
+    def _range_sum(self, first: int, last: int) -> int:
+        if last <= first:
+            return 0
+        block = self.hashes[..., first:last]
+        return int(_mix(block.copy(), self._keys(first, last)).sum(dtype=_U64))
+
+    def reserve(self, pages: int) -> None:
+        have = self.hashes.shape[-1]
+        if pages > have:
+            grown = np.zeros((*self.hashes.shape[:-1], max(pages, have + have // 2)), dtype=_U64)
+            grown[..., :have] = self.hashes
+            self.hashes = grown
+
+    def set_range(self, first: int, block: np.ndarray) -> None:
+        """Replace pages ``first .. first + block.shape[-1]``."""
+        last = first + block.shape[-1]
+        self.reserve(last)
+        self._sum -= self._range_sum(first, last)
+        self.hashes[..., first:last] = block
+        self._sum += self._range_sum(first, last)
+
+    def set_pages(
+        self, layer: int, kind: int, heads: np.ndarray, pages: np.ndarray, hashes: np.ndarray
+    ) -> None:
+        if len(pages) == 0:
+            return
+        self.reserve(int(pages.max()) + 1)
+        rows = (layer * 2 + kind) * self.heads + heads.astype(_U64)
+        keys = (rows << _U64(32)) | pages.astype(_U64)
+        old = self.hashes[layer, kind, heads, pages]
+        self._sum -= int(_mix(old.copy(), keys).sum(dtype=_U64))
+        self.hashes[layer, kind, heads, pages] = hashes
+        self._sum += int(_mix(hashes.astype(_U64), keys).sum(dtype=_U64))
+
+    def cut(self, pages: int) -> None:
+        """Forget every page from ``pages`` on."""
+        last = self.hashes.shape[-1]
+        if pages < last:
+            self._sum -= self._range_sum(pages, last)
+            self.hashes[..., pages:] = 0
+
+    def digest(self) -> int:
+        t = self.tokens * int(_M1) + 0x632BE59BD9B4E019
+        return (self._sum + t) & 0xFFFFFFFFFFFFFFFF
+
+
+# -- the cache ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What defines a cache's layout (and travels with its pages)."""
+
+    layers: int
+    kv_heads: int
+    head_dim: int
+    fmt: str
+    page_tokens: int
+    scale_type: str
+
+    @property
+    def row_bytes(self) -> int:
+        return _row_bytes(self.fmt, self.head_dim, self.scale_type)
+
+    def check(self) -> None:
+        _check_format(self.fmt)
+        for name, value, top in (
+            ("layers", self.layers, _MAX_LAYERS),
+            ("kv_heads", self.kv_heads, _MAX_HEADS),
+            ("head_dim", self.head_dim, _MAX_HEAD_DIM),
+            ("page_tokens", self.page_tokens, _MAX_PAGE_TOKENS),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= top:
+                raise InvalidArgumentError(f"{name} must be an int in 1..{top}, got {value!r}")
+        group = _GROUP[self.fmt]
+        if self.head_dim % group:
+            raise InvalidArgumentError(
+                f"head_dim {self.head_dim} is not a multiple of {group} ({self.fmt} groups)"
+            )
+        if self.scale_type not in _SCALE_TYPES:
+            raise InvalidArgumentError(
+                f"scale_type must be one of {_SCALE_TYPES}, got {self.scale_type!r}"
+            )
+
+
+class KVCache:
+    """A quantized, paged KV cache.
+
+    Args:
+        layers, kv_heads, head_dim: the model's attention geometry.
+        fmt: ``"q4_0"``, ``"q8_0"`` (GGML, groups of 32) or ``"mlx4"`` (MLX
+            affine 4-bit, groups of 64).
+        page_tokens: tokens per page (the unit of change detection and transfer).
+        scale_type: mlx4 only: the type of scales and biases (``"f16"``,
+            ``"bf16"`` or ``"f32"``; mlx uses the model's dtype). Inputs of
+            another type are rounded to it first, as mlx-lm does.
+    """
+
+    def __init__(
+        self,
+        layers: int,
+        kv_heads: int,
+        head_dim: int,
+        fmt: str = "q4_0",
+        page_tokens: int = 256,
+        *,
+        scale_type: str = "f16",
+    ) -> None:
+        g = Geometry(layers, kv_heads, head_dim, fmt, page_tokens, scale_type)
+        g.check()
+        self.geometry = g
+        self._row_bytes = g.row_bytes
+        self._tokens = 0
+        self._capacity = 0
+        self._bufs = [
+            [np.zeros((kv_heads, 0, self._row_bytes), np.uint8) for _ in range(2)]
+            for _ in range(layers)
+        ]
+        self._table = PageTable(layers, kv_heads)
+        self._stale_from: int | None = None
+        self._memory: Memory | None = None
+        self._name: str | None = None
+        self.owner: str | None = None  # replica id of the writer, once attached
+        self._mirror = False
+        self._superseded_by: str | None = None
+
+    # -- geometry -----------------------------------------------------------
+
+    @property
+    def layers(self) -> int:
+        return self.geometry.layers
+
+    @property
+    def kv_heads(self) -> int:
+        return self.geometry.kv_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.geometry.head_dim
+
+    @property
+    def fmt(self) -> str:
+        return self.geometry.fmt
+
+    @property
+    def page_tokens(self) -> int:
+        return self.geometry.page_tokens
+
+    @property
+    def tokens(self) -> int:
+        """Tokens held."""
+        return self._tokens
+
+    @property
+    def pages(self) -> int:
+        """Pages per (layer, K|V, head)."""
+        return -(-self._tokens // self.geometry.page_tokens)
+
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of one quantized token row of one head."""
+        return self._row_bytes
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of quantized data in use."""
+        return self.layers * 2 * self.kv_heads * self._tokens * self._row_bytes
+
+    @property
+    def writable(self) -> bool:
+        """False for mirrors of another replica's cache and superseded caches."""
+        return not (self._mirror or self._superseded_by)
+
+    def __repr__(self) -> str:
+        g = self.geometry
+        role = "mirror" if self._mirror else "superseded" if self._superseded_by else "owned"
+        return (
+            f"<KVCache {g.fmt} {g.layers}x{g.kv_heads}x{g.head_dim}, {self._tokens} tokens, "
+            f"{self.nbytes} bytes, {role}>"
+        )
+
+    # -- writing --------------------------------------------------------------
+
+    def _check_writable(self) -> None:
+        if self._superseded_by is not None:
+            raise OwnershipError(
+                f"KV cache {self._name!r} was superseded by the same-named cache of "
+                f"{self._superseded_by!r} (its owner id sorts first); this object is read-only"
+            )
+        if self._mirror:
+            raise OwnershipError(
+                f"KV cache {self._name!r} is a mirror of {self.owner!r}'s cache: only its "
+                "owner writes to it"
+            )
+
+    def _reserve(self, tokens: int) -> None:
+        if tokens <= self._capacity:
+            return
+        p = self.geometry.page_tokens
+        cap = max(tokens, self._capacity + self._capacity // 2)
+        cap = -(-cap // p) * p
+        for layer in self._bufs:
+            for kind in range(2):
+                old = layer[kind]
+                new = np.zeros((self.kv_heads, cap, self._row_bytes), np.uint8)
+                new[:, : self._tokens] = old[:, : self._tokens]
+                layer[kind] = new
+        self._capacity = cap
+
+    def _stale(self, page: int) -> None:
+        self._stale_from = page if self._stale_from is None else min(self._stale_from, page)
+        if self._memory is not None and self._name is not None:
+            self._memory._kv_changed(self._name, page, None)
+
+    def _quantize_all(self, x: Any, what: str) -> np.ndarray:
+        g = self.geometry
+        arr, src = _float_input(x, what)
+        if arr.ndim != 4 or arr.shape[0] != g.layers or arr.shape[1] != g.kv_heads:
+            raise InvalidArgumentError(
+                f"{what} must be shaped [layers={g.layers}, kv_heads={g.kv_heads}, "
+                f"n_new, head_dim={g.head_dim}], got {list(arr.shape)}"
+            )
+        if arr.shape[3] != g.head_dim:
+            raise InvalidArgumentError(
+                f"{what} has head_dim {arr.shape[3]}, the cache {g.head_dim}"
+            )
+        if g.fmt == "mlx4" and src != g.scale_type:
+            arr, src = _cast(arr, src, g.scale_type), g.scale_type
+        out = np.empty((*arr.shape[:3], self._row_bytes), np.uint8)
+        _core.kv_quantize(
+            arr.reshape(-1).view(np.uint8), src, g.head_dim, g.fmt, out.reshape(-1), g.scale_type
+        )
+        return out
+
+    def append(self, keys: Any, values: Any) -> None:
+        """Quantize and append ``n_new`` tokens.
+
+        ``keys`` and ``values``: float16, bfloat16 or float32 arrays (numpy
+        or mlx) shaped ``[layers, kv_heads, n_new, head_dim]``. Raises
+        InvalidArgumentError (shape, dtype, non-finite value) or
+        OwnershipError (not the owner); on error nothing changes.
+        """
+        self._check_writable()
+        qk = self._quantize_all(keys, "keys")
+        qv = self._quantize_all(values, "values")
+        if qk.shape[2] != qv.shape[2]:
+            raise InvalidArgumentError(
+                f"keys hold {qk.shape[2]} new tokens, values {qv.shape[2]}"
+            )
+        n = qk.shape[2]
+        if n == 0:
+            return
+        self._write_rows(self._tokens, qk, qv)
+
+    def _write_rows(self, t0: int, qk: np.ndarray, qv: np.ndarray) -> None:
+        n = qk.shape[2]
+        self._reserve(t0 + n)
+        for li, layer in enumerate(self._bufs):
+            layer[0][:, t0 : t0 + n] = qk[li]
+            layer[1][:, t0 : t0 + n] = qv[li]
+        self._tokens = max(self._tokens, t0 + n)
+        self._stale(t0 // self.geometry.page_tokens)
+
+    def append_quantized(self, keys: np.ndarray, values: np.ndarray) -> None:
+        """Append already-quantized rows, ``uint8`` shaped
+        ``[layers, kv_heads, n_new, row_bytes]`` (runtime adapters use this)."""
+        self._check_writable()
+        g = self.geometry
+        want = (g.layers, g.kv_heads)
+        for what, q in (("keys", keys), ("values", values)):
+            if (
+                not isinstance(q, np.ndarray)
+                or q.dtype != np.uint8
+                or q.ndim != 4
+                or q.shape[:2] != want
+                or q.shape[3] != self._row_bytes
+            ):
+                raise InvalidArgumentError(
+                    f"quantized {what} must be uint8 [layers={g.layers}, kv_heads={g.kv_heads}, "
+                    f"n_new, row_bytes={self._row_bytes}]"
+                )
+        if keys.shape[2] != values.shape[2]:
+            raise InvalidArgumentError("quantized keys and values differ in token count")
+        if keys.shape[2]:
+            self._write_rows(self._tokens, keys, values)
+
+    def truncate(self, tokens: int) -> None:
+        """Keep the first ``tokens`` tokens (0 <= tokens <= self.tokens)."""
+        self._check_writable()
+        self._truncate(tokens)
+
+    def _truncate(self, tokens: int) -> None:
+        if not isinstance(tokens, int) or not 0 <= tokens <= self._tokens:
+            raise InvalidArgumentError(f"truncate to 0..{self._tokens} tokens, got {tokens!r}")
+        if tokens == self._tokens:
+            return
+        for layer in self._bufs:
+            for buf in layer:
+                buf[:, tokens : self._tokens] = 0
+        self._tokens = tokens
+        self._stale(tokens // self.geometry.page_tokens)
+
+    # -- reading ----------------------------------------------------------------
+
+    def _kind(self, kind: str) -> int:
+        if kind not in ("k", "v"):
+            raise InvalidArgumentError(f"kind must be 'k' or 'v', got {kind!r}")
+        return 0 if kind == "k" else 1
+
+    def _layer(self, layer: int) -> int:
+        if not isinstance(layer, int) or not 0 <= layer < self.layers:
+            raise InvalidArgumentError(f"layer must be in 0..{self.layers - 1}, got {layer!r}")
+        return layer
+
+    def quantized(self, layer: int, kind: str = "k") -> np.ndarray:
+        """A read-only, zero-copy view of the quantized rows of one layer:
+        ``uint8 [kv_heads, tokens, row_bytes]``."""
+        view = self._bufs[self._layer(layer)][self._kind(kind)][:, : self._tokens]
+        view = view.view()
+        view.flags.writeable = False
+        return view
+
+    def mlx_arrays(self, layer: int, kind: str = "k") -> tuple[np.ndarray, ...]:
+        """mlx4 only: zero-copy views ``(codes uint32 [H, T, D/8], scales
+        [H, T, D/64], biases [H, T, D/64])`` (bf16 as uint16 bits)."""
+        if self.fmt != "mlx4":
+            raise InvalidArgumentError(f"mlx_arrays needs an mlx4 cache, this one is {self.fmt}")
+        return mlx4_parts(self.quantized(layer, kind), self.head_dim, self.geometry.scale_type)
+
+    def _dequantized(self, layer: int, kind: str) -> np.ndarray:
+        rows = np.ascontiguousarray(self.quantized(layer, kind))
+        return dequantize(rows, self.fmt, self.head_dim, scale_type=self.geometry.scale_type)
+
+    def keys(self, layer: int) -> np.ndarray:
+        """Dequantized keys of one layer, float32 ``[kv_heads, tokens, head_dim]``."""
+        return self._dequantized(layer, "k")
+
+    def values(self, layer: int) -> np.ndarray:
+        """Dequantized values of one layer, float32 ``[kv_heads, tokens, head_dim]``."""
+        return self._dequantized(layer, "v")
+
+    # -- page hashes ------------------------------------------------------------
+
+    def _hash_range(self, first: int, last: int) -> np.ndarray:
+        g = self.geometry
+        out = np.zeros((g.layers, 2, g.kv_heads, max(last - first, 0)), dtype=_U64)
+        if last <= first:
+            return out
+        tmp = np.empty((g.kv_heads, last - first), dtype=_U64)
+        for li, layer in enumerate(self._bufs):
+            for kind in range(2):
+                buf = layer[kind]
+                _core.kv_hash_pages(
+                    buf.reshape(-1),
+                    g.kv_heads,
+                    buf.shape[1],
+                    self._row_bytes,
+                    g.page_tokens,
+                    self._tokens,
+                    first,
+                    last,
+                    tmp,
+                )
+                out[li, kind] = tmp
+        return out
+
+    def refresh(self) -> int | None:
+        """Rehash the pages written since the last refresh. Returns the first
+        rehashed page, or None when nothing was stale."""
+        first = self._stale_from
+        if first is None:
+            return None
+        self._stale_from = None
+        pages = self.pages
+        self._table.cut(pages)
+        self._table.tokens = self._tokens
+        if first < pages:
+            self._table.set_range(first, self._hash_range(first, pages))
+        return first
+
+    def page_hashes(self) -> np.ndarray:
+        """The page-hash table ``uint64 [layers, 2, kv_heads, pages]`` (0 = no
+        page), refreshed; a copy."""
+        self.refresh()
+        return self._table.hashes[..., : self.pages].copy()
+
+    def digest(self) -> int:
+        """A 64-bit digest of the page-hash table and token count."""
+        self.refresh()
+        return self._table.digest()
+
+    def scan(self) -> int:
+        """Rehash every page and compare with the table: catches memory
+        changed behind the API's back. Changed pages are marked for sending
+        again; returns how many changed."""
+        self.refresh()
+        pages = self.pages
+        fresh = self._hash_range(0, pages)
+        changed = fresh != self._table.hashes[..., :pages]
+        count = int(changed.sum())
+        if count:
+            first = int(np.nonzero(changed.any(axis=(0, 1, 2)))[0][0])
+            self._table.set_range(0, fresh)
+            if self._memory is not None and self._name is not None:
+                self._memory._kv_changed(self._name, first, None)
+        return count
+
+    # -- mirrors (used by links) ------------------------------------------------
+
+    def _apply(self, e: Any, origin: Any) -> int:
+        """Apply a decoded (hash-verified) PAGES entry; returns the first
+        page that may have changed."""
+        g = self.geometry
+        old = self._tokens
+        if e.tokens < old:
+            for layer in self._bufs:
+                for buf in layer:
+                    buf[:, e.tokens : old] = 0
+        self._reserve(e.tokens)
+        self._tokens = e.tokens
+        first = min(old, e.tokens) // g.page_tokens
+        for r in e.runs:
+            buf = self._bufs[r.layer][r.kind]
+            _core.kv_scatter_pages(
+                buf.reshape(-1),
+                g.kv_heads,
+                buf.shape[1],
+                self._row_bytes,
+                g.page_tokens,
+                self._tokens,
+                r.heads,
+                r.pages,
+                r.hashes,
+                r.payload,
+            )
+            if len(r.pages):
+                first = min(first, int(r.pages.min()))
+        self._stale_from = first if self._stale_from is None else min(self._stale_from, first)
+        self.refresh()
+        if self._memory is not None and self._name is not None:
+            self._memory._kv_changed(self._name, first, origin)
+        return first
+
+    # -- persistence -----------------------------------------------------------
+
+    def save(self, path: Any) -> None:
+        """Write the cache to a safetensors file, atomically (temp file + rename)."""
+        from hybridsync.kvfile import save_cache
+
+        save_cache(self, path)
+
+    @classmethod
+    def load(cls, path: Any) -> KVCache:
+        """Read a cache written by :meth:`save` (or an agent-memory mlx4 file)."""
+        from hybridsync.kvfile import load_cache
+
+        return load_cache(path)
+
+
+# -- memory.kv ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KVConflict:
+    """Two replicas created same-named caches; ``winner``'s was kept."""
+
+    name: str
+    winner: str
+    loser: str
+
+
+class KVCaches(MutableMapping[str, KVCache]):
+    """The KV caches of a replica (``memory.kv``).
+
+    ``memory.kv[name] = cache`` makes this replica the cache's owner (its
+    only writer) and mirrors it over every link; caches owned elsewhere
+    appear here as read-only mirrors. ``del memory.kv[name]`` (owner only)
+    deletes it everywhere.
+    """
+
+    def __init__(self, memory: Memory) -> None:
+        self._memory = memory
+        self._caches: dict[str, KVCache] = {}
+        #: Deleted caches and their owners: late pages of them are refused.
+        self._deleted: dict[str, str] = {}
+        #: Ownership conflicts seen, oldest first.
+        self.conflicts: list[KVConflict] = []
+
+    def __getitem__(self, name: str) -> KVCache:
+        return self._caches[name]
+
+    def __setitem__(self, name: str, cache: KVCache) -> None:
+        from hybridsync.memory import _check_encodable
+
+        if not isinstance(name, str) or not name:
+            raise InvalidArgumentError("KV cache names are non-empty str")
+        _check_encodable(name, "KV cache name")
+        if not isinstance(cache, KVCache):
+            raise InvalidArgumentError(f"memory.kv holds KVCache objects, got {type(cache).__name__}")
+        if cache._memory is not None:
+            raise InvalidArgumentError(f"this KVCache is already attached to {cache._memory!r}")
+        old = self._caches.get(name)
+        rid = self._memory.replica_id
+        if old is not None and old.owner != rid:
+            raise OwnershipError(
+                f"KV cache {name!r} is {old.owner!r}'s here (a mirror): only its owner writes it"
+            )
+        if old is not None:
+            old._memory = None
+        cache._memory, cache._name, cache.owner = self._memory, name, rid
+        cache._stale_from = 0
+        self._caches[name] = cache
+        self._deleted.pop(name, None)
+        self._memory._kv_changed(name, 0, None, reset=True)
+
+    def __delitem__(self, name: str) -> None:
+        cache = self._caches[name]
+        if cache.owner != self._memory.replica_id:
+            raise OwnershipError(f"KV cache {name!r} is a mirror of {cache.owner!r}'s cache")
+        self._drop(name, None)
+
+    def _drop(self, name: str, origin: Any) -> None:
+        cache = self._caches.pop(name)
+        cache._memory = None
+        assert cache.owner is not None
+        self._deleted[name] = cache.owner
+        self._memory._kv_deleted(name, cache.owner, origin)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._caches)
+
+    def __len__(self) -> int:
+        return len(self._caches)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._caches
+
+    def __repr__(self) -> str:
+        return f"<KVCaches of {self._memory.replica_id!r}: {len(self._caches)} caches>"
+
+    def _mirror(self, name: str, owner: str, g: Geometry, origin: Any) -> KVCache:
+        """A fresh read-only mirror of ``owner``'s cache (replacing any copy)."""
+        cache = KVCache(
+            g.layers, g.kv_heads, g.head_dim, g.fmt, g.page_tokens, scale_type=g.scale_type
+        )
+        cache._mirror = True
+        cache._memory, cache._name, cache.owner = self._memory, name, owner
+        old = self._caches.get(name)
+        if old is not None:
+            old._memory = None
+        self._caches[name] = cache
+        self._deleted.pop(name, None)
+        self._memory._kv_changed(name, 0, origin, reset=True)
+        return cache
+
+    def _supersede(self, name: str, winner: str, g: Geometry) -> KVCache:
+        """Replace our same-named cache by a mirror of ``winner``'s."""
+        old = self._caches[name]
+        old._superseded_by = winner
+        return self._mirror(name, winner, g, None)
+
+    def scan(self) -> int:
+        """:meth:`KVCache.scan` on every cache; returns the pages that changed."""
+        return sum(c.scan() for c in self._caches.values())

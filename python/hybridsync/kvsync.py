@@ -1,0 +1,301 @@
+"""The KV-cache channel of a link: page-table shadows and page diffs.
+
+Per link and cache, the sending side keeps a :class:`~hybridsync.kv.PageTable`
+of what the peer holds (its shadow: hashes, no data). A cycle refreshes the
+cache's own table for the pages written since the last cycle, compares that
+range against the shadow and sends the pages whose hash differs, up to a
+per-frame byte budget; the receiver verifies every page hash while decoding
+the frame and applies nothing unless all check out. A PAGES entry that
+completes the transfer carries the sender's table digest: a receiver that
+ends up with another digest answers with its whole table (HAVE), and the
+sender re-bases its shadow on it and sends only what differs. A link that
+does not know the peer's table (a new or restarted link) probes with its
+digest first, so a peer that already holds the cache receives nothing but
+the pages it lacks. Delivery rides on the link's stop-and-wait exchange: a
+frame is resent until answered, so the shadow is updated when a frame is
+built. ``docs/protocol.md`` section 7 specifies it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from hybridsync import _core
+from hybridsync.frame import KV_COMPLETE, KV_PROBE, KVEntry, KVKind, KVRun
+from hybridsync.kv import KVCache, KVConflict, PageTable
+
+if TYPE_CHECKING:
+    from hybridsync.link import Link
+
+__all__ = ["KVChannel"]
+
+
+class _Out:
+    """What one link knows of the peer's copy of one cache."""
+
+    __slots__ = ("acked", "dirty_from", "probe")
+
+    def __init__(self) -> None:
+        self.acked: PageTable | None = None  # None: unknown, probe first
+        self.probe: PageTable | None = None  # our table when we probed
+        self.dirty_from: int | None = 0
+
+
+class KVChannel:
+    """The KV part of one :class:`~hybridsync.Link`."""
+
+    def __init__(self, link: Link, frame_budget: int) -> None:
+        self.link = link
+        self.budget = frame_budget
+        self.out: dict[str, _Out] = {}
+        self.pending: set[str] = set()
+        self.haves: dict[str, KVEntry] = {}
+        self.deletes: dict[str, str] = {}
+        self.restart()
+
+    @property
+    def kv(self) -> dict[str, KVCache]:
+        return self.link.memory.kv._caches
+
+    def restart(self) -> None:
+        """Forget everything about the peer: probe every cache again."""
+        self.out = {name: _Out() for name in self.kv}
+        self.pending = set(self.kv)
+        self.haves.clear()
+        self.deletes.clear()
+
+    @property
+    def idle(self) -> bool:
+        return not (self.pending or self.haves or self.deletes)
+
+    # -- local changes ----------------------------------------------------------
+
+    def mark(self, name: str, first_page: int, reset: bool) -> None:
+        o = self.out.get(name)
+        if o is None or reset:
+            o = self.out[name] = _Out()
+        elif o.dirty_from is None or first_page < o.dirty_from:
+            o.dirty_from = first_page
+        self.deletes.pop(name, None)
+        self.pending.add(name)
+
+    def mark_deleted(self, name: str, owner: str) -> None:
+        self.out.pop(name, None)
+        self.pending.discard(name)
+        self.haves.pop(name, None)
+        self.deletes[name] = owner
+
+    # -- sending ------------------------------------------------------------------
+
+    def entries(self) -> tuple[KVEntry, ...]:
+        out: list[KVEntry] = [
+            KVEntry(name, KVKind.DELETE, owner) for name, owner in sorted(self.deletes.items())
+        ]
+        self.deletes.clear()
+        out += [self.haves[name] for name in sorted(self.haves)]
+        self.haves.clear()
+        budget = self.budget
+        for name in sorted(self.pending):
+            cache = self.kv.get(name)
+            o = self.out.get(name)
+            if cache is None or o is None or cache.owner is None:
+                self.pending.discard(name)
+                continue
+            if o.acked is None:
+                self.pending.discard(name)
+                if o.probe is None:
+                    cache.refresh()
+                    o.probe = cache._table.copy()
+                    out.append(self._pages_entry(name, cache, KV_COMPLETE | KV_PROBE, ()))
+                continue
+            entry, used = self._diff(name, cache, o, budget)
+            budget = max(budget - used, 0)
+            if o.dirty_from is None:
+                self.pending.discard(name)
+            if entry is not None:
+                out.append(entry)
+        return tuple(out)
+
+    def _pages_entry(
+        self, name: str, cache: KVCache, flags: int, runs: tuple[KVRun, ...]
+    ) -> KVEntry:
+        assert cache.owner is not None
+        digest = cache._table.digest() if flags & KV_COMPLETE else 0
+        return KVEntry(
+            name, KVKind.PAGES, cache.owner, cache.geometry, cache.tokens, digest, flags, runs
+        )
+
+    def _diff(self, name: str, cache: KVCache, o: _Out, budget: int) -> tuple[KVEntry | None, int]:
+        """Pages of ``cache`` the peer lacks, from ``o.dirty_from`` on."""
+        assert o.acked is not None
+        cache.refresh()
+        first = o.dirty_from or 0
+        o.dirty_from = None
+        acked = o.acked
+        mine = cache._table
+        pages = cache.pages
+        last = max(pages, first)
+        acked.reserve(last)
+        ours = mine.hashes[..., first:pages]
+        theirs = acked.hashes[..., first:pages]
+        send = (ours != theirs) & (ours != 0)
+        # Page-major order: earlier pages first when the budget runs out.
+        idx = np.argwhere(send.transpose(3, 0, 1, 2))
+        tokens_changed = acked.tokens != cache.tokens
+        if len(idx) == 0 and not tokens_changed and acked._sum == mine._sum:
+            return None, 0
+        pt = cache.page_tokens
+        rows = np.minimum(pt, cache.tokens - (idx[:, 0] + first) * pt) if len(idx) else idx[:, 0]
+        sizes = rows * cache.row_bytes
+        flags = KV_COMPLETE
+        if len(idx) and int(sizes.sum()) > budget:
+            fit = int(np.searchsorted(np.cumsum(sizes), budget, side="right"))
+            fit = max(fit, 1)  # always progress
+            if fit < len(idx):
+                # Whole pages below the first unsent one went; resume there.
+                o.dirty_from = first + int(idx[fit, 0])
+                idx = idx[:fit]
+                sizes = sizes[:fit]
+                flags = 0
+        runs: list[KVRun] = []
+        acked.tokens = cache.tokens
+        acked.cut(pages)
+        if len(idx):
+            order = np.lexsort((idx[:, 0], idx[:, 3], idx[:, 2], idx[:, 1]))
+            idx = idx[order]
+            groups = idx[:, 1] * 2 + idx[:, 2]
+            bounds = np.flatnonzero(np.diff(groups)) + 1
+            for chunk in np.split(idx, bounds):
+                layer, kind = int(chunk[0, 1]), int(chunk[0, 2])
+                heads = chunk[:, 3].astype(np.uint32)
+                pidx = (chunk[:, 0] + first).astype(np.uint32)
+                hashes = mine.hashes[layer, kind, heads, pidx]
+                buf = cache._bufs[layer][kind]
+                payload = _core.kv_gather_pages(
+                    buf.reshape(-1),
+                    cache.kv_heads,
+                    buf.shape[1],
+                    cache.row_bytes,
+                    pt,
+                    cache.tokens,
+                    heads,
+                    pidx,
+                )
+                runs.append(KVRun(layer, kind, heads, pidx, hashes, payload))
+                acked.set_pages(layer, kind, heads, pidx, hashes)
+        m = self.link.metrics
+        m.kv_pages_sent += len(idx)
+        m.kv_page_bytes_sent += int(sizes.sum()) if len(idx) else 0
+        return self._pages_entry(name, cache, flags, tuple(runs)), int(sizes.sum())
+
+    # -- receiving ----------------------------------------------------------------
+
+    def receive(self, e: KVEntry) -> None:
+        if e.kind == KVKind.DELETE:
+            cache = self.kv.get(e.name)
+            self.out.pop(e.name, None)
+            self.pending.discard(e.name)
+            if cache is not None and cache.owner == e.owner:
+                self.link.memory.kv._drop(e.name, self)
+            return
+        if e.kind == KVKind.HAVE:
+            self._receive_have(e)
+            return
+        self._receive_pages(e)
+
+    def _conflict(self, name: str, winner: str, loser: str) -> None:
+        conflicts = self.link.memory.kv.conflicts
+        c = KVConflict(name, winner, loser)
+        if c not in conflicts:
+            conflicts.append(c)
+            self.link.metrics.kv_conflicts += 1
+
+    def _receive_pages(self, e: KVEntry) -> None:
+        memory = self.link.memory
+        caches = memory.kv
+        assert e.geometry is not None
+        if caches._deleted.get(e.name) == e.owner:
+            self.deletes[e.name] = e.owner  # late pages of a deleted cache
+            return
+        cache = self.kv.get(e.name)
+        if cache is not None and cache.owner != e.owner:
+            assert cache.owner is not None
+            if e.owner < cache.owner:
+                self._conflict(e.name, e.owner, cache.owner)
+                cache = caches._supersede(e.name, e.owner, e.geometry)
+            else:
+                self._conflict(e.name, cache.owner, e.owner)
+                self.mark(e.name, 0, reset=True)  # our winner travels to the peer
+                return
+        elif cache is not None and cache.writable:
+            # The peer holds pages of a cache we own (we restarted, it
+            # remembers): ours is the truth. Learn its table, then send ours.
+            if e.flags & KV_COMPLETE:
+                o = self.out.setdefault(e.name, _Out())
+                o.acked = self._table_of(e)
+                o.probe = None
+                o.dirty_from = 0
+                self.pending.add(e.name)
+            return
+        elif cache is None or cache.geometry != e.geometry:
+            cache = caches._mirror(e.name, e.owner, e.geometry, self)
+        o = self.out.setdefault(e.name, _Out())
+        o.probe = None
+        o.dirty_from = None
+        self.pending.discard(e.name)
+        if e.flags & KV_PROBE:
+            # The peer asks what we hold: change nothing, answer with our
+            # digest, and our table unless it matches.
+            cache.refresh()
+            o.acked = cache._table.copy()
+            self._have(e, cache, cache._table.digest() == e.digest)
+            return
+        cache._apply(e, self)
+        if o.acked is None:
+            o.acked = cache._table.copy()
+        else:
+            o.acked.tokens = cache.tokens
+            o.acked.cut(cache.pages)
+            for r in e.runs:
+                o.acked.set_pages(r.layer, r.kind, r.heads, r.pages, r.hashes)
+        self.link.metrics.kv_pages_received += sum(len(r.heads) for r in e.runs)
+        if e.flags & KV_COMPLETE and cache._table.digest() != e.digest:
+            self.link.metrics.kv_resyncs += 1
+            o.acked = cache._table.copy()
+            self._have(e, cache, False)
+
+    def _have(self, e: KVEntry, cache: KVCache, match: bool) -> None:
+        self.haves[e.name] = KVEntry(
+            e.name,
+            KVKind.HAVE,
+            e.owner,
+            cache.geometry,
+            cache.tokens,
+            cache._table.digest(),
+            table=None if match else cache._table.hashes[..., : cache.pages].copy(),
+        )
+
+    def _table_of(self, e: KVEntry) -> PageTable:
+        assert e.geometry is not None
+        t = PageTable(e.geometry.layers, e.geometry.kv_heads)
+        t.tokens = e.tokens
+        if e.table is not None and e.table.shape[-1]:
+            t.set_range(0, e.table)
+        return t
+
+    def _receive_have(self, e: KVEntry) -> None:
+        cache = self.kv.get(e.name)
+        if cache is None or cache.owner != e.owner or cache.geometry != e.geometry:
+            return
+        o = self.out.setdefault(e.name, _Out())
+        if e.table is not None:
+            o.acked = self._table_of(e)
+        elif o.probe is not None and o.probe.digest() == e.digest:
+            o.acked = o.probe
+        elif o.acked is None or o.acked.digest() != e.digest:
+            o.acked = None  # cannot tell: probe again
+        o.probe = None
+        o.dirty_from = 0
+        self.pending.add(e.name)
