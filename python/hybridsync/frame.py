@@ -395,7 +395,8 @@ def _decode_kv(data: bytes, max_kv_bytes: int) -> tuple[KVEntry, ...]:
         rb = g.row_bytes
         if tokens * rb * g.kv_heads * g.layers * 2 > max_kv_bytes:
             raise LimitExceededError(
-                f"KV cache {name!r} of {tokens} tokens would exceed the limit of {max_kv_bytes} bytes"
+                f"KV cache {name!r} of {tokens} tokens would exceed the limit of "
+                f"{max_kv_bytes} bytes"
             )
         (digest,) = _CHECKSUM.unpack(r.take(_CHECKSUM.size))
         pages = -(-tokens // g.page_tokens)

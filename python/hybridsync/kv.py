@@ -468,9 +468,7 @@ class KVCache:
         qk = self._quantize_all(keys, "keys")
         qv = self._quantize_all(values, "values")
         if qk.shape[2] != qv.shape[2]:
-            raise InvalidArgumentError(
-                f"keys hold {qk.shape[2]} new tokens, values {qv.shape[2]}"
-            )
+            raise InvalidArgumentError(f"keys hold {qk.shape[2]} new tokens, values {qv.shape[2]}")
         n = qk.shape[2]
         if n == 0:
             return
@@ -720,7 +718,9 @@ class KVCaches(MutableMapping[str, KVCache]):
             raise InvalidArgumentError("KV cache names are non-empty str")
         _check_encodable(name, "KV cache name")
         if not isinstance(cache, KVCache):
-            raise InvalidArgumentError(f"memory.kv holds KVCache objects, got {type(cache).__name__}")
+            raise InvalidArgumentError(
+                f"memory.kv holds KVCache objects, got {type(cache).__name__}"
+            )
         if cache._memory is not None:
             raise InvalidArgumentError(f"this KVCache is already attached to {cache._memory!r}")
         old = self._caches.get(name)

@@ -1,0 +1,131 @@
+"""mlx-lm's ``QuantizedKVCache`` <-> :class:`~hybridsync.kv.KVCache` (``mlx4``).
+
+mlx-lm keeps, per layer, ``keys`` and ``values`` as ``(codes uint32
+[B, H, capacity, D/8], scales [B, H, capacity, D/64], biases [...])`` with
+``offset`` tokens in use and the capacity grown in steps of 256. Only the
+rows in use cross: padding is not part of a cache's content. Import needs
+``bits=4, group_size=64`` and batch size 1 (convert a float cache with
+``cache.to_quantized(group_size=64, bits=4)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hybridsync.errors import InvalidArgumentError
+from hybridsync.kv import KVCache
+
+__all__ = ["from_mlx_lm", "load_prompt_cache", "save_prompt_cache", "to_mlx_lm"]
+
+_STEP = 256
+
+
+def _scale_type(dtype: Any) -> str:
+    import mlx.core as mx
+
+    names = {mx.float16: "f16", mx.bfloat16: "bf16", mx.float32: "f32"}
+    if dtype not in names:
+        raise InvalidArgumentError(f"scales of dtype {dtype} are not float16, bfloat16 or float32")
+    return names[dtype]
+
+
+def _bytes(a: Any, rows: int) -> np.ndarray:
+    """``a[0, :, :rows]`` of an mlx array as raw bytes ``[H, rows, cols]``."""
+    import mlx.core as mx
+
+    a = a[0, :, :rows]
+    if a.dtype == mx.bfloat16:
+        a = a.view(mx.uint16)
+    arr = np.array(a)
+    return arr.view(np.uint8).reshape(arr.shape[0], rows, -1)
+
+
+def from_mlx_lm(prompt_cache: Sequence[Any], *, page_tokens: int = 256) -> KVCache:
+    """A new owned ``mlx4`` :class:`KVCache` holding the per-layer
+    ``QuantizedKVCache`` objects' tokens (bit-identical rows)."""
+    from mlx_lm.models.cache import QuantizedKVCache
+
+    if not prompt_cache:
+        raise InvalidArgumentError("prompt_cache is empty")
+    offsets = set()
+    for i, c in enumerate(prompt_cache):
+        if not isinstance(c, QuantizedKVCache):
+            raise InvalidArgumentError(
+                f"layer {i} holds a {type(c).__name__}, not a QuantizedKVCache "
+                "(convert with cache.to_quantized(group_size=64, bits=4))"
+            )
+        if c.bits != 4 or c.group_size != 64:
+            raise InvalidArgumentError(
+                f"layer {i} is quantized with bits={c.bits}, group_size={c.group_size}; "
+                "mlx4 caches use bits=4, group_size=64"
+            )
+        if c.keys is None:
+            raise InvalidArgumentError(f"layer {i} holds no tokens yet")
+        if c.keys[0].shape[0] != 1:
+            raise InvalidArgumentError(f"layer {i} has batch size {c.keys[0].shape[0]}, not 1")
+        offsets.add(c.offset)
+    if len(offsets) != 1:
+        raise InvalidArgumentError(f"layers hold different token counts: {sorted(offsets)}")
+    tokens = offsets.pop()
+    first = prompt_cache[0]
+    heads = first.keys[0].shape[1]
+    head_dim = first.keys[0].shape[-1] * 8
+    st = _scale_type(first.keys[1].dtype)
+    cache = KVCache(len(prompt_cache), heads, head_dim, "mlx4", page_tokens, scale_type=st)
+    ks, vs = [], []
+    for c in prompt_cache:
+        for parts, out in ((c.keys, ks), (c.values, vs)):
+            if _scale_type(parts[1].dtype) != st or parts[0].shape[1] != heads:
+                raise InvalidArgumentError("layers differ in heads or scale dtype")
+            out.append(np.concatenate([_bytes(p, tokens) for p in parts], axis=-1))
+    if tokens:
+        cache.append_quantized(np.stack(ks), np.stack(vs))
+    return cache
+
+
+def _mx(a: np.ndarray, capacity: int) -> Any:
+    import mlx.core as mx
+
+    padded = np.zeros((1, a.shape[0], capacity, a.shape[2]), dtype=a.dtype)
+    padded[0, :, : a.shape[1]] = a
+    if padded.dtype == np.uint16:  # bf16 bits
+        return mx.array(padded).view(mx.bfloat16)
+    return mx.array(padded)
+
+
+def to_mlx_lm(cache: KVCache) -> list[Any]:
+    """Per-layer ``QuantizedKVCache`` objects holding the cache's tokens,
+    ready for ``model(tokens, cache=...)``."""
+    from mlx_lm.models.cache import QuantizedKVCache
+
+    if cache.fmt != "mlx4":
+        raise InvalidArgumentError(f"mlx-lm caches are mlx4; this cache is {cache.fmt}")
+    capacity = max(-(-cache.tokens // _STEP), 1) * _STEP
+    out = []
+    for layer in range(cache.layers):
+        qc = QuantizedKVCache(group_size=64, bits=4)
+        qc.keys = tuple(_mx(a, capacity) for a in cache.mlx_arrays(layer, "k"))
+        qc.values = tuple(_mx(a, capacity) for a in cache.mlx_arrays(layer, "v"))
+        qc.offset = cache.tokens
+        out.append(qc)
+    return out
+
+
+def load_prompt_cache(path: str | Path, *, page_tokens: int = 256) -> KVCache:
+    """Read an mlx-lm ``save_prompt_cache`` file of ``QuantizedKVCache`` layers."""
+    from mlx_lm.models.cache import load_prompt_cache as mlx_load
+
+    return from_mlx_lm(mlx_load(str(path)), page_tokens=page_tokens)
+
+
+def save_prompt_cache(
+    path: str | Path, cache: KVCache, metadata: dict[str, str] | None = None
+) -> None:
+    """Write ``cache`` as an mlx-lm prompt-cache file (``mlx_lm`` loads it)."""
+    from mlx_lm.models.cache import save_prompt_cache as mlx_save
+
+    mlx_save(str(path), to_mlx_lm(cache), metadata or {})
