@@ -317,7 +317,8 @@ class KVCache:
         page_tokens: tokens per page (the unit of change detection and transfer).
         scale_type: mlx4 only: the type of scales and biases (``"f16"``,
             ``"bf16"`` or ``"f32"``; mlx uses the model's dtype). Inputs of
-            another type are rounded to it first, as mlx-lm does.
+            another type are rounded to it first, as mlx-lm does. GGML
+            formats always use ``"f16"`` (their block scale).
     """
 
     def __init__(
@@ -330,6 +331,8 @@ class KVCache:
         *,
         scale_type: str = "f16",
     ) -> None:
+        if fmt in ("q4_0", "q8_0"):
+            scale_type = "f16"  # GGML blocks always hold fp16 scales
         g = Geometry(layers, kv_heads, head_dim, fmt, page_tokens, scale_type)
         g.check()
         self.geometry = g
@@ -703,8 +706,6 @@ class KVCaches(MutableMapping[str, KVCache]):
     def __init__(self, memory: Memory) -> None:
         self._memory = memory
         self._caches: dict[str, KVCache] = {}
-        #: Deleted caches and their owners: late pages of them are refused.
-        self._deleted: dict[str, str] = {}
         #: Ownership conflicts seen, oldest first.
         self.conflicts: list[KVConflict] = []
 
@@ -734,7 +735,6 @@ class KVCaches(MutableMapping[str, KVCache]):
         cache._memory, cache._name, cache.owner = self._memory, name, rid
         cache._stale_from = 0
         self._caches[name] = cache
-        self._deleted.pop(name, None)
         self._memory._kv_changed(name, 0, None, reset=True)
 
     def __delitem__(self, name: str) -> None:
@@ -747,7 +747,6 @@ class KVCaches(MutableMapping[str, KVCache]):
         cache = self._caches.pop(name)
         cache._memory = None
         assert cache.owner is not None
-        self._deleted[name] = cache.owner
         self._memory._kv_deleted(name, cache.owner, origin)
 
     def __iter__(self) -> Iterator[str]:
@@ -773,7 +772,6 @@ class KVCaches(MutableMapping[str, KVCache]):
         if old is not None:
             old._memory = None
         self._caches[name] = cache
-        self._deleted.pop(name, None)
         self._memory._kv_changed(name, 0, origin, reset=True)
         return cache
 

@@ -195,10 +195,16 @@ class KVChannel:
     def receive(self, e: KVEntry) -> None:
         if e.kind == KVKind.DELETE:
             cache = self.kv.get(e.name)
+            if cache is None or cache.owner != e.owner:
+                return
+            if cache.writable:
+                # We own a cache of that name (created again since): the
+                # deletion was of an older one; ours travels to the peer.
+                self.mark(e.name, 0, reset=True)
+                return
             self.out.pop(e.name, None)
             self.pending.discard(e.name)
-            if cache is not None and cache.owner == e.owner:
-                self.link.memory.kv._drop(e.name, self)
+            self.link.memory.kv._drop(e.name, self)
             return
         if e.kind == KVKind.HAVE:
             self._receive_have(e)
@@ -216,9 +222,6 @@ class KVChannel:
         memory = self.link.memory
         caches = memory.kv
         assert e.geometry is not None
-        if caches._deleted.get(e.name) == e.owner:
-            self.deletes[e.name] = e.owner  # late pages of a deleted cache
-            return
         cache = self.kv.get(e.name)
         if cache is not None and cache.owner != e.owner:
             assert cache.owner is not None
@@ -241,6 +244,7 @@ class KVChannel:
             return
         elif cache is None or cache.geometry != e.geometry:
             cache = caches._mirror(e.name, e.owner, e.geometry, self)
+            self.out[e.name] = _Out()
         o = self.out.setdefault(e.name, _Out())
         o.probe = None
         o.dirty_from = None
@@ -287,10 +291,13 @@ class KVChannel:
 
     def _receive_have(self, e: KVEntry) -> None:
         cache = self.kv.get(e.name)
-        if cache is None or cache.owner != e.owner or cache.geometry != e.geometry:
-            return
+        if cache is None or cache.owner != e.owner:
+            return  # deleted since, or a conflict that PAGES entries resolve
         o = self.out.setdefault(e.name, _Out())
-        if e.table is not None:
+        if cache.geometry != e.geometry:
+            # The peer mirrors an older layout: it rebuilds on our pages.
+            o.acked = PageTable(cache.layers, cache.kv_heads)
+        elif e.table is not None:
             o.acked = self._table_of(e)
         elif o.probe is not None and o.probe.digest() == e.digest:
             o.acked = o.probe
