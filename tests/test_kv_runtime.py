@@ -61,7 +61,7 @@ def prefill(model: object, tokens: np.ndarray) -> list[object]:
 @pytest.mark.parametrize(("prompt_len", "dtype_name"), [(300, "float32"), (700, "bfloat16")])
 def test_mirrored_cache_gives_identical_logits(prompt_len: int, dtype_name: str) -> None:
     dtype = getattr(mx, dtype_name)
-    model, args = tiny_model(1, dtype)
+    model, _ = tiny_model(1, dtype)
     rng = np.random.default_rng(prompt_len)
     source = prefill(model, rng.integers(0, VOCAB, size=prompt_len))
     kv = from_mlx_lm(source)

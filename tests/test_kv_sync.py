@@ -14,9 +14,7 @@ from hybridsync.kv import KVCache
 from hybridsync.sim import Network
 
 
-def pair(
-    client: str = "c", server: str = "s", **kw: int
-) -> tuple[Memory, Memory, Link, Link]:
+def pair(client: str = "c", server: str = "s", **kw: int) -> tuple[Memory, Memory, Link, Link]:
     cm, sm = Memory(client), Memory(server)
     return cm, sm, Link(cm, server, role="client", **kw), Link(sm, client, role="server", **kw)
 
@@ -156,9 +154,8 @@ def test_tampered_pages_are_refused_and_change_nothing() -> None:
     run = entry.runs[0]
     bad = bytearray(run.payload)
     bad[5] ^= 0x10
-    forged = dataclasses.replace(
-        frame, kv=(dataclasses.replace(entry, runs=(dataclasses.replace(run, payload=bytes(bad)),)),)
-    )
+    bad_run = dataclasses.replace(run, payload=bytes(bad))
+    forged = dataclasses.replace(frame, kv=(dataclasses.replace(entry, runs=(bad_run,)),))
     before = sm.digest()
     with pytest.raises(DecodeError, match="hashes to"):
         sv.incoming(encode_frame(forged))
@@ -229,7 +226,7 @@ def test_scan_catches_memory_changed_behind_the_api() -> None:
 
 def test_recreated_cache_is_not_deleted_by_the_old_deletion() -> None:
     net = Network.chain(3, seed=8, loss=0.3)
-    first, _, last = net.names
+    last = net.names[-1]
     rng = np.random.default_rng(8)
     old = KVCache(1, 1, 32, "q4_0", page_tokens=4)
     net[last].kv["tmp"] = old
