@@ -126,7 +126,7 @@ class KVKind(enum.IntEnum):
 
 
 #: Wire codes of (format, scale type).
-_FMT_CODES = {("q4_0", "f16"): 1, ("q8_0", "f16"): 2}
+_FMT_CODES = {("q4_0", "f16"): 1, ("q8_0", "f16"): 2, ("f16", "f16"): 6}
 _FMT_CODES.update({("mlx4", t): 3 + i for i, t in enumerate(("f16", "bf16", "f32"))})
 _FMT_NAMES = {v: k for k, v in _FMT_CODES.items()}
 KV_COMPLETE = 0x01  # PAGES: after these pages the receiver holds the sender's cache

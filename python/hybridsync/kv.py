@@ -55,9 +55,9 @@ __all__ = [
 ]
 
 #: Quantized formats a cache can use.
-FORMATS = ("q4_0", "q8_0", "mlx4")
+FORMATS = ("q4_0", "q8_0", "f16", "mlx4")
 _SCALE_TYPES = ("f16", "bf16", "f32")
-_GROUP = {"q4_0": 32, "q8_0": 32, "mlx4": 64}
+_GROUP = {"q4_0": 32, "q8_0": 32, "f16": 1, "mlx4": 64}
 _MAX_LAYERS = 4096
 _MAX_HEADS = 4096
 _MAX_HEAD_DIM = 1 << 16
@@ -312,8 +312,10 @@ class KVCache:
 
     Args:
         layers, kv_heads, head_dim: the model's attention geometry.
-        fmt: ``"q4_0"``, ``"q8_0"`` (GGML, groups of 32) or ``"mlx4"`` (MLX
-            affine 4-bit, groups of 64).
+        fmt: ``"q4_0"``, ``"q8_0"`` (GGML, groups of 32), ``"f16"`` (plain
+            half floats, llama.cpp's default cache type; finite inputs beyond
+            its range round to infinity) or ``"mlx4"`` (MLX affine 4-bit,
+            groups of 64).
         page_tokens: tokens per page (the unit of change detection and transfer).
         scale_type: mlx4 only: the type of scales and biases (``"f16"``,
             ``"bf16"`` or ``"f32"``; mlx uses the model's dtype). Inputs of
@@ -331,8 +333,8 @@ class KVCache:
         *,
         scale_type: str = "f16",
     ) -> None:
-        if fmt in ("q4_0", "q8_0"):
-            scale_type = "f16"  # GGML blocks always hold fp16 scales
+        if fmt != "mlx4":
+            scale_type = "f16"  # GGML blocks hold fp16 scales; f16 rows have none
         g = Geometry(layers, kv_heads, head_dim, fmt, page_tokens, scale_type)
         g.check()
         self.geometry = g

@@ -13,7 +13,8 @@ Tensors:
   ``[kv_heads, rows, head_dim/8]`` (U32) and ``[kv_heads, rows, head_dim/64]``
   (F16, BF16 or F32); ``rows`` is 256 except in the last block.
 - ``q4_0`` / ``q8_0``: ``L{layer}_{K|V}``, U8 ``[kv_heads, tokens, row_bytes]``
-  (GGML blocks, one row per token and head).
+  (GGML blocks, one row per token and head); ``f16``: F16
+  ``[kv_heads, tokens, head_dim]``.
 
 Metadata (strings): ``format`` = ``hybridsync.kv``, ``version``, the geometry,
 ``tokens`` and ``digest`` (the page-table digest, hex). Loading recomputes
@@ -56,6 +57,10 @@ def _tensors(cache: KVCache) -> list[tuple[str, str, list[int], np.ndarray]]:
     for layer in range(g.layers):
         for kind, tag in ((0, "K"), (1, "V")):
             rows = cache.quantized(layer, "kv"[kind])
+            if g.fmt == "f16":
+                halves = rows.view(np.float16)
+                out.append((f"L{layer}_{tag}", "F16", list(halves.shape), halves))
+                continue
             if g.fmt != "mlx4":
                 out.append((f"L{layer}_{tag}", "U8", list(rows.shape), rows))
                 continue
@@ -211,7 +216,7 @@ def load_cache(path: Any) -> KVCache:
         for tag in "KV":
             if g.fmt != "mlx4":
                 t = _tensor(header, body, f"L{layer}_{tag}", path)
-                if t.shape[:3] != (g.kv_heads, tokens, rb):
+                if t.shape[:2] != (g.kv_heads, tokens) or t.size != g.kv_heads * tokens * rb:
                     raise DecodeError(f"{path}: tensor L{layer}_{tag} has the wrong shape")
                 both.append(t.reshape(g.kv_heads, tokens, rb))
                 continue

@@ -1,7 +1,7 @@
 //! Quantized KV-cache kernels: codecs and pages.
 //!
-//! - Codecs: GGML **Q4_0** and **Q8_0** (blocks of 32 values, bit-exact with
-//!   llama.cpp's reference quantizer and the `gguf` package), and MLX affine
+//! - Codecs: GGML **Q4_0**, **Q8_0** (blocks of 32 values, bit-exact with
+//!   llama.cpp's reference quantizer and the `gguf` package) and **F16**, and MLX affine
 //!   4-bit quantization in groups of 64 (bit-exact with `mlx.core.quantize`).
 //!   Inputs are raw little-endian `f32`, `f16` or `bf16` values. Non-finite
 //!   inputs are refused: a KV cache holding NaN or infinity is already broken,
@@ -93,6 +93,8 @@ pub enum Format {
     Q4_0,
     /// GGML Q8_0: per 32 values an `f16` scale and 32 `i8` codes.
     Q8_0,
+    /// Plain IEEE binary16 values (llama.cpp's default cache type).
+    F16,
     /// MLX affine 4-bit, groups of 64: per row `n/2` bytes of codes (eight
     /// per little-endian `u32`, element 0 in the low bits), then the row's
     /// scales, then its biases, both stored as the given type.
@@ -104,6 +106,7 @@ impl Format {
     pub fn group(self) -> usize {
         match self {
             Format::Q4_0 | Format::Q8_0 => QK,
+            Format::F16 => 1,
             Format::Mlx4(_) => MLX_GROUP,
         }
     }
@@ -119,6 +122,7 @@ impl Format {
         Ok(match self {
             Format::Q4_0 => n / QK * Q4_0_BLOCK_BYTES,
             Format::Q8_0 => n / QK * Q8_0_BLOCK_BYTES,
+            Format::F16 => 2 * n,
             Format::Mlx4(t) => n / 2 + 2 * (n / MLX_GROUP) * t.size(),
         })
     }
@@ -181,6 +185,11 @@ pub fn quantize(src: &[u8], src_type: Float, n: usize, fmt: Format, dst: &mut [u
                     q8_0_block(x, o);
                 }
             }
+            Format::F16 => {
+                for (j, &v) in buf.iter().enumerate() {
+                    Float::F16.store(v, out, j);
+                }
+            }
             Format::Mlx4(t) => mlx4_row(&buf, t, out),
         }
     }
@@ -230,6 +239,11 @@ pub fn dequantize(src: &[u8], fmt: Format, n: usize, dst: &mut [u8]) -> Result<(
                     for j in 0..QK {
                         o[j] = (b[2 + j] as i8) as f32 * d;
                     }
+                }
+            }
+            Format::F16 => {
+                for (j, o) in out.iter_mut().enumerate() {
+                    *o = Float::F16.load(row, j);
                 }
             }
             Format::Mlx4(t) => {
@@ -539,7 +553,7 @@ mod tests {
 
     #[test]
     fn zero_block_is_zero() {
-        for fmt in [Format::Q4_0, Format::Q8_0, Format::Mlx4(Float::F16)] {
+        for fmt in [Format::Q4_0, Format::Q8_0, Format::F16, Format::Mlx4(Float::F16)] {
             assert!(roundtrip(fmt, &[0.0; 64]).iter().all(|&x| x == 0.0));
         }
     }

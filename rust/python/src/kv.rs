@@ -87,9 +87,10 @@ fn format_arg(fmt: &str, scale_type: &str) -> PyResult<Format> {
     match fmt {
         "q4_0" => Ok(Format::Q4_0),
         "q8_0" => Ok(Format::Q8_0),
+        "f16" => Ok(Format::F16),
         "mlx4" => Ok(Format::Mlx4(float_arg(scale_type)?)),
         other => Err(invalid(format!(
-            "unknown format {other:?}: use 'q4_0', 'q8_0' or 'mlx4'"
+            "unknown format {other:?}: use 'q4_0', 'q8_0', 'f16' or 'mlx4'"
         ))),
     }
 }

@@ -1,0 +1,170 @@
+"""llama.cpp sequence state bytes <-> :class:`~hybridsync.kv.KVCache`.
+
+``llama_state_seq_get_data(ctx, buf, size, seq_id)`` writes one sequence's
+KV cache; ``llama_state_seq_set_data`` restores it (both bound in
+llama-cpp-python). The payload (llama.cpp's ``llama_kv_cache::state_write``,
+all little-endian) is::
+
+    u32 n_stream                      (1: a unified cache)
+    u32 cell_count
+    cell_count x (i32 pos, u32 n_seq_id, n_seq_id x i32 seq_id)
+    u32 v_trans, u32 n_layer
+    n_layer x (i32 k_type, u64 k_row_bytes, cell_count rows)
+    v_trans == 0: n_layer x (i32 v_type, u64 v_row_bytes, cell_count rows)
+    v_trans == 1: n_layer x (i32 v_type, u32 v_elem_bytes, u32 n_embd_v,
+                             n_embd_v x cell_count elements)
+
+One row holds a token's keys (values) for every head, heads one after the
+other, so a row of ``kv_heads x head_dim`` values is exactly the
+concatenation of the per-head rows a :class:`KVCache` stores. Supported
+types: F16 (1), Q4_0 (2) and Q8_0 (8), with equal K and V types; quantized V
+caches are never transposed (llama.cpp needs flash attention for them).
+Import needs the cells to be positions ``0 .. n-1`` of one sequence, in order
+(what a sequence prefilled from the start holds); ``to_llama_state`` then
+reproduces the bytes exactly.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from hybridsync.errors import DecodeError, InvalidArgumentError
+from hybridsync.kv import KVCache
+
+__all__ = ["LlamaState", "from_llama_state", "to_llama_state"]
+
+_TYPES = {1: "f16", 2: "q4_0", 8: "q8_0"}
+_TYPE_IDS = {v: k for k, v in _TYPES.items()}
+
+
+@dataclass(frozen=True)
+class LlamaState:
+    """What a sequence state holds besides the cache rows."""
+
+    seq_id: int
+    v_trans: bool
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self.data = memoryview(data)
+        self.pos = 0
+
+    def take(self, n: int) -> memoryview:
+        if n < 0 or n > len(self.data) - self.pos:
+            raise DecodeError(
+                f"llama.cpp state truncated: {n} bytes needed at byte {self.pos}, "
+                f"{len(self.data) - self.pos} left"
+            )
+        out = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def unpack(self, fmt: str) -> tuple[int, ...]:
+        s = struct.Struct("<" + fmt)
+        return s.unpack(self.take(s.size))
+
+
+def from_llama_state(
+    data: bytes, *, kv_heads: int, head_dim: int, page_tokens: int = 256
+) -> tuple[KVCache, LlamaState]:
+    """Import one sequence's state bytes (``kv_heads`` and ``head_dim`` come
+    from the model: the payload only knows row sizes)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise InvalidArgumentError(f"state data is bytes, got {type(data).__name__}")
+    r = _Reader(bytes(data))
+    (n_stream,) = r.unpack("I")
+    if n_stream != 1:
+        raise InvalidArgumentError(f"{n_stream} KV streams: only a unified cache (1) is supported")
+    (cells,) = r.unpack("I")
+    seq_ids = set()
+    for i in range(cells):
+        pos, n_seq = r.unpack("iI")
+        if n_seq != 1:
+            raise InvalidArgumentError(f"cell {i} belongs to {n_seq} sequences, not one")
+        (seq_id,) = r.unpack("i")
+        seq_ids.add(seq_id)
+        if pos != i:
+            raise InvalidArgumentError(f"cell {i} holds position {pos}: cells must be 0..n-1")
+    if len(seq_ids) > 1:
+        raise InvalidArgumentError(f"cells of several sequences: {sorted(seq_ids)}")
+    v_trans, n_layer = r.unpack("II")
+    if v_trans > 1 or not 0 < n_layer <= 4096:
+        raise DecodeError(f"bad v_trans {v_trans} or layer count {n_layer}")
+    n_embd = kv_heads * head_dim
+
+    def rows(what: str) -> tuple[str, list[np.ndarray]]:
+        fmts, out = set(), []
+        for layer in range(n_layer):
+            t, size = r.unpack("iQ")
+            fmt = _TYPES.get(t)
+            if fmt is None:
+                raise InvalidArgumentError(f"{what} cache type {t} of layer {layer} is unsupported")
+            cache_rb = KVCache(1, 1, head_dim, fmt).row_bytes
+            if size != cache_rb * kv_heads:
+                raise InvalidArgumentError(
+                    f"{what} rows of layer {layer} have {size} bytes; {kv_heads} heads x "
+                    f"{head_dim} {fmt} values need {cache_rb * kv_heads}"
+                )
+            raw = np.frombuffer(r.take(cells * size), dtype=np.uint8)
+            out.append(raw.reshape(cells, kv_heads, cache_rb).transpose(1, 0, 2))
+            fmts.add(fmt)
+        if len(fmts) != 1:
+            raise InvalidArgumentError(f"{what} layers mix types {sorted(fmts)}")
+        return fmts.pop(), out
+
+    kfmt, keys = rows("K")
+    if not v_trans:
+        vfmt, values = rows("V")
+    else:
+        vfmt, values = "f16", []
+        for layer in range(n_layer):
+            t, el, n_embd_v = r.unpack("iII")
+            if t != 1 or el != 2 or n_embd_v != n_embd:
+                raise InvalidArgumentError(
+                    f"transposed V of layer {layer}: type {t}, element {el} bytes, {n_embd_v} "
+                    f"values per token; expected F16 with {n_embd}"
+                )
+            raw = np.frombuffer(r.take(n_embd * cells * 2), dtype=np.uint16)
+            per_token = raw.reshape(n_embd, cells).T.reshape(cells, kv_heads, head_dim)
+            values.append(per_token.transpose(1, 0, 2).view(np.uint8))
+    if kfmt != vfmt:
+        raise InvalidArgumentError(f"K cache is {kfmt}, V cache {vfmt}: a KVCache has one format")
+    if r.pos != len(r.data):
+        raise DecodeError(f"{len(r.data) - r.pos} trailing bytes after the llama.cpp state")
+    cache = KVCache(n_layer, kv_heads, head_dim, kfmt, page_tokens)
+    if cells:
+        cache.append_quantized(
+            np.ascontiguousarray(np.stack(keys)), np.ascontiguousarray(np.stack(values))
+        )
+    return cache, LlamaState(seq_ids.pop() if seq_ids else 0, bool(v_trans))
+
+
+def to_llama_state(cache: KVCache, *, seq_id: int = 0, v_trans: bool = False) -> bytes:
+    """The cache as sequence state bytes for ``llama_state_seq_set_data``
+    (cells at positions ``0 .. tokens-1`` of ``seq_id``)."""
+    if cache.fmt not in _TYPE_IDS:
+        raise InvalidArgumentError(f"llama.cpp caches are f16, q4_0 or q8_0; this is {cache.fmt}")
+    if v_trans and cache.fmt != "f16":
+        raise InvalidArgumentError("only F16 V caches can be transposed (v_trans)")
+    n, heads, dim = cache.tokens, cache.kv_heads, cache.head_dim
+    t = _TYPE_IDS[cache.fmt]
+    rb = cache.row_bytes * heads
+    parts = [struct.pack("<II", 1, n)]
+    cell = struct.Struct("<iIi")
+    parts += [cell.pack(i, 1, seq_id) for i in range(n)]
+    parts.append(struct.pack("<II", int(v_trans), cache.layers))
+    for kind in ("k", "v"):
+        for layer in range(cache.layers):
+            q = cache.quantized(layer, kind)  # [heads, n, row_bytes]
+            if kind == "v" and v_trans:
+                parts.append(struct.pack("<iII", t, 2, heads * dim))
+                vals = q.view(np.uint16).reshape(heads, n, dim).transpose(0, 2, 1)
+                parts.append(np.ascontiguousarray(vals.reshape(heads * dim, n)).tobytes())
+                continue
+            parts.append(struct.pack("<iQ", t, rb))
+            parts.append(np.ascontiguousarray(q.transpose(1, 0, 2)).tobytes())
+    return b"".join(parts)
