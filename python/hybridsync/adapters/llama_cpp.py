@@ -130,7 +130,7 @@ def from_llama_state(
                 )
             raw = np.frombuffer(r.take(n_embd * cells * 2), dtype=np.uint16)
             per_token = raw.reshape(n_embd, cells).T.reshape(cells, kv_heads, head_dim)
-            values.append(per_token.transpose(1, 0, 2).view(np.uint8))
+            values.append(np.ascontiguousarray(per_token.transpose(1, 0, 2)).view(np.uint8))
     if kfmt != vfmt:
         raise InvalidArgumentError(f"K cache is {kfmt}, V cache {vfmt}: a KVCache has one format")
     if r.pos != len(r.data):
