@@ -20,7 +20,10 @@ Values must be finite: NaN or infinity in keys or values raise
 :class:`~hybridsync.errors.InvalidArgumentError` and change nothing (the
 reference quantizers disagree on what to make of them). Quantization is
 bit-exact with llama.cpp's reference quantizer / the ``gguf`` package (Q4_0,
-Q8_0) and with ``mlx.core.quantize`` (mlx4); see ``tests/test_kv_codecs.py``.
+Q8_0; the ``gguf`` package differs only in the sign of an all-zero Q4_0
+block's scale, where llama.cpp is followed) and with ``mlx.core.quantize``
+(mlx4); see ``tests/test_kv_codecs.py``. Values that overflow the cache's
+scale type when rounded to it are refused too.
 
 **One writer per cache.** The replica that assigns a cache to
 ``memory.kv[name]`` owns it; mirrors on other replicas are read-only
@@ -105,13 +108,23 @@ def _float_input(x: Any, what: str) -> tuple[np.ndarray, str]:
 
 
 def _cast(arr: np.ndarray, src: str, dst: str) -> np.ndarray:
-    """Convert raw values between float types (bf16 as uint16 bits)."""
+    """Convert raw values between float types (bf16 as uint16 bits); refuses
+    non-finite values and values the target type cannot hold."""
     if src == dst:
         return arr
     f32 = _bf16_bits_to_f32(arr) if src == "bf16" else arr.astype(np.float32)
+    if not np.isfinite(f32).all():
+        raise InvalidArgumentError("values must be finite: KV caches hold finite values")
     if dst == "bf16":
-        return _f32_to_bf16_bits(f32)
-    return f32.astype(np.float16 if dst == "f16" else np.float32)
+        out = _f32_to_bf16_bits(f32)
+        finite = (out & np.uint16(0x7F80)) != np.uint16(0x7F80)
+    else:
+        with np.errstate(over="ignore"):
+            out = f32.astype(np.float16 if dst == "f16" else np.float32)
+        finite = np.isfinite(out)
+    if not finite.all():
+        raise InvalidArgumentError(f"values overflow the cache's scale type {dst}")
+    return out
 
 
 def _row_bytes(fmt: str, head_dim: int, scale_type: str) -> int:
@@ -135,7 +148,7 @@ def quantize(x: Any, fmt: str, *, scale_type: str | None = None) -> np.ndarray:
     if arr.ndim == 0:
         raise InvalidArgumentError("x must have at least one axis")
     n = arr.shape[-1]
-    st = scale_type or src
+    st = src if scale_type is None else scale_type
     if st not in _SCALE_TYPES:
         raise InvalidArgumentError(f"scale_type must be one of {_SCALE_TYPES}, got {st!r}")
     if fmt == "mlx4" and st != src:
@@ -149,7 +162,9 @@ def quantize(x: Any, fmt: str, *, scale_type: str | None = None) -> np.ndarray:
 def dequantize(q: np.ndarray, fmt: str, n: int, *, scale_type: str = "f16") -> np.ndarray:
     """Inverse of :func:`quantize`: rows of ``n`` float32 values."""
     _check_format(fmt)
-    q = np.ascontiguousarray(q, dtype=np.uint8)
+    if not isinstance(q, np.ndarray) or q.dtype != np.uint8:
+        raise InvalidArgumentError("quantized rows are a uint8 numpy array")
+    q = np.ascontiguousarray(q)
     rb = _row_bytes(fmt, n, scale_type)
     if q.ndim == 0 or q.shape[-1] != rb:
         raise InvalidArgumentError(f"quantized rows of {n} {fmt} values have {rb} bytes")
@@ -517,7 +532,7 @@ class KVCache:
         self._truncate(tokens)
 
     def _truncate(self, tokens: int) -> None:
-        if not isinstance(tokens, int) or not 0 <= tokens <= self._tokens:
+        if not isinstance(tokens, int) or isinstance(tokens, bool) or not 0 <= tokens <= self._tokens:
             raise InvalidArgumentError(f"truncate to 0..{self._tokens} tokens, got {tokens!r}")
         if tokens == self._tokens:
             return
@@ -542,10 +557,10 @@ class KVCache:
     def quantized(self, layer: int, kind: str = "k") -> np.ndarray:
         """A read-only, zero-copy view of the quantized rows of one layer:
         ``uint8 [kv_heads, tokens, row_bytes]``."""
-        view = self._bufs[self._layer(layer)][self._kind(kind)][:, : self._tokens]
-        view = view.view()
-        view.flags.writeable = False
-        return view
+        buf = self._bufs[self._layer(layer)][self._kind(kind)]
+        # Through a read-only buffer: the view cannot be made writable again.
+        ro = np.frombuffer(memoryview(buf.reshape(-1)).toreadonly(), dtype=np.uint8)
+        return ro.reshape(buf.shape)[:, : self._tokens]
 
     def mlx_arrays(self, layer: int, kind: str = "k") -> tuple[np.ndarray, ...]:
         """mlx4 only: zero-copy views ``(codes uint32 [H, T, D/8], scales

@@ -258,7 +258,14 @@ pub fn dequantize(src: &[u8], fmt: Format, n: usize, dst: &mut [u8]) -> Result<(
                         let q = (codes[i / 2] >> (4 * (i % 2))) & 0x0F;
                         // The product and sum round to the storage type, as
                         // mlx computes them in it.
-                        out[i] = t.round(t.round(s * q as f32) + b);
+                        let v = t.round(t.round(s * q as f32) + b);
+                        // mlx's half and bfloat16 conversions make any NaN
+                        // the positive quiet NaN; in f32 the hardware's stays.
+                        out[i] = if v.is_nan() && t != Float::F32 {
+                            f32::NAN
+                        } else {
+                            v
+                        };
                     }
                 }
             }
@@ -286,9 +293,7 @@ fn q4_0_block(x: &[f32], out: &mut [u8]) {
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     out[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
     for j in 0..QK / 2 {
-        let lo = ((x[j] * id + 8.5) as u8).min(15);
-        let hi = ((x[j + QK / 2] * id + 8.5) as u8).min(15);
-        out[2 + j] = lo | (hi << 4);
+        out[2 + j] = q4_code(x[j] * id + 8.5) | (q4_code(x[j + QK / 2] * id + 8.5) << 4);
     }
 }
 
@@ -300,7 +305,21 @@ fn q8_0_block(x: &[f32], out: &mut [u8]) {
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     out[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
     for j in 0..QK {
-        out[2 + j] = ((x[j] * id).round() as i8) as u8;
+        let r = (x[j] * id).round();
+        // A block so small that 1/d overflows: the reference converts the
+        // resulting infinity or NaN to code 0 (x86-64 and the gguf package).
+        out[2 + j] = if r.is_finite() { (r as i8) as u8 } else { 0 };
+    }
+}
+
+/// `MIN(15, (int8_t)v)` of the reference, with its non-finite case (a block
+/// so small that 1/d overflows) giving code 0 as it does on x86-64 and in gguf.
+#[inline]
+fn q4_code(v: f32) -> u8 {
+    if v.is_finite() {
+        (v as u8).min(15)
+    } else {
+        0
     }
 }
 
@@ -553,7 +572,12 @@ mod tests {
 
     #[test]
     fn zero_block_is_zero() {
-        for fmt in [Format::Q4_0, Format::Q8_0, Format::F16, Format::Mlx4(Float::F16)] {
+        for fmt in [
+            Format::Q4_0,
+            Format::Q8_0,
+            Format::F16,
+            Format::Mlx4(Float::F16),
+        ] {
             assert!(roundtrip(fmt, &[0.0; 64]).iter().all(|&x| x == 0.0));
         }
     }
