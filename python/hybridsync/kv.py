@@ -532,7 +532,8 @@ class KVCache:
         self._truncate(tokens)
 
     def _truncate(self, tokens: int) -> None:
-        if not isinstance(tokens, int) or isinstance(tokens, bool) or not 0 <= tokens <= self._tokens:
+        is_int = isinstance(tokens, int) and not isinstance(tokens, bool)
+        if not is_int or not 0 <= tokens <= self._tokens:
             raise InvalidArgumentError(f"truncate to 0..{self._tokens} tokens, got {tokens!r}")
         if tokens == self._tokens:
             return
