@@ -20,11 +20,11 @@ from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
-from _machine import cpu_model, package_version
 from mlx.utils import tree_flatten
 from mlx_lm.models import llama
 from mlx_lm.models.cache import QuantizedKVCache
 
+from _machine import cpu_model, package_version
 from hybridsync import Link, Memory
 from hybridsync.adapters.mlx_lm import from_mlx_lm, to_mlx_lm
 

@@ -1,6 +1,11 @@
 """Type stubs of the hybridsync._core extension module (checked by mypy.stubtest)."""
 
-from typing import Literal, final
+from typing import Any, Literal, TypeAlias, final
+
+from numpy.typing import NDArray
+from typing_extensions import Buffer
+
+_Buf: TypeAlias = Buffer | NDArray[Any]
 
 __all__ = [
     "DIFF_DELETE",
@@ -12,6 +17,14 @@ __all__ = [
     "__version__",
     "apply_patch",
     "diff",
+    "kv_dequantize",
+    "kv_gather_pages",
+    "kv_hash_pages",
+    "kv_page_hash",
+    "kv_quantize",
+    "kv_row_bytes",
+    "kv_scatter_pages",
+    "kv_verify_pages",
     "make_patch",
     "match",
     "patch_from_diffs",
@@ -89,3 +102,56 @@ class Patch:
     @staticmethod
     def from_text(text: str) -> Patch: ...
     def __reduce__(self) -> tuple[object, tuple[bytes]]: ...
+
+# -- KV-cache kernels: buffers are any C-contiguous buffer (numpy arrays, bytes) --
+
+def kv_row_bytes(fmt: str, n: int, scale_type: str = "f16") -> int: ...
+def kv_quantize(
+    src: _Buf, src_type: str, n: int, fmt: str, dst: _Buf, scale_type: str = "f16"
+) -> None: ...
+def kv_dequantize(src: _Buf, fmt: str, n: int, dst: _Buf, scale_type: str = "f16") -> None: ...
+def kv_hash_pages(
+    buf: _Buf,
+    heads: int,
+    capacity: int,
+    row_bytes: int,
+    page_rows: int,
+    rows: int,
+    first: int,
+    last: int,
+    out: _Buf,
+) -> None: ...
+def kv_gather_pages(
+    buf: _Buf,
+    heads: int,
+    capacity: int,
+    row_bytes: int,
+    page_rows: int,
+    rows: int,
+    head_index: _Buf,
+    page_index: _Buf,
+) -> bytes: ...
+def kv_verify_pages(
+    payload: _Buf,
+    heads: int,
+    capacity: int,
+    row_bytes: int,
+    page_rows: int,
+    rows: int,
+    head_index: _Buf,
+    page_index: _Buf,
+    hashes: _Buf,
+) -> None: ...
+def kv_scatter_pages(
+    buf: _Buf,
+    heads: int,
+    capacity: int,
+    row_bytes: int,
+    page_rows: int,
+    rows: int,
+    head_index: _Buf,
+    page_index: _Buf,
+    hashes: _Buf,
+    payload: _Buf,
+) -> None: ...
+def kv_page_hash(data: _Buf) -> int: ...

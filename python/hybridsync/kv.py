@@ -75,11 +75,13 @@ def _f32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
     """Round float32 values to bfloat16 (nearest, ties to even), as raw bits."""
     u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
     rounded = u + (np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))
-    return (rounded >> np.uint32(16)).astype(np.uint16)
+    out: np.ndarray = (rounded >> np.uint32(16)).astype(np.uint16)
+    return out
 
 
 def _bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
-    return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
+    out: np.ndarray = (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
+    return out
 
 
 def _float_input(x: Any, what: str) -> tuple[np.ndarray, str]:
@@ -202,7 +204,7 @@ _S33 = _U64(33)
 
 def _mix(hashes: np.ndarray, keys: np.ndarray) -> np.ndarray:
     """A keyed 64-bit mix of each page hash; 0 (no page) mixes to 0."""
-    x = hashes ^ (keys * _M1)
+    x: np.ndarray = hashes ^ (keys * _M1)
     x ^= x >> _S33
     x *= _M2
     x ^= x >> _S33
@@ -235,7 +237,8 @@ class PageTable:
     def _keys(self, first: int, last: int) -> np.ndarray:
         rows = np.arange(self.layers * 2 * self.heads, dtype=_U64) << _U64(32)
         pages = np.arange(first, last, dtype=_U64)
-        return (rows.reshape(self.layers, 2, self.heads, 1) | pages).astype(_U64)
+        keys: np.ndarray = (rows.reshape(self.layers, 2, self.heads, 1) | pages).astype(_U64)
+        return keys
 
     def _range_sum(self, first: int, last: int) -> int:
         if last <= first:
@@ -560,7 +563,8 @@ class KVCache:
         ``uint8 [kv_heads, tokens, row_bytes]``."""
         buf = self._bufs[self._layer(layer)][self._kind(kind)]
         # Through a read-only buffer: the view cannot be made writable again.
-        ro = np.frombuffer(memoryview(buf.reshape(-1)).toreadonly(), dtype=np.uint8)
+        flat: Any = buf.reshape(-1)
+        ro = np.frombuffer(memoryview(flat).toreadonly(), dtype=np.uint8)
         return ro.reshape(buf.shape)[:, : self._tokens]
 
     def mlx_arrays(self, layer: int, kind: str = "k") -> tuple[np.ndarray, ...]:
@@ -625,7 +629,8 @@ class KVCache:
         """The page-hash table ``uint64 [layers, 2, kv_heads, pages]`` (0 = no
         page), refreshed; a copy."""
         self.refresh()
-        return self._table.hashes[..., : self.pages].copy()
+        table: np.ndarray = self._table.hashes[..., : self.pages].copy()
+        return table
 
     def digest(self) -> int:
         """A 64-bit digest of the page-hash table and token count."""
@@ -678,6 +683,7 @@ class KVCache:
             )
             if len(r.pages):
                 first = min(first, int(r.pages.min()))
+        first = int(first)
         self._stale_from = first if self._stale_from is None else min(self._stale_from, first)
         self.refresh()
         if self._memory is not None and self._name is not None:

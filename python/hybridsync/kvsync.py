@@ -224,12 +224,13 @@ class KVChannel:
         assert e.geometry is not None
         cache = self.kv.get(e.name)
         if cache is not None and cache.owner != e.owner:
-            assert cache.owner is not None
-            if e.owner < cache.owner:
-                self._conflict(e.name, e.owner, cache.owner)
+            ours = cache.owner
+            assert ours is not None
+            if e.owner < ours:
+                self._conflict(e.name, e.owner, ours)
                 cache = caches._supersede(e.name, e.owner, e.geometry)
             else:
-                self._conflict(e.name, cache.owner, e.owner)
+                self._conflict(e.name, ours, e.owner)
                 self.mark(e.name, 0, reset=True)  # our winner travels to the peer
                 return
         elif cache is not None and cache.writable:

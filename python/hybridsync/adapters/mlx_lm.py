@@ -51,7 +51,7 @@ def from_mlx_lm(prompt_cache: Sequence[Any], *, page_tokens: int = 256) -> KVCac
 
     if not prompt_cache:
         raise InvalidArgumentError("prompt_cache is empty")
-    offsets = set()
+    offsets: set[int] = set()
     for i, c in enumerate(prompt_cache):
         if not isinstance(c, QuantizedKVCache):
             raise InvalidArgumentError(
@@ -76,7 +76,8 @@ def from_mlx_lm(prompt_cache: Sequence[Any], *, page_tokens: int = 256) -> KVCac
     head_dim = first.keys[0].shape[-1] * 8
     st = _scale_type(first.keys[1].dtype)
     cache = KVCache(len(prompt_cache), heads, head_dim, "mlx4", page_tokens, scale_type=st)
-    ks, vs = [], []
+    ks: list[np.ndarray] = []
+    vs: list[np.ndarray] = []
     for c in prompt_cache:
         for parts, out in ((c.keys, ks), (c.values, vs)):
             if _scale_type(parts[1].dtype) != st or parts[0].shape[1] != heads:
@@ -107,7 +108,7 @@ def to_mlx_lm(cache: KVCache) -> list[Any]:
     capacity = max(-(-cache.tokens // _STEP), 1) * _STEP
     out = []
     for layer in range(cache.layers):
-        qc = QuantizedKVCache(group_size=64, bits=4)
+        qc: Any = QuantizedKVCache(group_size=64, bits=4)
         qc.keys = tuple(_mx(a, capacity) for a in cache.mlx_arrays(layer, "k"))
         qc.values = tuple(_mx(a, capacity) for a in cache.mlx_arrays(layer, "v"))
         qc.offset = cache.tokens
@@ -117,9 +118,10 @@ def to_mlx_lm(cache: KVCache) -> list[Any]:
 
 def load_prompt_cache(path: str | Path, *, page_tokens: int = 256) -> KVCache:
     """Read an mlx-lm ``save_prompt_cache`` file of ``QuantizedKVCache`` layers."""
-    from mlx_lm.models.cache import load_prompt_cache as mlx_load
+    from mlx_lm.models import cache as mlx_cache
 
-    return from_mlx_lm(mlx_load(str(path)), page_tokens=page_tokens)
+    loaded: Any = getattr(mlx_cache, "load_prompt_cache")(str(path))  # noqa: B009 (untyped)
+    return from_mlx_lm(loaded, page_tokens=page_tokens)
 
 
 def save_prompt_cache(
