@@ -65,8 +65,13 @@ lint-workflows: $(VENV)/.created ## Validate .github/workflows with actionlint
 test-python: build ## pytest (with hypothesis)
 	$(BIN)/pytest
 
+.PHONY: test-llama
+test-llama: build ## llama.cpp end to end (builds llama-cpp-python from source: ~15 min once)
+	$(PY) -m pip install --quiet "llama-cpp-python>=0.3.16"
+	$(BIN)/pytest tests/test_kv_llama_cpp.py
+
 .PHONY: bench
-bench: bench-text bench-sync bench-meta ## All benchmarks (results in benches/results/)
+bench: bench-text bench-sync bench-meta bench-kv bench-ttft ## All benchmarks (results in benches/results/)
 
 .PHONY: bench-text
 bench-text: build ## Text kernels vs diff-match-patch (C++) and diff-match-patch (Python)
@@ -80,6 +85,14 @@ bench-meta: build ## Structured metadata vs pycrdt and Loro: storm and task boar
 .PHONY: bench-sync
 bench-sync: build ## The sync engine vs pycrdt: wire bytes and CPU per cycle
 	$(PY) benches/bench_sync.py
+
+.PHONY: bench-kv
+bench-kv: build ## KV caches: page hashing, quantizers, 1 GiB cycle, mirroring vs pycrdt/zstd/rsync
+	$(PY) benches/bench_kv.py
+
+.PHONY: bench-ttft
+bench-ttft: build ## Time to first token: restore a mirrored Q4 cache vs re-prefill (mlx-lm)
+	$(PY) benches/bench_ttft.py
 
 FUZZ_SECONDS ?= 60
 .PHONY: fuzz

@@ -143,7 +143,7 @@ class KVRun:
     heads: np.ndarray
     pages: np.ndarray
     hashes: np.ndarray
-    payload: bytes
+    payload: bytes | memoryview
 
 
 @dataclass(frozen=True)
@@ -193,7 +193,9 @@ def _put_geometry(out: bytearray, g: Geometry) -> None:
         _put_uint(out, v)
 
 
-def _encode_kv(entries: tuple[KVEntry, ...]) -> bytes:
+def _encode_kv(entries: tuple[KVEntry, ...]) -> list[bytes | memoryview]:
+    """The KV section as a list of parts (page payloads are not copied here)."""
+    parts: list[bytes | memoryview] = []
     out = bytearray()
     _put_uint(out, len(entries))
     for e in entries:
@@ -216,14 +218,18 @@ def _encode_kv(entries: tuple[KVEntry, ...]) -> bytes:
                 out += r.heads.astype("<u4").tobytes()
                 out += r.pages.astype("<u4").tobytes()
                 out += r.hashes.astype("<u8").tobytes()
-                _put_bytes(out, r.payload)
+                _put_uint(out, len(r.payload))
+                parts.append(bytes(out))
+                parts.append(r.payload)
+                out = bytearray()
         else:
             if e.table is None:
                 out.append(0)
             else:
                 out.append(1)
                 out += e.table.astype("<u8").tobytes()
-    return bytes(out)
+    parts.append(bytes(out))
+    return parts
 
 
 def encode_frame(frame: Frame, *, compress_threshold: int = 1024, level: int = 3) -> bytes:
@@ -264,21 +270,26 @@ def encode_frame(frame: Frame, *, compress_threshold: int = 1024, level: int = 3
         if len(packed) < len(payload):
             payload = packed
             flags |= FLAG_COMPRESSED
-    kv = b""
+    kv: list[bytes | memoryview] = []
     if frame.kv:
         flags |= FLAG_KV
-        section = _encode_kv(frame.kv)
+        kv = _encode_kv(frame.kv)
         head = bytearray()
-        _put_uint(head, len(section))
-        kv = bytes(head) + section
-    framed = b"".join((_HEADER.pack(MAGIC, PROTOCOL_VERSION, flags), kv, payload))
-    return framed + _CHECKSUM.pack(xxhash.xxh3_64_intdigest(framed))
+        _put_uint(head, sum(len(p) for p in kv))
+        kv.insert(0, bytes(head))
+    # One copy of the page payloads: the join; the checksum streams over the parts.
+    parts = [_HEADER.pack(MAGIC, PROTOCOL_VERSION, flags), *kv, payload]
+    h = xxhash.xxh3_64()
+    for part in parts:
+        h.update(part)
+    parts.append(_CHECKSUM.pack(h.intdigest()))
+    return b"".join(parts)
 
 
 class _Reader:
     __slots__ = ("data", "pos")
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes | memoryview) -> None:
         self.data = data
         self.pos = 0
 
@@ -302,7 +313,7 @@ class _Reader:
             if shift > 63:
                 raise DecodeError(f"varint at byte {start} is longer than 64 bits")
 
-    def take(self, n: int) -> bytes:
+    def take(self, n: int) -> bytes | memoryview:
         if n > len(self.data) - self.pos:
             raise DecodeError(
                 f"frame truncated: {n} bytes needed at byte {self.pos}, "
@@ -312,13 +323,13 @@ class _Reader:
         self.pos += n
         return chunk
 
-    def blob(self) -> bytes:
+    def blob(self) -> bytes | memoryview:
         return self.take(self.uint())
 
     def text(self, what: str) -> str:
         at = self.pos
         try:
-            return self.blob().decode()
+            return bytes(self.blob()).decode()
         except UnicodeDecodeError as exc:
             raise DecodeError(f"{what} at byte {at} is not valid UTF-8") from exc
 
@@ -370,7 +381,7 @@ def _get_geometry(r: _Reader, what: str) -> Geometry:
     return g
 
 
-def _decode_kv(data: bytes, max_kv_bytes: int) -> tuple[KVEntry, ...]:
+def _decode_kv(data: bytes | memoryview, max_kv_bytes: int) -> tuple[KVEntry, ...]:
     r = _Reader(data)
     out: list[KVEntry] = []
     names: set[str] = set()
@@ -463,18 +474,20 @@ def decode_frame(data: bytes, *, max_bytes: int = 64 << 20, max_kv_bytes: int = 
             f"frame uses protocol version {version}; this build speaks version {PROTOCOL_VERSION} "
             "(upgrade the older side)"
         )
+    view = memoryview(data)
     (checksum,) = _CHECKSUM.unpack_from(data, len(data) - _CHECKSUM.size)
-    if checksum != xxhash.xxh3_64_intdigest(data[: -_CHECKSUM.size]):
+    if checksum != xxhash.xxh3_64_intdigest(view[: -_CHECKSUM.size]):
         raise DecodeError("frame checksum mismatch: the frame was garbled or truncated")
     if flags & ~_KNOWN_FLAGS:
         raise DecodeError(f"unknown frame flags 0x{flags:02x}")
-    body = data[_HEADER.size : -_CHECKSUM.size]
+    body_view = view[_HEADER.size : -_CHECKSUM.size]
     kv: tuple[KVEntry, ...] = ()
     if flags & FLAG_KV:
-        r0 = _Reader(body)
-        section = r0.blob()
-        kv = _decode_kv(section, max_kv_bytes)
-        body = body[r0.pos :]
+        # Zero-copy: page payloads stay views into the frame.
+        r0 = _Reader(body_view)
+        kv = _decode_kv(r0.blob(), max_kv_bytes)
+        body_view = body_view[r0.pos :]
+    body = bytes(body_view)
     if flags & FLAG_COMPRESSED:
         body = _decompress(body, max_bytes)
     r = _Reader(body)
@@ -503,7 +516,7 @@ def decode_frame(data: bytes, *, max_bytes: int = 64 << 20, max_kv_bytes: int = 
                 if version <= previous:
                     raise DecodeError(f"edit versions of {name!r} are not increasing")
                 previous = version
-                raw = r.blob()
+                raw = bytes(r.blob())
                 edits.append(Edit(version, Patch.from_bytes(raw), raw))
             if edits and edits[-1].version >= local:
                 raise DecodeError(
@@ -528,7 +541,7 @@ def decode_frame(data: bytes, *, max_bytes: int = 64 << 20, max_kv_bytes: int = 
         if mkind == MetaKind.NONE:
             meta = MetaBlock(epoch_m, mkind)
         else:
-            meta = MetaBlock(epoch_m, mkind, r.blob(), r.blob())
+            meta = MetaBlock(epoch_m, mkind, bytes(r.blob()), bytes(r.blob()))
     if r.pos != len(body):
         raise DecodeError(f"{len(body) - r.pos} trailing bytes after the frame body")
     return Frame(sender, epoch, seq, bool(flags & FLAG_REPLY), tuple(entries), meta, kv)

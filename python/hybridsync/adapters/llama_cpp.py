@@ -5,6 +5,7 @@ KV cache; ``llama_state_seq_set_data`` restores it (both bound in
 llama-cpp-python). The payload (llama.cpp's ``llama_kv_cache::state_write``,
 all little-endian) is::
 
+    [u64 prefix]                      (recent builds; checked by set_data)
     u32 n_stream                      (1: a unified cache)
     u32 cell_count
     cell_count x (i32 pos, u32 n_seq_id, n_seq_id x i32 seq_id)
@@ -21,7 +22,9 @@ types: F16 (1), Q4_0 (2) and Q8_0 (8), with equal K and V types; quantized V
 caches are never transposed (llama.cpp needs flash attention for them).
 Import needs the cells to be positions ``0 .. n-1`` of one sequence, in order
 (what a sequence prefilled from the start holds); ``to_llama_state`` then
-reproduces the bytes exactly.
+reproduces the bytes exactly. The 64-bit prefix recent builds write (and
+verify on restore; it depends on the model) is detected, kept in
+:class:`LlamaState` and written back.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hybridsync.errors import DecodeError, InvalidArgumentError
+from hybridsync.errors import DecodeError, HybridSyncError, InvalidArgumentError
 from hybridsync.kv import KVCache
 
 __all__ = ["LlamaState", "from_llama_state", "to_llama_state"]
@@ -46,6 +49,8 @@ class LlamaState:
 
     seq_id: int
     v_trans: bool
+    #: The bytes before ``n_stream`` (empty for builds that write none).
+    prefix: bytes = b""
 
 
 class _Reader:
@@ -75,7 +80,22 @@ def from_llama_state(
     from the model: the payload only knows row sizes)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise InvalidArgumentError(f"state data is bytes, got {type(data).__name__}")
-    r = _Reader(bytes(data))
+    data = bytes(data)
+    first: HybridSyncError | None = None
+    for prefix in (0, 8):  # without, then with the 64-bit prefix
+        try:
+            return _parse(data, prefix, kv_heads, head_dim, page_tokens)
+        except HybridSyncError as exc:
+            first = first or exc
+    assert first is not None
+    raise first
+
+
+def _parse(
+    data: bytes, prefix: int, kv_heads: int, head_dim: int, page_tokens: int
+) -> tuple[KVCache, LlamaState]:
+    r = _Reader(data)
+    head = bytes(r.take(prefix))
     (n_stream,) = r.unpack("I")
     if n_stream != 1:
         raise InvalidArgumentError(f"{n_stream} KV streams: only a unified cache (1) is supported")
@@ -140,12 +160,17 @@ def from_llama_state(
         cache.append_quantized(
             np.ascontiguousarray(np.stack(keys)), np.ascontiguousarray(np.stack(values))
         )
-    return cache, LlamaState(seq_ids.pop() if seq_ids else 0, bool(v_trans))
+    return cache, LlamaState(seq_ids.pop() if seq_ids else 0, bool(v_trans), head)
 
 
-def to_llama_state(cache: KVCache, *, seq_id: int = 0, v_trans: bool = False) -> bytes:
+def to_llama_state(
+    cache: KVCache, *, seq_id: int = 0, v_trans: bool = False, prefix: bytes = b""
+) -> bytes:
     """The cache as sequence state bytes for ``llama_state_seq_set_data``
-    (cells at positions ``0 .. tokens-1`` of ``seq_id``)."""
+    (cells at positions ``0 .. tokens-1`` of ``seq_id``; ``prefix``: what
+    :class:`LlamaState` recorded, for builds that write one)."""
+    if len(prefix) not in (0, 8):
+        raise InvalidArgumentError(f"prefix is 0 or 8 bytes, got {len(prefix)}")
     if cache.fmt not in _TYPE_IDS:
         raise InvalidArgumentError(f"llama.cpp caches are f16, q4_0 or q8_0; this is {cache.fmt}")
     if v_trans and cache.fmt != "f16":
@@ -153,7 +178,7 @@ def to_llama_state(cache: KVCache, *, seq_id: int = 0, v_trans: bool = False) ->
     n, heads, dim = cache.tokens, cache.kv_heads, cache.head_dim
     t = _TYPE_IDS[cache.fmt]
     rb = cache.row_bytes * heads
-    parts = [struct.pack("<II", 1, n)]
+    parts = [bytes(prefix), struct.pack("<II", 1, n)]
     cell = struct.Struct("<iIi")
     parts += [cell.pack(i, 1, seq_id) for i in range(n)]
     parts.append(struct.pack("<II", int(v_trans), cache.layers))
