@@ -159,13 +159,11 @@ pub fn quantize(src: &[u8], src_type: Float, n: usize, fmt: Format, dst: &mut [u
         )));
     }
     let mut buf = vec![0f32; n];
+    let row_in = n * src_type.size();
     for r in 0..rows {
-        for (j, slot) in buf.iter_mut().enumerate() {
-            let v = src_type.load(src, r * n + j);
-            if !v.is_finite() {
-                return Err(non_finite(r, j, v));
-            }
-            *slot = v;
+        load_row(&src[r * row_in..(r + 1) * row_in], src_type, &mut buf);
+        if let Some(j) = buf.iter().position(|v| !v.is_finite()) {
+            return Err(non_finite(r, j, buf[j]));
         }
         let out = &mut dst[r * rb..(r + 1) * rb];
         match fmt {
@@ -278,6 +276,52 @@ pub fn dequantize(src: &[u8], fmt: Format, n: usize, dst: &mut [u8]) -> Result<(
     Ok(())
 }
 
+/// Widen one row of raw values (the type dispatch sits outside the loop so
+/// that each loop vectorises).
+fn load_row(src: &[u8], t: Float, dst: &mut [f32]) {
+    match t {
+        Float::F32 => {
+            for (d, c) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+        Float::F16 => {
+            for (d, c) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                *d = f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
+            }
+        }
+        Float::BF16 => {
+            for (d, c) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                *d = f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16);
+            }
+        }
+    }
+}
+
+/// Round half to even (C's `rint` in the default rounding mode) without a
+/// libm call: adding and removing 2^23 rounds any |x| < 2^23 exactly; larger
+/// values (and infinities, NaN) are already integral or pass through.
+#[inline(always)]
+fn rint(x: f32) -> f32 {
+    const TWO_23: f32 = 8_388_608.0;
+    let a = x.abs();
+    let r = ((a + TWO_23) - TWO_23).copysign(x);
+    if a < TWO_23 {
+        r
+    } else {
+        x
+    }
+}
+
+/// Round half away from zero (C's `roundf`) for finite |x| < 2^31, without
+/// a libm call: truncate through an integer, then step by the fraction.
+#[inline(always)]
+fn round_away(x: f32) -> f32 {
+    let t = (x as i32) as f32;
+    let f = x - t;
+    t + (i32::from(f >= 0.5) - i32::from(f <= -0.5)) as f32
+}
+
 /// llama.cpp `quantize_row_q4_0_ref` for one block.
 #[inline]
 fn q4_0_block(x: &[f32], out: &mut [u8]) {
@@ -292,8 +336,16 @@ fn q4_0_block(x: &[f32], out: &mut [u8]) {
     let d = max / -8.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     out[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+    if !id.is_finite() {
+        // A block so small that 1/d overflows: the reference converts the
+        // resulting infinities and NaNs to code 0 (x86-64 and gguf alike).
+        out[2..].fill(0);
+        return;
+    }
     for j in 0..QK / 2 {
-        out[2 + j] = q4_code(x[j] * id + 8.5) | (q4_code(x[j + QK / 2] * id + 8.5) << 4);
+        let lo = ((x[j] * id + 8.5) as u8).min(15);
+        let hi = ((x[j + QK / 2] * id + 8.5) as u8).min(15);
+        out[2 + j] = lo | (hi << 4);
     }
 }
 
@@ -304,22 +356,12 @@ fn q8_0_block(x: &[f32], out: &mut [u8]) {
     let d = amax / 127.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     out[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
-    for j in 0..QK {
-        let r = (x[j] * id).round();
-        // A block so small that 1/d overflows: the reference converts the
-        // resulting infinity or NaN to code 0 (x86-64 and the gguf package).
-        out[2 + j] = if r.is_finite() { (r as i8) as u8 } else { 0 };
+    if !id.is_finite() {
+        out[2..].fill(0); // as in q4_0_block
+        return;
     }
-}
-
-/// `MIN(15, (int8_t)v)` of the reference, with its non-finite case (a block
-/// so small that 1/d overflows) giving code 0 as it does on x86-64 and in gguf.
-#[inline]
-fn q4_code(v: f32) -> u8 {
-    if v.is_finite() {
-        (v as u8).min(15)
-    } else {
-        0
+    for j in 0..QK {
+        out[2 + j] = (round_away(x[j] * id) as i8) as u8;
     }
 }
 
@@ -342,15 +384,18 @@ fn mlx4_row(x: &[f32], t: Float, out: &mut [u8]) {
         let mut scale = ((w_max - w_min) / N_BINS).max(EPS);
         scale = if mask { scale } else { -scale };
         let edge = if mask { w_min } else { w_max };
-        let q0 = (edge / scale).round_ties_even();
+        let q0 = rint(edge / scale);
         let mut bias = 0.0f32;
         if q0 != 0.0 {
             scale = edge / q0;
             bias = edge;
         }
-        for (k, pair) in w.chunks_exact(2).enumerate() {
-            let q = |v: f32| ((v - bias) / scale).round_ties_even().clamp(0.0, N_BINS) as u8;
-            codes[g * MLX_GROUP / 2 + k] = q(pair[0]) | (q(pair[1]) << 4);
+        let mut q = [0u8; MLX_GROUP];
+        for (c, &v) in q.iter_mut().zip(w) {
+            *c = rint((v - bias) / scale).clamp(0.0, N_BINS) as u8;
+        }
+        for (k, pair) in q.chunks_exact(2).enumerate() {
+            codes[g * MLX_GROUP / 2 + k] = pair[0] | (pair[1] << 4);
         }
         t.store(scale, scales, g);
         t.store(bias, biases, g);
@@ -634,6 +679,16 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn fast_rounding_matches_std(x in proptest::num::f32::ANY) {
+            let want = x.round_ties_even();
+            let got = rint(x);
+            prop_assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()));
+            if x.is_finite() && x.abs() < 2.0e9 {
+                prop_assert_eq!(round_away(x).to_bits() & 0x7fff_ffff, x.round().to_bits() & 0x7fff_ffff);
+            }
+        }
+
         #[test]
         fn q8_error_is_bounded(v in proptest::collection::vec(-1000f32..1000f32, 32)) {
             let out = roundtrip(Format::Q8_0, &v);
