@@ -507,6 +507,41 @@ pub fn hash_pages(
     Ok(())
 }
 
+/// The byte ranges in `buf` of the pages `(heads[i], pages[i])`, checked.
+pub fn page_ranges(
+    buf_len: usize,
+    layout: &PageLayout,
+    heads: &[u32],
+    pages: &[u32],
+) -> Result<Vec<std::ops::Range<usize>>> {
+    layout.check(buf_len)?;
+    if heads.len() != pages.len() {
+        return Err(Error::invalid("heads and pages differ in length"));
+    }
+    heads
+        .iter()
+        .zip(pages)
+        .map(|(&h, &p)| layout.page_range(h as usize, p as usize))
+        .collect()
+}
+
+/// Copy the given ranges of `buf`, in order, into `out` (exactly their total).
+pub fn gather_into(buf: &[u8], ranges: &[std::ops::Range<usize>], out: &mut [u8]) -> Result<()> {
+    let total: usize = ranges.iter().map(|r| r.len()).sum();
+    if total != out.len() {
+        return Err(Error::invalid(format!(
+            "gather output of {} bytes, {total} needed",
+            out.len()
+        )));
+    }
+    let mut at = 0;
+    for r in ranges {
+        out[at..at + r.len()].copy_from_slice(&buf[r.clone()]);
+        at += r.len();
+    }
+    Ok(())
+}
+
 /// The concatenated bytes of the pages `(heads[i], pages[i])`.
 pub fn gather_pages(
     buf: &[u8],
@@ -514,21 +549,9 @@ pub fn gather_pages(
     heads: &[u32],
     pages: &[u32],
 ) -> Result<Vec<u8>> {
-    layout.check(buf.len())?;
-    if heads.len() != pages.len() {
-        return Err(Error::invalid("heads and pages differ in length"));
-    }
-    let mut ranges = Vec::with_capacity(heads.len());
-    let mut total = 0usize;
-    for (&h, &p) in heads.iter().zip(pages) {
-        let r = layout.page_range(h as usize, p as usize)?;
-        total += r.len();
-        ranges.push(r);
-    }
-    let mut out = Vec::with_capacity(total);
-    for r in ranges {
-        out.extend_from_slice(&buf[r]);
-    }
+    let ranges = page_ranges(buf.len(), layout, heads, pages)?;
+    let mut out = vec![0u8; ranges.iter().map(|r| r.len()).sum()];
+    gather_into(buf, &ranges, &mut out)?;
     Ok(out)
 }
 

@@ -221,9 +221,13 @@ pub fn kv_gather_pages<'py>(
     let b = bytes_of(&buf_buf, "buf")?;
     let hi: Vec<u32> = typed(bytes_of(&head_index_buf, "head_index")?, "head_index")?;
     let pi: Vec<u32> = typed(bytes_of(&page_index_buf, "page_index")?, "page_index")?;
-    let size = hi.len().saturating_mul(page_rows).saturating_mul(row_bytes);
-    let out = maybe_detach(py, size, || kv::gather_pages(b, &l, &hi, &pi)).map_err(CoreError)?;
-    Ok(PyBytes::new(py, &out))
+    let ranges = kv::page_ranges(b.len(), &l, &hi, &pi).map_err(CoreError)?;
+    let total: usize = ranges.iter().map(|r| r.len()).sum();
+    // Straight into the new bytes object: one copy of the pages.
+    PyBytes::new_with(py, total, |out| {
+        maybe_detach(py, total, || kv::gather_into(b, &ranges, out))
+            .map_err(|e| CoreError(e).into())
+    })
 }
 
 /// Check that `payload` holds exactly the given pages with the given hashes
