@@ -445,7 +445,11 @@ impl PageLayout {
 
     /// Pages in use per head.
     pub fn pages(&self) -> usize {
-        self.rows.div_ceil(self.page_rows)
+        if self.page_rows == 0 {
+            0
+        } else {
+            self.rows.div_ceil(self.page_rows)
+        }
     }
 
     /// Byte range of page `page` of head `head` (only its rows in use).
@@ -457,10 +461,17 @@ impl PageLayout {
                 self.pages()
             )));
         }
-        let first = page * self.page_rows;
-        let last = (first + self.page_rows).min(self.rows);
-        let base = head * self.capacity;
-        Ok((base + first) * self.row_bytes..(base + last) * self.row_bytes)
+        let first = page * self.page_rows; // < rows: page < pages()
+        let last = first.saturating_add(self.page_rows).min(self.rows);
+        let span = |row: usize| {
+            head.checked_mul(self.capacity)
+                .and_then(|base| base.checked_add(row))
+                .and_then(|r| r.checked_mul(self.row_bytes))
+        };
+        match (span(first), span(last)) {
+            (Some(a), Some(b)) => Ok(a..b),
+            _ => Err(Error::invalid("page offsets overflow the address space")),
+        }
     }
 }
 
