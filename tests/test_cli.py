@@ -277,8 +277,11 @@ def test_demo_short_run(tmp_path: Path) -> None:
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "convergence" in output and "yes" in output
-    assert "KV caches" in output and "not yet" in output
     assert "pure CRDT" in output
+    # The KV channel: a row in the results, the bytes table and the comparison.
+    assert re.search(r"KV caches\s*[│|]\s*identical on all 4 replicas", output), output
+    assert re.search(r"KV caches\s*[│|]\s*[\d,]+\s*[│|]", output), output
+    assert "not yet" not in output
     png = out / "swarm.png"
     assert png.read_bytes()[:8] == PNG_SIGNATURE
     summary = json.loads((out / "summary.json").read_text())
@@ -287,4 +290,14 @@ def test_demo_short_run(tmp_path: Path) -> None:
     assert summary["faults"]["lost"] > 0
     assert summary["bytes"]["total"] == summary["bytes"]["link_counters"]
     assert summary["pure_crdt_estimate"]["replay_reproduces_texts"] is True
+    # Every agent wrote its own KV cache; every replica ended with the same caches.
+    kv = summary["kv_caches"]
+    assert kv["replicas_agree"] is True
+    assert sorted(kv["caches"]) == ["kv/agent-1", "kv/agent-2", "kv/agent-3"]
+    for name, cache in kv["caches"].items():
+        assert cache["owner"] == name.removeprefix("kv/")
+    assert kv["appends"] > 0 and kv["appended_tokens"] > 0 and kv["tokens"] > 0
+    assert summary["writes"]["kv"] == kv["appends"] + kv["truncations"]
+    assert summary["bytes"]["kv"] > 0 and kv["pages_sent"] > 0
+    assert summary["pure_crdt_estimate"]["kv_wire_bytes"] > 0
     assert elapsed < 110

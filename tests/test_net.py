@@ -398,10 +398,11 @@ def test_sync_node_from_plain_threads() -> None:
 
 WORKER_ENV = "HYBRIDSYNC_NET_TEST_SECRET"
 # Metadata compaction stays off in the worker processes: a root restarted
-# without its state can build a metadata epoch with the number (and CRDT
-# client id) of one its predecessor built, and an acknowledged metadata write
-# of a child that crossed into the old epoch then vanishes everywhere (an
-# engine issue with a sans-IO reproduction, independent of the transport).
+# without its state builds metadata epochs with the numbers its predecessor
+# used, and an acknowledged metadata write of a child that crossed into the
+# old epoch can vanish (about 1 run in 25 with compaction on, even now that
+# CRDT client ids are salted per incarnation: an engine issue, independent of
+# the transport; durable replicas remove the restart-from-nothing case).
 WORKER_COMPACTION = CompactionPolicy(enabled=False)
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -236,9 +237,13 @@ def merge_state_vectors(a: bytes | None, b: bytes) -> bytes:
     return encode_state_vector(merged)
 
 
-def _client_id(replica_id: str, epoch: int) -> int:
-    """A CRDT client id unique to (replica, epoch), within JavaScript's 53 bits."""
-    return xxhash.xxh64_intdigest(f"{replica_id}\x00{epoch}".encode()) & ((1 << 53) - 1)
+def _client_id(replica_id: str, epoch: int, salt: int) -> int:
+    """A CRDT client id unique to (replica incarnation, epoch), within
+    JavaScript's 53 bits. ``salt`` is random per :class:`Meta` instance: a
+    restarted replica (or a restarted root building an epoch base again)
+    never reuses the ids, and so the clocks, of its previous life."""
+    key = f"{replica_id}\x00{epoch}\x00{salt}".encode()
+    return xxhash.xxh64_intdigest(key) & ((1 << 53) - 1)
 
 
 # -- proxies -------------------------------------------------------------------
@@ -375,6 +380,7 @@ class Meta(_LiveMapping):
         self._frozen: dict[int, bytes] = {}
         self._changed = True  # since the last compaction check
         self._client = 0
+        self._salt = secrets.randbits(64)
         self._estimate = 0
         self._delivered = 0
         self._base_size = 0
@@ -392,7 +398,7 @@ class Meta(_LiveMapping):
         self._delivered = 0  # own clock acknowledged by the upstream, this epoch
         self.epoch = epoch
         self.base = base
-        self._client = _client_id(self._memory.replica_id, epoch)
+        self._client = _client_id(self._memory.replica_id, epoch, self._salt)
         self._doc: Doc[Any] = Doc(client_id=self._client)
         if base:
             self._doc.apply_update(base)
@@ -427,7 +433,9 @@ class Meta(_LiveMapping):
             return False  # nothing to gain: the history is the base already
         self._frozen[self.epoch] = self._doc.get_state()
         self._trim_history()
-        builder: Doc[Any] = Doc(client_id=_client_id(self._memory.replica_id, self.epoch + 1))
+        builder: Doc[Any] = Doc(
+            client_id=_client_id(self._memory.replica_id, self.epoch + 1, self._salt ^ 1)
+        )
         root = builder.get(_ROOT, type=Map)
         with builder.transaction():
             for k, v in live.items():

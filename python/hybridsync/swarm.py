@@ -10,7 +10,11 @@ agent writes, through its relay:
   drops steps) and a private notes document (appends observations);
 * structured metadata: a shared task board (claims, progress, completion,
   new tasks; concurrent claims of one task are settled by the CRDT) and its
-  entry in a shared status map.
+  entry in a shared status map;
+* a KV cache: its own quantized cache ``kv/<agent>`` (Q4_0; the agent is its
+  only writer, every other replica holds a read-only mirror), which grows by
+  a few tokens of random keys and values on some ticks ("the context grows")
+  and is now and then truncated back ("a tool result is dropped").
 
 The processes report samples (digest, counters) on stdout; the coordinator
 shows them live, waits for every replica to hold the same digest, checks that
@@ -23,14 +27,21 @@ How the numbers are obtained:
 * *bytes per channel*: each process counts every frame its links emit (a
   wrapper around :meth:`hybridsync.Link.outgoing`, installed in the demo's
   worker processes only) and splits it by re-encoding the frame with only its
-  text entries and only its metadata block (a compressed frame's body is
-  shared out in proportion). Retransmissions count; the transport's MAC,
-  counter and WebSocket headers are estimated from the relays' message counts.
+  text entries, only its metadata block and only its KV entries (a
+  compressed frame's body is shared out in proportion; the KV section is
+  never compressed and is counted exactly). Retransmissions count; the
+  transport's MAC, counter and WebSocket headers are estimated from the
+  relays' message counts.
 * *pure-CRDT estimate*: every write of the run (logged with its time) is
   replayed in time order through one pycrdt document, one transaction per
   write; each incremental update is counted once up to the hub and once down
   to every other replica, with the y-protocols message header, on a lossless
-  network, plus the initial state each agent downloads.
+  network, plus the initial state each agent downloads. A KV cache is a
+  ``Map`` of one ``bytes`` value per (layer, K|V) buffer: Yjs has no partial
+  update of a binary value, so every append or truncation replaces every
+  buffer it changed (all of them) whole: each KV write costs about the
+  cache's whole quantized size at that moment (zero-filled stand-ins of the
+  right sizes go through pycrdt: binary content is stored as is).
 
 Also the worker program: ``python -m hybridsync.swarm hub|agent ...`` (the
 secret comes from the environment, never from the command line).
@@ -55,6 +66,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import xxhash
 from rich.console import Console, Group
 from rich.live import Live
@@ -63,6 +75,7 @@ from rich.table import Table
 from rich.text import Text
 
 from hybridsync.frame import decode_frame, encode_frame
+from hybridsync.kv import KVCache
 from hybridsync.link import Link, LinkMetrics
 from hybridsync.memory import Memory
 from hybridsync.meta import canonical_json
@@ -87,6 +100,18 @@ CONVERGE_POLL = 0.01
 TRANSPORT_BYTES_PER_MESSAGE = 41 + 5
 #: y-protocols sync message header before an update: type, sync step, varint length.
 YJS_HEADER = 2
+#: Each agent's KV cache: GGML Q4_0 with a small model's geometry (4 layers,
+#: 2 KV heads of 64 values), pages of 64 tokens: 576 quantized bytes per token.
+KV_GEOMETRY: dict[str, Any] = {
+    "layers": 4,
+    "kv_heads": 2,
+    "head_dim": 64,
+    "fmt": "q4_0",
+    "page_tokens": 64,
+}
+#: Tokens an agent's context holds at most: past that, it is cut back to half
+#: (as when an agent summarises its context); keeps long runs bounded.
+KV_MAX_TOKENS = 2048
 
 log = logging.getLogger("hybridsync.swarm")
 
@@ -94,24 +119,32 @@ log = logging.getLogger("hybridsync.swarm")
 # -- measuring frames -----------------------------------------------------------
 
 
-def split_frame(data: bytes) -> tuple[int, int, int]:
-    """``(header, text, metadata)`` bytes of an encoded frame.
+def split_frame(data: bytes) -> tuple[int, int, int, int]:
+    """``(header, text, metadata, kv)`` bytes of an encoded frame; they add
+    up to ``len(data)``.
 
-    The header is what the frame costs with no entries and no metadata block
-    (magic, flags, sender, sequence, checksum). Text and metadata are the
-    extra bytes of re-encoding the frame with only its entries or only its
-    metadata block; a compressed body is shared out in proportion.
+    The header is what the frame costs with no entries, no metadata block and
+    no KV entries (magic, flags, sender, sequence, checksum). Text, metadata
+    and KV are the extra bytes of re-encoding the frame with only its
+    entries, only its metadata block or only its KV entries. The KV section
+    (page payloads and hashes, token counts, digests, page tables) is never
+    compressed and comes before the body, so its share is exact; a
+    compressed body is shared out between text and metadata in proportion.
     """
     frame = decode_frame(data)
-    base = len(encode_frame(replace(frame, entries=(), meta=None), compress_threshold=-1))
-    text_raw = len(encode_frame(replace(frame, meta=None), compress_threshold=-1)) - base
-    meta_raw = len(encode_frame(replace(frame, entries=()), compress_threshold=-1)) - base
-    body = len(data) - base
+    bare = replace(frame, entries=(), meta=None, kv=())
+    base = len(encode_frame(bare, compress_threshold=-1))
+    kv = 0
+    if frame.kv:
+        kv = len(encode_frame(replace(bare, kv=frame.kv), compress_threshold=-1)) - base
+    text_raw = len(encode_frame(replace(bare, entries=frame.entries), compress_threshold=-1)) - base
+    meta_raw = len(encode_frame(replace(bare, meta=frame.meta), compress_threshold=-1)) - base
+    body = len(data) - base - kv
     raw = text_raw + meta_raw
     if raw > 0 and body != raw:
         text = round(body * text_raw / raw)
-        return base, text, body - text
-    return base, text_raw, meta_raw
+        return base, text, body - text, kv
+    return base, text_raw, meta_raw, kv
 
 
 @dataclass
@@ -122,18 +155,20 @@ class ChannelBytes:
     header: int = 0
     text: int = 0
     meta: int = 0
+    kv: int = 0
     #: Bytes of frames sent again unchanged (included in the channels above).
     resent: int = 0
 
     @property
     def total(self) -> int:
-        return self.header + self.text + self.meta
+        return self.header + self.text + self.meta + self.kv
 
     def add(self, other: ChannelBytes) -> None:
         self.frames += other.frames
         self.header += other.header
         self.text += other.text
         self.meta += other.meta
+        self.kv += other.kv
         self.resent += other.resent
 
 
@@ -146,7 +181,7 @@ class FrameMeter:
 
     def __init__(self) -> None:
         self.totals = ChannelBytes()
-        self._last: dict[int, tuple[bytes, tuple[int, int, int]]] = {}
+        self._last: dict[int, tuple[bytes, tuple[int, int, int, int]]] = {}
 
     def count(self, link: Link, data: bytes) -> None:
         t = self.totals
@@ -158,12 +193,13 @@ class FrameMeter:
             try:
                 parts = split_frame(data)
             except Exception:  # pragma: no cover - our own frames always decode
-                parts = (len(data), 0, 0)
+                parts = (len(data), 0, 0, 0)
             self._last[id(link)] = (data, parts)
         t.frames += 1
         t.header += parts[0]
         t.text += parts[1]
         t.meta += parts[2]
+        t.kv += parts[3]
 
     def install(self) -> None:
         original = Link.outgoing
@@ -287,10 +323,22 @@ class AgentWriter:
         self.last_write = 0.0
         self.started = time.time()
         self.last_status: dict[str, Any] | None = None
+        # The KV cache, created on the first tick; its random keys and values
+        # come from a generator seeded by the agent's rng (deterministic).
+        self.kv_name = f"kv/{name}"
+        self.cache: KVCache | None = None
+        self.np_rng = np.random.default_rng(rng.getrandbits(64))
+        self.kv_appends = self.kv_truncations = 0
+        #: Tokens and quantized bytes appended, and the tokens the cache should hold.
+        self.kv_appended = self.kv_appended_bytes = self.kv_tokens = 0
+
+    @property
+    def kv_writes(self) -> int:
+        return self.kv_appends + self.kv_truncations
 
     @property
     def writes(self) -> int:
-        return self.text_writes + self.meta_writes
+        return self.text_writes + self.meta_writes + self.kv_writes
 
     def tick(self) -> None:
         self.ticks += 1
@@ -303,6 +351,13 @@ class AgentWriter:
             self.work_on_task()
         if r() < 0.4:
             self.update_status()
+        if self.cache is None:
+            self.create_cache()
+        roll = r()
+        if roll < 0.3:
+            self.grow_context()
+        elif roll < 0.35:
+            self.drop_context()
 
     # -- text
 
@@ -412,6 +467,66 @@ class AgentWriter:
             meta["tasks"][tid] = task
             self._meta([[["tasks"], tid, task]])
 
+    # -- KV cache
+
+    def _kv(self, op: str, tokens: int, appended_bytes: int = 0) -> None:
+        """Log a KV write: ``tokens`` added (or removed, negative) and the size
+        of each (layer, K|V) buffer afterwards, for the pure-CRDT replay."""
+        cache = self.cache
+        assert cache is not None
+        now = time.time()
+        self.ops.append(
+            {
+                "t": now,
+                "who": self.name,
+                "kv": self.kv_name,
+                "op": op,
+                "tokens": tokens,
+                "layers": cache.layers,
+                "buffer_bytes": cache.kv_heads * cache.tokens * cache.row_bytes,
+                "bytes": appended_bytes,
+            }
+        )
+        if op != "create":
+            self.last_write = now
+
+    def create_cache(self) -> None:
+        self.cache = KVCache(**KV_GEOMETRY)
+        self.memory.kv[self.kv_name] = self.cache  # this replica owns it
+        self._kv("create", 0)
+
+    def grow_context(self) -> None:
+        """The agent's context grows by a few tokens (random keys and values)."""
+        cache = self.cache
+        assert cache is not None
+        n = self.rng.randint(8, 24)
+        if cache.tokens + n > KV_MAX_TOKENS:
+            self.drop_context(cache.tokens // 2)
+        shape = (cache.layers, cache.kv_heads, n, cache.head_dim)
+        keys = self.np_rng.standard_normal(shape, dtype=np.float32)
+        values = self.np_rng.standard_normal(shape, dtype=np.float32)
+        before = cache.nbytes
+        cache.append(keys, values)
+        self.kv_appends += 1
+        self.kv_appended += n
+        self.kv_tokens += n
+        self.kv_appended_bytes += cache.nbytes - before
+        self._kv("append", n, cache.nbytes - before)
+
+    def drop_context(self, n: int | None = None) -> None:
+        """The agent drops its last ``n`` tokens (default: a tool result's worth)."""
+        cache = self.cache
+        assert cache is not None
+        if n is None:
+            n = self.rng.randint(8, 48)
+        n = min(n, cache.tokens)
+        if n <= 0:
+            return
+        cache.truncate(cache.tokens - n)
+        self.kv_truncations += 1
+        self.kv_tokens -= n
+        self._kv("truncate", -n)
+
     def update_status(self) -> None:
         value = {
             "state": "working" if self.current else "idle",
@@ -448,10 +563,39 @@ def _commands() -> asyncio.Queue[str]:
 
 
 def doc_hashes(memory: Memory) -> dict[str, str]:
-    """A short hash per document and one for the metadata."""
+    """A short hash per document, one for the metadata and one per KV cache
+    (``"(kv) NAME"``: its token count and page-table digest)."""
     out = {name: xxhash.xxh3_64_hexdigest(value.encode()) for name, value in memory.text.items()}
     out["(metadata)"] = xxhash.xxh3_64_hexdigest(canonical_json(memory.meta.to_py()))
+    for name, cache in memory.kv.items():
+        out[f"(kv) {name}"] = f"{cache.tokens}:{cache.digest():016x}"
     return out
+
+
+def kv_content_hash(cache: KVCache) -> str:
+    """xxh3-64 of a cache's token count and quantized rows, read through the
+    public API (independent of the page tables that the sync compares)."""
+    h = xxhash.xxh3_64()
+    h.update(cache.tokens.to_bytes(8, "little"))
+    for layer in range(cache.layers):
+        for kind in ("k", "v"):
+            h.update(np.ascontiguousarray(cache.quantized(layer, kind)).tobytes())
+    return h.hexdigest()
+
+
+def kv_caches(memory: Memory) -> dict[str, dict[str, Any]]:
+    """What a replica holds of each KV cache (for the final checks)."""
+    return {
+        name: {
+            "owner": cache.owner,
+            "tokens": cache.tokens,
+            "digest": f"{cache.digest():016x}",
+            "content": kv_content_hash(cache),
+            "nbytes": cache.nbytes,
+            "pages": cache.pages * cache.layers * 2 * cache.kv_heads,
+        }
+        for name, cache in sorted(memory.kv.items())
+    }
 
 
 def _sum_metrics(items: list[LinkMetrics]) -> dict[str, int]:
@@ -497,6 +641,7 @@ class Sampler:
             "digest": self.digest,
             "changed_at": self.changed_at,
             "docs": doc_hashes(self.memory),
+            "kv_tokens": sum(c.tokens for c in self.memory.kv.values()),
             "sent": asdict(self.meter.totals),
             **self.links(),
             **self.counters(),
@@ -560,6 +705,7 @@ async def _hub_worker(agents: int, seed: int) -> None:
                             **sampler.sample(),
                             "text": dict(memory.text),
                             "meta": memory.meta.to_py(),
+                            "kv": kv_caches(memory),
                             "meta_metrics": asdict(memory.meta.measure()),
                             "ops": seed_ops,
                         },
@@ -597,6 +743,7 @@ async def _agent_worker(name: str, url: str, seed: int) -> None:
                 "ticks": writer.ticks,
                 "text_writes": writer.text_writes,
                 "meta_writes": writer.meta_writes,
+                "kv_writes": writer.kv_writes,
             }
 
         sampler = Sampler(name, memory, meter, links, counters)
@@ -629,6 +776,14 @@ async def _agent_worker(name: str, url: str, seed: int) -> None:
                             "own_section": writer.own_section(),
                             "own_notes": memory.text.get(f"notes/{name}", ""),
                             "own_status": writer.last_status,
+                            "kv": kv_caches(memory),
+                            "own_kv": {
+                                "tokens": writer.kv_tokens,
+                                "appends": writer.kv_appends,
+                                "truncations": writer.kv_truncations,
+                                "appended_tokens": writer.kv_appended,
+                                "appended_bytes": writer.kv_appended_bytes,
+                            },
                             "done": writer.done,
                             "added": writer.added,
                             "lost_claims": writer.lost_claims,
@@ -670,13 +825,23 @@ class CrdtEstimate:
     """The same writes through pycrdt (see :func:`crdt_estimate`)."""
 
     initial_state: int = 0
+    #: Updates of the text and metadata writes, and their bytes.
     updates: int = 0
     update_bytes: int = 0
+    #: Updates of the KV writes (creations, appends, truncations), and their bytes.
+    kv_updates: int = 0
+    kv_update_bytes: int = 0
+    #: Everything sent (all channels, the initial states included) ...
     wire_bytes: int = 0
+    #: ... of which for the KV caches.
+    kv_wire_bytes: int = 0
+    #: Quantized bytes the agents appended to their KV caches (the data itself).
+    kv_appended_bytes: int = 0
     final_state: int = 0
     texts: dict[str, str] = field(default_factory=dict)
-    #: ``(time, cumulative wire bytes)`` after each write.
-    timeline: list[tuple[float, int]] = field(default_factory=list)
+    #: ``(time, cumulative wire bytes for text and metadata, for KV, KV bytes
+    #: appended so far)`` after each write.
+    timeline: list[tuple[float, int, int, int]] = field(default_factory=list)
 
 
 def _crdt_value(value: Any) -> Any:
@@ -695,7 +860,16 @@ def crdt_estimate(
     """Replay the writes through one pycrdt document in time order, one
     transaction per write, and count what a star of y-websocket-style peers
     would send: the initial state to each agent, then each incremental update
-    once up to the hub and once down to every other agent (lossless)."""
+    once up to the hub and once down to every other agent (lossless).
+
+    A KV cache is a root ``Map`` holding one ``bytes`` value per (layer, K|V)
+    buffer (``[kv_heads, tokens, row_bytes]``, as :class:`KVCache` stores
+    it). Yjs cannot update part of a binary value, so an append or a
+    truncation, which changes every buffer, sets every buffer again whole:
+    each KV write's update is about the cache's whole quantized size at that
+    moment. Zero-filled values of the logged sizes stand in for the data
+    (Yjs stores binary content as is, so the update sizes are exact).
+    """
     from pycrdt import Doc, Map, Text
 
     doc: Doc[Any] = Doc()
@@ -715,6 +889,13 @@ def crdt_estimate(
                     del text[at : at + op["del"]]
                 if op["ins"]:
                     text.insert(at, op["ins"])
+            elif "kv" in op:
+                cache = doc.get(op["kv"], type=Map)
+                if op["op"] == "create":
+                    cache["geometry"] = _crdt_value(KV_GEOMETRY)
+                for layer in range(int(op["layers"])):
+                    for kind in "KV":
+                        cache[f"{layer}{kind}"] = bytes(int(op["buffer_bytes"]))
             else:
                 for path, key, value in op["meta"]:
                     node: Any = root
@@ -727,15 +908,25 @@ def crdt_estimate(
         apply(op)
     est.initial_state = len(doc.get_update())
     wire = est.initial_state * agents
+    kv_wire = 0
     for op in sorted(agent_ops, key=lambda o: float(o["t"])):
         before = len(sizes)
         apply(op)
+        is_kv = "kv" in op
+        est.kv_appended_bytes += int(op.get("bytes", 0)) if is_kv else 0
         for size in sizes[before:]:
-            est.updates += 1
-            est.update_bytes += size
-            wire += agents * (size + YJS_HEADER + _varint_len(size))
-        est.timeline.append((float(op["t"]), wire))
-    est.wire_bytes = wire
+            sent = agents * (size + YJS_HEADER + _varint_len(size))
+            if is_kv:
+                est.kv_updates += 1
+                est.kv_update_bytes += size
+                kv_wire += sent
+            else:
+                est.updates += 1
+                est.update_bytes += size
+                wire += sent
+        est.timeline.append((float(op["t"]), wire, kv_wire, est.kv_appended_bytes))
+    est.wire_bytes = wire + kv_wire
+    est.kv_wire_bytes = kv_wire
     est.final_state = len(doc.get_update())
     names = {op["doc"] for op in [*seed_ops, *agent_ops] if "doc" in op}
     est.texts = {name: str(doc.get(name, type=Text)) for name in sorted(names)}
@@ -854,7 +1045,8 @@ def _human(n: float) -> str:
 def _live_table(children: list[_Child], proxies: list[Any]) -> Table:
     table = Table(title_justify="left", expand=False, caption_justify="left")
     table.add_column("replica")
-    for column in ("ticks", "writes t/m", "frames", "text", "meta", "headers", "retx", "refused"):
+    columns = ("ticks", "writes t/m/kv", "frames", "text", "meta", "kv", "headers", "kv tok")
+    for column in (*columns, "retx", "refused"):
         table.add_column(column, justify="right")
     table.add_column("digest")
     digests = [c.latest["digest"] for c in children if c.latest]
@@ -862,10 +1054,14 @@ def _live_table(children: list[_Child], proxies: list[Any]) -> Table:
     for child in children:
         s = child.latest
         if s is None:
-            table.add_row(child.name, *["-"] * 9)
+            table.add_row(child.name, *["-"] * 11)
             continue
         sent, link = s["sent"], s["link"]
-        writes = f"{s['text_writes']:,}/{s['meta_writes']:,}" if "text_writes" in s else "-"
+        writes = (
+            f"{s['text_writes']:,}/{s['meta_writes']:,}/{s['kv_writes']:,}"
+            if "text_writes" in s
+            else "-"
+        )
         table.add_row(
             child.name,
             f"{s['ticks']:,}" if "ticks" in s else "-",
@@ -873,7 +1069,9 @@ def _live_table(children: list[_Child], proxies: list[Any]) -> Table:
             f"{sent['frames']:,}",
             _human(sent["text"]),
             _human(sent["meta"]),
+            _human(sent["kv"]),
             _human(sent["header"]),
+            f"{s['kv_tokens']:,}",
             f"{link.get('retransmits', 0):,}",
             f"{s.get('rejected', 0):,}",
             Text(s["digest"][:8], style="green" if s["digest"] == common else "yellow"),
@@ -895,6 +1093,7 @@ class _Timeline:
     header: list[int]
     text: list[int]
     meta: list[int]
+    kv: list[int]
     distinct: list[int]
     differing: list[int]
 
@@ -903,7 +1102,7 @@ def _timeline(children: list[_Child], start: float, end: float, step: float = 0.
     """Resample every process's latest sample onto a common time grid."""
     series = [sorted(c.samples, key=lambda s: float(s["t"])) for c in children]
     idx = [-1] * len(series)
-    tl = _Timeline([], [], [], [], [], [])
+    tl = _Timeline([], [], [], [], [], [], [])
     t = start
     while t <= end + 1e-9:
         latest: list[dict[str, Any]] = []
@@ -916,6 +1115,7 @@ def _timeline(children: list[_Child], start: float, end: float, step: float = 0.
         tl.header.append(sum(s["sent"]["header"] for s in latest))
         tl.text.append(sum(s["sent"]["text"] for s in latest))
         tl.meta.append(sum(s["sent"]["meta"] for s in latest))
+        tl.kv.append(sum(s["sent"]["kv"] for s in latest))
         tl.distinct.append(len({s["digest"] for s in latest}) if latest else 0)
         keys = set().union(*(s["docs"] for s in latest)) if latest else set()
         tl.differing.append(sum(1 for key in keys if len({s["docs"].get(key) for s in latest}) > 1))
@@ -938,7 +1138,9 @@ def _plot(
     import matplotlib.pyplot as plt
 
     x = [t - t0 for t in tl.times]
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 7), sharex=True, height_ratios=[3, 2])
+    fig, (ax1, ax_kv, ax2) = plt.subplots(
+        3, 1, figsize=(10, 9.5), sharex=True, height_ratios=[3, 2.5, 2]
+    )
     kb = 1 / 1024
     ax1.stackplot(
         x,
@@ -949,21 +1151,52 @@ def _plot(
         colors=["#4c72b0", "#dd8452", "#bbbbbb"],
         alpha=0.85,
     )
+    cx = [x[0], *(t - t0 for t, *_ in crdt.timeline)]
     if crdt.timeline:
-        cx = [x[0], *(t - t0 for t, _ in crdt.timeline)]
-        cy = [crdt.initial_state * agents * kb, *(b * kb for _, b in crdt.timeline)]
+        cy = [crdt.initial_state * agents * kb, *(b * kb for _, b, _, _ in crdt.timeline)]
         ax1.step(cx, cy, where="post", color="#c44e52", linestyle="--", linewidth=1.5)
         ax1.plot([], [], color="#c44e52", linestyle="--", label="pure CRDT (estimate, lossless)")
     ax1.set_ylabel("cumulative sync bytes (KB)")
-    ax1.set_title("hybridsync swarm: bytes sent by all replicas (frames, incl. retransmissions)")
+    ax1.set_title(
+        "hybridsync swarm: bytes sent by all replicas (frames, incl. retransmissions)\n"
+        "text and metadata channels"
+    )
     ax1.legend(loc="upper left", fontsize=8)
     ax1.grid(alpha=0.3)
+    # KV caches: their own panel (megabytes, not kilobytes).
+    mb = kb / 1024
+    ax_kv.fill_between(
+        x, [v * mb for v in tl.kv], color="#55a868", alpha=0.85, label="KV pages (hybridsync)"
+    )
+    if crdt.timeline:
+        ky = [0.0, *(k * mb for _, _, k, _ in crdt.timeline)]
+        ax_kv.step(cx, ky, where="post", color="#c44e52", linestyle="--", linewidth=1.5)
+        fy = [0.0, *(a * agents * mb for *_, a in crdt.timeline)]
+        ax_kv.step(cx, fy, where="post", color="#333333", linestyle=":", linewidth=1.2)
+        ax_kv.plot(
+            [],
+            [],
+            color="#333333",
+            linestyle=":",
+            label=f"KV data appended x {agents} other replicas (what must travel at least)",
+        )
+        ax_kv.plot(
+            [],
+            [],
+            color="#c44e52",
+            linestyle="--",
+            label="pure CRDT, whole (layer, K|V) buffers per write (estimate, lossless)",
+        )
+    ax_kv.set_ylabel("cumulative KV bytes (MB)")
+    ax_kv.set_title("KV-cache channel", fontsize=10)
+    ax_kv.legend(loc="upper left", fontsize=8)
+    ax_kv.grid(alpha=0.3)
     ax2.step(x, tl.distinct, where="post", label="distinct replica digests", color="#55a868")
     ax2.step(x, tl.differing, where="post", label="documents differing", color="#8172b3")
     ax2.set_ylabel("divergence")
     ax2.set_xlabel("seconds since the agents started writing")
     ax2.grid(alpha=0.3)
-    for ax in (ax1, ax2):
+    for ax in (ax1, ax_kv, ax2):
         ax.axvspan(0, stop_at - t0, color="#eeeeee", zorder=0)
         if converged_at is not None:
             ax.axvline(converged_at - t0, color="#55a868", linestyle=":", linewidth=1.2)
@@ -1115,6 +1348,20 @@ async def _run(config: DemoConfig, console: Console) -> int:
             lost.append(f"{name}: notes")
         if f["own_status"] is not None and hub_final["meta"]["status"].get(name) != f["own_status"]:
             lost.append(f"{name}: status")
+        # The agent's own KV cache: it holds every token it wrote, and the hub
+        # holds the same cache (tokens, page-table digest, quantized rows).
+        own = f["kv"].get(f"kv/{name}")
+        on_hub = hub_final["kv"].get(f"kv/{name}")
+        if own is None or own["owner"] != name:
+            lost.append(f"{name}: KV cache not its own")
+        elif own["tokens"] != f["own_kv"]["tokens"]:
+            lost.append(
+                f"{name}: KV cache holds {own['tokens']} tokens, wrote {f['own_kv']['tokens']}"
+            )
+        elif on_hub is None:
+            lost.append(f"{name}: KV cache missing on the hub")
+        elif on_hub != own:
+            lost.append(f"{name}: KV cache")
     sent = ChannelBytes()
     link_bytes = 0
     for f in finals:
@@ -1122,11 +1369,32 @@ async def _run(config: DemoConfig, console: Console) -> int:
         link_bytes += int(f["link"]["bytes_sent"])
     totals = {
         key: sum(int(f["link"].get(key, 0)) for f in finals)
-        for key in ("retransmits", "resyncs", "stale_frames", "merges", "edits_applied")
+        for key in (
+            "retransmits",
+            "resyncs",
+            "stale_frames",
+            "merges",
+            "edits_applied",
+            "kv_pages_sent",
+            "kv_page_bytes_sent",
+            "kv_resyncs",
+            "kv_conflicts",
+        )
     }
     rejected = sum(int(f.get("rejected", 0)) for f in finals)
     text_writes = sum(int(f["text_writes"]) for f in agent_finals)
     meta_writes = sum(int(f["meta_writes"]) for f in agent_finals)
+    kv_writes = sum(int(f["kv_writes"]) for f in agent_finals)
+    # KV: every replica holds the same caches (one per agent), byte for byte.
+    hub_kv: dict[str, dict[str, Any]] = hub_final["kv"]
+    kv_agree = len(hub_kv) == n and all(f["kv"] == hub_kv for f in finals)
+    kv_stats = {
+        key: sum(int(f["own_kv"][key]) for f in agent_finals)
+        for key in ("appends", "truncations", "appended_tokens", "appended_bytes")
+    }
+    kv_tokens = sum(int(c["tokens"]) for c in hub_kv.values())
+    kv_nbytes = sum(int(c["nbytes"]) for c in hub_kv.values())
+    kv_pages = sum(int(c["pages"]) for c in hub_kv.values())
     relayed = sum(p.stats.messages for p in proxies)
     stats = {
         "lost": sum(p.stats.lost for p in proxies),
@@ -1144,7 +1412,7 @@ async def _run(config: DemoConfig, console: Console) -> int:
     hub_text_bytes = sum(len(v.encode()) for v in hub_final["text"].values())
 
     # -- tables
-    ok = converged and not lost
+    ok = converged and not lost and kv_agree
     table = Table(title="hybridsync demo: results", title_justify="left", show_lines=False)
     table.add_column("what")
     table.add_column("result")
@@ -1167,7 +1435,7 @@ async def _run(config: DemoConfig, console: Console) -> int:
     table.add_row(
         "writes lost",
         Text(
-            "none (every agent's plan section, notes and status are on every replica)"
+            "none (every agent's plan section, notes, status and KV cache are on every replica)"
             if not lost
             else f"{len(lost)}: {', '.join(lost)}",
             style="green" if not lost else "bold red",
@@ -1175,10 +1443,12 @@ async def _run(config: DemoConfig, console: Console) -> int:
     )
     table.add_row(
         "writes",
-        f"{text_writes + meta_writes:,} in {config.duration:.0f} s: {text_writes:,} text, "
-        f"{meta_writes:,} metadata (task board: {len(board)} tasks, {by_status['done']} done, "
-        f"{by_status['doing']} doing, {by_status['todo']} to do; "
-        f"{sum(int(f['lost_claims']) for f in agent_finals)} claims lost to a concurrent claim)",
+        f"{text_writes + meta_writes + kv_writes:,} in {config.duration:.0f} s: "
+        f"{text_writes:,} text, {meta_writes:,} metadata (task board: {len(board)} tasks, "
+        f"{by_status['done']} done, {by_status['doing']} doing, {by_status['todo']} to do; "
+        f"{sum(int(f['lost_claims']) for f in agent_finals)} claims lost to a concurrent claim), "
+        f"{kv_writes:,} KV ({kv_stats['appends']:,} appends, "
+        f"{kv_stats['truncations']:,} truncations)",
     )
     table.add_row(
         "faults injected",
@@ -1190,9 +1460,23 @@ async def _run(config: DemoConfig, console: Console) -> int:
         f"{totals['retransmits']:,} frames retransmitted, {rejected:,} messages refused "
         f"(replayed/reordered), {totals['stale_frames']:,} stale frames ignored, "
         f"{totals['resyncs']:,} resyncs (divergence detections), {totals['merges']:,} "
-        "three-way merges",
+        f"three-way merges, {totals['kv_resyncs']:,} KV resyncs (digest mismatches)",
     )
-    table.add_row("KV caches", "not yet (the KV-cache channel is not built)")
+    g = KV_GEOMETRY
+    table.add_row(
+        "KV caches",
+        Text.assemble(
+            Text("identical" if kv_agree else "DIFFER", style="green" if kv_agree else "bold red"),
+            f" on all {len(finals)} replicas: {len(hub_kv)} caches ({g['fmt']}, {g['layers']} "
+            f"layers x {g['kv_heads']} KV heads x {g['head_dim']}, pages of {g['page_tokens']} "
+            f"tokens), one per agent, mirrored read-only elsewhere; "
+            f"{kv_stats['appended_tokens']:,} tokens appended "
+            f"({_human(kv_stats['appended_bytes'])} quantized), now {kv_tokens:,} tokens "
+            f"({_human(kv_nbytes)}, {kv_pages:,} pages); {totals['kv_pages_sent']:,} pages "
+            f"sent ({_human(totals['kv_page_bytes_sent'])} of page data), "
+            f"{totals['kv_conflicts']:,} ownership conflicts",
+        ),
+    )
     console.print(table)
 
     bytes_table = Table(
@@ -1207,8 +1491,8 @@ async def _run(config: DemoConfig, console: Console) -> int:
     for label, value, how in (
         ("text", sent.text, "document entries: edits, acks, checksums (split per frame*)"),
         ("metadata", sent.meta, "metadata block: state vectors, Yjs updates (split per frame*)"),
+        ("KV caches", sent.kv, "KV entries: pages with their hashes, digests, tables (exact*)"),
         ("frame headers", sent.header, "magic, flags, sender, sequence, checksum"),
-        ("KV caches", 0, "not yet"),
     ):
         bytes_table.add_row(label, f"{value:,}", f"{value / total:.0%}", how)
     bytes_table.add_row(
@@ -1233,8 +1517,9 @@ async def _run(config: DemoConfig, console: Console) -> int:
     )
     console.print(bytes_table)
     console.print(
-        "[dim]* each frame re-encoded with only its text entries / only its metadata block; "
-        "a compressed frame's body is shared out in proportion.[/]"
+        "[dim]* each frame re-encoded with only its text entries / only its metadata block / "
+        "only its KV entries; a compressed frame's body is shared out in proportion between "
+        "text and metadata (the KV section is never compressed).[/]"
     )
 
     crdt_table = Table(
@@ -1258,7 +1543,23 @@ async def _run(config: DemoConfig, console: Console) -> int:
         f"{crdt.wire_bytes:,}",
         f"{first_sends / max(1, crdt.wire_bytes):.2f}x",
     )
-    newcomer = hub_text_bytes + int(hub_meta["encoded_bytes"])
+    text_meta = sent.total - sent.kv
+    crdt_text_meta = crdt.wire_bytes - crdt.kv_wire_bytes
+    crdt_table.add_row(
+        "  text and metadata (and headers)",
+        f"{text_meta:,}",
+        f"{crdt_text_meta:,}",
+        f"{text_meta / max(1, crdt_text_meta):.2f}x",
+    )
+    crdt_table.add_row(
+        "  KV caches",
+        f"{sent.kv:,}",
+        f"{crdt.kv_wire_bytes:,}",
+        f"{sent.kv / max(1, crdt.kv_wire_bytes):.2f}x",
+    )
+    # A newcomer downloads the texts, the compacted metadata and every KV page
+    # with its head, page index and hash (4 + 4 + 8 bytes).
+    newcomer = hub_text_bytes + int(hub_meta["encoded_bytes"]) + kv_nbytes + 16 * kv_pages
     crdt_table.add_row(
         "state a new replica downloads",
         f"{newcomer:,}",
@@ -1267,14 +1568,31 @@ async def _run(config: DemoConfig, console: Console) -> int:
     )
     console.print(crdt_table)
     console.print(
-        f"[dim]pure CRDT: the {len(all_ops):,} logged writes replayed in time order through one "
-        f"pycrdt document ({crdt.updates:,} updates, {crdt.update_bytes:,} B); each update sent "
+        f"[dim]pure CRDT: the {text_writes + meta_writes:,} logged text and metadata writes "
+        f"replayed in time order through one pycrdt document ({crdt.updates:,} updates, "
+        f"{crdt.update_bytes:,} B); each update sent "
         f"once to the hub and once to each of the other {n - 1} agents with a {YJS_HEADER}+ B "
         f"y-protocols header, plus the initial state ({crdt.initial_state:,} B) to each agent; "
         f"no losses, no retransmissions, no authentication. hybridsync's bytes were measured "
         f"under {config.loss:.0%} loss. Replay reproduces the final texts: "
-        f"{'yes' if replay_exact else 'NO'}. New replica: hybridsync sends the texts plus the "
-        f"compacted metadata (epoch {hub_meta['epoch']}); the CRDT document keeps its history.[/]"
+        f"{'yes' if replay_exact else 'NO'}. New replica: hybridsync sends the texts, the "
+        f"compacted metadata (epoch {hub_meta['epoch']}) and the KV pages; the CRDT document "
+        f"keeps its history.[/]"
+    )
+    kv_floor = crdt.kv_appended_bytes * n
+    console.print(
+        f"[dim]KV caches, pure CRDT: each cache a pycrdt Map of one bytes value per (layer, "
+        f"K|V) buffer; Yjs cannot update part of a binary value, so each of the "
+        f"{kv_writes:,} appends and truncations re-sends every buffer whole (about the "
+        f"cache's full quantized size at that moment): {crdt.kv_updates:,} updates (the "
+        f"caches' creation included), "
+        f"{crdt.kv_update_bytes:,} B, times {n} (to the hub and on to the other agents). "
+        f"For scale: the agents appended {crdt.kv_appended_bytes:,} B of quantized KV data, "
+        f"which must reach the {n} other replicas: {kv_floor:,} B, about the least a scheme that "
+        f"sends each appended byte once to each replica needs; hybridsync sent "
+        f"{sent.kv / max(1, kv_floor):.2f}x that (it re-sends a partly filled page whole, and "
+        f"its bytes include retransmissions). A Yjs Array of appended chunks would come nearer "
+        f"that floor than the Map estimated here.[/]"
     )
 
     t_first = min((float(s["t"]) for c in children for s in c.samples), default=t0)
@@ -1291,21 +1609,36 @@ async def _run(config: DemoConfig, console: Console) -> int:
             f["name"]: round(float(f["changed_at"]) - last_write, 3) for f in finals
         },
         "lost_writes": lost,
-        "writes": {"text": text_writes, "meta": meta_writes},
+        "writes": {"text": text_writes, "meta": meta_writes, "kv": kv_writes},
         "bytes": {**asdict(sent), "total": sent.total, "link_counters": link_bytes},
         "transport_overhead_estimate": transport,
         "faults": {"relayed": relayed, **stats},
         "healing": {**totals, "refused": rejected},
         "pure_crdt_estimate": {
             "wire_bytes": crdt.wire_bytes,
+            "kv_wire_bytes": crdt.kv_wire_bytes,
             "initial_state": crdt.initial_state,
             "updates": crdt.updates,
             "update_bytes": crdt.update_bytes,
+            "kv_updates": crdt.kv_updates,
+            "kv_update_bytes": crdt.kv_update_bytes,
+            "kv_appended_bytes": crdt.kv_appended_bytes,
             "final_state": crdt.final_state,
             "replay_reproduces_texts": replay_exact,
         },
         "newcomer_bytes": newcomer,
-        "kv_caches": "not yet",
+        "kv_caches": {
+            "geometry": KV_GEOMETRY,
+            "replicas_agree": kv_agree,
+            "caches": hub_kv,
+            **kv_stats,
+            "tokens": kv_tokens,
+            "nbytes": kv_nbytes,
+            "pages_sent": totals["kv_pages_sent"],
+            "page_bytes_sent": totals["kv_page_bytes_sent"],
+            "kv_resyncs": totals["kv_resyncs"],
+            "kv_conflicts": totals["kv_conflicts"],
+        },
         "wall_seconds": time.monotonic() - wall,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
@@ -1314,7 +1647,9 @@ async def _run(config: DemoConfig, console: Console) -> int:
         f"(wall time {time.monotonic() - wall:.1f} s)"
     )
     if not ok:
-        console.print("[bold red]the replicas did not converge or lost writes[/]")
+        console.print(
+            "[bold red]the replicas did not converge, lost writes or hold different KV caches[/]"
+        )
     return 0 if ok else 1
 
 
