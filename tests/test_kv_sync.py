@@ -239,3 +239,30 @@ def test_recreated_cache_is_not_deleted_by_the_old_deletion() -> None:
     net.run_until_quiescent(3000)
     for name in net.names:
         assert same(net[name].kv["tmp"], new)
+
+
+def test_restarted_owner_gets_back_in_step_with_its_mirror() -> None:
+    """An owner that restarts under its id and rebuilds its cache: the mirror
+    learns the new content and sends nothing back but its page table."""
+    cm, sm, cl, sv = pair()
+    rng = np.random.default_rng(9)
+    first = KVCache(2, 2, 64, "q4_0", page_tokens=16)
+    cm.kv["ctx"] = first
+    k, v = rows(rng, first, 70)
+    first.append(k, v)
+    settle(cl, sv)
+    assert same(sm.kv["ctx"], first)
+    # The owner process restarts: a fresh replica, the same id, a shorter cache
+    # whose first 40 tokens are the same.
+    cm2 = Memory("c")
+    again = KVCache(2, 2, 64, "q4_0", page_tokens=16)
+    again.append(k[:, :, :40], v[:, :, :40])
+    cm2.kv["ctx"] = again
+    cl2 = Link(cm2, "s", role="client")
+    settle(cl2, sv)
+    assert same(sm.kv["ctx"], again)
+    assert same(cm2.kv["ctx"], again) and cm2.kv["ctx"] is again
+    # Pages 0 and 1 of every (layer, K|V, head) were already there; only the
+    # partial page 2 (40 = 2 x 16 + 8) travelled.
+    assert cl2.metrics.kv_pages_sent == 2 * 2 * 2
+    assert sv.metrics.kv_pages_sent == 0

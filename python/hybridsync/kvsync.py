@@ -234,14 +234,13 @@ class KVChannel:
                 self.mark(e.name, 0, reset=True)  # our winner travels to the peer
                 return
         elif cache is not None and cache.writable:
-            # The peer holds pages of a cache we own (we restarted, it
-            # remembers): ours is the truth. Learn its table, then send ours.
-            if e.flags & KV_COMPLETE:
-                o = self.out.setdefault(e.name, _Out())
-                o.acked = self._table_of(e)
-                o.probe = None
-                o.dirty_from = 0
-                self.pending.add(e.name)
+            # A mirror of a cache we own speaks first (a new link, or we
+            # restarted and it remembers): ours is the truth. Ignore its
+            # pages, tell it what we hold, and learn its table by probing,
+            # so that only the pages that differ travel.
+            cache.refresh()
+            self._have(e, cache, cache._table.digest() == e.digest)
+            self.mark(e.name, 0, reset=True)
             return
         elif cache is None or cache.geometry != e.geometry:
             cache = caches._mirror(e.name, e.owner, e.geometry, self)
