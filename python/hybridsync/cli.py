@@ -1037,8 +1037,9 @@ def demo(
     Each agent edits its section of a shared plan and a private notes
     document, claims and completes tasks on a shared task board, updates
     its status and grows its own 4-bit KV cache (mirrored read-only to the
-    others), through a relay that loses, duplicates and reorders messages. At the end: convergence, bytes per channel, a pure-CRDT
-    estimate, and a plot in --out. Exits 1 if the replicas did not converge.
+    others), through a relay that loses, duplicates and reorders messages.
+    At the end: convergence, bytes per channel, a pure-CRDT estimate, and a
+    plot in --out. Exits 1 if the replicas did not converge.
     """
     from hybridsync.swarm import DemoConfig, run_demo
 
