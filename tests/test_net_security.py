@@ -239,7 +239,9 @@ def test_client_without_secret_never_gets_in(caplog: pytest.LogCaptureFixture) -
 # -- message protection -----------------------------------------------------------
 
 
-def test_replayed_and_reordered_messages_are_refused(caplog: pytest.LogCaptureFixture) -> None:
+def test_replayed_messages_are_refused_reordered_ones_count_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.INFO)
 
     async def main() -> None:
@@ -260,16 +262,19 @@ def test_replayed_and_reordered_messages_are_refused(caplog: pytest.LogCaptureFi
             assert hub.peers["intruder"].link.frames_received == received
             await ws.close()
 
-            # 2. Reordered: a later message overtakes an earlier one.
+            # 2. Reordered: a later message overtakes an earlier one. The
+            # early one still counts (within the replay window), once.
             ws, chan = await authenticate(hub.url)
             early = chan.seal(KIND_FRAME, frame_creating("two"))
             late = chan.seal(KIND_FRAME, bare_frame())
             await ws.send(late)
             await reply(ws, chan)
+            await ws.send(early)
+            await wait_until(lambda: "two" in hub_memory.text, what="the overtaken message")
             digest = hub_memory.digest()
             await ws.send(early)
             await wait_until(lambda: rejections(hub, "intruder") == 2, what="rejection")
-            assert "two" not in hub_memory.text and hub_memory.digest() == digest
+            assert hub_memory.digest() == digest
             await ws.close()
 
             # 3. A message of one connection replayed on another (other keys).
@@ -626,6 +631,17 @@ def test_handshake_and_channel_sans_io() -> None:
     down.open(replay)
     with pytest.raises(RejectedMessage, match="replayed"):
         down.open(replay)
+    # Reordering within the window: each counter counts once; older ones never.
+    from hybridsync.net._secure import REPLAY_WINDOW
+
+    batch = [up.seal(KIND_FRAME, bytes([i])) for i in range(REPLAY_WINDOW + 2)]
+    assert down.open(batch[-1]) == (KIND_FRAME, bytes([REPLAY_WINDOW + 1]))
+    for message in (batch[2], batch[-2], batch[3]):  # batch[2]: the oldest still in
+        down.open(message)
+        with pytest.raises(RejectedMessage, match="replayed or reordered"):
+            down.open(message)
+    with pytest.raises(RejectedMessage, match="replayed or reordered"):
+        down.open(batch[1])  # REPLAY_WINDOW behind the newest: too old
     with pytest.raises(RejectedMessage, match="authentication failed"):
         up.open(up.seal(KIND_FRAME, b"reflected"))  # our own message sent back
     other_client, other_server = pair(SECRET, SECRET)

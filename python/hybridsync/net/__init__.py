@@ -9,7 +9,7 @@
 A replica can both serve and connect (hubs of hubs); links must form a tree.
 Peers prove they hold the swarm's shared secret (challenge-response with
 HMAC-SHA256), every message after that is authenticated with a per-connection,
-per-direction key and a strictly increasing counter, and TLS is one
+per-direction key and a counter accepted once (in a 64-message replay window), and TLS is one
 :class:`ssl.SSLContext` away. The wire format is described in
 :mod:`hybridsync.net._secure`. Events are logged on the ``hybridsync.net``
 logger; secrets and keys never are.

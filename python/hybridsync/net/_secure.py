@@ -20,9 +20,12 @@ on another connection.
 
 After the handshake every message is ``counter (8 bytes, little-endian) |
 kind (1 byte) | body | tag (32 bytes)`` with ``tag = HMAC-SHA256(key of the
-direction, counter | kind | body)``. Counters start at 1 and must strictly
-increase per direction, so a replayed, duplicated or reordered message is
-refused like a forged or tampered one. ``kind`` 1 carries a sync frame, 3 a
+direction, counter | kind | body)``. Counters start at 1 and increase by one
+per message and direction. The receiver accepts each counter once, within a
+sliding window of the last :data:`REPLAY_WINDOW` counters (as IPsec and DTLS
+do): a message overtaken by a later one still counts, while a replayed or
+duplicated one, or one older than the window, is refused like a forged or
+tampered one. ``kind`` 1 carries a sync frame, 3 a
 reply frame after which the hub still has something to say ("poll again at
 once"), 2 (empty) is a wake-up hint from a hub ("poll now: I have something
 for you").
@@ -281,16 +284,22 @@ class ServerHandshake:
         return Channel(self._keys.s2c, self._keys.c2s)
 
 
+#: Counters behind the newest accepted one that may still arrive (once each).
+REPLAY_WINDOW = 64
+_WINDOW_MASK = (1 << REPLAY_WINDOW) - 1
+
+
 class Channel:
     """Protects the messages of one authenticated connection (sans-IO)."""
 
-    __slots__ = ("_recv_key", "_send_key", "received", "sent")
+    __slots__ = ("_recv_key", "_seen", "_send_key", "received", "sent")
 
     def __init__(self, send_key: bytes, recv_key: bytes) -> None:
         self._send_key = send_key
         self._recv_key = recv_key
         self.sent = 0  # counter of the last message sealed
-        self.received = 0  # counter of the last message accepted
+        self.received = 0  # the newest counter accepted
+        self._seen = 0  # bit i: counter received - i was accepted
 
     def __repr__(self) -> str:
         return f"<Channel sent={self.sent} received={self.received}>"
@@ -307,8 +316,9 @@ class Channel:
         """Authenticate a received message; return ``(kind, body)``.
 
         Raises :class:`RejectedMessage` (and changes nothing) when the
-        message is text, too short, forged or tampered with, or not newer
-        than the last accepted one (a replay, a duplicate, a reordering).
+        message is text, too short, forged or tampered with, or its counter
+        was accepted before (a replay, a duplicate) or lies more than
+        :data:`REPLAY_WINDOW` behind the newest accepted one.
         """
         if not isinstance(message, bytes):
             raise RejectedMessage("text message on a binary channel")
@@ -319,9 +329,16 @@ class Channel:
         if not hmac.compare_digest(expected, message[cut:]):
             raise RejectedMessage("message authentication failed (forged or tampered)")
         (counter,) = _COUNTER.unpack_from(message)
-        if counter <= self.received:
-            raise RejectedMessage(
-                f"replayed or reordered message (counter {counter}, last accepted {self.received})"
-            )
-        self.received = counter
+        if counter > self.received:
+            shift = counter - self.received
+            self._seen = ((self._seen << shift) | 1) & _WINDOW_MASK if shift < REPLAY_WINDOW else 1
+            self.received = counter
+        else:
+            age = self.received - counter
+            if counter == 0 or age >= REPLAY_WINDOW or (self._seen >> age) & 1:
+                raise RejectedMessage(
+                    f"replayed or reordered message (counter {counter}, "
+                    f"last accepted {self.received})"
+                )
+            self._seen |= 1 << age
         return message[COUNTER_BYTES], message[COUNTER_BYTES + 1 : cut]
