@@ -19,7 +19,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar, TypeAlias
 
 __all__ = [
     "Engine",
@@ -31,6 +31,7 @@ __all__ = [
     "NetConfig",
     "Op",
     "TextEdit",
+    "kv_rows",
 ]
 
 
@@ -93,7 +94,7 @@ class KVTruncate:
     tokens: int
 
 
-Op = Union[TextEdit, MetaSet, MetaDelete, MetaAppend, KVAppend, KVTruncate]
+Op: TypeAlias = TextEdit | MetaSet | MetaDelete | MetaAppend | KVAppend | KVTruncate
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,9 @@ class NetConfig:
     seed: int = 0
 
 
-def kv_rows(cache: str, first: int, tokens: int, layers: int, kv_heads: int, head_dim: int) -> bytes:
+def kv_rows(
+    cache: str, first: int, tokens: int, layers: int, kv_heads: int, head_dim: int
+) -> bytes:
     """Deterministic stand-in rows for ``tokens`` new tokens of ``cache``
     from token ``first`` on: ``layers x 2 x kv_heads x tokens`` rows of
     ``head_dim / 32 * 18`` bytes, ordered ``[layer][K, V][head][token]``
