@@ -266,3 +266,40 @@ def test_restarted_owner_gets_back_in_step_with_its_mirror() -> None:
     # partial page 2 (40 = 2 x 16 + 8) travelled.
     assert cl2.metrics.kv_pages_sent == 2 * 2 * 2
     assert sv.metrics.kv_pages_sent == 0
+
+
+def test_small_appends_send_only_the_new_rows() -> None:
+    """Decoding appends a token or a few per cycle: a page that only grew
+    travels as a tail (the rows the peer lacks), not whole again."""
+    net = Network.star(3, seed=10, loss=0.2)
+    _, owner, other = net.names
+    cache = KVCache(4, 2, 64, "q8_0", page_tokens=256)
+    net[owner].kv["dec"] = cache
+    rng = np.random.default_rng(10)
+    cache.append(*rows(rng, cache, 100))
+    net.run_until_quiescent(2000)
+    links = list(net.links.values())
+    before = sum(link.metrics.kv_page_bytes_sent for link in links)
+    for _ in range(20):
+        cache.append(*rows(rng, cache, int(rng.integers(1, 4))))
+        net.run_until_quiescent(2000)
+    sent = sum(link.metrics.kv_page_bytes_sent for link in links) - before
+    new_rows_bytes = (cache.tokens - 100) * cache.layers * 2 * cache.kv_heads * cache.row_bytes
+    assert sent == 2 * new_rows_bytes  # owner -> hub -> other leaf: each new row twice
+    assert same(net[other].kv["dec"], cache)
+    assert sum(link.metrics.kv_resyncs for link in links) == 0
+
+
+def test_a_tail_that_does_not_fit_heals_by_a_resync() -> None:
+    cm, sm, cl, sv = pair()
+    cache = KVCache(2, 2, 64, "q4_0", page_tokens=32)
+    cm.kv["agent"] = cache
+    rng = np.random.default_rng(11)
+    cache.append(*rows(rng, cache, 40))
+    settle(cl, sv)
+    mirror = sm.kv["agent"]
+    mirror._bufs[0][1][1, 33, 0] ^= 0x55  # the mirror's row 33 rots unnoticed
+    cache.append(*rows(rng, cache, 3))  # page 1 (rows 32..42) travels as a tail
+    settle(cl, sv)
+    assert sv.metrics.kv_resyncs == 1
+    assert same(mirror, cache)

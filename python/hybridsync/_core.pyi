@@ -130,6 +130,7 @@ def kv_gather_pages(
     rows: int,
     head_index: _Buf,
     page_index: _Buf,
+    offset: int = 0,
 ) -> bytes: ...
 def kv_verify_pages(
     payload: _Buf,
@@ -153,5 +154,6 @@ def kv_scatter_pages(
     page_index: _Buf,
     hashes: _Buf,
     payload: _Buf,
+    offset: int = 0,
 ) -> None: ...
 def kv_page_hash(data: _Buf) -> int: ...

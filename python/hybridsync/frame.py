@@ -144,6 +144,9 @@ class KVRun:
     pages: np.ndarray
     hashes: np.ndarray
     payload: bytes | memoryview
+    #: Rows of each page the payload skips (0: whole pages; else page tails,
+    #: whose hashes the receiver checks against its own first rows).
+    offset: int = 0
 
 
 @dataclass(frozen=True)
@@ -214,6 +217,7 @@ def _encode_kv(entries: tuple[KVEntry, ...]) -> list[bytes | memoryview]:
             for r in e.runs:
                 _put_uint(out, r.layer)
                 out.append(r.kind)
+                _put_uint(out, r.offset)
                 _put_uint(out, len(r.heads))
                 out += r.heads.astype("<u4").tobytes()
                 out += r.pages.astype("<u4").tobytes()
@@ -381,6 +385,27 @@ def _get_geometry(r: _Reader, what: str) -> Geometry:
     return g
 
 
+def _check_tails(
+    name: str,
+    g: Geometry,
+    tokens: int,
+    heads: np.ndarray,
+    pages: np.ndarray,
+    size: int,
+    offset: int,
+) -> None:
+    """Page tails from row ``offset`` on: inside the geometry, each at least
+    one row, and exactly ``size`` bytes together."""
+    pages_in_use = -(-tokens // g.page_tokens)
+    if len(heads) and (int(heads.max()) >= g.kv_heads or int(pages.max()) >= pages_in_use):
+        raise DecodeError(f"a page tail of {name!r} lies outside the cache")
+    rows = np.minimum(g.page_tokens, tokens - pages.astype(np.int64) * g.page_tokens) - offset
+    if len(rows) and int(rows.min()) < 1:
+        raise DecodeError(f"a page tail of {name!r} starts past the rows in use")
+    if int(rows.sum()) * g.row_bytes != size:
+        raise DecodeError(f"page tails of {name!r} hold {size} bytes, not {int(rows.sum())} rows")
+
+
 def _decode_kv(data: bytes | memoryview, max_kv_bytes: int) -> tuple[KVEntry, ...]:
     r = _Reader(data)
     out: list[KVEntry] = []
@@ -427,13 +452,17 @@ def _decode_kv(data: bytes | memoryview, max_kv_bytes: int) -> tuple[KVEntry, ..
         if flags & ~(KV_COMPLETE | KV_PROBE):
             raise DecodeError(f"unknown KV flags 0x{flags:02x} for {name!r}")
         runs: list[KVRun] = []
-        seen: set[tuple[int, int]] = set()
-        for _ in range(r.count("KV run count", 4)):
+        seen: set[tuple[int, int, int]] = set()
+        for _ in range(r.count("KV run count", 5)):
             layer = r.uint()
             kv_kind = r.take(1)[0]
-            if layer >= g.layers or kv_kind > 1 or (layer, kv_kind) in seen:
-                raise DecodeError(f"bad or repeated KV run (layer {layer}, kind {kv_kind})")
-            seen.add((layer, kv_kind))
+            offset = r.uint()
+            key = (layer, kv_kind, offset)
+            if layer >= g.layers or kv_kind > 1 or key in seen or offset >= g.page_tokens:
+                raise DecodeError(
+                    f"bad or repeated KV run (layer {layer}, kind {kv_kind}, offset {offset})"
+                )
+            seen.add(key)
             n = r.count("page count", 16)
             heads = np.frombuffer(r.take(4 * n), dtype="<u4").astype(np.uint32)
             pidx = np.frombuffer(r.take(4 * n), dtype="<u4").astype(np.uint32)
@@ -441,10 +470,15 @@ def _decode_kv(data: bytes | memoryview, max_kv_bytes: int) -> tuple[KVEntry, ..
             payload = r.blob()
             if len(np.unique((heads.astype(np.uint64) << np.uint64(32)) | pidx)) != n:
                 raise DecodeError(f"a page of {name!r} appears twice in one run")
-            _core.kv_verify_pages(
-                payload, g.kv_heads, tokens, rb, g.page_tokens, tokens, heads, pidx, hashes
-            )
-            runs.append(KVRun(layer, kv_kind, heads, pidx, hashes, payload))
+            if offset == 0:
+                _core.kv_verify_pages(
+                    payload, g.kv_heads, tokens, rb, g.page_tokens, tokens, heads, pidx, hashes
+                )
+            else:
+                # Tails: their hashes cover rows the receiver holds, checked
+                # when applied; here the shape.
+                _check_tails(name, g, tokens, heads, pidx, len(payload), offset)
+            runs.append(KVRun(layer, kv_kind, heads, pidx, hashes, payload, offset))
         out.append(KVEntry(name, kind, owner, g, tokens, digest, flags, tuple(runs)))
     if r.pos != len(data):
         raise DecodeError(f"{len(data) - r.pos} trailing bytes after the KV section")

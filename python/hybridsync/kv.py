@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hybridsync import _core
-from hybridsync.errors import InvalidArgumentError, OwnershipError
+from hybridsync.errors import DecodeError, InvalidArgumentError, OwnershipError
 
 if TYPE_CHECKING:
     from hybridsync.memory import Memory
@@ -454,10 +454,12 @@ class KVCache:
                 layer[kind] = new
         self._capacity = cap
 
-    def _stale(self, page: int) -> None:
+    def _stale(self, token: int) -> None:
+        """Rows from ``token`` on were written (or cut)."""
+        page = token // self.geometry.page_tokens
         self._stale_from = page if self._stale_from is None else min(self._stale_from, page)
         if self._memory is not None and self._name is not None:
-            self._memory._kv_changed(self._name, page, None)
+            self._memory._kv_changed(self._name, page, None, first_token=token)
 
     def _quantize_all(self, x: Any, what: str) -> np.ndarray:
         g = self.geometry
@@ -504,7 +506,7 @@ class KVCache:
             layer[0][:, t0 : t0 + n] = qk[li]
             layer[1][:, t0 : t0 + n] = qv[li]
         self._tokens = max(self._tokens, t0 + n)
-        self._stale(t0 // self.geometry.page_tokens)
+        self._stale(t0)
 
     def append_quantized(self, keys: np.ndarray, values: np.ndarray) -> None:
         """Append already-quantized rows, ``uint8`` shaped
@@ -544,7 +546,7 @@ class KVCache:
             for buf in layer:
                 buf[:, tokens : self._tokens] = 0
         self._tokens = tokens
-        self._stale(tokens // self.geometry.page_tokens)
+        self._stale(tokens)
 
     # -- reading ----------------------------------------------------------------
 
@@ -650,14 +652,16 @@ class KVCache:
             first = int(np.nonzero(changed.any(axis=(0, 1, 2)))[0][0])
             self._table.set_range(0, fresh)
             if self._memory is not None and self._name is not None:
-                self._memory._kv_changed(self._name, first, None)
+                self._memory._kv_changed(
+                    self._name, first, None, first_token=first * self.geometry.page_tokens
+                )
         return count
 
     # -- mirrors (used by links) ------------------------------------------------
 
-    def _apply(self, e: Any, origin: Any) -> int:
-        """Apply a decoded (hash-verified) PAGES entry; returns the first
-        page that may have changed."""
+    def _apply(self, e: Any, origin: Any) -> bool:
+        """Apply a decoded (hash-verified) PAGES entry; returns True when
+        page tails did not complete our pages (divergence)."""
         g = self.geometry
         old = self._tokens
         if e.tokens < old:
@@ -666,29 +670,39 @@ class KVCache:
                     buf[:, e.tokens : old] = 0
         self._reserve(e.tokens)
         self._tokens = e.tokens
-        first = min(old, e.tokens) // g.page_tokens
+        first_token = min(old, e.tokens)
+        diverged = False
         for r in e.runs:
             buf = self._bufs[r.layer][r.kind]
-            _core.kv_scatter_pages(
-                buf.reshape(-1),
-                g.kv_heads,
-                buf.shape[1],
-                self._row_bytes,
-                g.page_tokens,
-                self._tokens,
-                r.heads,
-                r.pages,
-                r.hashes,
-                r.payload,
-            )
+            try:
+                _core.kv_scatter_pages(
+                    buf.reshape(-1),
+                    g.kv_heads,
+                    buf.shape[1],
+                    self._row_bytes,
+                    g.page_tokens,
+                    self._tokens,
+                    r.heads,
+                    r.pages,
+                    r.hashes,
+                    r.payload,
+                    r.offset,
+                )
+            except DecodeError:
+                if not r.offset:
+                    raise  # whole pages were verified while decoding
+                # Tails that do not complete our pages: our first rows differ
+                # from the sender's (divergence). Left as they are; the digest
+                # check after this entry asks for the sender's pages again.
+                diverged = True
             if len(r.pages):
-                first = min(first, int(r.pages.min()))
-        first = int(first)
+                first_token = min(first_token, int(r.pages.min()) * g.page_tokens + r.offset)
+        first = int(first_token) // g.page_tokens
         self._stale_from = first if self._stale_from is None else min(self._stale_from, first)
         self.refresh()
         if self._memory is not None and self._name is not None:
-            self._memory._kv_changed(self._name, first, origin)
-        return first
+            self._memory._kv_changed(self._name, first, origin, first_token=int(first_token))
+        return diverged
 
     # -- persistence -----------------------------------------------------------
 

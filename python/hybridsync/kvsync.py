@@ -35,12 +35,13 @@ __all__ = ["KVChannel"]
 class _Out:
     """What one link knows of the peer's copy of one cache."""
 
-    __slots__ = ("acked", "dirty_from", "probe")
+    __slots__ = ("acked", "dirty_from", "dirty_token", "probe")
 
     def __init__(self) -> None:
         self.acked: PageTable | None = None  # None: unknown, probe first
         self.probe: PageTable | None = None  # our table when we probed
-        self.dirty_from: int | None = 0
+        self.dirty_from: int | None = 0  # first page that may differ
+        self.dirty_token: int | None = 0  # first token row written since the last send
 
 
 class KVChannel:
@@ -72,12 +73,15 @@ class KVChannel:
 
     # -- local changes ----------------------------------------------------------
 
-    def mark(self, name: str, first_page: int, reset: bool) -> None:
+    def mark(self, name: str, first_page: int, reset: bool, first_token: int = 0) -> None:
         o = self.out.get(name)
         if o is None or reset:
             o = self.out[name] = _Out()
-        elif o.dirty_from is None or first_page < o.dirty_from:
-            o.dirty_from = first_page
+        else:
+            if o.dirty_from is None or first_page < o.dirty_from:
+                o.dirty_from = first_page
+            if o.dirty_token is None or first_token < o.dirty_token:
+                o.dirty_token = first_token
         self.deletes.pop(name, None)
         self.pending.add(name)
 
@@ -128,11 +132,16 @@ class KVChannel:
         )
 
     def _diff(self, name: str, cache: KVCache, o: _Out, budget: int) -> tuple[KVEntry | None, int]:
-        """Pages of ``cache`` the peer lacks, from ``o.dirty_from`` on."""
+        """Pages of ``cache`` the peer lacks, from ``o.dirty_from`` on.
+
+        When the rows the peer holds are unchanged since the last send and
+        its last page is partial, that page travels as a *tail*: only the
+        rows the peer lacks, with the hash of the page they complete."""
         assert o.acked is not None
         cache.refresh()
         first = o.dirty_from or 0
-        o.dirty_from = None
+        touched = o.dirty_token
+        o.dirty_from = o.dirty_token = None
         acked = o.acked
         mine = cache._table
         pages = cache.pages
@@ -147,8 +156,14 @@ class KVChannel:
         if len(idx) == 0 and not tokens_changed and acked._sum == mine._sum:
             return None, 0
         pt = cache.page_tokens
-        rows = np.minimum(pt, cache.tokens - (idx[:, 0] + first) * pt) if len(idx) else idx[:, 0]
-        sizes = rows * cache.row_bytes
+        held = acked.tokens
+        tail_page = -1
+        if touched is not None and touched >= held and held % pt and held < cache.tokens:
+            tail_page = held // pt  # the peer's partial last page only grew
+        absolute = idx[:, 0] + first
+        rows = np.minimum(pt, cache.tokens - absolute * pt)
+        skip = np.where(absolute == tail_page, held - tail_page * pt, 0)
+        sizes = (rows - skip) * cache.row_bytes
         flags = KV_COMPLETE
         if len(idx) and int(sizes.sum()) > budget:
             fit = int(np.searchsorted(np.cumsum(sizes), budget, side="right"))
@@ -156,39 +171,49 @@ class KVChannel:
             if fit < len(idx):
                 # Whole pages below the first unsent one went; resume there.
                 o.dirty_from = first + int(idx[fit, 0])
-                idx = idx[:fit]
-                sizes = sizes[:fit]
+                o.dirty_token = o.dirty_from * pt
+                idx, sizes, skip = idx[:fit], sizes[:fit], skip[:fit]
                 flags = 0
         runs: list[KVRun] = []
         acked.tokens = cache.tokens
         acked.cut(pages)
         if len(idx):
-            order = np.lexsort((idx[:, 0], idx[:, 3], idx[:, 2], idx[:, 1]))
-            idx = idx[order]
-            groups = idx[:, 1] * 2 + idx[:, 2]
-            bounds = np.flatnonzero(np.diff(groups)) + 1
-            for chunk in np.split(idx, bounds):
-                layer, kind = int(chunk[0, 1]), int(chunk[0, 2])
-                heads = chunk[:, 3].astype(np.uint32)
-                pidx = (chunk[:, 0] + first).astype(np.uint32)
-                hashes = mine.hashes[layer, kind, heads, pidx]
-                buf = cache._bufs[layer][kind]
-                payload = _core.kv_gather_pages(
-                    buf.reshape(-1),
-                    cache.kv_heads,
-                    buf.shape[1],
-                    cache.row_bytes,
-                    pt,
-                    cache.tokens,
-                    heads,
-                    pidx,
-                )
-                runs.append(KVRun(layer, kind, heads, pidx, hashes, payload))
-                acked.set_pages(layer, kind, heads, pidx, hashes)
+            for offset in sorted({int(x) for x in skip}):
+                part = idx[skip == offset]
+                order = np.lexsort((part[:, 0], part[:, 3], part[:, 2], part[:, 1]))
+                part = part[order]
+                groups = part[:, 1] * 2 + part[:, 2]
+                bounds = np.flatnonzero(np.diff(groups)) + 1
+                for chunk in np.split(part, bounds):
+                    runs.append(self._run(cache, chunk, first, offset))
+            for r in runs:
+                acked.set_pages(r.layer, r.kind, r.heads, r.pages, r.hashes)
         m = self.link.metrics
         m.kv_pages_sent += len(idx)
         m.kv_page_bytes_sent += int(sizes.sum()) if len(idx) else 0
         return self._pages_entry(name, cache, flags, tuple(runs)), int(sizes.sum())
+
+    @staticmethod
+    def _run(cache: KVCache, chunk: np.ndarray, first: int, offset: int) -> KVRun:
+        """The run of one (layer, K|V) for ``chunk`` rows of (page - first,
+        layer, kind, head), each page from row ``offset`` on."""
+        layer, kind = int(chunk[0, 1]), int(chunk[0, 2])
+        heads = chunk[:, 3].astype(np.uint32)
+        pidx = (chunk[:, 0] + first).astype(np.uint32)
+        hashes = cache._table.hashes[layer, kind, heads, pidx]
+        buf = cache._bufs[layer][kind]
+        payload = _core.kv_gather_pages(
+            buf.reshape(-1),
+            cache.kv_heads,
+            buf.shape[1],
+            cache.row_bytes,
+            cache.page_tokens,
+            cache.tokens,
+            heads,
+            pidx,
+            offset,
+        )
+        return KVRun(layer, kind, heads, pidx, hashes, payload, offset)
 
     # -- receiving ----------------------------------------------------------------
 
@@ -256,7 +281,7 @@ class KVChannel:
             o.acked = cache._table.copy()
             self._have(e, cache, cache._table.digest() == e.digest)
             return
-        cache._apply(e, self)
+        diverged = cache._apply(e, self)
         if o.acked is None:
             o.acked = cache._table.copy()
         else:
@@ -265,7 +290,7 @@ class KVChannel:
             for r in e.runs:
                 o.acked.set_pages(r.layer, r.kind, r.heads, r.pages, r.hashes)
         self.link.metrics.kv_pages_received += sum(len(r.heads) for r in e.runs)
-        if e.flags & KV_COMPLETE and cache._table.digest() != e.digest:
+        if diverged or (e.flags & KV_COMPLETE and cache._table.digest() != e.digest):
             self.link.metrics.kv_resyncs += 1
             o.acked = cache._table.copy()
             self._have(e, cache, False)

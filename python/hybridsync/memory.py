@@ -183,11 +183,17 @@ class Memory:
                 link._meta_dirty = True
 
     def _kv_changed(
-        self, name: str, first_page: int, origin: KVChannel | None, *, reset: bool = False
+        self,
+        name: str,
+        first_page: int,
+        origin: KVChannel | None,
+        *,
+        reset: bool = False,
+        first_token: int = 0,
     ) -> None:
         for link in self._links:
             if link._kv is not origin:
-                link._kv.mark(name, first_page, reset)
+                link._kv.mark(name, first_page, reset, first_token)
 
     def _kv_deleted(self, name: str, owner: str, origin: KVChannel | None) -> None:
         for link in self._links:

@@ -16,7 +16,7 @@
 //! panicking on bad input.
 
 use half::{bf16, f16};
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::{xxh3_64, Xxh3Default};
 
 use crate::error::{Error, Result};
 
@@ -629,6 +629,86 @@ pub fn scatter_pages(
     Ok(())
 }
 
+/// The byte ranges of the tails of pages `(heads[i], pages[i])`: each page's
+/// rows in use from row `offset` of the page on.
+pub fn tail_ranges(
+    buf_len: usize,
+    layout: &PageLayout,
+    heads: &[u32],
+    pages: &[u32],
+    offset: usize,
+) -> Result<Vec<std::ops::Range<usize>>> {
+    let ranges = page_ranges(buf_len, layout, heads, pages)?;
+    let skip = offset
+        .checked_mul(layout.row_bytes)
+        .ok_or_else(|| Error::invalid("tail offset overflows"))?;
+    ranges
+        .into_iter()
+        .map(|r| {
+            if skip >= r.len() {
+                Err(Error::decode(format!(
+                    "tail offset of {offset} rows leaves nothing of a page of {} bytes",
+                    r.len()
+                )))
+            } else {
+                Ok(r.start + skip..r.end)
+            }
+        })
+        .collect()
+}
+
+/// Write page tails (see [`tail_ranges`]) into `buf`, each checked first:
+/// the page's rows before `offset` as `buf` holds them, followed by its tail,
+/// must hash to the page's hash. Nothing is written unless every page checks
+/// out (a mismatch means the receiver's prefix differs from the sender's:
+/// divergence, reported as [`Error::Decode`]).
+pub fn scatter_tails(
+    buf: &mut [u8],
+    layout: &PageLayout,
+    heads: &[u32],
+    pages: &[u32],
+    hashes: &[u64],
+    payload: &[u8],
+    offset: usize,
+) -> Result<()> {
+    if hashes.len() != heads.len() {
+        return Err(Error::decode("page index and hash lists differ in length"));
+    }
+    let ranges = tail_ranges(buf.len(), layout, heads, pages, offset)?;
+    let total: usize = ranges.iter().map(|r| r.len()).sum();
+    if total != payload.len() {
+        return Err(Error::decode(format!(
+            "tail payload of {} bytes, {total} expected",
+            payload.len()
+        )));
+    }
+    let skip = offset * layout.row_bytes;
+    let mut at = 0;
+    for (r, &want) in ranges.iter().zip(hashes) {
+        let mut h = Xxh3Default::new();
+        h.update(&buf[r.start - skip..r.start]);
+        h.update(&payload[at..at + r.len()]);
+        let got = match h.digest() {
+            0 => 1,
+            v => v,
+        };
+        if got != want {
+            return Err(Error::decode(format!(
+                "page tail at byte {} does not complete the page: {got:016x} != {want:016x}",
+                r.start
+            )));
+        }
+        at += r.len();
+    }
+    at = 0;
+    for r in ranges {
+        let n = r.len();
+        buf[r].copy_from_slice(&payload[at..at + n]);
+        at += n;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -710,6 +790,32 @@ mod tests {
         assert!(dst2.iter().all(|&b| b == 0));
         assert!(scatter_pages(&mut dst2, &layout, &[2], &[0], &[1], &payload[..12]).is_err());
         assert!(scatter_pages(&mut dst2, &layout, &[0], &[2], &[1], &payload[..12]).is_err());
+    }
+
+    #[test]
+    fn tails_complete_pages_or_change_nothing() {
+        let layout = PageLayout {
+            heads: 2,
+            capacity: 8,
+            row_bytes: 3,
+            page_rows: 4,
+            rows: 7,
+        };
+        let src: Vec<u8> = (0..48u8).collect();
+        let r = layout.page_range(1, 1).unwrap_or(0..0); // rows 4..7 of head 1
+        let want = page_hash(&src[r.clone()]);
+        let mut dst = src.clone();
+        dst[r.start + 3..r.end].fill(0); // the receiver has row 4 only
+        let tail = &src[r.start + 3..r.end];
+        let mut bad = dst.clone();
+        bad[r.start] ^= 1; // a prefix that differs: refused, nothing written
+        let before = bad.clone();
+        assert!(scatter_tails(&mut bad, &layout, &[1], &[1], &[want], tail, 1).is_err());
+        assert_eq!(bad, before);
+        assert!(scatter_tails(&mut dst, &layout, &[1], &[1], &[want], tail, 1).is_ok());
+        assert_eq!(dst, src);
+        assert!(scatter_tails(&mut dst, &layout, &[1], &[1], &[want], tail, 3).is_err());
+        assert!(scatter_tails(&mut dst, &layout, &[1], &[1], &[want], tail, 9).is_err());
     }
 
     proptest! {

@@ -200,8 +200,10 @@ pub fn kv_hash_pages(
     Ok(())
 }
 
-/// The concatenated bytes of pages `(heads[i], pages[i])` (`u32` buffers).
+/// The concatenated bytes of pages `(heads[i], pages[i])` (`u32` buffers),
+/// each from row `offset` of the page on (0: whole pages).
 #[pyfunction]
+#[pyo3(signature = (buf, heads, capacity, row_bytes, page_rows, rows, head_index, page_index, offset=0))]
 #[allow(clippy::too_many_arguments)]
 pub fn kv_gather_pages<'py>(
     py: Python<'py>,
@@ -213,6 +215,7 @@ pub fn kv_gather_pages<'py>(
     rows: usize,
     head_index: &Bound<'_, PyAny>,
     page_index: &Bound<'_, PyAny>,
+    offset: usize,
 ) -> PyResult<Bound<'py, PyBytes>> {
     let buf_buf = PyUntypedBuffer::get(buf)?;
     let head_index_buf = PyUntypedBuffer::get(head_index)?;
@@ -221,7 +224,12 @@ pub fn kv_gather_pages<'py>(
     let b = bytes_of(&buf_buf, "buf")?;
     let hi: Vec<u32> = typed(bytes_of(&head_index_buf, "head_index")?, "head_index")?;
     let pi: Vec<u32> = typed(bytes_of(&page_index_buf, "page_index")?, "page_index")?;
-    let ranges = kv::page_ranges(b.len(), &l, &hi, &pi).map_err(CoreError)?;
+    let ranges = if offset == 0 {
+        kv::page_ranges(b.len(), &l, &hi, &pi)
+    } else {
+        kv::tail_ranges(b.len(), &l, &hi, &pi, offset)
+    }
+    .map_err(CoreError)?;
     let total: usize = ranges.iter().map(|r| r.len()).sum();
     // Straight into the new bytes object: one copy of the pages.
     PyBytes::new_with(py, total, |out| {
@@ -260,8 +268,10 @@ pub fn kv_verify_pages(
 }
 
 /// Verify pages and write them into `buf`; nothing is written unless every
-/// page checks out.
+/// page checks out. With `offset` > 0 the payload holds page tails from that
+/// row on, checked against the hash of the page they complete.
 #[pyfunction]
+#[pyo3(signature = (buf, heads, capacity, row_bytes, page_rows, rows, head_index, page_index, hashes, payload, offset=0))]
 #[allow(clippy::too_many_arguments)]
 pub fn kv_scatter_pages(
     py: Python<'_>,
@@ -275,6 +285,7 @@ pub fn kv_scatter_pages(
     page_index: &Bound<'_, PyAny>,
     hashes: &Bound<'_, PyAny>,
     payload: &Bound<'_, PyAny>,
+    offset: usize,
 ) -> PyResult<()> {
     let buf_buf = PyUntypedBuffer::get(buf)?;
     let head_index_buf = PyUntypedBuffer::get(head_index)?;
@@ -287,7 +298,14 @@ pub fn kv_scatter_pages(
     let hi: Vec<u32> = typed(bytes_of(&head_index_buf, "head_index")?, "head_index")?;
     let pi: Vec<u32> = typed(bytes_of(&page_index_buf, "page_index")?, "page_index")?;
     let hs: Vec<u64> = typed(bytes_of(&hashes_buf, "hashes")?, "hashes")?;
-    maybe_detach(py, p.len(), || kv::scatter_pages(b, &l, &hi, &pi, &hs, p)).map_err(CoreError)?;
+    maybe_detach(py, p.len(), || {
+        if offset == 0 {
+            kv::scatter_pages(b, &l, &hi, &pi, &hs, p)
+        } else {
+            kv::scatter_tails(b, &l, &hi, &pi, &hs, p, offset)
+        }
+    })
+    .map_err(CoreError)?;
     Ok(())
 }
 
