@@ -248,3 +248,30 @@ def test_trace_with_concurrent_turns_converges(name: str) -> None:
     digests = {hub.digest(), *(c.digest() for c in clients)}
     assert len(digests) == 1
     assert all(cl.idle and sv.idle for cl, sv in links)
+
+
+def test_copies_meeting_without_history_keep_shared_lines_once() -> None:
+    """A hub restarted without its state hears from two nodes that both hold
+    the document (one with a line the other lacks): shared lines once, both
+    nodes' own lines kept, nothing duplicated."""
+    base = "".join(f"step {i}\n" for i in range(1, 6))
+    hub = Memory("hub")
+    nodes = [Memory("a"), Memory("b")]
+    nodes[0].text["plan"] = base
+    nodes[1].text["plan"] = base.replace("step 3\n", "step 3\nstep 3b (from b)\n")
+    links = [
+        (Link(n, "hub", role="client"), Link(hub, n.replica_id, role="server")) for n in nodes
+    ]
+    settle(links)
+    want = base.replace("step 3\n", "step 3\nstep 3b (from b)\n")
+    assert hub.text["plan"] == want
+    assert all(n.text["plan"] == want for n in nodes)
+
+
+def test_independent_creations_keep_both_texts() -> None:
+    cm, sm, cl, sv = pair()
+    cm.text["log"] = "client's first line\n"
+    sm.text["log"] = "server's first line\n"
+    settle([(cl, sv)])
+    assert sorted(cm.text["log"].splitlines()) == ["client's first line", "server's first line"]
+    assert cm.text["log"] == sm.text["log"]

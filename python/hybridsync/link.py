@@ -38,7 +38,7 @@ from hybridsync.frame import (
 from hybridsync.kvsync import KVChannel
 from hybridsync.memory import Memory, _check_encodable
 from hybridsync.meta import decode_state_vector, merge_state_vectors
-from hybridsync.text import apply_patch, make_patch, merge3
+from hybridsync.text import apply_patch, common_lines, make_patch, merge3
 
 __all__ = ["Link", "LinkMetrics", "Role"]
 
@@ -623,9 +623,11 @@ class Link:
         new_text = e.text
         creation = doc is None or (doc.full_pending and (doc.local, doc.remote) == (1, 0))
         if text is not None and text != e.text and creation:
-            # Both sides created the document independently: keep both
-            # texts, the incoming one first.
-            new_text = merge3("", e.text, text)
+            # Both sides hold the document without a shared history on this
+            # link: independent creations, or copies of one document meeting
+            # again (a peer restarted without its state). Keep both texts,
+            # the incoming one first, but the lines they share only once.
+            new_text = merge3(common_lines(e.text, text), e.text, text)
             self.metrics.creation_conflicts += 1
         elif doc is not None and text is not None:
             # Carry over our changes the peer does not have.

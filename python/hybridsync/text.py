@@ -19,6 +19,8 @@ Errors are raised from :mod:`hybridsync.errors`.
 
 from __future__ import annotations
 
+import difflib
+
 from hybridsync._core import (
     DIFF_DELETE,
     DIFF_EQUAL,
@@ -41,12 +43,26 @@ __all__ = [
     "Hunk",
     "Patch",
     "apply_patch",
+    "common_lines",
     "diff",
     "make_patch",
     "match",
     "merge3",
     "patch_from_diffs",
 ]
+
+
+def common_lines(a: str, b: str) -> str:
+    """The lines ``a`` and ``b`` share, in order (a longest matching
+    subsequence of whole lines, line endings included): a stand-in common
+    ancestor for two copies of a document that met without a shared history,
+    so that :func:`merge3` keeps what they share once and every other line
+    of both."""
+    la, lb = a.splitlines(keepends=True), b.splitlines(keepends=True)
+    matcher = difflib.SequenceMatcher(None, la, lb, autojunk=False)
+    return "".join(
+        "".join(la[m.a : m.a + m.size]) for m in matcher.get_matching_blocks() if m.size
+    )
 
 
 def merge3(base: str, theirs: str, ours: str) -> str:
