@@ -249,6 +249,7 @@ def links_table(links: list[dict[str, Any]], *, now: float, title: str | None = 
         "exchanges",
         "frames out/in",
         "bytes out/in",
+        "KV pages out/in",
         "resyncs",
         "retransmits",
         "stale",
@@ -270,14 +271,15 @@ def links_table(links: list[dict[str, Any]], *, now: float, title: str | None = 
             f"{s.get('exchanges', 0):,}",
             f"{m.get('frames_sent', 0):,}/{m.get('frames_received', 0):,}",
             f"{_human_bytes(m.get('bytes_sent', 0))}/{_human_bytes(m.get('bytes_received', 0))}",
-            f"{m.get('resyncs', 0):,}",
+            f"{m.get('kv_pages_sent', 0):,}/{m.get('kv_pages_received', 0):,}",
+            f"{m.get('resyncs', 0) + m.get('kv_resyncs', 0):,}",
             f"{m.get('retransmits', 0):,}",
             f"{m.get('stale_frames', 0):,}",
             f"{s.get('rejected', 0):,}",
             _ago(s.get("last_exchange"), now),
         )
     if not links:
-        table.add_row("(no links yet)", *([""] * 10))
+        table.add_row("(no links yet)", *([""] * 11))
     return table
 
 
@@ -319,6 +321,15 @@ def status_renderable(status: dict[str, Any], *, now: float | None = None) -> Gr
             str(status.get("digest", ""))[:16],
         )
     )
+    kv = status.get("kv") or {}
+    if kv.get("caches"):
+        lines.append(
+            Text.assemble(
+                ("KV caches ", "dim"),
+                f"{kv['caches']:,} ({kv.get('owned', 0):,} owned here, the rest mirrors), "
+                f"{kv.get('tokens', 0):,} tokens, {_human_bytes(kv.get('bytes', 0))}",
+            )
+        )
     if status.get("handshakes_failed"):
         lines.append(
             Text(f"connections refused before authentication: {status['handshakes_failed']:,}")
@@ -554,6 +565,12 @@ def _snapshot(
         "documents": len(memory.text),
         "text_bytes": sum(len(v.encode()) for v in memory.text.values()),
         "meta": dataclasses.asdict(memory.meta.measure()),
+        "kv": {
+            "caches": len(memory.kv),
+            "owned": sum(c.owner == memory.replica_id for c in memory.kv.values()),
+            "tokens": sum(c.tokens for c in memory.kv.values()),
+            "bytes": sum(c.nbytes for c in memory.kv.values()),
+        },
         "handshakes_failed": hub.handshakes_failed if hub is not None else 0,
         "links": links,
     }
@@ -907,9 +924,10 @@ def status(target: str | None, as_json: bool) -> None:
     status file. Without TARGET: every hub and node of this user.
 
     Columns: bytes and frames sent/received by the sync engine, completed
-    exchanges, resyncs (divergence detections that re-initialised a
-    document), retransmissions, stale frames (duplicates, reordered),
-    rejected messages (forged, replayed, undecodable) and the last exchange.
+    exchanges, KV cache pages sent/received, resyncs (divergence detections
+    that re-initialised a document or a KV page table), retransmissions,
+    stale frames (duplicates, reordered), rejected messages (forged,
+    replayed, undecodable) and the last exchange.
     """
     console = make_console()
     if target is None:
