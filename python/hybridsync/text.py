@@ -60,9 +60,7 @@ def common_lines(a: str, b: str) -> str:
     of both."""
     la, lb = a.splitlines(keepends=True), b.splitlines(keepends=True)
     matcher = difflib.SequenceMatcher(None, la, lb, autojunk=False)
-    return "".join(
-        "".join(la[m.a : m.a + m.size]) for m in matcher.get_matching_blocks() if m.size
-    )
+    return "".join("".join(la[m.a : m.a + m.size]) for m in matcher.get_matching_blocks() if m.size)
 
 
 def merge3(base: str, theirs: str, ours: str) -> str:
