@@ -71,7 +71,12 @@ test-llama: build ## llama.cpp end to end (builds llama-cpp-python from source: 
 	$(BIN)/pytest tests/test_kv_llama_cpp.py
 
 .PHONY: bench
-bench: bench-text bench-sync bench-meta bench-kv bench-ttft ## All benchmarks (results in benches/results/)
+bench: build ## hybridsync vs pycrdt and Loro over a lossy network (benches/results/bench, README)
+	$(PY) -m pip install --quiet "loro>=1.0"
+	$(BIN)/hybridsync bench
+
+.PHONY: bench-all
+bench-all: bench bench-text bench-sync bench-meta bench-kv bench-ttft ## Every benchmark (results in benches/results/)
 
 .PHONY: bench-text
 bench-text: build ## Text kernels vs diff-match-patch (C++) and diff-match-patch (Python)

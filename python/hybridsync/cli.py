@@ -1074,6 +1074,21 @@ def demo(
     sys.exit(run_demo(config, make_console()))
 
 
+def _bench_command(ctx: click.Context) -> str:
+    """The ``hybridsync bench`` command line, with the options given explicitly."""
+    from click.core import ParameterSource
+
+    parts = ["hybridsync", "bench"]
+    for param in ctx.command.params:
+        if param.name is None or not isinstance(param, click.Option):
+            continue
+        if ctx.get_parameter_source(param.name) != ParameterSource.COMMANDLINE:
+            continue
+        flag = param.opts[0]
+        parts += [flag] if param.is_flag else [flag, str(ctx.params[param.name])]
+    return " ".join(parts)
+
+
 def _csv(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
 
@@ -1195,9 +1210,7 @@ def bench(
     ]
     for note in notes:
         console.print(f"[yellow]note:[/] {escape(note)}")
-    command = (
-        "hybridsync bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else "hybridsync bench"
-    )
+    command = _bench_command(click.get_current_context())
     started = time.perf_counter()
     with Progress(
         "[progress.description]{task.description}",
