@@ -48,9 +48,13 @@ class TextEdit:
 
 @dataclass(frozen=True)
 class MetaSet:
-    """Set the metadata value at ``path`` (a tuple of dict keys; every
-    container on the way exists) to a JSON-like ``value`` (dicts, lists,
-    str, int, float, bool, None)."""
+    """Set the metadata value at ``path`` (a tuple of dict keys) to a
+    JSON-like ``value`` (dicts, lists, str, int, float, bool, None).
+
+    On a lossy network the writer may not have received a container on the
+    way yet: the runner holds such a transaction back until the replica sees
+    the container (and drops it, counted, after a while); an engine that is
+    handed one anyway skips the op and counts it."""
 
     path: tuple[str, ...]
     value: Any
@@ -58,14 +62,15 @@ class MetaSet:
 
 @dataclass(frozen=True)
 class MetaDelete:
-    """Delete the key at ``path`` (it exists)."""
+    """Delete the key at ``path`` (see :class:`MetaSet` for missing containers)."""
 
     path: tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class MetaAppend:
-    """Append ``value`` to the list at ``path`` (it exists)."""
+    """Append ``value`` to the list at ``path`` (see :class:`MetaSet` for
+    missing containers)."""
 
     path: tuple[str, ...]
     value: Any
@@ -162,8 +167,10 @@ class Engine(ABC):
 
     @abstractmethod
     def converged(self) -> bool:
-        """Every replica holds the same content and the protocol has
-        nothing left to deliver (a stable state, not a lucky instant)."""
+        """Every replica holds the same content, and that content is stable:
+        nothing local is left unsent and nothing still in flight can change
+        it (for a CRDT: equal state vectors; for hybridsync: equal digests
+        and idle links), so it is not a lucky instant."""
 
     @abstractmethod
     def text(self, replica: str, doc: str) -> str:
@@ -171,7 +178,8 @@ class Engine(ABC):
 
     @abstractmethod
     def meta(self, replica: str) -> Any:
-        """The metadata of ``replica`` as a plain JSON value (a dict)."""
+        """The metadata of ``replica`` as a plain JSON value (a dict);
+        numbers compare by value (an engine may read 1 back as 1.0)."""
 
     @abstractmethod
     def kv_digest(self, replica: str, cache: str) -> str:
