@@ -89,16 +89,32 @@ class Memory:
         replica_id: a name unique in the swarm (it travels in every frame).
         compaction: when the root of the link tree starts a new metadata
             epoch (see :class:`hybridsync.meta.CompactionPolicy`).
+        incarnation: salts this replica's CRDT client ids, so that a
+            replica restarted under the same id never reuses the ids (and
+            clocks) of its previous life. Random by default; give a value
+            (a 64-bit int, different per incarnation) for reproducible runs.
     """
 
-    def __init__(self, replica_id: str, *, compaction: CompactionPolicy | None = None) -> None:
+    def __init__(
+        self,
+        replica_id: str,
+        *,
+        compaction: CompactionPolicy | None = None,
+        incarnation: int | None = None,
+    ) -> None:
         if not isinstance(replica_id, str) or not replica_id:
             raise InvalidArgumentError("replica_id must be a non-empty str")
         _check_encodable(replica_id, "replica_id")
         self.replica_id = replica_id
         self._links: list[Link] = []
         self.text = TextDocuments(self)
-        self.meta = Meta(self, compaction or CompactionPolicy())
+        if incarnation is not None and not (
+            isinstance(incarnation, int) and 0 <= incarnation < 1 << 64
+        ):
+            raise InvalidArgumentError(
+                f"incarnation must be an int in 0 .. 2**64-1, got {incarnation!r}"
+            )
+        self.meta = Meta(self, compaction or CompactionPolicy(), incarnation)
         self.kv = KVCaches(self)
 
     def __repr__(self) -> str:

@@ -366,7 +366,9 @@ def _index(index: int, length: int) -> int:
 class Meta(_LiveMapping):
     """The structured metadata of a replica (``memory.meta``)."""
 
-    def __init__(self, memory: Memory, policy: CompactionPolicy) -> None:
+    def __init__(
+        self, memory: Memory, policy: CompactionPolicy, incarnation: int | None = None
+    ) -> None:
         self._memory = memory
         self.policy = policy
         self.metrics = MetaMetrics()
@@ -380,7 +382,7 @@ class Meta(_LiveMapping):
         self._frozen: dict[int, bytes] = {}
         self._changed = True  # since the last compaction check
         self._client = 0
-        self._salt = secrets.randbits(64)
+        self._salt = secrets.randbits(64) if incarnation is None else incarnation
         self._estimate = 0
         self._delivered = 0
         self._base_size = 0

@@ -52,6 +52,8 @@ from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
+import xxhash
+
 from hybridsync import Link, LinkMetrics, Memory
 from hybridsync.errors import HybridSyncError, InvalidArgumentError
 
@@ -405,7 +407,9 @@ class Network:
         if name in self._memories:
             raise TopologyError(f"replica {name!r} already exists")
         if memory is None:
-            memory = Memory(name)
+            # A seeded incarnation: the same seed gives the same bytes.
+            incarnation = xxhash.xxh64_intdigest(f"{self.seed}\x00{name}".encode())
+            memory = Memory(name, incarnation=incarnation)
         elif memory.replica_id != name:
             raise InvalidArgumentError(
                 f"replica {name!r} needs a Memory with that replica_id, got {memory.replica_id!r}"
