@@ -235,6 +235,19 @@ def markdown(payload: dict[str, Any]) -> str:
                     f"{_num(r.get('converge_ticks'), 'ticks')} | {_num(r.get('ticks'), 'ticks')} "
                     f"| {_ok(r)}{extra} |"
                 )
+        shallow = [
+            (loss, r["state_shallow_bytes"])
+            for loss in _losses(results)
+            if (r := by.get((w, loss, "loro"))) is not None and r.get("state_shallow_bytes")
+        ]
+        if shallow:
+            lines += [
+                "",
+                "Loro's shallow snapshot at the end (history dropped; what a joining replica "
+                "could download instead of the full state): "
+                + ", ".join(f"{_bytes(b)} at {loss:.0%} loss" for loss, b in shallow)
+                + ".",
+            ]
         lines.append("")
         if baselines:
             lines += [

@@ -396,6 +396,10 @@ def run_cell(spec: CellSpec) -> dict[str, Any]:
         "state": samples,
         "state_max_bytes": max(s for _, s in samples),
         "state_final_bytes": samples[-1][1],
+        # Loro: the history-free snapshot a joining replica could fetch instead.
+        "state_shallow_bytes": (
+            int(engine.state_bytes_shallow()) if hasattr(engine, "state_bytes_shallow") else None
+        ),
         "ticks": ticks,
         "converge_ticks": converge_ticks if status == "ok" else None,
         "deferred": deferred,
