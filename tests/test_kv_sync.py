@@ -303,3 +303,93 @@ def test_a_tail_that_does_not_fit_heals_by_a_resync() -> None:
     settle(cl, sv)
     assert sv.metrics.kv_resyncs == 1
     assert same(mirror, cache)
+
+
+def test_mirror_reconnecting_to_its_owner_keeps_the_link_alive() -> None:
+    """The owner is the server; its mirror's link restarts. One entry per
+    cache per frame: the link keeps working, text included."""
+    cm, sm, cl, sv = pair()
+    cache = KVCache(2, 2, 64, "q4_0", page_tokens=16)
+    sm.kv["hubcache"] = cache
+    rng = np.random.default_rng(12)
+    cache.append(*rows(rng, cache, 40))
+    settle(cl, sv)
+    cl.close()
+    cl2 = Link(cm, "s", role="client")
+    settle(cl2, sv)
+    cache.append(*rows(rng, cache, 5))
+    cm.text["doc"] = "still flowing"
+    settle(cl2, sv)
+    assert same(cm.kv["hubcache"], cache) and sm.text["doc"] == "still flowing"
+
+
+def test_scan_on_a_mirror_heals_from_the_owner() -> None:
+    cm, sm, cl, sv = pair()
+    cache = KVCache(2, 2, 64, "q4_0", page_tokens=16)
+    cm.kv["x"] = cache
+    cache.append(*rows(np.random.default_rng(13), cache, 50))
+    settle(cl, sv)
+    mirror = sm.kv["x"]
+    mirror._bufs[1][0][0, 3, 0] ^= 1
+    assert sm.kv.scan() == 1
+    settle(cl, sv)
+    assert same(mirror, cache)
+    assert cl.metrics.kv_pages_sent == 2 * 2 * 2 * 4 + 1  # the whole cache once, then the page
+
+
+def test_deletions_survive_reconnects() -> None:
+    a, h, b = Memory("a"), Memory("h"), Memory("b")
+    la, ha = Link(a, "h", role="client"), Link(h, "a", role="server")
+    lb, hb = Link(b, "h", role="client"), Link(h, "b", role="server")
+    x = KVCache(2, 2, 64, "q4_0", page_tokens=16)
+    a.kv["x"] = x
+    x.append(*rows(np.random.default_rng(14), x, 40))
+    settle(la, ha)
+    settle(lb, hb)
+    assert "x" in b.kv
+    del a.kv["x"]
+    settle(la, ha)  # the hub learns of the deletion; b not yet
+    lb.close()
+    lb2 = Link(b, "h", role="client")  # b reconnects, still holding its mirror
+    settle(lb2, hb)
+    settle(la, ha)
+    assert [list(m.kv) for m in (a, h, b)] == [[], [], []]
+    # The owner deleted a cache while disconnected, then reconnects.
+    y = KVCache(1, 1, 32, "q8_0", page_tokens=4)
+    a.kv["y"] = y
+    y.append(*rows(np.random.default_rng(15), y, 10))
+    settle(la, ha)
+    del a.kv["y"]
+    la.close()
+    la2 = Link(a, "h", role="client")
+    a.text["note"] = "hi"
+    settle(la2, ha)
+    settle(la2, ha)
+    assert "y" not in a.kv and "y" not in h.kv
+
+
+def test_a_diverged_tail_heals_while_the_owner_keeps_appending() -> None:
+    cm, sm, cl, sv = pair()
+    cache = KVCache(2, 2, 64, "q4_0", page_tokens=32)
+    cm.kv["agent"] = cache
+    rng = np.random.default_rng(16)
+    cache.append(*rows(rng, cache, 40))
+    settle(cl, sv)
+    sm.kv["agent"]._bufs[0][1][1, 33, 0] ^= 0x55
+    for _ in range(10):
+        cache.append(*rows(rng, cache, 1))
+        exchange(cl, sv)
+    assert sm.kv["agent"].digest() == cache.digest()
+    assert same(sm.kv["agent"], cache)
+
+
+def test_equal_tables_send_nothing() -> None:
+    cm, sm, cl, sv = pair()
+    cache = KVCache(2, 2, 64, "q4_0", page_tokens=16)
+    cm.kv["agent"] = cache
+    rng = np.random.default_rng(17)
+    for _ in range(6):
+        cache.append(*rows(rng, cache, int(rng.integers(1, 30))))
+        settle(cl, sv)
+    cm._kv_changed("agent", 0, None, first_token=0)  # a change that changed nothing
+    assert not decode_frame(cl.outgoing() or b"").kv

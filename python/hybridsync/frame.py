@@ -156,6 +156,9 @@ class KVEntry:
     name: str
     kind: KVKind
     owner: str
+    #: The cache's incarnation: random per cache its owner creates, so a
+    #: re-created cache is not taken for a deleted (or older) one.
+    uid: int = 0
     geometry: Geometry | None = None
     tokens: int = 0
     digest: int = 0
@@ -205,6 +208,7 @@ def _encode_kv(entries: tuple[KVEntry, ...]) -> list[bytes | memoryview]:
         _put_bytes(out, e.name.encode())
         out.append(e.kind)
         _put_bytes(out, e.owner.encode())
+        out += _CHECKSUM.pack(e.uid)
         if e.kind == KVKind.DELETE:
             continue
         assert e.geometry is not None
@@ -423,11 +427,14 @@ def _decode_kv(data: bytes | memoryview, max_kv_bytes: int) -> tuple[KVEntry, ..
         owner = r.text("KV cache owner")
         if not owner:
             raise DecodeError(f"KV cache {name!r} has an empty owner")
+        (uid,) = _CHECKSUM.unpack(r.take(_CHECKSUM.size))
         if kind == KVKind.DELETE:
-            out.append(KVEntry(name, kind, owner))
+            out.append(KVEntry(name, kind, owner, uid))
             continue
         g = _get_geometry(r, repr(name))
         tokens = r.uint()
+        if tokens >= 1 << 40:
+            raise LimitExceededError(f"KV cache {name!r} declares {tokens} tokens")
         rb = g.row_bytes
         if tokens * rb * g.kv_heads * g.layers * 2 > max_kv_bytes:
             raise LimitExceededError(
@@ -446,13 +453,14 @@ def _decode_kv(data: bytes | memoryview, max_kv_bytes: int) -> tuple[KVEntry, ..
                 raw = r.take(count * 8)
                 table = np.frombuffer(raw, dtype="<u8").astype(np.uint64)
                 table = table.reshape(g.layers, 2, g.kv_heads, pages)
-            out.append(KVEntry(name, kind, owner, g, tokens, digest, table=table))
+            out.append(KVEntry(name, kind, owner, uid, g, tokens, digest, table=table))
             continue
         flags = r.take(1)[0]
         if flags & ~(KV_COMPLETE | KV_PROBE):
             raise DecodeError(f"unknown KV flags 0x{flags:02x} for {name!r}")
         runs: list[KVRun] = []
         seen: set[tuple[int, int, int]] = set()
+        pages_seen: set[int] = set()
         for _ in range(r.count("KV run count", 5)):
             layer = r.uint()
             kv_kind = r.take(1)[0]
@@ -468,8 +476,11 @@ def _decode_kv(data: bytes | memoryview, max_kv_bytes: int) -> tuple[KVEntry, ..
             pidx = np.frombuffer(r.take(4 * n), dtype="<u4").astype(np.uint32)
             hashes = np.frombuffer(r.take(8 * n), dtype="<u8").astype(np.uint64)
             payload = r.blob()
-            if len(np.unique((heads.astype(np.uint64) << np.uint64(32)) | pidx)) != n:
-                raise DecodeError(f"a page of {name!r} appears twice in one run")
+            keys = (heads.astype(np.uint64) << np.uint64(32)) | pidx
+            unique = {int(k) | (layer * 2 + kv_kind) << 48 for k in np.unique(keys)}
+            if len(unique) != n or not pages_seen.isdisjoint(unique):
+                raise DecodeError(f"a page of {name!r} appears twice in one frame")
+            pages_seen |= unique
             if offset == 0:
                 _core.kv_verify_pages(
                     payload, g.kv_heads, tokens, rb, g.page_tokens, tokens, heads, pidx, hashes
@@ -479,7 +490,7 @@ def _decode_kv(data: bytes | memoryview, max_kv_bytes: int) -> tuple[KVEntry, ..
                 # when applied; here the shape.
                 _check_tails(name, g, tokens, heads, pidx, len(payload), offset)
             runs.append(KVRun(layer, kv_kind, heads, pidx, hashes, payload, offset))
-        out.append(KVEntry(name, kind, owner, g, tokens, digest, flags, tuple(runs)))
+        out.append(KVEntry(name, kind, owner, uid, g, tokens, digest, flags, tuple(runs)))
     if r.pos != len(data):
         raise DecodeError(f"{len(data) - r.pos} trailing bytes after the KV section")
     return tuple(out)

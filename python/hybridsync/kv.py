@@ -13,7 +13,7 @@ Each cache keeps a table of xxh3-64 page hashes, refreshed lazily and only
 for the pages written since the last refresh (O(changed), not O(cache)).
 Links mirror a cache by comparing that table against a per-link table of
 what the peer holds and sending only the pages that differ
-(``docs/protocol.md`` section 7). :meth:`KVCache.scan` rehashes everything
+(``docs/protocol.md`` section 6.10). :meth:`KVCache.scan` rehashes everything
 and catches memory changed behind the API's back.
 
 Values must be finite: NaN or infinity in keys or values raise
@@ -36,6 +36,7 @@ conflict is recorded in ``memory.kv.conflicts``.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -65,6 +66,9 @@ _MAX_LAYERS = 4096
 _MAX_HEADS = 4096
 _MAX_HEAD_DIM = 1 << 16
 _MAX_PAGE_TOKENS = 1 << 16
+#: Bytes of one page at most: a page must fit in one frame with room to spare.
+MAX_PAGE_BYTES = 16 << 20
+_MASK64 = (1 << 64) - 1
 _U64 = np.uint64
 
 
@@ -257,9 +261,9 @@ class PageTable:
         """Replace pages ``first .. first + block.shape[-1]``."""
         last = first + block.shape[-1]
         self.reserve(last)
-        self._sum -= self._range_sum(first, last)
+        self._sum = (self._sum - self._range_sum(first, last)) & _MASK64
         self.hashes[..., first:last] = block
-        self._sum += self._range_sum(first, last)
+        self._sum = (self._sum + self._range_sum(first, last)) & _MASK64
 
     def set_pages(
         self, layer: int, kind: int, heads: np.ndarray, pages: np.ndarray, hashes: np.ndarray
@@ -270,15 +274,15 @@ class PageTable:
         rows = (layer * 2 + kind) * self.heads + heads.astype(_U64)
         keys = (rows << _U64(32)) | pages.astype(_U64)
         old = self.hashes[layer, kind, heads, pages]
-        self._sum -= int(_mix(old.copy(), keys).sum(dtype=_U64))
+        self._sum = (self._sum - int(_mix(old.copy(), keys).sum(dtype=_U64))) & _MASK64
         self.hashes[layer, kind, heads, pages] = hashes
-        self._sum += int(_mix(hashes.astype(_U64), keys).sum(dtype=_U64))
+        self._sum = (self._sum + int(_mix(hashes.astype(_U64), keys).sum(dtype=_U64))) & _MASK64
 
     def cut(self, pages: int) -> None:
         """Forget every page from ``pages`` on."""
         last = self.hashes.shape[-1]
         if pages < last:
-            self._sum -= self._range_sum(pages, last)
+            self._sum = (self._sum - self._range_sum(pages, last)) & _MASK64
             self.hashes[..., pages:] = 0
 
     def digest(self) -> int:
@@ -322,6 +326,11 @@ class Geometry:
         if self.scale_type not in _SCALE_TYPES:
             raise InvalidArgumentError(
                 f"scale_type must be one of {_SCALE_TYPES}, got {self.scale_type!r}"
+            )
+        if self.page_tokens * self.row_bytes > MAX_PAGE_BYTES:
+            raise InvalidArgumentError(
+                f"a page of {self.page_tokens} tokens x {self.row_bytes} bytes exceeds "
+                f"{MAX_PAGE_BYTES} bytes: use fewer page_tokens"
             )
 
 
@@ -368,6 +377,8 @@ class KVCache:
         self._memory: Memory | None = None
         self._name: str | None = None
         self.owner: str | None = None  # replica id of the writer, once attached
+        self.uid = 0  # this cache's incarnation, set when its owner attaches it
+        self._source: Any = None  # mirrors: the link channel their pages come through
         self._mirror = False
         self._superseded_by: str | None = None
 
@@ -697,6 +708,7 @@ class KVCache:
                 diverged = True
             if len(r.pages):
                 first_token = min(first_token, int(r.pages.min()) * g.page_tokens + r.offset)
+        self._source = origin
         first = int(first_token) // g.page_tokens
         self._stale_from = first if self._stale_from is None else min(self._stale_from, first)
         self.refresh()
@@ -744,6 +756,9 @@ class KVCaches(MutableMapping[str, KVCache]):
     def __init__(self, memory: Memory) -> None:
         self._memory = memory
         self._caches: dict[str, KVCache] = {}
+        #: Deleted caches: name -> (owner, uid). Pages of them are answered
+        #: with a deletion instead of bringing them back.
+        self._deleted: dict[str, tuple[str, int]] = {}
         #: Ownership conflicts seen, oldest first.
         self.conflicts: list[KVConflict] = []
 
@@ -771,8 +786,11 @@ class KVCaches(MutableMapping[str, KVCache]):
         if old is not None:
             old._memory = None
         cache._memory, cache._name, cache.owner = self._memory, name, rid
+        if not cache.uid:  # a new cache; one loaded from a file keeps its identity
+            cache.uid = secrets.randbits(63) | 1
         cache._stale_from = 0
         self._caches[name] = cache
+        self._deleted.pop(name, None)
         self._memory._kv_changed(name, 0, None, reset=True)
 
     def __delitem__(self, name: str) -> None:
@@ -785,7 +803,8 @@ class KVCaches(MutableMapping[str, KVCache]):
         cache = self._caches.pop(name)
         cache._memory = None
         assert cache.owner is not None
-        self._memory._kv_deleted(name, cache.owner, origin)
+        self._deleted[name] = (cache.owner, cache.uid)
+        self._memory._kv_deleted(name, cache.owner, cache.uid, origin)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._caches)
@@ -799,25 +818,30 @@ class KVCaches(MutableMapping[str, KVCache]):
     def __repr__(self) -> str:
         return f"<KVCaches of {self._memory.replica_id!r}: {len(self._caches)} caches>"
 
-    def _mirror(self, name: str, owner: str, g: Geometry, origin: Any) -> KVCache:
-        """A fresh read-only mirror of ``owner``'s cache (replacing any copy)."""
+    def _mirror(self, name: str, owner: str, uid: int, g: Geometry, origin: Any) -> KVCache:
+        """A fresh read-only mirror of ``owner``'s cache ``uid`` (replacing
+        any copy), fed through the link channel ``origin``."""
         cache = KVCache(
             g.layers, g.kv_heads, g.head_dim, g.fmt, g.page_tokens, scale_type=g.scale_type
         )
         cache._mirror = True
         cache._memory, cache._name, cache.owner = self._memory, name, owner
+        cache.uid, cache._source = uid, origin
         old = self._caches.get(name)
         if old is not None:
             old._memory = None
         self._caches[name] = cache
+        self._deleted.pop(name, None)
         self._memory._kv_changed(name, 0, origin, reset=True)
         return cache
 
-    def _supersede(self, name: str, winner: str, g: Geometry) -> KVCache:
+    def _supersede(self, name: str, winner: str, uid: int, g: Geometry, origin: Any) -> KVCache:
         """Replace our same-named cache by a mirror of ``winner``'s."""
         old = self._caches[name]
         old._superseded_by = winner
-        return self._mirror(name, winner, g, None)
+        cache = self._mirror(name, winner, uid, g, None)
+        cache._source = origin
+        return cache
 
     def scan(self) -> int:
         """:meth:`KVCache.scan` on every cache; returns the pages that changed."""

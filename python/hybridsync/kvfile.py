@@ -91,6 +91,7 @@ def save_cache(cache: KVCache, path: Any) -> None:
             "page_tokens": str(g.page_tokens),
             "tokens": str(cache.tokens),
             "digest": f"{cache.digest():016x}",
+            "uid": f"{cache.uid:016x}",
         }
     }
     offset = 0
@@ -193,7 +194,10 @@ def load_cache(path: Any) -> KVCache:
     path = Path(path)
     header, meta, body = _read(path)
     if meta.get("format") != FILE_FORMAT:
-        meta = _infer_mlx4(header, path)
+        try:
+            meta = _infer_mlx4(header, path)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+            raise DecodeError(f"{path}: an incomplete or malformed L*_B*_* mlx4 layout") from None
     elif meta.get("version") != FILE_VERSION:
         raise DecodeError(f"{path}: cache file version {meta.get('version')!r} is not supported")
     try:
@@ -245,6 +249,10 @@ def load_cache(path: Any) -> KVCache:
         keys = np.stack([r[0] for r in rows])
         values = np.stack([r[1] for r in rows])
         cache.append_quantized(keys, values)
+    try:
+        cache.uid = int(meta.get("uid", "0"), 16)
+    except ValueError:
+        raise DecodeError(f"{path}: metadata 'uid' is not hexadecimal") from None
     want = meta.get("digest")
     if want is not None and f"{cache.digest():016x}" != want:
         raise DecodeError(f"{path}: page digest mismatch: the file is corrupted")

@@ -13,7 +13,7 @@ does not know the peer's table (a new or restarted link) probes with its
 digest first, so a peer that already holds the cache receives nothing but
 the pages it lacks. Delivery rides on the link's stop-and-wait exchange: a
 frame is resent until answered, so the shadow is updated when a frame is
-built. ``docs/protocol.md`` section 7 specifies it.
+built. ``docs/protocol.md`` section 6.10 specifies it.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class KVChannel:
         self.out: dict[str, _Out] = {}
         self.pending: set[str] = set()
         self.haves: dict[str, KVEntry] = {}
-        self.deletes: dict[str, str] = {}
+        self.deletes: dict[str, tuple[str, int]] = {}  # name -> (owner, uid)
         self.restart()
 
     @property
@@ -74,6 +74,12 @@ class KVChannel:
     # -- local changes ----------------------------------------------------------
 
     def mark(self, name: str, first_page: int, reset: bool, first_token: int = 0) -> None:
+        cache = self.kv.get(name)
+        if cache is not None and not cache.writable and cache._source is self:
+            # A mirror changed towards its own source (a scan found rot): it
+            # never sends pages upstream; a probe makes the owner's side
+            # compare tables and send what differs.
+            reset = True
         o = self.out.get(name)
         if o is None or reset:
             o = self.out[name] = _Out()
@@ -85,21 +91,23 @@ class KVChannel:
         self.deletes.pop(name, None)
         self.pending.add(name)
 
-    def mark_deleted(self, name: str, owner: str) -> None:
+    def mark_deleted(self, name: str, owner: str, uid: int) -> None:
         self.out.pop(name, None)
         self.pending.discard(name)
         self.haves.pop(name, None)
-        self.deletes[name] = owner
+        self.deletes[name] = (owner, uid)
 
     # -- sending ------------------------------------------------------------------
 
     def entries(self) -> tuple[KVEntry, ...]:
+        """This frame's KV entries: at most one per cache (a HAVE waiting
+        behind another entry for the same cache goes in the next frame)."""
         out: list[KVEntry] = [
-            KVEntry(name, KVKind.DELETE, owner) for name, owner in sorted(self.deletes.items())
+            KVEntry(name, KVKind.DELETE, owner, uid)
+            for name, (owner, uid) in sorted(self.deletes.items())
         ]
         self.deletes.clear()
-        out += [self.haves[name] for name in sorted(self.haves)]
-        self.haves.clear()
+        named = {e.name for e in out}
         budget = self.budget
         for name in sorted(self.pending):
             cache = self.kv.get(name)
@@ -107,12 +115,15 @@ class KVChannel:
             if cache is None or o is None or cache.owner is None:
                 self.pending.discard(name)
                 continue
+            if name in named:
+                continue
             if o.acked is None:
                 self.pending.discard(name)
                 if o.probe is None:
                     cache.refresh()
                     o.probe = cache._table.copy()
                     out.append(self._pages_entry(name, cache, KV_COMPLETE | KV_PROBE, ()))
+                    named.add(name)
                 continue
             entry, used = self._diff(name, cache, o, budget)
             budget = max(budget - used, 0)
@@ -120,6 +131,10 @@ class KVChannel:
                 self.pending.discard(name)
             if entry is not None:
                 out.append(entry)
+                named.add(name)
+        for name in sorted(self.haves):
+            if name not in named:
+                out.append(self.haves.pop(name))
         return tuple(out)
 
     def _pages_entry(
@@ -128,7 +143,15 @@ class KVChannel:
         assert cache.owner is not None
         digest = cache._table.digest() if flags & KV_COMPLETE else 0
         return KVEntry(
-            name, KVKind.PAGES, cache.owner, cache.geometry, cache.tokens, digest, flags, runs
+            name,
+            KVKind.PAGES,
+            cache.owner,
+            cache.uid,
+            cache.geometry,
+            cache.tokens,
+            digest,
+            flags,
+            runs,
         )
 
     def _diff(self, name: str, cache: KVCache, o: _Out, budget: int) -> tuple[KVEntry | None, int]:
@@ -222,9 +245,9 @@ class KVChannel:
             cache = self.kv.get(e.name)
             if cache is None or cache.owner != e.owner:
                 return
-            if cache.writable:
-                # We own a cache of that name (created again since): the
-                # deletion was of an older one; ours travels to the peer.
+            if cache.writable or cache.uid != e.uid:
+                # Not the cache deleted: ours (or the one we mirror) is newer
+                # and travels to the peer.
                 self.mark(e.name, 0, reset=True)
                 return
             self.out.pop(e.name, None)
@@ -248,28 +271,41 @@ class KVChannel:
         caches = memory.kv
         assert e.geometry is not None
         cache = self.kv.get(e.name)
+        if cache is not None and not cache.writable and cache.owner == memory.replica_id:
+            caches._drop(e.name, None)  # a mirror of our own id: not a cache we hold
+            cache = None
+        if cache is None and (
+            e.owner == memory.replica_id or caches._deleted.get(e.name) == (e.owner, e.uid)
+        ):
+            # Pages of a cache deleted here (by us, its owner, or a deletion
+            # we relayed): the deletion travels back instead.
+            self.deletes[e.name] = (e.owner, e.uid)
+            return
         if cache is not None and cache.owner != e.owner:
             ours = cache.owner
             assert ours is not None
             if e.owner < ours:
                 self._conflict(e.name, e.owner, ours)
-                cache = caches._supersede(e.name, e.owner, e.geometry)
+                cache = caches._supersede(e.name, e.owner, e.uid, e.geometry, self)
+                self.out[e.name] = _Out()
             else:
                 self._conflict(e.name, ours, e.owner)
                 self.mark(e.name, 0, reset=True)  # our winner travels to the peer
                 return
         elif cache is not None and cache.writable:
             # A mirror of a cache we own speaks first (a new link, or we
-            # restarted and it remembers): ours is the truth. Ignore its
-            # pages, tell it what we hold, and learn its table by probing,
-            # so that only the pages that differ travel.
-            cache.refresh()
-            self._have(e, cache, cache._table.digest() == e.digest)
+            # restarted and it remembers, or it found rot), or it holds an
+            # older incarnation: ours is the truth. Ignore its pages and
+            # probe it, so that only the pages that differ travel.
             self.mark(e.name, 0, reset=True)
             return
         elif cache is None or cache.geometry != e.geometry:
-            cache = caches._mirror(e.name, e.owner, e.geometry, self)
+            cache = caches._mirror(e.name, e.owner, e.uid, e.geometry, self)
             self.out[e.name] = _Out()
+        elif cache.uid != e.uid:
+            # The owner's cache of another incarnation (it re-created or
+            # reloaded it): keep our rows, the page tables tell what differs.
+            cache.uid = e.uid
         o = self.out.setdefault(e.name, _Out())
         o.probe = None
         o.dirty_from = None
@@ -300,6 +336,7 @@ class KVChannel:
             e.name,
             KVKind.HAVE,
             e.owner,
+            cache.uid,
             cache.geometry,
             cache.tokens,
             cache._table.digest(),
@@ -319,6 +356,14 @@ class KVChannel:
         if cache is None or cache.owner != e.owner:
             return  # deleted since, or a conflict that PAGES entries resolve
         o = self.out.setdefault(e.name, _Out())
+        o.dirty_token = 0  # what the peer holds is re-based: no tails until the next send
+        if cache.uid != e.uid:
+            # The peer holds another incarnation: it rebuilds on our pages.
+            o.acked = PageTable(cache.layers, cache.kv_heads)
+            o.probe = None
+            o.dirty_from = 0
+            self.pending.add(e.name)
+            return
         if cache.geometry != e.geometry:
             # The peer mirrors an older layout: it rebuilds on our pages.
             o.acked = PageTable(cache.layers, cache.kv_heads)

@@ -211,10 +211,10 @@ class Memory:
             if link._kv is not origin:
                 link._kv.mark(name, first_page, reset, first_token)
 
-    def _kv_deleted(self, name: str, owner: str, origin: KVChannel | None) -> None:
+    def _kv_deleted(self, name: str, owner: str, uid: int, origin: KVChannel | None) -> None:
         for link in self._links:
             if link._kv is not origin:
-                link._kv.mark_deleted(name, owner)
+                link._kv.mark_deleted(name, owner, uid)
 
     def _delete_text(self, name: str, origin: Link) -> None:
         """Delete a document because ``origin``'s peer deleted it."""
