@@ -384,7 +384,7 @@ def test_a_diverged_tail_heals_while_the_owner_keeps_appending() -> None:
 
 
 def test_equal_tables_send_nothing() -> None:
-    cm, sm, cl, sv = pair()
+    cm, _, cl, sv = pair()
     cache = KVCache(2, 2, 64, "q4_0", page_tokens=16)
     cm.kv["agent"] = cache
     rng = np.random.default_rng(17)
