@@ -259,9 +259,7 @@ def test_copies_meeting_without_history_keep_shared_lines_once() -> None:
     nodes = [Memory("a"), Memory("b")]
     nodes[0].text["plan"] = base
     nodes[1].text["plan"] = base.replace("step 3\n", "step 3\nstep 3b (from b)\n")
-    links = [
-        (Link(n, "hub", role="client"), Link(hub, n.replica_id, role="server")) for n in nodes
-    ]
+    links = [(Link(n, "hub", role="client"), Link(hub, n.replica_id, role="server")) for n in nodes]
     settle(links)
     want = base.replace("step 3\n", "step 3\nstep 3b (from b)\n")
     assert hub.text["plan"] == want
