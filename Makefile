@@ -73,7 +73,7 @@ test-llama: build ## llama.cpp end to end (builds llama-cpp-python from source: 
 .PHONY: bench
 bench: build ## hybridsync vs pycrdt and Loro over a lossy network (benches/results/bench, README)
 	$(PY) -m pip install --quiet "loro>=1.0"
-	$(BIN)/hybridsync bench
+	$(BIN)/hybridsync bench --jobs 2 --cpu-budget 300
 
 .PHONY: bench-all
 bench-all: bench bench-text bench-sync bench-meta bench-kv bench-ttft ## Every benchmark (results in benches/results/)
