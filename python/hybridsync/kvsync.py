@@ -305,7 +305,7 @@ class KVChannel:
         elif cache.uid != e.uid:
             # The owner's cache of another incarnation (it re-created or
             # reloaded it): keep our rows, the page tables tell what differs.
-            cache.uid = e.uid
+            cache.uid, cache._source = e.uid, self
         o = self.out.setdefault(e.name, _Out())
         o.probe = None
         o.dirty_from = None
