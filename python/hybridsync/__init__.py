@@ -1,6 +1,9 @@
 """hybridsync: differential synchronization of an agent swarm's working memory.
 
-- :class:`Memory` -- one replica (``memory.text``: named text documents).
+- :class:`Memory` -- one replica (``memory.text``: named text documents,
+  ``memory.meta``: structured metadata, ``memory.kv``: KV caches).
+- :class:`KVCache` -- a quantized, paged KV cache (:mod:`hybridsync.kv`;
+  runtime adapters in :mod:`hybridsync.adapters`).
 - :class:`Link` -- one side of a diff-sync link to a peer (sans-IO).
 - :mod:`hybridsync.text` -- the Rust diff/match/patch kernels.
 - :mod:`hybridsync.sim` -- a deterministic network simulator.
@@ -14,11 +17,13 @@ from __future__ import annotations
 
 from hybridsync import errors, text
 from hybridsync._core import __version__
+from hybridsync.kv import KVCache
 from hybridsync.link import Link, LinkMetrics
 from hybridsync.memory import Memory
 from hybridsync.net import SyncNode, connect, serve
 
 __all__ = [
+    "KVCache",
     "Link",
     "LinkMetrics",
     "Memory",
