@@ -135,7 +135,7 @@ def test_a_transaction_is_one_change() -> None:
         a.meta["x"] = 1
         a.meta["y"] = {"z": [1, 2]}
         a.meta["y"]["z"].append(3)
-    assert len({end for end, _ in a.meta._pending}) == 1  # one clock tick for three writes
+    assert len({end for _, end, _ in a.meta._pending}) == 1  # one clock tick for three writes
     sv.incoming(cl.outgoing() or b"")
     assert b.meta.to_py() == {"x": 1, "y": {"z": [1, 2, 3]}}
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 __all__ = [
     "AuthenticationError",
     "ClosedError",
+    "CorruptionError",
     "DecodeError",
     "HandshakeError",
     "HybridSyncError",
@@ -19,6 +20,7 @@ __all__ = [
     "LimitExceededError",
     "OwnershipError",
     "ProtocolError",
+    "StorageError",
     "SyncTimeoutError",
 ]
 
@@ -70,3 +72,15 @@ class OwnershipError(HybridSyncError):
     """A write to a KV cache this replica does not own: a mirror of another
     replica's cache, or a cache superseded by a same-named cache of a replica
     whose id sorts first (see :mod:`hybridsync.kv`). Nothing was changed."""
+
+
+class StorageError(HybridSyncError):
+    """A durable replica's file cannot be opened or written: held by another
+    process, of an unknown format version, or the disk refused a write (a
+    failed save changes nothing on disk)."""
+
+
+class CorruptionError(StorageError, DecodeError):
+    """A durable replica's file failed a checksum or does not decode: it is
+    never served. Restore the file from a backup (or remove it and let the
+    replica resync from its peers)."""

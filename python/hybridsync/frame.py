@@ -43,7 +43,8 @@ FLAG_COMPRESSED = 0x01
 FLAG_REPLY = 0x02
 FLAG_META = 0x04
 FLAG_KV = 0x08
-_KNOWN_FLAGS = FLAG_COMPRESSED | FLAG_REPLY | FLAG_META | FLAG_KV
+FLAG_RESUME = 0x10
+_KNOWN_FLAGS = FLAG_COMPRESSED | FLAG_REPLY | FLAG_META | FLAG_KV | FLAG_RESUME
 _HEADER = struct.Struct("<4sBB")
 _CHECKSUM = struct.Struct("<Q")
 
@@ -179,6 +180,9 @@ class Frame:
     entries: tuple[Entry, ...] = field(default_factory=tuple)
     meta: MetaBlock | None = None
     kv: tuple[KVEntry, ...] = ()
+    #: The sender reopened a durable replica: its link state comes from disk
+    #: and may be older than the last frames it sent (section 5.5).
+    resume: bool = False
 
 
 def _put_uint(out: bytearray, value: int) -> None:
@@ -265,6 +269,8 @@ def encode_frame(frame: Frame, *, compress_threshold: int = 1024, level: int = 3
             _put_uint(body, e.local)
             _put_bytes(body, e.text.encode())
     flags = FLAG_REPLY if frame.reply else 0
+    if frame.resume:
+        flags |= FLAG_RESUME
     if frame.meta is not None:
         flags |= FLAG_META
         _put_uint(body, frame.meta.epoch)
@@ -589,4 +595,13 @@ def decode_frame(data: bytes, *, max_bytes: int = 64 << 20, max_kv_bytes: int = 
             meta = MetaBlock(epoch_m, mkind, bytes(r.blob()), bytes(r.blob()))
     if r.pos != len(body):
         raise DecodeError(f"{len(body) - r.pos} trailing bytes after the frame body")
-    return Frame(sender, epoch, seq, bool(flags & FLAG_REPLY), tuple(entries), meta, kv)
+    return Frame(
+        sender,
+        epoch,
+        seq,
+        bool(flags & FLAG_REPLY),
+        tuple(entries),
+        meta,
+        kv,
+        bool(flags & FLAG_RESUME),
+    )

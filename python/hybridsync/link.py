@@ -38,7 +38,7 @@ from hybridsync.frame import (
 from hybridsync.kvsync import KVChannel
 from hybridsync.memory import Memory, _check_encodable
 from hybridsync.meta import decode_state_vector, merge_state_vectors
-from hybridsync.text import apply_patch, common_lines, make_patch, merge3
+from hybridsync.text import Patch, apply_patch, common_lines, make_patch, merge3
 
 __all__ = ["Link", "LinkMetrics", "Role"]
 
@@ -146,6 +146,11 @@ class Link:
         kv_frame_bytes: KV page bytes per frame at most (a larger change
             travels over several exchanges; one page always fits).
         max_kv_bytes: KV caches announced larger than this are refused.
+        resume: durable replicas only: continue the saved state of this
+            replica's link to ``peer_id`` in this role (its shadows,
+            versions and unacknowledged edits), so that only what differs
+            travels; ``False`` starts the link afresh (and forgets the saved
+            one at the next save). Without a saved link it starts afresh.
     """
 
     def __init__(
@@ -159,6 +164,7 @@ class Link:
         max_frame_bytes: int = 64 << 20,
         kv_frame_bytes: int = 8 << 20,
         max_kv_bytes: int = 1 << 36,
+        resume: bool = True,
     ) -> None:
         if role not in ("client", "server"):
             raise InvalidArgumentError(f"role must be 'client' or 'server', got {role!r}")
@@ -197,6 +203,25 @@ class Link:
         self._reply_due = False  # server: a request awaits its reply
         self._resend_reply = False  # server: a duplicate request asks for the reply again
         self._kv = KVChannel(self, kv_frame_bytes)
+        # Durable replicas: what changed since the last save, and whether
+        # this side (or the peer) reopened from disk.
+        self._unsaved: set[str] = set()
+        self._unsaved_header = True
+        self._unsaved_reset = False
+        self._resume = False  # our next new frame says we reopened from disk
+        self._peer_resumed: set[str] = set()  # documents to merge as if new
+        store = memory._store
+        if store is not None:
+            if any(link.role == role and link.peer_id == peer_id for link in memory._links):
+                raise InvalidArgumentError(
+                    f"the durable replica {memory.replica_id!r} already has a {role} link to "
+                    f"{peer_id!r}"
+                )
+            saved = store.link_state(role, peer_id) if resume else None
+            if saved is not None:
+                self._load(*saved)
+            else:
+                self._unsaved_reset = True
         memory._attach(self)
 
     def __repr__(self) -> str:
@@ -206,8 +231,68 @@ class Link:
         )
 
     def close(self) -> None:
-        """Detach from the replica; the link stops tracking changes."""
+        """Detach from the replica; the link stops tracking changes. A
+        durable replica keeps the link's saved state (as of its last save)
+        for a later ``Link`` to the same peer to resume."""
         self.memory._detach(self)
+
+    # -- durability (hybridsync.store) ----------------------------------------
+
+    def _saved_header(self) -> dict[str, object]:
+        return {
+            "epoch": self._epoch,
+            "seq": self._seq,
+            "retired": sorted(self._retired_epochs)[-64:],
+        }
+
+    def _saved_doc(self, name: str) -> list[object] | None:
+        doc = self._docs.get(name)
+        if doc is None:
+            return None
+        return [
+            doc.shadow,
+            doc.local,
+            doc.remote,
+            doc.backup,
+            doc.backup_local,
+            doc.backup_remote,
+            [[e.version, e.raw] for e in doc.stack],
+            doc.full_pending,
+            doc.want_full,
+            doc.tombstone,
+        ]
+
+    def _load(self, header: dict[str, object], docs: dict[str, list[object]]) -> None:
+        """Continue a saved link. A client starts a new link epoch; both
+        sides announce the reopening (section 5.5) and summarise every
+        document in their next frame, so versions and checksums show what
+        the peer still agrees with."""
+        from hybridsync.errors import CorruptionError, DecodeError
+
+        try:
+            for name, (shadow, local, remote, backup, bl, br, stack, fp, wf, tomb) in docs.items():
+                doc = _Doc(str(shadow), int(local), int(remote))
+                doc.backup, doc.backup_local, doc.backup_remote = str(backup), int(bl), int(br)
+                doc.stack = [
+                    Edit(int(v), Patch.from_bytes(bytes(raw)), bytes(raw)) for v, raw in stack
+                ]
+                doc.full_pending, doc.want_full, doc.tombstone = bool(fp), bool(wf), bool(tomb)
+                doc.ack_due = not doc.tombstone
+                self._docs[name] = doc
+            if self.role == "server":
+                epoch = header["epoch"]
+                self._epoch = None if epoch is None else int(epoch)  # type: ignore[call-overload]
+                self._seq = int(header["seq"])  # type: ignore[call-overload]
+                self._retired_epochs = {int(e) for e in header["retired"]}  # type: ignore[attr-defined]
+        except (ValueError, TypeError, KeyError, DecodeError) as exc:
+            raise CorruptionError(
+                f"the saved link of {self.memory.replica_id!r} to {self.peer_id!r} does not "
+                f"reload: {exc}"
+            ) from None
+        for name in self._docs:
+            self._refresh(name)
+        self._resume = True
+        self._unsaved_header = True
 
     # -- state --------------------------------------------------------------
 
@@ -241,6 +326,8 @@ class Link:
 
     def _mark_deleted(self, name: str) -> None:
         self._dirty.discard(name)
+        if self.memory._store is not None:
+            self._unsaved.add(name)
         doc = self._docs.get(name)
         if doc is None:
             return
@@ -258,8 +345,11 @@ class Link:
         unanswered latest request again. Server: the reply to the latest
         request, or ``None`` when no request awaits one.
         """
+        durable = self.memory._store is not None
         if self.role == "client":
             if self._awaiting:
+                if durable:
+                    self.memory.flush()  # what arrived since the last save
                 return self._sent(self._last_frame, retransmit=True)
             self._seq += 1
             self._awaiting = True
@@ -267,11 +357,17 @@ class Link:
             if not self._reply_due:
                 if self._resend_reply and self._last_frame:
                     self._resend_reply = False
+                    if durable:
+                        self.memory.flush()
                     return self._sent(self._last_frame, retransmit=True)
                 return None
             self._reply_due = self._resend_reply = False
+        names = sorted(self._dirty | self._pending | self._deleted_acks | self._absent)
+        if durable:
+            self._unsaved.update(names)
+            self._unsaved_header = True
         entries = []
-        for name in sorted(self._dirty | self._pending | self._deleted_acks | self._absent):
+        for name in names:
             entry = self._entry_for(name)
             if entry is not None:
                 entries.append(entry)
@@ -285,9 +381,15 @@ class Link:
             tuple(entries),
             self._meta_block(),
             self._kv.entries(),
+            self._resume,
         )
+        self._resume = False
         data = encode_frame(frame, compress_threshold=self.compress_threshold)
         self._last_frame = data
+        if durable:
+            # The commit point: whatever the peer can learn from this frame
+            # is on disk before the frame leaves.
+            self.memory.flush()
         return self._sent(data, retransmit=False)
 
     def _meta_block(self) -> MetaBlock:
@@ -434,7 +536,10 @@ class Link:
         elif frame.seq <= self._seq:
             self._count_received(data, stale=True)
             if frame.seq == self._seq:
-                self._resend_reply = True  # our reply was lost
+                if self._last_frame:
+                    self._resend_reply = True  # our reply was lost
+                else:
+                    self._reply_due = True  # reopened from disk: reply afresh
             return
         # The metadata block is the only part that can still fail: apply it
         # before anything else changes.
@@ -450,16 +555,21 @@ class Link:
             # A reply, or a request following one we answered: the peer has our last frame.
             self._receive_meta(frame.meta, delivered=self._seq > 0)
         self._count_received(data, stale=False)
+        if self.memory._store is not None:
+            self._unsaved_header = True
+            self._unsaved.update(e.name for e in frame.entries)
         if self.role == "client":
             self._awaiting = False
         else:
             if restart:
                 assert self._epoch is not None
                 self._retired_epochs.add(self._epoch)
-                self._restart()
+                self._restart(keep_docs=frame.resume)
             self._epoch = frame.epoch
             self._seq = frame.seq
             self._reply_due = True
+        if frame.resume:
+            self._peer_reopened()
         for entry in frame.entries:
             self._receive(entry)
             self._refresh(entry.name)
@@ -471,17 +581,35 @@ class Link:
         self.metrics.bytes_received += len(data)
         self.metrics.stale_frames += stale
 
-    def _restart(self) -> None:
-        """The client link restarted (new epoch): start every document afresh."""
+    def _restart(self, *, keep_docs: bool = False) -> None:
+        """The client link restarted (new epoch): start every document afresh,
+        or, when the client reopened its saved link state (``keep_docs``),
+        keep the documents' shadows and versions: their summaries show what
+        still agrees."""
         self._meta_dirty = not self.memory.meta.is_empty()
-        self._docs.clear()
-        self._pending.clear()
+        if keep_docs:
+            for doc in self._docs.values():
+                doc.ack_due = not doc.tombstone
+        else:
+            self._docs.clear()
+            self._pending.clear()
+            self._unsaved_reset = self.memory._store is not None
         self._deleted_acks.clear()
         self._absent.clear()
         self._dirty = set(self.memory.text)
         self._seq = 0
         self._last_frame = b""
         self._kv.restart()
+
+    def _peer_reopened(self) -> None:
+        """The peer reopened a durable replica; its state may be older than
+        what it told us before (a backup): forget what we knew it held. A
+        document that has to travel whole merges like one meeting without
+        shared history, so that nothing we hold is overwritten."""
+        self._peer_state = self._sent_state = None
+        self._meta_dirty = True
+        self._kv.restart()
+        self._peer_resumed = set(self._docs)
 
     def _receive(self, e: Entry) -> None:
         name = e.name
@@ -574,6 +702,7 @@ class Link:
             self._diverged(e.name, doc)
             return
         doc.take_backup()
+        self._peer_resumed.discard(e.name)
 
     def _apply_to_text(self, name: str, old_shadow: str, new_shadow: str) -> None:
         text = self.memory.text._docs.get(name, "")
@@ -621,7 +750,12 @@ class Link:
             # merges when it arrives (below), so nothing is merged twice.
             return
         new_text = e.text
-        creation = doc is None or (doc.full_pending and (doc.local, doc.remote) == (1, 0))
+        creation = (
+            doc is None
+            or (doc.full_pending and (doc.local, doc.remote) == (1, 0))
+            or e.name in self._peer_resumed
+        )
+        self._peer_resumed.discard(e.name)
         if text is not None and text != e.text and creation:
             # Both sides hold the document without a shared history on this
             # link: independent creations, or copies of one document meeting

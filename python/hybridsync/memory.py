@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, MutableMapping
+from types import TracebackType
 from typing import TYPE_CHECKING
 
 import xxhash
@@ -15,6 +17,7 @@ from hybridsync.meta import CompactionPolicy, Meta, canonical_json
 if TYPE_CHECKING:
     from hybridsync.kvsync import KVChannel
     from hybridsync.link import Link
+    from hybridsync.store import Store
 
 __all__ = ["Memory", "TextDocuments"]
 
@@ -93,6 +96,17 @@ class Memory:
             replica restarted under the same id never reuses the ids (and
             clocks) of its previous life. Random by default; give a value
             (a 64-bit int, different per incarnation) for reproducible runs.
+        path: a file that makes the replica durable (SQLite, created if
+            missing): everything it holds and the state of its links is
+            saved there at every commit point (before a link hands out a new
+            frame, and at :meth:`flush`), and reloaded when a replica is
+            opened on the file again. ``None``: in memory only.
+        fsync: durable replicas only: ``True`` (default) makes each save
+            survive power loss; ``False`` survives process crashes
+            (``kill -9``) only, and saves faster.
+
+    A durable replica is a context manager (``with Memory("a", path=...) as
+    memory:``); leaving it saves and closes the file.
     """
 
     def __init__(
@@ -101,6 +115,8 @@ class Memory:
         *,
         compaction: CompactionPolicy | None = None,
         incarnation: int | None = None,
+        path: str | os.PathLike[str] | None = None,
+        fsync: bool = True,
     ) -> None:
         if not isinstance(replica_id, str) or not replica_id:
             raise InvalidArgumentError("replica_id must be a non-empty str")
@@ -116,6 +132,54 @@ class Memory:
             )
         self.meta = Meta(self, compaction or CompactionPolicy(), incarnation)
         self.kv = KVCaches(self)
+        #: What changed since the last save (durable replicas only).
+        self._unsaved_text: set[str] = set()
+        self._unsaved_kv: dict[str, int] = {}
+        self._store: Store | None = None
+        if path is not None:
+            from hybridsync.store import Store
+
+            store = Store(path, replica_id, fsync=fsync)
+            try:
+                store.load(self)
+            except BaseException:
+                store.close()
+                raise
+            self._store = store
+
+    # -- durability ----------------------------------------------------------
+
+    @property
+    def durable(self) -> bool:
+        """True for a replica opened with a ``path``."""
+        return self._store is not None
+
+    def flush(self) -> None:
+        """Save everything changed since the last save (durable replicas; a
+        no-op in memory). Local writes are durable once this returns; a
+        frame a link hands out saves first as well."""
+        if self._store is not None:
+            self._store.save(self)
+
+    def close(self) -> None:
+        """Save and close the replica's file (durable replicas). The object
+        stays usable in memory; further changes are not saved."""
+        if self._store is not None:
+            store = self._store
+            store.save(self)
+            self._store = None
+            store.close()
+
+    def __enter__(self) -> Memory:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         return (
@@ -178,10 +242,14 @@ class Memory:
         self._links.remove(link)
 
     def _text_changed(self, name: str, origin: Link | None) -> None:
+        if self._store is not None:
+            self._unsaved_text.add(name)
         for link in self._links:
             link._mark_dirty(name)
 
     def _text_deleted(self, name: str, origin: Link | None) -> None:
+        if self._store is not None:
+            self._unsaved_text.add(name)
         for link in self._links:
             if link is not origin:
                 link._mark_deleted(name)
@@ -207,11 +275,16 @@ class Memory:
         reset: bool = False,
         first_token: int = 0,
     ) -> None:
+        if self._store is not None:
+            page = 0 if reset else first_page
+            self._unsaved_kv[name] = min(page, self._unsaved_kv.get(name, page))
         for link in self._links:
             if link._kv is not origin:
                 link._kv.mark(name, first_page, reset, first_token)
 
     def _kv_deleted(self, name: str, owner: str, uid: int, origin: KVChannel | None) -> None:
+        if self._store is not None:
+            self._unsaved_kv[name] = 0
         for link in self._links:
             if link._kv is not origin:
                 link._kv.mark_deleted(name, owner, uid)

@@ -375,8 +375,10 @@ class Meta(_LiveMapping):
         self._txn_depth = 0
         self._txn_ops: list[Op] = []
         self._ticks = 0
-        #: Own writes not known to be integrated by the root: (clock end, op).
-        self._pending: list[tuple[int, Op]] = []
+        #: Own writes not known to be integrated by the root: (CRDT client id,
+        #: clock end, op). A reopened durable replica writes under a new
+        #: client id, so the log can hold several of its ids in one epoch.
+        self._pending: list[tuple[int, int, Op]] = []
         self._pending_limit = 256
         #: Frozen state vectors of ended epochs (epoch -> encoded state vector).
         self._frozen: dict[int, bytes] = {}
@@ -384,7 +386,8 @@ class Meta(_LiveMapping):
         self._client = 0
         self._salt = secrets.randbits(64) if incarnation is None else incarnation
         self._estimate = 0
-        self._delivered = 0
+        #: Own clock acknowledged by the upstream this epoch, per own client id.
+        self._delivered: dict[int, int] = {}
         self._base_size = 0
         self._start_epoch(0, b"")
 
@@ -393,11 +396,14 @@ class Meta(_LiveMapping):
     def note_delivered(self, state: bytes) -> None:
         """Our upstream acknowledged a frame that carried ``state`` (a state
         vector of the current epoch)."""
-        clock = decode_state_vector(state).get(self._client, 0)
-        self._delivered = max(self._delivered, clock)
+        sv = decode_state_vector(state)
+        for client in {c for c, _, _ in self._pending} | {self._client}:
+            clock = sv.get(client, 0)
+            if clock > self._delivered.get(client, 0):
+                self._delivered[client] = clock
 
     def _start_epoch(self, epoch: int, base: bytes) -> None:
-        self._delivered = 0  # own clock acknowledged by the upstream, this epoch
+        self._delivered = {}
         self.epoch = epoch
         self.base = base
         self._client = _client_id(self._memory.replica_id, epoch, self._salt)
@@ -466,8 +472,8 @@ class Meta(_LiveMapping):
         # Without a frozen state (the sender no longer knows our epoch: we were
         # away for more epochs than it remembers), count what our upstream
         # acknowledged as integrated and re-apply the rest.
-        integrated = frozen.get(self._client, 0) if frozen_state else self._delivered
-        keep = [op for end, op in self._pending if end > integrated]
+        integrated = frozen if frozen_state else self._delivered
+        keep = [op for client, end, op in self._pending if end > integrated.get(client, 0)]
         self._frozen[from_epoch] = frozen_state
         self._trim_history()
         self._start_epoch(epoch, base)
@@ -481,6 +487,36 @@ class Meta(_LiveMapping):
                 self.metrics.rebased_writes += len(ops)
         self._changed = True
         self._memory._meta_changed(None, epoch_changed=True)
+
+    # -- persistence (hybridsync.store)
+
+    def _saved(self) -> dict[str, Any]:
+        """Everything but the current epoch's document, as plain data."""
+        return {
+            "epoch": self.epoch,
+            "base": self.base,
+            "frozen": dict(self._frozen),
+            "pending": [[c, e, k, list(p), key, v] for c, e, (k, p, key, v) in self._pending],
+            "delivered": dict(self._delivered),
+            "ticks": self._ticks,
+        }
+
+    def _restore(self, saved: dict[str, Any], updates: list[bytes]) -> None:
+        """Reload what :meth:`_saved` returned plus the document's updates.
+        The replica writes under a new client id from now on (its salt is
+        this incarnation's), so it never reuses clocks of its previous life,
+        even when the file is an older backup."""
+        self._start_epoch(int(saved["epoch"]), bytes(saved["base"]))
+        for update in updates:
+            self._doc.apply_update(update)
+        self._frozen = {int(k): bytes(v) for k, v in saved["frozen"].items()}
+        self._pending = [
+            (int(c), int(e), (str(k), tuple(p), key, v)) for c, e, k, p, key, v in saved["pending"]
+        ]
+        self._pending_limit = 2 * len(self._pending) + 256
+        self._delivered = {int(k): int(v) for k, v in saved["delivered"].items()}
+        self._ticks = int(saved["ticks"])
+        self._changed = True
 
     # -- sync
 
@@ -562,7 +598,7 @@ class Meta(_LiveMapping):
             self._txn_depth = 0
         if self._txn_ops:
             end = decode_state_vector(self._doc.get_state()).get(self._client, 0)
-            self._pending.extend((end, op) for op in self._txn_ops)
+            self._pending.extend((self._client, end, op) for op in self._txn_ops)
             self._txn_ops = []
             if len(self._pending) > self._pending_limit:
                 self._collapse_pending()
@@ -572,9 +608,9 @@ class Meta(_LiveMapping):
     def _collapse_pending(self) -> None:
         """Bound the log of own writes: a later set/del of a dict key makes
         earlier writes to that key, and to anything inside it, irrelevant."""
-        kept: list[tuple[int, Op]] = []
+        kept: list[tuple[int, int, Op]] = []
         replaced: set[Path] = set()
-        for end, op in reversed(self._pending):
+        for client, end, op in reversed(self._pending):
             kind, path, key, _ = op
             if any(path[: len(p)] == p for p in replaced):
                 continue
@@ -583,7 +619,7 @@ class Meta(_LiveMapping):
                 if target in replaced:
                     continue
                 replaced.add(target)
-            kept.append((end, op))
+            kept.append((client, end, op))
         kept.reverse()
         self._pending = kept
         self._pending_limit = 2 * len(kept) + 256

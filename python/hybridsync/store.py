@@ -1,0 +1,463 @@
+"""Durable replicas: the SQLite file behind ``Memory(replica_id, path=...)``.
+
+One SQLite database (WAL mode) holds everything a replica needs to resume:
+its text documents, its metadata (the epoch's CRDT updates plus the log of
+own writes), its KV caches (one row per page index, all layers and heads),
+and the state of every link (per document: shadow, backup shadow, versions,
+unacknowledged edits). Each row carries an xxh3-64 checksum of its key and
+content, verified when the file is opened: a corrupted file raises
+:class:`~hybridsync.errors.CorruptionError` instead of being served.
+
+A replica saves in one transaction at every commit point: before a link
+hands out a new frame (so whatever a peer can learn from us, an
+acknowledgement included, is on disk first), and when the application calls
+:meth:`Memory.flush`. Only what changed since the last save is written. A
+process killed at any instant reopens in the state of its last commit
+point, which is a state its peers have seen or will see again: the frames
+since then are, to them, frames lost on the network, which the protocol
+already heals.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sqlite3
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+import numpy as np
+import xxhash
+
+from hybridsync.errors import CorruptionError, InvalidArgumentError, StorageError
+
+if TYPE_CHECKING:
+    from hybridsync.kv import KVCache
+    from hybridsync.link import Link
+    from hybridsync.memory import Memory
+
+__all__ = ["Store"]
+
+FORMAT_VERSION = 1
+#: Appended metadata updates are folded into one row past this many.
+_META_ROWS = 64
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value BLOB NOT NULL, sum INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS text (name TEXT PRIMARY KEY, body BLOB NOT NULL, sum INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta_updates (
+    n INTEGER PRIMARY KEY, data BLOB NOT NULL, sum INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS kv_caches (
+    name TEXT PRIMARY KEY, header BLOB NOT NULL, sum INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS kv_pages (
+    name TEXT NOT NULL, page INTEGER NOT NULL, data BLOB NOT NULL, sum INTEGER NOT NULL,
+    PRIMARY KEY (name, page));
+CREATE TABLE IF NOT EXISTS links (
+    role TEXT NOT NULL, peer TEXT NOT NULL, header BLOB NOT NULL, sum INTEGER NOT NULL,
+    PRIMARY KEY (role, peer));
+CREATE TABLE IF NOT EXISTS link_docs (
+    role TEXT NOT NULL, peer TEXT NOT NULL, name TEXT NOT NULL, state BLOB NOT NULL,
+    sum INTEGER NOT NULL, PRIMARY KEY (role, peer, name));
+"""
+
+
+def _sum(*parts: bytes | str) -> int:
+    """xxh3-64 of length-prefixed parts, as a signed 64-bit SQLite integer."""
+    h = xxhash.xxh3_64()
+    for part in parts:
+        data = part.encode() if isinstance(part, str) else part
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    v = h.intdigest()
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def _pack(value: Any) -> bytes:
+    data: bytes = msgpack.packb(value, use_bin_type=True)
+    return data
+
+
+def _unpack(data: bytes, what: str) -> Any:
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise CorruptionError(f"{what} does not decode: {exc}") from None
+
+
+def _page_fingerprints(cache: KVCache, first: int, last: int) -> list[int]:
+    """One 64-bit fingerprint per page index (its hashes over every layer,
+    K|V and head): equal fingerprints, equal page rows."""
+    table = cache._table.hashes
+    out = []
+    for p in range(first, last):
+        out.append(xxhash.xxh3_64_intdigest(np.ascontiguousarray(table[..., p]).tobytes()))
+    return out
+
+
+class Store:
+    """The SQLite file of one durable replica (used by :class:`Memory`)."""
+
+    def __init__(self, path: str | os.PathLike[str], replica_id: str, *, fsync: bool) -> None:
+        self.path = Path(path)
+        #: Saves done and bytes written (row contents), for metrics.
+        self.saves = 0
+        self.bytes_written = 0
+        if self.path.is_dir():
+            raise InvalidArgumentError(f"{self.path} is a directory; give a file path")
+        try:
+            # isolation_level=None: transactions are explicit (BEGIN ... COMMIT).
+            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=0)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
+            # One process holds a replica's file: a second open fails fast
+            # instead of two replicas writing one history.
+            self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
+            self._db.execute("BEGIN EXCLUSIVE")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc):
+                raise StorageError(
+                    f"{self.path} is open in another process (one process per replica file)"
+                ) from None
+            raise StorageError(f"cannot open {self.path}: {exc}") from None
+        except sqlite3.DatabaseError as exc:
+            raise CorruptionError(f"{self.path} is not a readable replica file: {exc}") from None
+        try:
+            info = self._info()
+            if not info:
+                self._put_info("format", FORMAT_VERSION)
+                self._put_info("replica_id", replica_id)
+            else:
+                if info.get("format") != FORMAT_VERSION:
+                    raise StorageError(
+                        f"{self.path} uses replica file format {info.get('format')!r}; "
+                        f"this build reads format {FORMAT_VERSION}"
+                    )
+                if info.get("replica_id") != replica_id:
+                    raise InvalidArgumentError(
+                        f"{self.path} holds replica {info.get('replica_id')!r}, not {replica_id!r}"
+                    )
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.close()
+            raise
+        #: What the file holds of the metadata document: (epoch, state vector, rows).
+        self._meta_epoch = -1
+        self._meta_state = b""
+        self._meta_rows = 0
+        self._meta_saved = b""
+        self._meta_seen: tuple[Any, ...] = ()
+        #: Per KV cache, the fingerprints of the pages on disk.
+        self._kv_prints: dict[str, list[int]] = {}
+        self._kv_headers: dict[str, bytes] = {}
+        self._kv_geometry: dict[str, Any] = {}
+        self._deleted_saved = b""
+
+    # -- small helpers -----------------------------------------------------------
+
+    def _rows(self, sql: str, *args: Any) -> list[Any]:
+        try:
+            return self._db.execute(sql, args).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise CorruptionError(f"{self.path}: {exc}") from None
+
+    def _info(self) -> dict[str, Any]:
+        out = {}
+        for key, value, s in self._rows("SELECT key, value, sum FROM info"):
+            if _sum("info", key, value) != s:
+                raise CorruptionError(f"{self.path}: checksum mismatch in info row {key!r}")
+            out[key] = _unpack(value, f"info row {key!r}")
+        return out
+
+    def _put_info(self, key: str, value: Any) -> None:
+        data = _pack(value)
+        self._db.execute(
+            "INSERT OR REPLACE INTO info VALUES (?, ?, ?)", (key, data, _sum("info", key, data))
+        )
+        self.bytes_written += len(data)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- loading -------------------------------------------------------------------
+
+    def load(self, memory: Memory) -> None:
+        """Fill a fresh replica from the file. Raises CorruptionError."""
+        from hybridsync.kv import Geometry, KVCache
+
+        docs = memory.text._docs
+        for name, body, s in self._rows("SELECT name, body, sum FROM text ORDER BY name"):
+            if _sum("text", name, body) != s:
+                raise CorruptionError(f"{self.path}: checksum mismatch in text document {name!r}")
+            docs[name] = body.decode()
+        info = self._info()
+        saved = info.get("meta")
+        if saved is not None:
+            updates = []
+            for n, data, s in self._rows("SELECT n, data, sum FROM meta_updates ORDER BY n"):
+                if _sum("meta", str(n), data) != s:
+                    raise CorruptionError(f"{self.path}: checksum mismatch in metadata update {n}")
+                updates.append(bytes(data))
+            try:
+                memory.meta._restore(saved, updates)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise CorruptionError(f"{self.path}: metadata does not reload: {exc}") from None
+            self._meta_epoch = memory.meta.epoch
+            self._meta_state = memory.meta.state()
+            self._meta_rows = len(updates)
+            self._meta_saved = _pack(memory.meta._saved())
+            self._meta_seen = self._meta_key(memory)
+        deleted = info.get("kv_deleted", {})
+        memory.kv._deleted = {k: (str(o), int(u)) for k, (o, u) in deleted.items()}
+        self._deleted_saved = _pack(deleted)
+        caches = memory.kv._caches
+        for name, header, s in self._rows("SELECT name, header, sum FROM kv_caches ORDER BY name"):
+            if _sum("kv", name, header) != s:
+                raise CorruptionError(f"{self.path}: checksum mismatch in KV cache {name!r}")
+            h = _unpack(header, f"KV cache {name!r}")
+            g = Geometry(*h["geometry"])
+            cache = KVCache(
+                g.layers, g.kv_heads, g.head_dim, g.fmt, g.page_tokens, scale_type=g.scale_type
+            )
+            tokens = int(h["tokens"])
+            cache._reserve(tokens)
+            cache._tokens = tokens
+            pt = g.page_tokens
+            rows = self._rows(
+                "SELECT page, data, sum FROM kv_pages WHERE name = ? ORDER BY page", name
+            )
+            if len(rows) != cache.pages or any(r[0] != i for i, r in enumerate(rows)):
+                raise CorruptionError(
+                    f"{self.path}: KV cache {name!r} should have {cache.pages} pages on disk, "
+                    f"found {len(rows)}"
+                )
+            for page, data, s in rows:
+                if _sum("kvpage", name, str(page), data) != s:
+                    raise CorruptionError(
+                        f"{self.path}: checksum mismatch in page {page} of KV cache {name!r}"
+                    )
+                t0, t1 = page * pt, min(tokens, (page + 1) * pt)
+                want = g.layers * 2 * g.kv_heads * (t1 - t0) * cache.row_bytes
+                if len(data) != want:
+                    raise CorruptionError(
+                        f"{self.path}: page {page} of KV cache {name!r} holds {len(data)} bytes, "
+                        f"expected {want}"
+                    )
+                block = np.frombuffer(data, np.uint8).reshape(
+                    g.layers, 2, g.kv_heads, t1 - t0, cache.row_bytes
+                )
+                for li, layer in enumerate(cache._bufs):
+                    layer[0][:, t0:t1] = block[li, 0]
+                    layer[1][:, t0:t1] = block[li, 1]
+            cache._stale_from = 0
+            if cache.digest() != int(h["digest"]):
+                raise CorruptionError(
+                    f"{self.path}: KV cache {name!r} does not match its digest on reload"
+                )
+            cache._memory, cache._name, cache.owner = memory, name, str(h["owner"])
+            cache.uid = int(h["uid"])
+            cache._mirror = cache.owner != memory.replica_id
+            caches[name] = cache
+            self._kv_prints[name] = _page_fingerprints(cache, 0, cache.pages)
+            self._kv_headers[name] = bytes(header)
+            self._kv_geometry[name] = g
+
+    def link_state(self, role: str, peer: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """The saved header and documents of a link, or None."""
+        row = self._rows("SELECT header, sum FROM links WHERE role = ? AND peer = ?", role, peer)
+        if not row:
+            return None
+        header, s = row[0]
+        if _sum("link", role, peer, header) != s:
+            raise CorruptionError(f"{self.path}: checksum mismatch in the link to {peer!r}")
+        docs = {}
+        for name, state, s in self._rows(
+            "SELECT name, state, sum FROM link_docs WHERE role = ? AND peer = ?", role, peer
+        ):
+            if _sum("linkdoc", role, peer, name, state) != s:
+                raise CorruptionError(
+                    f"{self.path}: checksum mismatch in the link to {peer!r}, document {name!r}"
+                )
+            docs[name] = _unpack(state, f"link state of {name!r}")
+        return _unpack(header, f"link to {peer!r}"), docs
+
+    def stored_links(self) -> list[tuple[str, str]]:
+        """(role, peer id) of every saved link."""
+        return [(r, p) for r, p in self._rows("SELECT role, peer FROM links ORDER BY role, peer")]
+
+    # -- saving ----------------------------------------------------------------------
+
+    @staticmethod
+    def _meta_key(memory: Memory) -> tuple[Any, ...]:
+        """Changes whenever the metadata's saved form would."""
+        meta = memory.meta
+        return (meta.epoch, meta.state(), tuple(sorted(meta._delivered.items())), meta._ticks)
+
+    def save(self, memory: Memory) -> None:
+        """Write what changed since the last save, in one transaction."""
+        if not (
+            memory._unsaved_text
+            or memory._unsaved_kv
+            or self._meta_key(memory) != self._meta_seen
+            or any(
+                link._unsaved or link._unsaved_header or link._unsaved_reset
+                for link in memory._links
+            )
+        ):
+            return
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                self._save_text(memory)
+                self._save_meta(memory)
+                self._save_kv(memory)
+                for link in memory._links:
+                    self._save_link(link)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(f"cannot write {self.path}: {exc}") from None
+        # Only now, with the transaction committed, is the tracking reset.
+        memory._unsaved_text.clear()
+        memory._unsaved_kv.clear()
+        for link in memory._links:
+            link._unsaved.clear()
+            link._unsaved_header = False
+        self.saves += 1
+
+    def _save_text(self, memory: Memory) -> None:
+        docs = memory.text._docs
+        for name in sorted(memory._unsaved_text):
+            body = docs.get(name)
+            if body is None:
+                self._db.execute("DELETE FROM text WHERE name = ?", (name,))
+                continue
+            data = body.encode()
+            self._db.execute(
+                "INSERT OR REPLACE INTO text VALUES (?, ?, ?)",
+                (name, data, _sum("text", name, data)),
+            )
+            self.bytes_written += len(data)
+
+    def _save_meta(self, memory: Memory) -> None:
+        meta = memory.meta
+        state = meta.state()
+        if meta.epoch != self._meta_epoch or self._meta_rows >= _META_ROWS:
+            self._db.execute("DELETE FROM meta_updates")
+            rows = [meta.update_since(None)]
+        elif state != self._meta_state:
+            rows = [meta.update_since(self._meta_state)]
+        else:
+            rows = []
+        if meta.epoch != self._meta_epoch or self._meta_rows >= _META_ROWS:
+            self._meta_rows = 0
+        for data in rows:
+            n = self._meta_rows
+            self._db.execute(
+                "INSERT INTO meta_updates VALUES (?, ?, ?)", (n, data, _sum("meta", str(n), data))
+            )
+            self._meta_rows += 1
+            self.bytes_written += len(data)
+        self._meta_epoch, self._meta_state = meta.epoch, state
+        saved = _pack(meta._saved())
+        if saved != self._meta_saved:
+            self._put_info("meta", meta._saved())
+            self._meta_saved = saved
+        self._meta_seen = self._meta_key(memory)
+
+    def _save_kv(self, memory: Memory) -> None:
+        kv = memory.kv
+        deleted = _pack(kv._deleted)
+        if deleted != self._deleted_saved:
+            self._put_info("kv_deleted", kv._deleted)
+            self._deleted_saved = deleted
+        for name, first in sorted(memory._unsaved_kv.items()):
+            cache = kv._caches.get(name)
+            if cache is None:
+                self._db.execute("DELETE FROM kv_caches WHERE name = ?", (name,))
+                self._db.execute("DELETE FROM kv_pages WHERE name = ?", (name,))
+                self._kv_prints.pop(name, None)
+                self._kv_headers.pop(name, None)
+                self._kv_geometry.pop(name, None)
+                continue
+            self._save_cache(name, cache, first)
+
+    def _save_cache(self, name: str, cache: KVCache, first: int) -> None:
+        g = cache.geometry
+        header = _pack(
+            {
+                "geometry": list(dataclasses.astuple(g)),
+                "owner": cache.owner,
+                "uid": cache.uid,
+                "tokens": cache.tokens,
+                "digest": cache.digest(),  # refreshes the page table
+            }
+        )
+        old_header = self._kv_headers.get(name)
+        prints = self._kv_prints.get(name)
+        if prints is None or self._kv_geometry.get(name) != g:
+            self._db.execute("DELETE FROM kv_pages WHERE name = ?", (name,))
+            prints = []
+            first = 0
+        pages = cache.pages
+        pt = g.page_tokens
+        first = min(first, len(prints), pages)
+        fresh = _page_fingerprints(cache, first, pages)
+        # The last page on disk may be partial: its fingerprint changes as it fills.
+        for i, fp in enumerate(fresh):
+            page = first + i
+            if page < len(prints) and prints[page] == fp:
+                continue
+            t0, t1 = page * pt, min(cache.tokens, (page + 1) * pt)
+            block = np.stack(
+                [np.stack([lay[0][:, t0:t1], lay[1][:, t0:t1]]) for lay in cache._bufs]
+            )
+            data = block.tobytes()
+            self._db.execute(
+                "INSERT OR REPLACE INTO kv_pages VALUES (?, ?, ?, ?)",
+                (name, page, data, _sum("kvpage", name, str(page), data)),
+            )
+            self.bytes_written += len(data)
+        if len(prints) > pages:
+            self._db.execute("DELETE FROM kv_pages WHERE name = ? AND page >= ?", (name, pages))
+        self._kv_prints[name] = prints[:first] + fresh
+        self._kv_geometry[name] = g
+        if header != old_header:
+            self._db.execute(
+                "INSERT OR REPLACE INTO kv_caches VALUES (?, ?, ?)",
+                (name, header, _sum("kv", name, header)),
+            )
+            self._kv_headers[name] = header
+
+    def _save_link(self, link: Link) -> None:
+        role, peer = link.role, link.peer_id
+        if link._unsaved_reset:
+            self._db.execute("DELETE FROM links WHERE role = ? AND peer = ?", (role, peer))
+            self._db.execute("DELETE FROM link_docs WHERE role = ? AND peer = ?", (role, peer))
+            link._unsaved_reset = False
+        if link._unsaved_header:
+            header = _pack(link._saved_header())
+            self._db.execute(
+                "INSERT OR REPLACE INTO links VALUES (?, ?, ?, ?)",
+                (role, peer, header, _sum("link", role, peer, header)),
+            )
+        for name in sorted(link._unsaved):
+            state = link._saved_doc(name)
+            if state is None:
+                self._db.execute(
+                    "DELETE FROM link_docs WHERE role = ? AND peer = ? AND name = ?",
+                    (role, peer, name),
+                )
+                continue
+            data = _pack(state)
+            self._db.execute(
+                "INSERT OR REPLACE INTO link_docs VALUES (?, ?, ?, ?, ?)",
+                (role, peer, name, data, _sum("linkdoc", role, peer, name, data)),
+            )
+            self.bytes_written += len(data)
