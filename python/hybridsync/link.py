@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import xxhash
 
@@ -262,7 +262,7 @@ class Link:
             doc.tombstone,
         ]
 
-    def _load(self, header: dict[str, object], docs: dict[str, list[object]]) -> None:
+    def _load(self, header: dict[str, Any], docs: dict[str, list[Any]]) -> None:
         """Continue a saved link. A client starts a new link epoch; both
         sides announce the reopening (section 5.5) and summarise every
         document in their next frame, so versions and checksums show what
@@ -281,9 +281,9 @@ class Link:
                 self._docs[name] = doc
             if self.role == "server":
                 epoch = header["epoch"]
-                self._epoch = None if epoch is None else int(epoch)  # type: ignore[call-overload]
-                self._seq = int(header["seq"])  # type: ignore[call-overload]
-                self._retired_epochs = {int(e) for e in header["retired"]}  # type: ignore[attr-defined]
+                self._epoch = None if epoch is None else int(epoch)
+                self._seq = int(header["seq"])
+                self._retired_epochs = {int(e) for e in header["retired"]}
         except (ValueError, TypeError, KeyError, DecodeError) as exc:
             raise CorruptionError(
                 f"the saved link of {self.memory.replica_id!r} to {self.peer_id!r} does not "
