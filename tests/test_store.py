@@ -52,7 +52,9 @@ class Wire:
         self.bytes += len(frame)
         if self.rng.random() < self.loss:
             return
-        queue.insert(self.rng.randrange(len(queue) + 1) if self.rng.random() < 0.2 else len(queue), frame)
+        queue.insert(
+            self.rng.randrange(len(queue) + 1) if self.rng.random() < 0.2 else len(queue), frame
+        )
         if self.rng.random() < 0.1:
             queue.append(frame)
 
@@ -67,7 +69,7 @@ class Wire:
 
 def settle(client: Link, server: Link, ticks: int = 200) -> int:
     wire = Wire(random.Random(0), loss=0.0)
-    for i in range(ticks):
+    for _i in range(ticks):
         wire.step(client, server)
         if client.idle and server.idle and not client.awaiting_reply:
             wire.step(client, server)
@@ -102,7 +104,10 @@ def test_reopen_restores_text_metadata_and_kv(tmp_path: Path) -> None:
         assert b.durable
         assert b.digest() == digest
         assert dict(b.text) == {"plan": "step 1\nstep 2\n"}
-        assert b.meta.to_py() == {"tasks": {"t1": {"status": "open", "tags": ["x", "y", "z"]}}, "n": 3.5}
+        assert b.meta.to_py() == {
+            "tasks": {"t1": {"status": "open", "tags": ["x", "y", "z"]}},
+            "n": 3.5,
+        }
         assert b.kv["ctx"].writable and b.kv["ctx"].tokens == 10
         assert np.array_equal(b.kv["ctx"].quantized(1, "v"), cache.quantized(1, "v"))
         assert "old" in b.kv._deleted

@@ -22,7 +22,6 @@ import queue
 import random
 import selectors
 import signal
-import struct
 import subprocess
 import sys
 import threading
@@ -34,7 +33,7 @@ import numpy as np
 from hybridsync import KVCache, Memory
 
 sys.path.insert(0, str(Path(__file__).parent))
-from crash_node import GEOMETRY, HEAD, rows  # noqa: E402
+from crash_node import GEOMETRY, HEAD, rows
 
 NODE = Path(__file__).with_name("crash_node.py")
 KILLS = int(os.environ.get("HYBRIDSYNC_CRASH_KILLS", "200"))

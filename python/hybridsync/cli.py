@@ -532,6 +532,7 @@ class _NodeOptions:
     client_ssl: ssl.SSLContext | None = None
     hub_id: str | None = None
     folder: Path | None = None
+    data: Path | None = None
     status_file: Path | None = None
     write_status: bool = True
     status_interval: float = 1.0
@@ -577,9 +578,19 @@ def _snapshot(
 
 
 async def _run_node(options: _NodeOptions, console: Console) -> int:
+    try:
+        memory = Memory(options.replica_id, path=options.data)
+    except HybridSyncError as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+    try:
+        return await _run_node_with(memory, options, console)
+    finally:
+        memory.close()
+
+
+async def _run_node_with(memory: Memory, options: _NodeOptions, console: Console) -> int:
     from hybridsync.net import SyncTimeoutError, connect, serve
 
-    memory = Memory(options.replica_id)
     mirror = FolderMirror(memory, options.folder) if options.folder is not None else None
     if mirror is not None:
         mirror.scan()
@@ -710,6 +721,12 @@ _secret_options = [
 
 _common_node_options = [
     click.option(
+        "--data",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Keep the replica durable in this file (SQLite): a restart resumes its "
+        "memory and links where they stopped.",
+    ),
+    click.option(
         "--dir",
         "folder",
         type=click.Path(file_okay=False, path_type=Path),
@@ -793,6 +810,7 @@ def serve(
     tls_key: Path | None,
     secret_env: str,
     secret_file: Path | None,
+    data: Path | None,
     folder: Path | None,
     status_file: Path | None,
     no_status_file: bool,
@@ -814,6 +832,7 @@ def serve(
         serve=(host, port),
         server_ssl=_server_ssl(tls_cert, tls_key),
         folder=folder,
+        data=data,
         status_file=status_file,
         write_status=not no_status_file,
         status_interval=status_interval,
@@ -874,6 +893,7 @@ def join(
     exit_sync_timeout: float,
     secret_env: str,
     secret_file: Path | None,
+    data: Path | None,
     folder: Path | None,
     status_file: Path | None,
     no_status_file: bool,
@@ -900,6 +920,7 @@ def join(
         client_ssl=_client_ssl(tls_ca),
         hub_id=hub_id,
         folder=folder,
+        data=data,
         status_file=status_file,
         write_status=not no_status_file,
         status_interval=status_interval,

@@ -209,6 +209,9 @@ class Link:
         self._unsaved_header = True
         self._unsaved_reset = False
         self._resume = False  # our next new frame says we reopened from disk
+        self._forget: tuple[str, str] | None = None  # saved link to drop (renamed peer)
+        #: The transport's id of the peer's incarnation (a hub's), saved with the link.
+        self.peer_incarnation: bytes | None = None
         self._peer_resumed: set[str] = set()  # documents to merge as if new
         store = memory._store
         if store is not None:
@@ -243,7 +246,20 @@ class Link:
             "epoch": self._epoch,
             "seq": self._seq,
             "retired": sorted(self._retired_epochs)[-64:],
+            "peer_incarnation": self.peer_incarnation,
         }
+
+    def _rename_peer(self, peer_id: str) -> None:
+        """The peer turned out to be ``peer_id`` (a session learns its hub's
+        id when it connects); a durable replica saves the link under it."""
+        if peer_id == self.peer_id:
+            return
+        if self.memory._store is not None:
+            self._forget = (self.role, self.peer_id)
+            self._unsaved_reset = True
+            self._unsaved.update(self._docs)
+            self._unsaved_header = True
+        self.peer_id = peer_id
 
     def _saved_doc(self, name: str) -> list[object] | None:
         doc = self._docs.get(name)
@@ -279,6 +295,8 @@ class Link:
                 doc.full_pending, doc.want_full, doc.tombstone = bool(fp), bool(wf), bool(tomb)
                 doc.ack_due = not doc.tombstone
                 self._docs[name] = doc
+            incarnation = header.get("peer_incarnation")
+            self.peer_incarnation = None if incarnation is None else bytes(incarnation)
             if self.role == "server":
                 epoch = header["epoch"]
                 self._epoch = None if epoch is None else int(epoch)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import secrets
 import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -107,7 +108,11 @@ class Store:
             raise InvalidArgumentError(f"{self.path} is a directory; give a file path")
         try:
             # isolation_level=None: transactions are explicit (BEGIN ... COMMIT).
-            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=0)
+            # Any thread may save (the network layer's loop thread does);
+            # the replica's users serialise access to it.
+            self._db = sqlite3.connect(
+                self.path, isolation_level=None, timeout=0, check_same_thread=False
+            )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
             # One process holds a replica's file: a second open fails fast
@@ -130,6 +135,8 @@ class Store:
             if not info:
                 self._put_info("format", FORMAT_VERSION)
                 self._put_info("replica_id", replica_id)
+                info["incarnation"] = secrets.token_bytes(16)
+                self._put_info("incarnation", info["incarnation"])
             else:
                 if info.get("format") != FORMAT_VERSION:
                     raise StorageError(
@@ -141,6 +148,9 @@ class Store:
                         f"{self.path} holds replica {info.get('replica_id')!r}, not {replica_id!r}"
                     )
             self._db.execute("COMMIT")
+            #: Identifies the replica's history across reopenings (the hub
+            #: handshake shows it: peers resume their links while it holds).
+            self.incarnation = bytes(info["incarnation"])
         except BaseException:
             self._db.close()
             raise
@@ -437,6 +447,10 @@ class Store:
 
     def _save_link(self, link: Link) -> None:
         role, peer = link.role, link.peer_id
+        if link._forget is not None:
+            self._db.execute("DELETE FROM links WHERE role = ? AND peer = ?", link._forget)
+            self._db.execute("DELETE FROM link_docs WHERE role = ? AND peer = ?", link._forget)
+            link._forget = None
         if link._unsaved_reset:
             self._db.execute("DELETE FROM links WHERE role = ? AND peer = ?", (role, peer))
             self._db.execute("DELETE FROM link_docs WHERE role = ? AND peer = ?", (role, peer))

@@ -202,9 +202,16 @@ class Session:
             # Created now, not at the first connection: the replica must not
             # act as the root of the link tree (which compacts metadata) while
             # it is not connected yet.
+            peer = self.hub_id or _PLACEHOLDER_PEER
+            store = self.memory._store
+            if store is not None and self.hub_id is None:
+                # A durable replica resumes its saved link to the hub it knew.
+                saved = [p for role, p in store.stored_links() if role == "client"]
+                if len(saved) == 1:
+                    peer = saved[0]
             self.link = Link(
                 self.memory,
-                self.hub_id or _PLACEHOLDER_PEER,
+                peer,
                 role="client",
                 max_frame_bytes=self.max_frame_bytes,
             )
@@ -422,11 +429,16 @@ class Session:
         server_id = hs.server_id
         with self._lock:
             assert self.link is not None
-            if self._incarnation is not None and hs.incarnation != self._incarnation:
+            known = self._incarnation or self.link.peer_incarnation
+            if known is not None and hs.incarnation != known:
                 # The hub lost its state: a fresh link sends everything again.
                 self.link.close()
                 self.link = Link(
-                    self.memory, server_id, role="client", max_frame_bytes=self.max_frame_bytes
+                    self.memory,
+                    server_id,
+                    role="client",
+                    max_frame_bytes=self.max_frame_bytes,
+                    resume=False,
                 )
                 self._hub_restarts += 1
                 logger.warning(
@@ -435,7 +447,9 @@ class Session:
                     printable_id(server_id),
                 )
             else:
-                self.link.peer_id = server_id
+                self.link._rename_peer(server_id)
+            self.link.peer_incarnation = hs.incarnation
+            self.link._unsaved_header = True
         self._incarnation = hs.incarnation
         conn = _Conn(ws, hs.channel())
         self._conn = conn
