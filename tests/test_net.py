@@ -397,13 +397,18 @@ def test_sync_node_from_plain_threads() -> None:
 # -- several processes ------------------------------------------------------------
 
 WORKER_ENV = "HYBRIDSYNC_NET_TEST_SECRET"
-# Metadata compaction stays off in the worker processes: a root restarted
-# without its state builds metadata epochs with the numbers its predecessor
-# used, and an acknowledged metadata write of a child that crossed into the
-# old epoch can vanish (about 1 run in 25 with compaction on, even now that
-# CRDT client ids are salted per incarnation: an engine issue, independent of
-# the transport; durable replicas remove the restart-from-nothing case).
+# Metadata compaction stays off in the workers that restart from nothing: a
+# root restarted without its state builds metadata epochs with the numbers
+# its predecessor used, and an acknowledged metadata write of a child that
+# crossed into the old epoch can vanish (about 1 run in 25 with compaction
+# on). Durable workers (restarted from their files) run with compaction on.
 WORKER_COMPACTION = CompactionPolicy(enabled=False)
+
+
+def _worker_memory(name: str, data: str | None) -> Memory:
+    if data is None:
+        return Memory(name, compaction=WORKER_COMPACTION)
+    return Memory(name, path=data, compaction=CompactionPolicy(max_ratio=1.2, slack_bytes=512))
 
 
 class Proc:
@@ -527,17 +532,21 @@ def acked_tags(acks: list[str]) -> list[str]:
     return [f"{node}.{gen}.{i}" for (node, gen), n in best.items() for i in range(1, n + 1)]
 
 
-def test_multiprocess_swarm_with_faults_and_kill_9() -> None:
+@pytest.mark.parametrize("durable", [False, True], ids=["empty-restarts", "durable"])
+def test_multiprocess_swarm_with_faults_and_kill_9(durable: bool, tmp_path: Any) -> None:
     """1 hub + 4 node processes through a fault-injecting proxy, concurrent
     writes to private and shared documents and metadata; kill -9 of a node
-    (restarted with an empty replica) and of the hub (restarted with an empty
-    replica on the same port). All replicas converge and every acknowledged
-    write survives."""
+    and of the hub (on the same port), restarted with an empty replica, or
+    from their files (durable, with metadata compaction on). All replicas
+    converge and every acknowledged write survives."""
+
+    def data(name: str) -> tuple[str, ...]:
+        return (str(tmp_path / f"{name}.db"),) if durable else ()
 
     async def main() -> None:
         procs: list[Proc] = []
         try:
-            hub = await spawn("hub", "hub", "0", "1")
+            hub = await spawn("hub", "hub", "0", "1", *data("hub"))
             procs.append(hub)
             await asyncio.wait_for(hub.ready.wait(), 30)
             port = int(next(x for x in hub.lines if x.startswith("PORT ")).split()[1])
@@ -551,7 +560,9 @@ def test_multiprocess_swarm_with_faults_and_kill_9() -> None:
                 delay=(0.0, 0.005),
             ) as proxy:
                 nodes = {
-                    f"n{i}": await spawn(f"n{i}", "node", f"n{i}", proxy.url, "1", str(i))
+                    f"n{i}": await spawn(
+                        f"n{i}", "node", f"n{i}", proxy.url, "1", str(i), *data(f"n{i}")
+                    )
                     for i in range(1, 5)
                 }
                 procs.extend(nodes.values())
@@ -570,7 +581,7 @@ def test_multiprocess_swarm_with_faults_and_kill_9() -> None:
                 await asyncio.sleep(random.Random(7).uniform(0.0, 0.05))
                 await victim.kill()
                 all_acks += victim.acks
-                reborn = await spawn("n4", "node", "n4", proxy.url, "2", "44")
+                reborn = await spawn("n4", "node", "n4", proxy.url, "2", "44", *data("n4"))
                 procs.append(reborn)
                 nodes["n4"] = reborn
                 await until(lambda: acks_of(reborn) >= 2, 60, "the restarted node's acks")
@@ -580,7 +591,7 @@ def test_multiprocess_swarm_with_faults_and_kill_9() -> None:
                 await hub.kill()
                 before = {name: acks_of(p) for name, p in nodes.items()}
                 await asyncio.sleep(0.5)  # the nodes write on, unacknowledged
-                hub = await spawn("hub", "hub", str(port), "2")
+                hub = await spawn("hub", "hub", str(port), "2", *data("hub"))
                 procs.append(hub)
                 await asyncio.wait_for(hub.ready.wait(), 30)
                 await until(
@@ -628,6 +639,8 @@ def test_multiprocess_swarm_with_faults_and_kill_9() -> None:
                 assert not missing, f"acknowledged writes lost: {missing[:10]}; {metrics}"
                 assert final["meta"]["agent/n1"]["gen"] == 1
                 assert final["meta"]["agent/n4"]["gen"] == 2
+                if durable:
+                    assert final["meta_epoch"] > 0  # metadata compaction ran
                 assert proxy.stats.lost and proxy.stats.duplicated and proxy.stats.disconnects
         except AssertionError as exc:
             tails = "\n".join(
@@ -666,13 +679,14 @@ def _dump(memory: Memory, links: list[Any]) -> None:
         "text": dict(memory.text),
         "meta": memory.meta.to_py(),
         "metrics": metrics,
+        "meta_epoch": memory.meta.epoch,
     }
     print("DUMP " + json.dumps(state), flush=True)
 
 
-async def _hub_worker(port: int, generation: int) -> None:
+async def _hub_worker(port: int, generation: int, data: str | None) -> None:
     secret = bytes.fromhex(os.environ[WORKER_ENV])
-    memory = Memory("hub", compaction=WORKER_COMPACTION)
+    memory = _worker_memory("hub", data)
     if generation == 1:
         # Created once, before any node writes: one list every node appends
         # to, one document with a section per node.
@@ -706,10 +720,10 @@ def _append_to_section(text: str, name: str, tag: str) -> str:
     return text[:end] + f"{tag}\n" + text[end:]
 
 
-async def _node_worker(name: str, url: str, generation: int, seed: int) -> None:
+async def _node_worker(name: str, url: str, generation: int, seed: int, data: str | None) -> None:
     secret = bytes.fromhex(os.environ[WORKER_ENV])
     rng = random.Random(seed)  # jitter between writes
-    memory = Memory(name, compaction=WORKER_COMPACTION)
+    memory = _worker_memory(name, data)
     async with connect(memory, url, secret=secret, **FAST) as session:
         # Learn the swarm's state before writing: a replica restarted under its
         # old id must not write metadata before it has its own history back
@@ -760,8 +774,9 @@ async def _node_worker(name: str, url: str, generation: int, seed: int) -> None:
 if __name__ == "__main__":
     role, *rest = sys.argv[1:]
     if role == "hub":
-        asyncio.run(_hub_worker(int(rest[0]), int(rest[1])))
+        asyncio.run(_hub_worker(int(rest[0]), int(rest[1]), rest[2] if len(rest) > 2 else None))
     elif role == "node":
-        asyncio.run(_node_worker(rest[0], rest[1], int(rest[2]), int(rest[3])))
+        data = rest[4] if len(rest) > 4 else None
+        asyncio.run(_node_worker(rest[0], rest[1], int(rest[2]), int(rest[3]), data))
     else:
         raise SystemExit(f"unknown worker role {role!r}")
