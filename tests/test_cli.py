@@ -301,3 +301,42 @@ def test_demo_short_run(tmp_path: Path) -> None:
     assert summary["bytes"]["kv"] > 0 and kv["pages_sent"] > 0
     assert summary["pure_crdt_estimate"]["kv_wire_bytes"] > 0
     assert elapsed < 110
+
+
+def test_serve_with_data_keeps_the_replica_across_restarts(tmp_path: Path) -> None:
+    env = dict(
+        os.environ,
+        HYBRIDSYNC_SECRET=secrets.token_urlsafe(32),
+        HYBRIDSYNC_STATUS_DIR=str(tmp_path / "status"),
+    )
+    fast = ["--status-interval", "0.2", "--scan-interval", "0.05", "--no-live"]
+    data = tmp_path / "hub.db"
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    args = ["serve", "--port", "0", "--id", "hub", "--data", str(data)]
+    hub = Proc([*args, "--dir", str(first), *fast], env)
+    try:
+        (first / "plan.md").write_text("1. keep me\n")
+        wait_for(lambda: "serving on" in "".join(hub.out), 30, "the hub")
+        time.sleep(0.5)  # a few scans of the folder
+        assert hub.stop() == 0, hub.output
+    finally:
+        hub.close()
+    assert data.exists()
+    # Restarted on the same file with an empty folder: the document is back.
+    again = Proc([*args, "--dir", str(second), *fast], env)
+    try:
+        wait_for(lambda: read(second / "plan.md") == "1. keep me\n", 30, "plan.md restored")
+        assert again.stop() == 0, again.output
+    finally:
+        again.close()
+    # A second process on the same file is refused with a clear error.
+    holder = Proc([*args, *fast], env)
+    try:
+        wait_for(lambda: "serving on" in "".join(holder.out), 30, "the hub")
+        refused = run_cli([*args, *fast], env)
+        assert refused.returncode != 0
+        assert "another process" in refused.stderr, refused.stderr
+    finally:
+        holder.stop()
