@@ -451,3 +451,130 @@ def test_random_crashes_lose_nothing_acknowledged(tmp_path: Path, seed: int) -> 
                 want = KVCache(2, 2, 32, "q4_0", page_tokens=8)
                 want.append(rows(0, tokens), rows(10_000, tokens))
                 assert cache is not None and cache.digest() == want.digest()
+
+
+# -- regressions ------------------------------------------------------------------------
+
+
+def test_a_failed_save_leaves_nothing_half_known(tmp_path: Path) -> None:
+    """A save that fails (disk full) rolls back; the next one that succeeds
+    writes everything since the last committed save."""
+    path = tmp_path / "a.db"
+    m = Memory("a", path=path)
+    m.meta["base"] = 1
+    m.flush()
+    assert m._store is not None
+    db = m._store._db
+    (pages,) = db.execute("PRAGMA page_count").fetchone()
+    db.execute(f"PRAGMA max_page_count={pages + 2}")  # the disk is full
+    m.meta["x"] = "written later"
+    big = KVCache(4, 4, 128, "q4_0", page_tokens=64)
+    big.append(rows(0, 256, 4, 4, 128), rows(1, 256, 4, 4, 128))
+    m.kv["big"] = big
+    with pytest.raises(StorageError, match="full"):
+        m.flush()
+    db.execute("PRAGMA max_page_count=1073741823")  # space again
+    m.kv["small"] = KVCache(2, 2, 32, "q4_0", page_tokens=4)
+    m.kv["small"].append(rows(0, 6), rows(1, 6))
+    m.flush()
+    digest = m.digest()
+    m.close()
+    with Memory("a", path=path) as again:
+        assert again.meta.to_py() == {"base": 1, "x": "written later"}
+        assert again.kv["big"].tokens == 256 and again.digest() == digest
+
+
+def test_a_reopened_server_resends_its_saved_reply_to_a_late_duplicate(tmp_path: Path) -> None:
+    a, s = Memory("a"), Memory("s", path=tmp_path / "s.db")
+    client, server = Link(a, "s"), Link(s, "a", role="server")
+    a.meta["k0"] = 0
+    a.text["d"] = "hello\n"
+    settle(client, server)
+    request = client.outgoing()
+    assert request is not None
+    server.incoming(request)
+    reply = server.outgoing()
+    assert reply is not None
+    client.incoming(reply)
+    s.meta["new"] = "written on s"
+    s.flush()
+    crash(s)
+    s = Memory("s", path=tmp_path / "s.db")
+    server = Link(s, "a", role="server")
+    server.incoming(request)  # a late duplicate of the answered request
+    assert server.outgoing() == reply  # byte for byte, as before the crash
+    settle(client, server)
+    assert a.digest() == s.digest() and a.meta["new"] == "written on s"
+
+
+def test_saved_retired_epochs_are_the_latest_ones(tmp_path: Path) -> None:
+    s, c = Memory("s", path=tmp_path / "s.db"), Memory("c")
+    server = Link(s, "c", role="server")
+    late = b""
+    for epoch in [*range(1000, 1065), 5]:
+        old = Link(c, "s", epoch=epoch)
+        first = old.outgoing()
+        assert first is not None
+        server.incoming(first)
+        old.incoming(server.outgoing() or b"")
+        late = first
+        old.close()
+    live = Link(c, "s", epoch=2000)
+    settle(live, server)
+    crash(s)
+    s = Memory("s", path=tmp_path / "s.db")
+    server = Link(s, "c", role="server")
+    server.incoming(late)  # the first request of a replaced incarnation, late
+    server.outgoing()
+    c.text["doc"] = "written on the live client\n"
+    settle(live, server)
+    assert server._epoch == 2000 and s.text["doc"] == "written on the live client\n"
+
+
+def test_closing_a_link_saves_it_with_the_text_it_changed(tmp_path: Path) -> None:
+    path = tmp_path / "a.db"
+    a, s = Memory("a", path=path), Memory("s")
+    client, server = Link(a, "s"), Link(s, "a", role="server")
+    s.text["d"] = "one\nthree\n"
+    settle(client, server)
+    s.text["d"] = "one\ntwo\nthree\n"
+    request = client.outgoing()
+    assert request is not None
+    server.incoming(request)
+    client.incoming(server.outgoing() or b"")  # the reply brings "two"
+    a.text["d"] = a.text["d"].replace("two\n", "two\ntwo and a half\n")
+    client.close()
+    a.close()
+    a = Memory("a", path=path)
+    client = Link(a, "s")
+    settle(client, server)
+    assert a.text["d"] == s.text["d"] == "one\ntwo\ntwo and a half\nthree\n"
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "DELETE FROM text WHERE name = 'b'",
+        "INSERT INTO text SELECT 'c', body, sum FROM text WHERE name = 'a'",
+        "DELETE FROM meta_updates WHERE n = 0",
+        "DELETE FROM kv_caches",
+        "DELETE FROM link_docs WHERE name = 'a'",
+    ],
+)
+def test_missing_or_extra_rows_are_detected(tmp_path: Path, sql: str) -> None:
+    path = tmp_path / "a.db"
+    m = Memory("a", path=path)
+    link = Link(m, "s")
+    server = Link(Memory("s"), "a", role="server")
+    m.text["a"] = "first\n"
+    m.text["b"] = "second\n"
+    m.meta["k"] = 1
+    cache = KVCache(2, 2, 32, "q4_0", page_tokens=4)
+    cache.append(rows(0, 5), rows(1, 5))
+    m.kv["c"] = cache
+    settle(link, server)
+    m.close()
+    _tamper(path, sql)
+    with pytest.raises(CorruptionError):
+        reopened = Memory("a", path=path)
+        Link(reopened, "s")

@@ -191,7 +191,8 @@ class Link:
             self._epoch = epoch if epoch is not None else (1 << 34) | secrets.randbits(34)
         else:
             self._epoch = epoch
-        self._retired_epochs: set[int] = set()  # server: client incarnations replaced
+        #: Server: client incarnations replaced, oldest first (a dict as an ordered set).
+        self._retired_epochs: dict[int, None] = {}
         # Metadata channel: the peer's epoch and what it is known to hold.
         self._meta_dirty = not memory.meta.is_empty()
         self._peer_epoch = 0
@@ -235,8 +236,10 @@ class Link:
 
     def close(self) -> None:
         """Detach from the replica; the link stops tracking changes. A
-        durable replica keeps the link's saved state (as of its last save)
-        for a later ``Link`` to the same peer to resume."""
+        durable replica saves first (the link's state must be saved with
+        the text it changed) and keeps the link's saved state for a later
+        ``Link`` to the same peer to resume."""
+        self.memory.flush()
         self.memory._detach(self)
 
     # -- durability (hybridsync.store) ----------------------------------------
@@ -245,8 +248,14 @@ class Link:
         return {
             "epoch": self._epoch,
             "seq": self._seq,
-            "retired": sorted(self._retired_epochs)[-64:],
+            "retired": list(self._retired_epochs)[-64:],
             "peer_incarnation": self.peer_incarnation,
+            "docs": len(self._docs),
+            # A server's latest reply, so that a copy of the latest request
+            # gets it again byte for byte after a reopening; none while the
+            # reply is still due (it is built after reopening).
+            "reply": self._last_frame if self.role == "server" and not self._reply_due else b"",
+            "reply_due": self._reply_due,
         }
 
     def _rename_peer(self, peer_id: str) -> None:
@@ -301,7 +310,9 @@ class Link:
                 epoch = header["epoch"]
                 self._epoch = None if epoch is None else int(epoch)
                 self._seq = int(header["seq"])
-                self._retired_epochs = {int(e) for e in header["retired"]}
+                self._retired_epochs = dict.fromkeys(int(e) for e in header["retired"])
+                self._last_frame = bytes(header["reply"])
+                self._reply_due = bool(header["reply_due"])
         except (ValueError, TypeError, KeyError, DecodeError) as exc:
             raise CorruptionError(
                 f"the saved link of {self.memory.replica_id!r} to {self.peer_id!r} does not "
@@ -581,7 +592,7 @@ class Link:
         else:
             if restart:
                 assert self._epoch is not None
-                self._retired_epochs.add(self._epoch)
+                self._retired_epochs[self._epoch] = None
                 self._restart(keep_docs=frame.resume)
             self._epoch = frame.epoch
             self._seq = frame.seq

@@ -160,6 +160,9 @@ class Store:
         self._meta_rows = 0
         self._meta_saved = b""
         self._meta_seen: tuple[Any, ...] = ()
+        #: Checksums of the text rows on disk (their count and xor go in the manifest).
+        self._text_sums: dict[str, int] = {}
+        self._text_sums_committed: dict[str, int] = {}
         #: Per KV cache, the fingerprints of the pages on disk.
         self._kv_prints: dict[str, list[int]] = {}
         self._kv_headers: dict[str, bytes] = {}
@@ -203,7 +206,12 @@ class Store:
             if _sum("text", name, body) != s:
                 raise CorruptionError(f"{self.path}: checksum mismatch in text document {name!r}")
             docs[name] = body.decode()
+            self._text_sums[name] = s
+        self._text_sums_committed = dict(self._text_sums)
         info = self._info()
+        manifest = info.get("manifest")
+        if manifest is not None:
+            self._check_manifest(manifest)
         saved = info.get("meta")
         if saved is not None:
             updates = []
@@ -275,6 +283,24 @@ class Store:
             self._kv_headers[name] = bytes(header)
             self._kv_geometry[name] = g
 
+    def _check_manifest(self, manifest: dict[str, Any]) -> None:
+        xor = 0
+        for v in self._text_sums.values():
+            xor ^= v
+        if [len(self._text_sums), xor] != list(manifest["text"]):
+            raise CorruptionError(
+                f"{self.path}: the text documents on disk are not the ones last saved "
+                "(rows missing or added)"
+            )
+        ((count,),) = self._rows("SELECT count(*) FROM meta_updates")
+        if count != manifest["meta_rows"]:
+            raise CorruptionError(
+                f"{self.path}: {count} metadata update rows on disk, {manifest['meta_rows']} saved"
+            )
+        names = [name for (name,) in self._rows("SELECT name FROM kv_caches ORDER BY name")]
+        if names != list(manifest["kv_caches"]):
+            raise CorruptionError(f"{self.path}: the KV caches on disk are not the ones saved")
+
     def link_state(self, role: str, peer: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
         """The saved header and documents of a link, or None."""
         row = self._rows("SELECT header, sum FROM links WHERE role = ? AND peer = ?", role, peer)
@@ -292,7 +318,13 @@ class Store:
                     f"{self.path}: checksum mismatch in the link to {peer!r}, document {name!r}"
                 )
             docs[name] = _unpack(state, f"link state of {name!r}")
-        return _unpack(header, f"link to {peer!r}"), docs
+        saved = _unpack(header, f"link to {peer!r}")
+        if not isinstance(saved, dict) or saved.get("docs") != len(docs):
+            raise CorruptionError(
+                f"{self.path}: the saved link to {peer!r} does not list the {len(docs)} "
+                "documents the file holds for it"
+            )
+        return saved, docs
 
     def stored_links(self) -> list[tuple[str, str]]:
         """(role, peer id) of every saved link."""
@@ -327,19 +359,52 @@ class Store:
                 self._save_kv(memory)
                 for link in memory._links:
                     self._save_link(link)
+                self._put_info("manifest", self._manifest())
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                self._forget_saved(memory)
                 raise
         except sqlite3.DatabaseError as exc:
             raise StorageError(f"cannot write {self.path}: {exc}") from None
         # Only now, with the transaction committed, is the tracking reset.
+        self._text_sums_committed = dict(self._text_sums)
         memory._unsaved_text.clear()
         memory._unsaved_kv.clear()
         for link in memory._links:
             link._unsaved.clear()
-            link._unsaved_header = False
+            link._unsaved_header = link._unsaved_reset = False
+            link._forget = None
         self.saves += 1
+
+    def _forget_saved(self, memory: Memory) -> None:
+        """A save failed and rolled back: what this object believed the file
+        holds is unreliable. The next save rewrites the metadata and every
+        KV cache from scratch (text and links are tracked by the replica and
+        kept until a save commits)."""
+        for name in memory.kv._caches:
+            memory._unsaved_kv[name] = 0
+        self._meta_epoch = -1
+        self._meta_saved = b""
+        self._meta_seen = ()
+        self._kv_prints.clear()
+        self._kv_headers.clear()
+        self._kv_geometry.clear()
+        self._deleted_saved = b""
+        self._text_sums = dict(self._text_sums_committed)
+
+    def _manifest(self) -> dict[str, Any]:
+        """What rows the file must hold: missing or extra rows are corruption
+        a per-row checksum cannot see."""
+        xor = 0
+        for v in self._text_sums.values():
+            xor ^= v
+        return {
+            "text": [len(self._text_sums), xor],
+            "meta_rows": self._meta_rows,
+            "kv_caches": sorted(self._kv_headers),
+        }
 
     def _save_text(self, memory: Memory) -> None:
         docs = memory.text._docs
@@ -347,12 +412,12 @@ class Store:
             body = docs.get(name)
             if body is None:
                 self._db.execute("DELETE FROM text WHERE name = ?", (name,))
+                self._text_sums.pop(name, None)
                 continue
             data = body.encode()
-            self._db.execute(
-                "INSERT OR REPLACE INTO text VALUES (?, ?, ?)",
-                (name, data, _sum("text", name, data)),
-            )
+            s = _sum("text", name, data)
+            self._db.execute("INSERT OR REPLACE INTO text VALUES (?, ?, ?)", (name, data, s))
+            self._text_sums[name] = s
             self.bytes_written += len(data)
 
     def _save_meta(self, memory: Memory) -> None:
@@ -450,12 +515,10 @@ class Store:
         if link._forget is not None:
             self._db.execute("DELETE FROM links WHERE role = ? AND peer = ?", link._forget)
             self._db.execute("DELETE FROM link_docs WHERE role = ? AND peer = ?", link._forget)
-            link._forget = None
         if link._unsaved_reset:
             self._db.execute("DELETE FROM links WHERE role = ? AND peer = ?", (role, peer))
             self._db.execute("DELETE FROM link_docs WHERE role = ? AND peer = ?", (role, peer))
-            link._unsaved_reset = False
-        if link._unsaved_header:
+        if link._unsaved_header or link._unsaved or link._unsaved_reset:
             header = _pack(link._saved_header())
             self._db.execute(
                 "INSERT OR REPLACE INTO links VALUES (?, ?, ?, ?)",
