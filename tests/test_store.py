@@ -578,3 +578,39 @@ def test_missing_or_extra_rows_are_detected(tmp_path: Path, sql: str) -> None:
     with pytest.raises(CorruptionError):
         reopened = Memory("a", path=path)
         Link(reopened, "s")
+
+
+def test_kv_appends_save_only_the_new_rows_and_reload_exactly(tmp_path: Path) -> None:
+    path = tmp_path / "a.db"
+    rng = random.Random(3)
+    m = Memory("a", path=path, fsync=False)
+    cache = KVCache(2, 2, 32, "q4_0", page_tokens=16)
+    m.kv["c"] = cache
+    t = 0
+    for step in range(120):
+        r = rng.random()
+        if r < 0.7:
+            n = rng.choice((1, 1, 2, 5, 16, 23))
+            cache.append(rows(t, n), rows(50_000 + t, n))
+            t += n
+            assert m._store is not None
+            before = m._store.bytes_written
+            m.flush()
+            written = m._store.bytes_written - before
+            # The new rows, the cache's header and the manifest (a part
+            # rewrites a whole page only every 16 parts).
+            assert written <= n * cache.row_bytes * 2 * 2 * 2 + 16 * cache.row_bytes * 8 + 600
+        elif r < 0.8 and t:
+            t = rng.randrange(t)
+            cache.truncate(t)
+            m.flush()
+        else:
+            digest = m.digest()
+            m.close()
+            m = Memory("a", path=path, fsync=False)
+            assert m.digest() == digest
+            cache = m.kv["c"]
+            want = KVCache(2, 2, 32, "q4_0", page_tokens=16)
+            if t:
+                want.append(rows(0, t), rows(50_000, t))
+            assert cache.tokens == t and cache.digest() == want.digest(), step

@@ -278,7 +278,7 @@ class Link:
             doc.shadow,
             doc.local,
             doc.remote,
-            doc.backup,
+            None if doc.backup == doc.shadow else doc.backup,  # usually equal: saved once
             doc.backup_local,
             doc.backup_remote,
             [[e.version, e.raw] for e in doc.stack],
@@ -297,7 +297,8 @@ class Link:
         try:
             for name, (shadow, local, remote, backup, bl, br, stack, fp, wf, tomb) in docs.items():
                 doc = _Doc(str(shadow), int(local), int(remote))
-                doc.backup, doc.backup_local, doc.backup_remote = str(backup), int(bl), int(br)
+                doc.backup = doc.shadow if backup is None else str(backup)
+                doc.backup_local, doc.backup_remote = int(bl), int(br)
                 doc.stack = [
                     Edit(int(v), Patch.from_bytes(bytes(raw)), bytes(raw)) for v, raw in stack
                 ]

@@ -276,8 +276,9 @@ class Memory:
         first_token: int = 0,
     ) -> None:
         if self._store is not None:
-            page = 0 if reset else first_page
-            self._unsaved_kv[name] = min(page, self._unsaved_kv.get(name, page))
+            # The first token row written since the last save.
+            token = 0 if reset else first_token
+            self._unsaved_kv[name] = min(token, self._unsaved_kv.get(name, token))
         for link in self._links:
             if link._kv is not origin:
                 link._kv.mark(name, first_page, reset, first_token)

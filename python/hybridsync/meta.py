@@ -491,22 +491,22 @@ class Meta(_LiveMapping):
     # -- persistence (hybridsync.store)
 
     def _saved(self) -> dict[str, Any]:
-        """Everything but the current epoch's document, as plain data."""
+        """Everything but the current epoch's document and base, as plain data."""
         return {
             "epoch": self.epoch,
-            "base": self.base,
             "frozen": dict(self._frozen),
             "pending": [[c, e, k, list(p), key, v] for c, e, (k, p, key, v) in self._pending],
             "delivered": dict(self._delivered),
             "ticks": self._ticks,
         }
 
-    def _restore(self, saved: dict[str, Any], updates: list[bytes]) -> None:
-        """Reload what :meth:`_saved` returned plus the document's updates.
+    def _restore(self, saved: dict[str, Any], base: bytes, updates: list[bytes]) -> None:
+        """Reload what :meth:`_saved` returned, the epoch's base and the
+        document's updates.
         The replica writes under a new client id from now on (its salt is
         this incarnation's), so it never reuses clocks of its previous life,
         even when the file is an older backup."""
-        self._start_epoch(int(saved["epoch"]), bytes(saved["base"]))
+        self._start_epoch(int(saved["epoch"]), base)
         for update in updates:
             self._doc.apply_update(update)
         self._frozen = {int(k): bytes(v) for k, v in saved["frozen"].items()}

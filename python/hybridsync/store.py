@@ -43,6 +43,9 @@ __all__ = ["Store"]
 FORMAT_VERSION = 1
 #: Appended metadata updates are folded into one row past this many.
 _META_ROWS = 64
+#: A page that grew by appends is stored as parts (rows appended since the
+#: last save); past this many parts the page is rewritten as one.
+_MAX_PARTS = 16
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value BLOB NOT NULL, sum INTEGER NOT NULL);
@@ -52,8 +55,8 @@ CREATE TABLE IF NOT EXISTS meta_updates (
 CREATE TABLE IF NOT EXISTS kv_caches (
     name TEXT PRIMARY KEY, header BLOB NOT NULL, sum INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS kv_pages (
-    name TEXT NOT NULL, page INTEGER NOT NULL, data BLOB NOT NULL, sum INTEGER NOT NULL,
-    PRIMARY KEY (name, page));
+    name TEXT NOT NULL, page INTEGER NOT NULL, part INTEGER NOT NULL, data BLOB NOT NULL,
+    sum INTEGER NOT NULL, PRIMARY KEY (name, page, part));
 CREATE TABLE IF NOT EXISTS links (
     role TEXT NOT NULL, peer TEXT NOT NULL, header BLOB NOT NULL, sum INTEGER NOT NULL,
     PRIMARY KEY (role, peer));
@@ -113,7 +116,13 @@ class Store:
             self._db = sqlite3.connect(
                 self.path, isolation_level=None, timeout=0, check_same_thread=False
             )
+            # Larger pages: KV page rows are megabytes; 16 KiB pages cut the
+            # overflow-page bookkeeping 4x (takes effect when the file is created).
+            self._db.execute("PRAGMA page_size=16384")
             self._db.execute("PRAGMA journal_mode=WAL")
+            # Checkpoint (copy the log into the file) past ~64 MiB, not 4 MiB:
+            # fewer, larger copies when big KV pages stream through.
+            self._db.execute("PRAGMA wal_autocheckpoint=4096")
             self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
             # One process holds a replica's file: a second open fails fast
             # instead of two replicas writing one history.
@@ -165,6 +174,8 @@ class Store:
         self._text_sums_committed: dict[str, int] = {}
         #: Per KV cache, the fingerprints of the pages on disk.
         self._kv_prints: dict[str, list[int]] = {}
+        #: Per KV cache and page, where the page's parts on disk end (offsets).
+        self._kv_parts: dict[str, dict[int, list[int]]] = {}
         self._kv_headers: dict[str, bytes] = {}
         self._kv_geometry: dict[str, Any] = {}
         self._deleted_saved = b""
@@ -220,7 +231,7 @@ class Store:
                     raise CorruptionError(f"{self.path}: checksum mismatch in metadata update {n}")
                 updates.append(bytes(data))
             try:
-                memory.meta._restore(saved, updates)
+                memory.meta._restore(saved, bytes(info.get("meta_base", b"")), updates)
             except (ValueError, KeyError, TypeError) as exc:
                 raise CorruptionError(f"{self.path}: metadata does not reload: {exc}") from None
             self._meta_epoch = memory.meta.epoch
@@ -245,31 +256,36 @@ class Store:
             cache._tokens = tokens
             pt = g.page_tokens
             rows = self._rows(
-                "SELECT page, data, sum FROM kv_pages WHERE name = ? ORDER BY page", name
+                "SELECT page, part, data, sum FROM kv_pages WHERE name = ? ORDER BY page, part",
+                name,
             )
-            if len(rows) != cache.pages or any(r[0] != i for i, r in enumerate(rows)):
-                raise CorruptionError(
-                    f"{self.path}: KV cache {name!r} should have {cache.pages} pages on disk, "
-                    f"found {len(rows)}"
-                )
-            for page, data, s in rows:
-                if _sum("kvpage", name, str(page), data) != s:
+            ends: dict[int, list[int]] = {}  # page -> offsets where its parts end
+            for page, part, data, s in rows:
+                if _sum("kvpage", name, str(page), str(part), data) != s:
                     raise CorruptionError(
                         f"{self.path}: checksum mismatch in page {page} of KV cache {name!r}"
                     )
-                t0, t1 = page * pt, min(tokens, (page + 1) * pt)
-                want = g.layers * 2 * g.kv_heads * (t1 - t0) * cache.row_bytes
-                if len(data) != want:
+                done = ends.setdefault(page, [0])
+                n, rest = divmod(len(data), g.layers * 2 * g.kv_heads * cache.row_bytes)
+                t0 = page * pt + part
+                if part != done[-1] or rest or not 0 < n <= min(tokens, (page + 1) * pt) - t0:
                     raise CorruptionError(
-                        f"{self.path}: page {page} of KV cache {name!r} holds {len(data)} bytes, "
-                        f"expected {want}"
+                        f"{self.path}: page {page} of KV cache {name!r} does not fit together"
                     )
                 block = np.frombuffer(data, np.uint8).reshape(
-                    g.layers, 2, g.kv_heads, t1 - t0, cache.row_bytes
+                    g.layers, 2, g.kv_heads, n, cache.row_bytes
                 )
                 for li, layer in enumerate(cache._bufs):
-                    layer[0][:, t0:t1] = block[li, 0]
-                    layer[1][:, t0:t1] = block[li, 1]
+                    layer[0][:, t0 : t0 + n] = block[li, 0]
+                    layer[1][:, t0 : t0 + n] = block[li, 1]
+                done.append(part + n)
+            for page in range(cache.pages):
+                if ends.get(page, [0])[-1] != min(tokens, (page + 1) * pt) - page * pt:
+                    raise CorruptionError(
+                        f"{self.path}: page {page} of KV cache {name!r} is missing on disk"
+                    )
+            if len(ends) != cache.pages:
+                raise CorruptionError(f"{self.path}: KV cache {name!r} has extra pages on disk")
             cache._stale_from = 0
             if cache.digest() != int(h["digest"]):
                 raise CorruptionError(
@@ -280,6 +296,7 @@ class Store:
             cache._mirror = cache.owner != memory.replica_id
             caches[name] = cache
             self._kv_prints[name] = _page_fingerprints(cache, 0, cache.pages)
+            self._kv_parts[name] = {p: e[1:] for p, e in ends.items()}
             self._kv_headers[name] = bytes(header)
             self._kv_geometry[name] = g
 
@@ -389,6 +406,7 @@ class Store:
         self._meta_saved = b""
         self._meta_seen = ()
         self._kv_prints.clear()
+        self._kv_parts.clear()
         self._kv_headers.clear()
         self._kv_geometry.clear()
         self._deleted_saved = b""
@@ -423,6 +441,8 @@ class Store:
     def _save_meta(self, memory: Memory) -> None:
         meta = memory.meta
         state = meta.state()
+        if meta.epoch != self._meta_epoch:
+            self._put_info("meta_base", meta.base)  # once per epoch
         if meta.epoch != self._meta_epoch or self._meta_rows >= _META_ROWS:
             self._db.execute("DELETE FROM meta_updates")
             rows = [meta.update_since(None)]
@@ -458,12 +478,16 @@ class Store:
                 self._db.execute("DELETE FROM kv_caches WHERE name = ?", (name,))
                 self._db.execute("DELETE FROM kv_pages WHERE name = ?", (name,))
                 self._kv_prints.pop(name, None)
+                self._kv_parts.pop(name, None)
                 self._kv_headers.pop(name, None)
                 self._kv_geometry.pop(name, None)
                 continue
             self._save_cache(name, cache, first)
 
-    def _save_cache(self, name: str, cache: KVCache, first: int) -> None:
+    def _save_cache(self, name: str, cache: KVCache, first_token: int) -> None:
+        """Write the pages of ``cache`` that changed; ``first_token``: the
+        first row written since the last save. A page that only grew gets a
+        new part with the rows it gained."""
         g = cache.geometry
         header = _pack(
             {
@@ -476,31 +500,49 @@ class Store:
         )
         old_header = self._kv_headers.get(name)
         prints = self._kv_prints.get(name)
+        parts = self._kv_parts.setdefault(name, {})
         if prints is None or self._kv_geometry.get(name) != g:
             self._db.execute("DELETE FROM kv_pages WHERE name = ?", (name,))
             prints = []
-            first = 0
+            parts.clear()
+            first_token = 0
         pages = cache.pages
         pt = g.page_tokens
-        first = min(first, len(prints), pages)
+        first = min(first_token // pt, len(prints), pages)
         fresh = _page_fingerprints(cache, first, pages)
-        # The last page on disk may be partial: its fingerprint changes as it fills.
         for i, fp in enumerate(fresh):
             page = first + i
             if page < len(prints) and prints[page] == fp:
                 continue
-            t0, t1 = page * pt, min(cache.tokens, (page + 1) * pt)
+            end = min(cache.tokens, (page + 1) * pt) - page * pt
+            held = parts.get(page, [])
+            stored = held[-1] if held else 0
+            # Rows below first_token are unchanged since the last save: when
+            # the page on disk ends there or before, it only grew.
+            if held and stored <= first_token - page * pt and len(held) < _MAX_PARTS:
+                start = stored
+            else:
+                if held:
+                    self._db.execute(
+                        "DELETE FROM kv_pages WHERE name = ? AND page = ?", (name, page)
+                    )
+                held = parts[page] = []
+                start = 0
+            t0, t1 = page * pt + start, page * pt + end
             block = np.stack(
                 [np.stack([lay[0][:, t0:t1], lay[1][:, t0:t1]]) for lay in cache._bufs]
             )
             data = block.tobytes()
             self._db.execute(
-                "INSERT OR REPLACE INTO kv_pages VALUES (?, ?, ?, ?)",
-                (name, page, data, _sum("kvpage", name, str(page), data)),
+                "INSERT OR REPLACE INTO kv_pages VALUES (?, ?, ?, ?, ?)",
+                (name, page, start, data, _sum("kvpage", name, str(page), str(start), data)),
             )
+            held.append(end)
             self.bytes_written += len(data)
         if len(prints) > pages:
             self._db.execute("DELETE FROM kv_pages WHERE name = ? AND page >= ?", (name, pages))
+            for page in [p for p in parts if p >= pages]:
+                del parts[page]
         self._kv_prints[name] = prints[:first] + fresh
         self._kv_geometry[name] = g
         if header != old_header:
