@@ -76,7 +76,7 @@ bench: build ## hybridsync vs pycrdt and Loro over a lossy network (benches/resu
 	$(BIN)/hybridsync bench --jobs 2 --cpu-budget 300
 
 .PHONY: bench-all
-bench-all: bench bench-text bench-sync bench-meta bench-kv bench-ttft ## Every benchmark (results in benches/results/)
+bench-all: bench bench-text bench-sync bench-meta bench-kv bench-ttft bench-store ## Every benchmark (results in benches/results/)
 
 .PHONY: bench-text
 bench-text: build ## Text kernels vs diff-match-patch (C++) and diff-match-patch (Python)
@@ -90,6 +90,10 @@ bench-meta: build ## Structured metadata vs pycrdt and Loro: storm and task boar
 .PHONY: bench-sync
 bench-sync: build ## The sync engine vs pycrdt: wire bytes and CPU per cycle
 	$(PY) benches/bench_sync.py
+
+.PHONY: bench-store
+bench-store: build ## Durable replicas: cycle time with/without persistence, KV page rows vs files
+	$(PY) benches/bench_store.py
 
 .PHONY: bench-kv
 bench-kv: build ## KV caches: page hashing, quantizers, 1 GiB cycle, mirroring vs pycrdt/zstd/rsync
