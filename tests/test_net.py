@@ -328,14 +328,19 @@ def test_fault_proxy_swarm_converges() -> None:
 # -- the synchronous wrapper ------------------------------------------------------
 
 
-def test_sync_node_from_plain_threads() -> None:
+@pytest.mark.parametrize("durable", [False, True], ids=["in-memory", "durable"])
+def test_sync_node_from_plain_threads(durable: bool, tmp_path: Any) -> None:
     """Several agents in one process, each in its own thread, two of them
-    sharing one node (and its lock)."""
-    with SyncNode(Memory("hub"), secret=SECRET, serve=(HOST, 0)) as hub:
+    sharing one node (and its lock); durable replicas save from the loop thread."""
+
+    def memory(name: str) -> Memory:
+        return Memory(name, path=tmp_path / f"{name}.db" if durable else None)
+
+    with SyncNode(memory("hub"), secret=SECRET, serve=(HOST, 0)) as hub:
         url = hub.url
         with (
-            SyncNode(Memory("node-a"), secret=SECRET, url=url, connect_options=FAST) as node_a,
-            SyncNode(Memory("node-b"), secret=SECRET, url=url, connect_options=FAST) as node_b,
+            SyncNode(memory("node-a"), secret=SECRET, url=url, connect_options=FAST) as node_a,
+            SyncNode(memory("node-b"), secret=SECRET, url=url, connect_options=FAST) as node_b,
         ):
             node_a.wait_connected(30)
             node_b.wait_connected(30)
