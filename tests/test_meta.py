@@ -325,3 +325,53 @@ def test_property_convergence_with_faults_and_compactions(
             assert value in written[key]
     logs = sorted(v for w in range(3) for v in final.get(f"log-{w}", []))
     assert logs == sorted(appended)  # every append exactly once
+
+
+def test_a_root_restarted_empty_keeps_what_it_acknowledged_across_epochs() -> None:
+    """The old root compacted (epoch 1) and one child crossed; the other
+    stayed on epoch 0. A new root starts empty, adopts the lagging child's
+    epoch 0 and acknowledges its writes; then the child on epoch 1 shows up.
+    The new root crosses with the frozen state of epoch 0 that child holds,
+    so the lagging child re-applies exactly what epoch 1 lacks."""
+
+    def exchange(client: Link, server: Link) -> None:
+        for _ in range(3):
+            server.incoming(client.outgoing())  # type: ignore[arg-type]
+            reply = server.outgoing()
+            if reply is not None:
+                client.incoming(reply)
+
+    on = CompactionPolicy(max_ratio=1.0, slack_bytes=0)
+    off = CompactionPolicy(enabled=False)
+    old = Memory("hub", compaction=off, incarnation=1)
+    a = Memory("a", compaction=on, incarnation=2)
+    b = Memory("b", compaction=on, incarnation=3)
+    la, sa = Link(a, "hub"), Link(old, "a", role="server")
+    lb, sb = Link(b, "hub"), Link(old, "b", role="server")
+    a.meta["log"] = []
+    exchange(la, sa)
+    exchange(lb, sb)
+    a.meta["log"].append("a0")
+    exchange(la, sa)
+    exchange(lb, sb)
+    old.meta.policy = on
+    for i in range(5):
+        b.meta["k"] = 100 + i
+    exchange(lb, sb)  # the old root compacts; b crosses, a does not
+    assert (old.meta.epoch, a.meta.epoch, b.meta.epoch) == (1, 0, 1)
+    new = Memory("hub", compaction=off, incarnation=9)
+    la.close()
+    lb.close()
+    la, sa = Link(a, "hub"), Link(new, "a", role="server")
+    lb, sb = Link(b, "hub"), Link(new, "b", role="server")
+    exchange(la, sa)
+    a.meta["log"].append("late")
+    a.meta["late"] = True
+    exchange(la, sa)  # acknowledged by the new root, on epoch 0
+    for _ in range(3):
+        exchange(lb, sb)
+        exchange(la, sa)
+    want = {"log": ["a0", "late"], "late": True, "k": 104}
+    for m in (new, a, b):
+        assert m.meta.epoch == 1
+        assert m.meta.to_py() == want

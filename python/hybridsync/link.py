@@ -196,6 +196,7 @@ class Link:
         # Metadata channel: the peer's epoch and what it is known to hold.
         self._meta_dirty = not memory.meta.is_empty()
         self._peer_epoch = 0
+        self._peer_known = False  # client: a reply told us the peer's epoch
         self._peer_state: bytes | None = None
         self._sent_state: bytes | None = None  # our state vector in the last frame built
         self._seq = 0  # client: latest request sent; server: latest request processed
@@ -434,6 +435,15 @@ class Link:
             self._sent_state = meta.base_state
             frozen = meta.frozen_state(self._peer_epoch)
             return MetaBlock(meta.epoch, MetaKind.EPOCH, meta.base, frozen)
+        if self.role == "client" and self._peer_known and self._peer_epoch < meta.epoch:
+            # The server is on an older epoch (it restarted without its
+            # state and adopted another child's): move it across with the
+            # frozen state of its epoch, so that whoever wrote on that epoch
+            # re-applies exactly what our epoch's base does not hold.
+            self._meta_dirty = False
+            self._sent_state = meta.state()
+            frozen = meta.frozen_state(self._peer_epoch)
+            return MetaBlock(meta.epoch, MetaKind.EPOCH, meta.update_since(None), frozen)
         if self._meta_dirty or (self.role == "client" and self._peer_epoch < meta.epoch):
             self._meta_dirty = False
             known = self._peer_state if self._peer_epoch == meta.epoch else None
@@ -457,8 +467,16 @@ class Link:
             meta.cross(blk.epoch, blk.a, blk.b, meta.epoch)
         elif blk.kind == MetaKind.UPDATE and blk.epoch == meta.epoch:
             meta.apply_remote(blk.b, self)
-        elif blk.kind == MetaKind.UPDATE and blk.epoch > meta.epoch:
-            # The peer is ahead with its whole document (a restarted root).
+        elif (
+            blk.kind == MetaKind.UPDATE
+            and blk.epoch > meta.epoch
+            and (self.role == "client" or meta.is_empty())
+        ):
+            # The peer is ahead with its whole document (we are a root that
+            # restarted). A server that holds metadata of its own epoch
+            # changes nothing and waits for the client's EPOCH block: crossing
+            # without the frozen state of our epoch would drop writes we
+            # acknowledged on it.
             meta.cross(blk.epoch, blk.b, b"", meta.epoch)
         if meta.epoch != epoch_before:
             self._peer_state = meta.base_state if blk.kind == MetaKind.EPOCH else blk.a
@@ -472,6 +490,7 @@ class Link:
                 known = merge_state_vectors(known, blk.a)
             self._peer_state = known
         self._peer_epoch = blk.epoch
+        self._peer_known = self.role == "client"
 
     def _sent(self, data: bytes, *, retransmit: bool) -> bytes:
         m = self.metrics
@@ -637,6 +656,7 @@ class Link:
         document that has to travel whole merges like one meeting without
         shared history, so that nothing we hold is overwritten."""
         self._peer_state = self._sent_state = None
+        self._peer_known = False
         self._meta_dirty = True
         self._kv.restart()
         self._peer_resumed = set(self._docs)
