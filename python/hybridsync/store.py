@@ -131,14 +131,18 @@ class Store:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     self._db.execute(statement)
-        except sqlite3.OperationalError as exc:
+        except sqlite3.Error as exc:
+            if hasattr(self, "_db"):
+                self._db.close()
+            if not isinstance(exc, sqlite3.OperationalError):
+                raise CorruptionError(
+                    f"{self.path} is not a readable replica file: {exc}"
+                ) from None
             if "locked" in str(exc):
                 raise StorageError(
                     f"{self.path} is open in another process (one process per replica file)"
                 ) from None
             raise StorageError(f"cannot open {self.path}: {exc}") from None
-        except sqlite3.DatabaseError as exc:
-            raise CorruptionError(f"{self.path} is not a readable replica file: {exc}") from None
         try:
             info = self._info()
             if not info:
