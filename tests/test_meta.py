@@ -375,3 +375,54 @@ def test_a_root_restarted_empty_keeps_what_it_acknowledged_across_epochs() -> No
     for m in (new, a, b):
         assert m.meta.epoch == 1
         assert m.meta.to_py() == want
+
+
+def test_a_restarted_root_without_the_frozen_state_loses_no_acknowledged_insert() -> None:
+    """As above, but the child that is ahead joined after the lagging child's
+    epoch ended, so nobody knows that epoch's frozen state: the lagging child
+    inserts again the list values the new epoch lacks, and only those."""
+
+    def exchange(client: Link, server: Link) -> None:
+        for _ in range(3):
+            server.incoming(client.outgoing())  # type: ignore[arg-type]
+            reply = server.outgoing()
+            if reply is not None:
+                client.incoming(reply)
+
+    on = CompactionPolicy(max_ratio=1.0, slack_bytes=0)
+    off = CompactionPolicy(enabled=False)
+    old = Memory("hub", compaction=off, incarnation=1)
+    a = Memory("a", compaction=on, incarnation=2)
+    la, sa = Link(a, "hub"), Link(old, "a", role="server")
+    a.meta["log"] = []
+    exchange(la, sa)
+    old.meta.policy = on
+    for i in range(3):
+        a.meta["log"].append(f"a{i}")
+        a.meta["k"] = i
+    exchange(la, sa)  # epoch 1; a crosses
+    old.meta.policy = off
+    a.meta["log"].append("a-acked-by-old")
+    exchange(la, sa)  # integrated by the old root on epoch 1
+    old.meta.policy = on
+    for i in range(5):
+        old.meta["k"] = 10 + i
+    old.meta.maybe_compact()  # epoch 2; a does not hear of it
+    c = Memory("c", compaction=on, incarnation=3)
+    lc, sc = Link(c, "hub"), Link(old, "c", role="server")
+    exchange(lc, sc)  # c joins on epoch 2: it never saw epoch 1
+    assert (old.meta.epoch, a.meta.epoch, c.meta.epoch) == (2, 1, 2)
+    new = Memory("hub", compaction=off, incarnation=9)
+    la.close()
+    lc.close()
+    la, sa = Link(a, "hub"), Link(new, "a", role="server")
+    lc, sc = Link(c, "hub"), Link(new, "c", role="server")
+    exchange(la, sa)
+    a.meta["log"].append("late")
+    exchange(la, sa)  # acknowledged by the new root on epoch 1
+    for _ in range(3):
+        exchange(lc, sc)
+        exchange(la, sa)
+    for m in (new, a, c):
+        assert m.meta.epoch == 2
+        assert m.meta["log"].to_py() == ["a0", "a1", "a2", "a-acked-by-old", "late"]

@@ -473,10 +473,21 @@ class Meta(_LiveMapping):
         # away for more epochs than it remembers), count what our upstream
         # acknowledged as integrated and re-apply the rest.
         integrated = frozen if frozen_state else self._delivered
-        keep = [op for client, end, op in self._pending if end > integrated.get(client, 0)]
+        # (op, sure): writes past what was integrated go again; without a
+        # frozen state, what an upstream acknowledged may still be missing
+        # (a root that restarted without its state acknowledged it, then
+        # moved to an epoch built without it): an inserted list value the
+        # new base lacks is inserted again (values are compared, so nothing
+        # the base holds is doubled).
+        candidates = [
+            (op, end > integrated.get(client, 0))
+            for client, end, op in self._pending
+            if end > integrated.get(client, 0) or (not frozen_state and op[0] == "insert")
+        ]
         self._frozen[from_epoch] = frozen_state
         self._trim_history()
         self._start_epoch(epoch, base)
+        keep = [op for op, sure in candidates if sure or not self._holds(op)]
         self._pending = []
         self.metrics.crossings += 1
         if keep:
@@ -682,6 +693,14 @@ class Meta(_LiveMapping):
         with self._write() as ops:
             del node[i]
             ops.append(("ldel", path, i, None))
+
+    def _holds(self, op: Op) -> bool:
+        """True when the list an insert wrote to holds its value (or is gone)."""
+        try:
+            node = self._resolve(op[1])
+        except KeyError:
+            return True
+        return not isinstance(node, Array) or op[3] in (node.to_py() or [])
 
     def _replay(self, op: Op) -> bool:
         """Re-apply a logged write on the current document (value level);
