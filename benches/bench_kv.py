@@ -64,7 +64,7 @@ import numpy as np
 import pycrdt
 import xxhash
 
-from _machine import cpu_model, package_version
+from _machine import cpu_model, git_revision, package_version
 from hybridsync import Link, Memory
 from hybridsync.kv import KVCache, mlx4_parts, quantize
 
@@ -757,16 +757,7 @@ def run_growth(quick: bool, work: Path) -> dict[str, Any]:
 
 
 def environment(argv: Sequence[str]) -> dict[str, Any]:
-    try:
-        rev = subprocess.run(
-            ["git", "describe", "--always", "--dirty"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).parent,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        rev = "unknown"
+    rev = git_revision()
     return {
         "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": " ".join([".venv/bin/python", "benches/bench_kv.py", *argv]),

@@ -67,7 +67,6 @@ import pstats
 import random
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -78,7 +77,7 @@ from typing import Any
 
 import numpy as np
 
-from _machine import cpu_model, package_version
+from _machine import cpu_model, git_revision, package_version
 from hybridsync import KVCache, Link, Memory
 
 SEED = 20_240_601
@@ -719,16 +718,7 @@ def run_storage(sizes: Sizes, work: Path) -> dict[str, Any]:
 
 
 def environment(quick: bool, work: Path) -> dict[str, Any]:
-    try:
-        rev = subprocess.run(
-            ["git", "describe", "--always", "--dirty"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).parent,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        rev = "unknown"
+    rev = git_revision()
     return {
         "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "python benches/bench_store.py" + (" --quick" if quick else ""),
