@@ -47,6 +47,7 @@ FLAG_RESUME = 0x10
 _KNOWN_FLAGS = FLAG_COMPRESSED | FLAG_REPLY | FLAG_META | FLAG_KV | FLAG_RESUME
 _HEADER = struct.Struct("<4sBB")
 _CHECKSUM = struct.Struct("<Q")
+_EPOCH_ID = struct.Struct("<Q")
 
 
 class Kind(enum.IntEnum):
@@ -99,19 +100,29 @@ class MetaKind(enum.IntEnum):
     NONE = 0
     #: ``a`` = the sender's state vector, ``b`` = a Yjs update of the epoch.
     UPDATE = 1
-    #: A new epoch: ``a`` = its base document (a Yjs update), ``b`` = the final
-    #: state vector of the receiver's (older) epoch.
+    #: Move to the sender's epoch: ``a`` = the sender's whole document (a Yjs
+    #: update), ``b`` = the state vector of the receiver's epoch that this
+    #: document holds (own writes past it are re-applied). Sent by servers only.
     EPOCH = 2
+    #: Like EPOCH, after the sender merged the receiver's document (of another
+    #: lineage) by value: ``b`` = the receiver's state vector it merged. The
+    #: receiver also re-applies its own dict writes (set, delete) that ``b``
+    #: covers, so that its own latest values and deletions win over the
+    #: values merged from others.
+    MERGE = 3
 
 
 @dataclass(frozen=True)
 class MetaBlock:
     """The structured-metadata part of a frame."""
 
+    #: The sender's epoch number (compactions along its lineage; informative).
     epoch: int
     kind: MetaKind
     a: bytes = b""
     b: bytes = b""
+    #: Identifies the sender's epoch: random, drawn when the epoch starts.
+    epoch_id: int = 0
 
 
 class KVKind(enum.IntEnum):
@@ -274,6 +285,7 @@ def encode_frame(frame: Frame, *, compress_threshold: int = 1024, level: int = 3
     if frame.meta is not None:
         flags |= FLAG_META
         _put_uint(body, frame.meta.epoch)
+        body += _EPOCH_ID.pack(frame.meta.epoch_id)
         body.append(frame.meta.kind)
         if frame.meta.kind != MetaKind.NONE:
             _put_bytes(body, frame.meta.a)
@@ -584,15 +596,16 @@ def decode_frame(data: bytes, *, max_bytes: int = 64 << 20, max_kv_bytes: int = 
     meta = None
     if flags & FLAG_META:
         epoch_m = r.uint()
+        (epoch_id,) = _EPOCH_ID.unpack(r.take(_EPOCH_ID.size))
         kind_byte = r.take(1)[0]
         try:
             mkind = MetaKind(kind_byte)
         except ValueError:
             raise DecodeError(f"unknown metadata block kind {kind_byte}") from None
         if mkind == MetaKind.NONE:
-            meta = MetaBlock(epoch_m, mkind)
+            meta = MetaBlock(epoch_m, mkind, epoch_id=epoch_id)
         else:
-            meta = MetaBlock(epoch_m, mkind, bytes(r.blob()), bytes(r.blob()))
+            meta = MetaBlock(epoch_m, mkind, bytes(r.blob()), bytes(r.blob()), epoch_id)
     if r.pos != len(body):
         raise DecodeError(f"{len(body) - r.pos} trailing bytes after the frame body")
     return Frame(

@@ -195,8 +195,10 @@ class Link:
         self._retired_epochs: dict[int, None] = {}
         # Metadata channel: the peer's epoch and what it is known to hold.
         self._meta_dirty = not memory.meta.is_empty()
-        self._peer_epoch = 0
-        self._peer_known = False  # client: a reply told us the peer's epoch
+        self._peer_epoch: int | None = None  # the id of the peer's epoch, once known
+        #: Server: (epoch id, state vector) of a downstream document of another
+        #: lineage that we merged; the peer moves to our epoch with it.
+        self._merged: tuple[int, bytes] | None = None
         self._peer_state: bytes | None = None
         self._sent_state: bytes | None = None  # our state vector in the last frame built
         self._seq = 0  # client: latest request sent; server: latest request processed
@@ -336,7 +338,7 @@ class Link:
             or self._deleted_acks
             or self._absent
             or self._meta_dirty
-            or (self.role == "server" and self._peer_epoch < self.memory.meta.epoch)
+            or self._epoch_frozen() is not None
             or not self._kv.idle
         )
 
@@ -423,35 +425,42 @@ class Link:
             self.memory.flush()
         return self._sent(data, retransmit=False)
 
+    def _epoch_frozen(self) -> bytes | None:
+        """Server: what our epoch holds of the peer's epoch, when the peer
+        must move to ours (it is on an ended epoch of our lineage, or on
+        another lineage whose document we merged); otherwise None."""
+        meta = self.memory.meta
+        peer = self._peer_epoch
+        if self.role != "server" or peer is None or peer == meta.epoch_id:
+            return None
+        if self._merged is not None and self._merged[0] == peer:
+            return self._merged[1]
+        return meta.frozen_state(peer)
+
     def _meta_block(self) -> MetaBlock:
         meta = self.memory.meta
         if self.memory.is_root:
             meta.maybe_compact()  # the compaction pass runs during each cycle
         # _sent_state: what the peer holds once it has this frame.
-        if self.role == "server" and self._peer_epoch < meta.epoch:
-            # The peer is on an older epoch: move it across. What the epoch
-            # gained since its base follows once the peer reports its state.
-            self._meta_dirty = True
-            self._sent_state = meta.base_state
-            frozen = meta.frozen_state(self._peer_epoch)
-            return MetaBlock(meta.epoch, MetaKind.EPOCH, meta.base, frozen)
-        if self.role == "client" and self._peer_known and self._peer_epoch < meta.epoch:
-            # The server is on an older epoch (it restarted without its
-            # state and adopted another child's): move it across with the
-            # frozen state of its epoch, so that whoever wrote on that epoch
-            # re-applies exactly what our epoch's base does not hold.
+        frozen = self._epoch_frozen()
+        if frozen is not None:
+            # Move the peer to our epoch with our whole document (so nothing
+            # else is due); its own writes that the document lacks it re-applies.
             self._meta_dirty = False
             self._sent_state = meta.state()
-            frozen = meta.frozen_state(self._peer_epoch)
-            return MetaBlock(meta.epoch, MetaKind.EPOCH, meta.update_since(None), frozen)
-        if self._meta_dirty or (self.role == "client" and self._peer_epoch < meta.epoch):
+            merged = self._merged is not None and self._merged[0] == self._peer_epoch
+            kind = MetaKind.MERGE if merged else MetaKind.EPOCH
+            return MetaBlock(meta.epoch, kind, meta.update_since(None), frozen, meta.epoch_id)
+        if self._meta_dirty or (self.role == "client" and self._peer_epoch != meta.epoch_id):
+            # A client whose server is on another epoch sends its whole
+            # document until the server moves it across.
             self._meta_dirty = False
-            known = self._peer_state if self._peer_epoch == meta.epoch else None
+            known = self._peer_state if self._peer_epoch == meta.epoch_id else None
             self._sent_state = meta.state()
             update = meta.update_since(known)
-            return MetaBlock(meta.epoch, MetaKind.UPDATE, self._sent_state, update)
+            return MetaBlock(meta.epoch, MetaKind.UPDATE, self._sent_state, update, meta.epoch_id)
         self._sent_state = None
-        return MetaBlock(meta.epoch, MetaKind.NONE)
+        return MetaBlock(meta.epoch, MetaKind.NONE, epoch_id=meta.epoch_id)
 
     def _receive_meta(self, blk: MetaBlock | None, delivered: bool) -> None:
         """Apply a frame's metadata block. ``delivered``: the peer has our last
@@ -462,35 +471,34 @@ class Link:
             return
         if blk.kind == MetaKind.UPDATE:
             decode_state_vector(blk.a)  # validate before anything changes
-        epoch_before = meta.epoch
-        if blk.kind == MetaKind.EPOCH and blk.epoch > meta.epoch:
-            meta.cross(blk.epoch, blk.a, blk.b, meta.epoch)
-        elif blk.kind == MetaKind.UPDATE and blk.epoch == meta.epoch:
-            meta.apply_remote(blk.b, self)
+        epoch_before = meta.epoch_id
+        if blk.epoch_id == meta.epoch_id:
+            if blk.kind == MetaKind.UPDATE:
+                meta.apply_remote(blk.b, self)
+        elif self.role == "client":
+            if blk.kind in (MetaKind.EPOCH, MetaKind.MERGE):
+                merged = blk.kind == MetaKind.MERGE
+                meta.cross(blk.epoch, blk.epoch_id, blk.a, blk.b, merged=merged, origin=self)
         elif (
             blk.kind == MetaKind.UPDATE
-            and blk.epoch > meta.epoch
-            and (self.role == "client" or meta.is_empty())
+            and meta.frozen_state(blk.epoch_id) is None
+            and meta.merge_foreign(blk.b, blk.a)
         ):
-            # The peer is ahead with its whole document (we are a root that
-            # restarted). A server that holds metadata of its own epoch
-            # changes nothing and waits for the client's EPOCH block: crossing
-            # without the frozen state of our epoch would drop writes we
-            # acknowledged on it.
-            meta.cross(blk.epoch, blk.b, b"", meta.epoch)
-        if meta.epoch != epoch_before:
-            self._peer_state = meta.base_state if blk.kind == MetaKind.EPOCH else blk.a
-        elif blk.epoch == meta.epoch:
-            known = self._peer_state if self._peer_epoch == meta.epoch else None
+            # A downstream document of another lineage: its values merged,
+            # the peer moves to our epoch (re-applying what it wrote after
+            # this state). Not the whole document: nothing merged, wait for it.
+            self._merged = (blk.epoch_id, blk.a)
+        if meta.epoch_id != epoch_before:
+            self._peer_state = meta.base_state
+        elif blk.epoch_id == meta.epoch_id:
+            known = self._peer_state if self._peer_epoch == meta.epoch_id else None
             if delivered and self._sent_state is not None:
                 known = merge_state_vectors(known, self._sent_state)
-                if self.role == "client":
-                    meta.note_delivered(self._sent_state)
             if blk.kind == MetaKind.UPDATE:
                 known = merge_state_vectors(known, blk.a)
             self._peer_state = known
-        self._peer_epoch = blk.epoch
-        self._peer_known = self.role == "client"
+            self._merged = None
+        self._peer_epoch = blk.epoch_id
 
     def _sent(self, data: bytes, *, retransmit: bool) -> bytes:
         m = self.metrics
@@ -593,12 +601,13 @@ class Link:
         # The metadata block is the only part that can still fail: apply it
         # before anything else changes.
         if restart:
-            saved = (self._peer_epoch, self._peer_state, self._sent_state)
-            self._peer_epoch, self._peer_state, self._sent_state = 0, None, None
+            saved = (self._peer_epoch, self._peer_state, self._sent_state, self._merged)
+            self._peer_epoch, self._peer_state, self._sent_state = None, None, None
+            self._merged = None
             try:
                 self._receive_meta(frame.meta, delivered=False)
             except Exception:
-                self._peer_epoch, self._peer_state, self._sent_state = saved
+                self._peer_epoch, self._peer_state, self._sent_state, self._merged = saved
                 raise
         else:
             # A reply, or a request following one we answered: the peer has our last frame.
@@ -656,7 +665,6 @@ class Link:
         document that has to travel whole merges like one meeting without
         shared history, so that nothing we hold is overwritten."""
         self._peer_state = self._sent_state = None
-        self._peer_known = False
         self._meta_dirty = True
         self._kv.restart()
         self._peer_resumed = set(self._docs)

@@ -93,6 +93,8 @@ class MetaMetrics:
     crossings: int = 0
     #: Own writes re-applied on a new epoch because the root had not integrated them.
     rebased_writes: int = 0
+    #: Values written while merging downstream documents of another lineage.
+    merged_writes: int = 0
     #: Largest encoded state seen (bytes).
     max_encoded_bytes: int = 0
 
@@ -237,12 +239,12 @@ def merge_state_vectors(a: bytes | None, b: bytes) -> bytes:
     return encode_state_vector(merged)
 
 
-def _client_id(replica_id: str, epoch: int, salt: int) -> int:
+def _client_id(replica_id: str, epoch_id: int, salt: int) -> int:
     """A CRDT client id unique to (replica incarnation, epoch), within
     JavaScript's 53 bits. ``salt`` is random per :class:`Meta` instance: a
     restarted replica (or a restarted root building an epoch base again)
     never reuses the ids, and so the clocks, of its previous life."""
-    key = f"{replica_id}\x00{epoch}\x00{salt}".encode()
+    key = f"{replica_id}\x00{epoch_id}\x00{salt}".encode()
     return xxhash.xxh64_intdigest(key) & ((1 << 53) - 1)
 
 
@@ -386,27 +388,19 @@ class Meta(_LiveMapping):
         self._client = 0
         self._salt = secrets.randbits(64) if incarnation is None else incarnation
         self._estimate = 0
-        #: Own clock acknowledged by the upstream this epoch, per own client id.
-        self._delivered: dict[int, int] = {}
         self._base_size = 0
-        self._start_epoch(0, b"")
+        self.epoch_id = 0
+        # Every replica starts on an epoch 0 of its own: the first exchange
+        # with an upstream moves it onto the upstream's epoch.
+        self._start_epoch(0, self._new_epoch_id(0), b"")
 
     # -- epochs
 
-    def note_delivered(self, state: bytes) -> None:
-        """Our upstream acknowledged a frame that carried ``state`` (a state
-        vector of the current epoch)."""
-        sv = decode_state_vector(state)
-        for client in {c for c, _, _ in self._pending} | {self._client}:
-            clock = sv.get(client, 0)
-            if clock > self._delivered.get(client, 0):
-                self._delivered[client] = clock
-
-    def _start_epoch(self, epoch: int, base: bytes) -> None:
-        self._delivered = {}
+    def _start_epoch(self, epoch: int, epoch_id: int, base: bytes) -> None:
         self.epoch = epoch
+        self.epoch_id = epoch_id
         self.base = base
-        self._client = _client_id(self._memory.replica_id, epoch, self._salt)
+        self._client = _client_id(self._memory.replica_id, epoch_id, self._salt)
         self._doc: Doc[Any] = Doc(client_id=self._client)
         if base:
             self._doc.apply_update(base)
@@ -416,9 +410,16 @@ class Meta(_LiveMapping):
         self._base_size = len(base)
         self.metrics.epoch = epoch
 
-    def frozen_state(self, epoch: int) -> bytes:
-        """The final state vector of an ended epoch (empty if unknown)."""
-        return self._frozen.get(epoch, b"")
+    def _new_epoch_id(self, epoch: int) -> int:
+        """The id of an epoch this replica starts: unique to (replica
+        incarnation, epoch number, previous epoch), never 0."""
+        key = f"{self._memory.replica_id}\x00{epoch}\x00{self._salt}\x00{self.epoch_id}"
+        return xxhash.xxh64_intdigest(key.encode()) | 1
+
+    def frozen_state(self, epoch_id: int) -> bytes | None:
+        """What the current epoch holds of an ended epoch of this lineage (its
+        final state vector), or None if ``epoch_id`` is not one of them."""
+        return self._frozen.get(epoch_id)
 
     def maybe_compact(self) -> bool:
         """Run the compaction pass: start a new epoch when the policy says so.
@@ -439,16 +440,16 @@ class Meta(_LiveMapping):
             return False
         if encoded <= self._base_size + 64 and clients <= p.max_clients:
             return False  # nothing to gain: the history is the base already
-        self._frozen[self.epoch] = self._doc.get_state()
+        self._frozen[self.epoch_id] = self._doc.get_state()
         self._trim_history()
-        builder: Doc[Any] = Doc(
-            client_id=_client_id(self._memory.replica_id, self.epoch + 1, self._salt ^ 1)
-        )
+        epoch_id = self._new_epoch_id(self.epoch + 1)
+        builder_id = _client_id(self._memory.replica_id, epoch_id, self._salt ^ 1)
+        builder: Doc[Any] = Doc(client_id=builder_id)
         root = builder.get(_ROOT, type=Map)
         with builder.transaction():
             for k, v in live.items():
                 root[k] = _prelim(v)
-        self._start_epoch(self.epoch + 1, builder.get_update())
+        self._start_epoch(self.epoch + 1, epoch_id, builder.get_update())
         self._pending.clear()  # the root integrated everything it wrote
         self.metrics.compactions += 1
         self._measure(len(self._doc.get_update()), self.metrics.live_bytes, 1)
@@ -457,47 +458,145 @@ class Meta(_LiveMapping):
 
     def _trim_history(self) -> None:
         while len(self._frozen) > _EPOCH_HISTORY:
-            del self._frozen[min(self._frozen)]
+            del self._frozen[next(iter(self._frozen))]
 
-    def cross(self, epoch: int, base: bytes, frozen_state: bytes, from_epoch: int) -> None:
-        """Move to ``epoch`` (built from ``base``), re-applying own writes that
-        the frozen state of ``from_epoch`` (our current epoch) does not cover.
-        Raises DecodeError (nothing changes) if ``base`` or the state is bad."""
+    def cross(
+        self,
+        epoch: int,
+        epoch_id: int,
+        document: bytes,
+        frozen_state: bytes,
+        *,
+        merged: bool = False,
+        origin: Link | None = None,
+    ) -> None:
+        """Move to the upstream's epoch ``epoch_id`` (``document``: its whole
+        document), re-applying the own writes that ``frozen_state`` (what
+        that document holds of our current epoch) does not cover, and with
+        ``merged`` (the upstream merged our document by value) our own dict
+        writes too. ``origin``: the link the document came through (it
+        holds it; our other links have news).
+        Raises DecodeError (nothing changes) if the document or the state is bad."""
         frozen = decode_state_vector(frozen_state)
         probe: Doc[Any] = Doc()
         try:
-            probe.apply_update(base)
+            probe.apply_update(document)
         except ValueError as exc:
-            raise DecodeError(f"invalid epoch base document: {exc}") from exc
-        # Without a frozen state (the sender no longer knows our epoch: we were
-        # away for more epochs than it remembers), count what our upstream
-        # acknowledged as integrated and re-apply the rest.
-        integrated = frozen if frozen_state else self._delivered
-        # (op, sure): writes past what was integrated go again; without a
-        # frozen state, what an upstream acknowledged may still be missing
-        # (a root that restarted without its state acknowledged it, then
-        # moved to an epoch built without it): an inserted list value the
-        # new base lacks is inserted again (values are compared, so nothing
-        # the base holds is doubled).
-        candidates = [
-            (op, end > integrated.get(client, 0))
+            raise DecodeError(f"invalid epoch document: {exc}") from exc
+        # (op, overlay): after a merge, own dict writes the merge covered go
+        # again as overlays (a container merges instead of replacing what
+        # others put in it since).
+        keep = [
+            (op, end <= frozen.get(client, 0))
             for client, end, op in self._pending
-            if end > integrated.get(client, 0) or (not frozen_state and op[0] == "insert")
+            if end > frozen.get(client, 0) or (merged and op[0] in ("set", "del"))
         ]
-        self._frozen[from_epoch] = frozen_state
+        self._frozen[self.epoch_id] = frozen_state
         self._trim_history()
-        self._start_epoch(epoch, base)
-        keep = [op for op, sure in candidates if sure or not self._holds(op)]
+        self._start_epoch(epoch, epoch_id, document)
         self._pending = []
         self.metrics.crossings += 1
         if keep:
             with self._write() as ops:
-                for op in keep:
-                    if self._replay(op):
+                for op, overlay in keep:
+                    if overlay:
+                        self._overlay(op, ops)
+                    elif self._replay(op):
                         ops.append(op)
                 self.metrics.rebased_writes += len(ops)
         self._changed = True
-        self._memory._meta_changed(None, epoch_changed=True)
+        self._memory._meta_changed(origin, epoch_changed=True)
+
+    def merge_foreign(self, update: bytes, state: bytes) -> bool:
+        """Fold in a downstream replica's whole document of an epoch that is
+        not of this lineage (this replica restarted without its state, or the
+        peer comes from another tree): no shared history tells what is new, so
+        the values merge. Keys we lack are set, dicts merge key by key, lists
+        gain the values they lack (compared by value, counted, so nothing we
+        hold is doubled); where both hold a different plain value, ours stays.
+        The merge is our own write (logged, so it survives our own crossings).
+        Returns False, changing nothing, when ``update`` is not the whole
+        document that ``state`` describes; raises DecodeError if it does not
+        decode."""
+        scratch: Doc[Any] = Doc()
+        try:
+            scratch.apply_update(update)
+        except ValueError as exc:
+            raise DecodeError(f"invalid metadata update: {exc}") from exc
+        if decode_state_vector(scratch.get_state()) != decode_state_vector(state):
+            return False
+        theirs = _plain(scratch.get(_ROOT, type=Map))
+        assert isinstance(theirs, dict)
+        with self._write() as ops:
+            self._merge_map(self._root, (), theirs, ops)
+            self.metrics.merged_writes += len(ops)
+        self._changed = True
+        return True
+
+    def _overlay(self, op: Op, ops: list[Op]) -> None:
+        """Write an own dict write again over a merged value: a plain value
+        or a deletion as it was; a dict or list into the container that
+        holds the key (our values win, list values are added if missing)."""
+        kind, path, key, value = op
+        try:
+            node = self._resolve(path)
+        except KeyError:
+            return
+        if not isinstance(node, Map) or not isinstance(key, str):
+            return
+        if kind == "del":
+            if key in node:
+                del node[key]
+                ops.append(op)
+            return
+        self._merge_map(node, path, {key: value}, ops, overwrite=True)
+
+    def _merge_map(
+        self,
+        node: Map[Any],
+        path: Path,
+        theirs: dict[str, Value],
+        ops: list[Op],
+        *,
+        overwrite: bool = False,
+    ) -> None:
+        """Merge ``theirs`` into ``node``; where both hold a different plain
+        value (or different kinds of value), ours stays unless ``overwrite``."""
+        for key, value in theirs.items():
+            if key not in node:
+                node[key] = _prelim(value)
+                ops.append(("set", path, key, value))
+                continue
+            ours = node[key]
+            if isinstance(ours, Map) and isinstance(value, dict):
+                self._merge_map(ours, (*path, key), value, ops, overwrite=overwrite)
+            elif isinstance(ours, Array) and isinstance(value, list):
+                self._merge_list(ours, (*path, key), value, ops)
+            elif overwrite and (
+                isinstance(ours, (Map, Array))
+                or canonical_json(_plain(ours)) != canonical_json(value)
+            ):
+                node[key] = _prelim(value)
+                ops.append(("set", path, key, value))
+
+    @staticmethod
+    def _merge_list(node: Array[Any], path: Path, theirs: list[Value], ops: list[Op]) -> None:
+        ours = [canonical_json(_plain(v)) for v in node]
+        unmatched: dict[bytes, int] = {}
+        for k in ours:
+            unmatched[k] = unmatched.get(k, 0) + 1
+        pos = 0  # insert after the last value of theirs found in ours
+        for value in theirs:
+            k = canonical_json(value)
+            if unmatched.get(k, 0) > 0:
+                unmatched[k] -= 1
+                if k in ours[pos:]:
+                    pos = ours.index(k, pos) + 1
+                continue
+            node.insert(pos, _prelim(value))
+            ops.append(("insert", path, pos, value))
+            ours.insert(pos, k)
+            pos += 1
 
     # -- persistence (hybridsync.store)
 
@@ -505,9 +604,9 @@ class Meta(_LiveMapping):
         """Everything but the current epoch's document and base, as plain data."""
         return {
             "epoch": self.epoch,
-            "frozen": dict(self._frozen),
+            "epoch_id": self.epoch_id,
+            "frozen": [[k, v] for k, v in self._frozen.items()],
             "pending": [[c, e, k, list(p), key, v] for c, e, (k, p, key, v) in self._pending],
-            "delivered": dict(self._delivered),
             "ticks": self._ticks,
         }
 
@@ -517,15 +616,18 @@ class Meta(_LiveMapping):
         The replica writes under a new client id from now on (its salt is
         this incarnation's), so it never reuses clocks of its previous life,
         even when the file is an older backup."""
-        self._start_epoch(int(saved["epoch"]), base)
+        # A file written before epochs had ids: the replica continues on an
+        # epoch of its own (its upstream merges its document by value).
+        epoch_id = saved.get("epoch_id") or self._new_epoch_id(int(saved["epoch"]))
+        self._start_epoch(int(saved["epoch"]), int(epoch_id), base)
         for update in updates:
             self._doc.apply_update(update)
-        self._frozen = {int(k): bytes(v) for k, v in saved["frozen"].items()}
+        frozen = saved["frozen"] if "epoch_id" in saved else []
+        self._frozen = {int(k): bytes(v) for k, v in frozen}
         self._pending = [
             (int(c), int(e), (str(k), tuple(p), key, v)) for c, e, k, p, key, v in saved["pending"]
         ]
         self._pending_limit = 2 * len(self._pending) + 256
-        self._delivered = {int(k): int(v) for k, v in saved["delivered"].items()}
         self._ticks = int(saved["ticks"])
         self._changed = True
 
@@ -693,14 +795,6 @@ class Meta(_LiveMapping):
         with self._write() as ops:
             del node[i]
             ops.append(("ldel", path, i, None))
-
-    def _holds(self, op: Op) -> bool:
-        """True when the list an insert wrote to holds its value (or is gone)."""
-        try:
-            node = self._resolve(op[1])
-        except KeyError:
-            return True
-        return not isinstance(node, Array) or op[3] in (node.to_py() or [])
 
     def _replay(self, op: Op) -> bool:
         """Re-apply a logged write on the current document (value level);

@@ -238,7 +238,7 @@ class Store:
                 memory.meta._restore(saved, bytes(info.get("meta_base", b"")), updates)
             except (ValueError, KeyError, TypeError) as exc:
                 raise CorruptionError(f"{self.path}: metadata does not reload: {exc}") from None
-            self._meta_epoch = memory.meta.epoch
+            self._meta_epoch = memory.meta.epoch_id
             self._meta_state = memory.meta.state()
             self._meta_rows = len(updates)
             self._meta_saved = _pack(memory.meta._saved())
@@ -357,7 +357,7 @@ class Store:
     def _meta_key(memory: Memory) -> tuple[Any, ...]:
         """Changes whenever the metadata's saved form would."""
         meta = memory.meta
-        return (meta.epoch, meta.state(), tuple(sorted(meta._delivered.items())), meta._ticks)
+        return (meta.epoch_id, meta.state(), len(meta._pending), meta._ticks)
 
     def save(self, memory: Memory) -> None:
         """Write what changed since the last save, in one transaction."""
@@ -445,16 +445,16 @@ class Store:
     def _save_meta(self, memory: Memory) -> None:
         meta = memory.meta
         state = meta.state()
-        if meta.epoch != self._meta_epoch:
+        if meta.epoch_id != self._meta_epoch:
             self._put_info("meta_base", meta.base)  # once per epoch
-        if meta.epoch != self._meta_epoch or self._meta_rows >= _META_ROWS:
+        if meta.epoch_id != self._meta_epoch or self._meta_rows >= _META_ROWS:
             self._db.execute("DELETE FROM meta_updates")
             rows = [meta.update_since(None)]
         elif state != self._meta_state:
             rows = [meta.update_since(self._meta_state)]
         else:
             rows = []
-        if meta.epoch != self._meta_epoch or self._meta_rows >= _META_ROWS:
+        if meta.epoch_id != self._meta_epoch or self._meta_rows >= _META_ROWS:
             self._meta_rows = 0
         for data in rows:
             n = self._meta_rows
@@ -463,7 +463,7 @@ class Store:
             )
             self._meta_rows += 1
             self.bytes_written += len(data)
-        self._meta_epoch, self._meta_state = meta.epoch, state
+        self._meta_epoch, self._meta_state = meta.epoch_id, state
         saved = _pack(meta._saved())
         if saved != self._meta_saved:
             self._put_info("meta", meta._saved())
