@@ -143,6 +143,37 @@ def test_a_reopened_replica_writes_under_new_crdt_client_ids(tmp_path: Path) -> 
     assert b.meta["k"] == 2
 
 
+def test_a_reopened_root_keeps_its_epoch_its_lineage_and_its_latest_writes(
+    tmp_path: Path,
+) -> None:
+    """The metadata epoch (id and frozen states), the lineage and the own
+    latest writes reload; epochs the reopened root starts get a new tag, so
+    they never reuse an id its previous life may have used after the save."""
+    path = tmp_path / "root.db"
+    root = Memory("root", path=path, compaction=CompactionPolicy(max_ratio=1.0, slack_bytes=0))
+    for i in range(20):
+        root.meta["k"] = f"{i}" * 100
+        root.meta.maybe_compact()
+    del root.meta["k"]
+    root.meta["last"] = "x"
+    assert root.meta.metrics.compactions > 0
+    saved = (root.meta.epoch_id, dict(root.meta._frozen), dict(root.meta._lineage))
+    latest = dict(root.meta._latest)
+    root.close()
+    again = Memory("root", path=path, compaction=CompactionPolicy(max_ratio=1.0, slack_bytes=0))
+    epoch_id, frozen, lineage = saved
+    assert again.meta.epoch_id == epoch_id
+    assert again.meta._frozen == frozen
+    assert all(again.meta._lineage.get(tag) == n for tag, n in lineage.items())
+    assert again.meta._latest == latest
+    assert all(again.meta.forgotten(e) is False for e in frozen)  # kept, so not forgotten
+    for i in range(20):
+        again.meta["k"] = f"{i}" * 100
+        again.meta.maybe_compact()
+    assert again.meta.epoch_id >> 24 != epoch_id >> 24  # a new tag
+    assert again.meta.epoch_id not in frozen
+
+
 def test_second_open_wrong_replica_and_bad_files_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "a.db"
     a = Memory("a", path=path)

@@ -435,7 +435,10 @@ class Link:
             return None
         if self._merged is not None and self._merged[0] == peer:
             return self._merged[1]
-        return meta.frozen_state(peer)
+        frozen = meta.frozen_state(peer)
+        if frozen is None and meta.forgotten(peer):
+            return b""  # we carried that epoch but no longer keep its final state
+        return frozen
 
     def _meta_block(self) -> MetaBlock:
         meta = self.memory.meta
@@ -482,6 +485,7 @@ class Link:
         elif (
             blk.kind == MetaKind.UPDATE
             and meta.frozen_state(blk.epoch_id) is None
+            and not meta.forgotten(blk.epoch_id)
             and meta.merge_foreign(blk.b, blk.a)
         ):
             # A downstream document of another lineage: its values merged,
@@ -494,6 +498,8 @@ class Link:
             known = self._peer_state if self._peer_epoch == meta.epoch_id else None
             if delivered and self._sent_state is not None:
                 known = merge_state_vectors(known, self._sent_state)
+                if self.role == "client":
+                    meta.note_delivered(self._sent_state)
             if blk.kind == MetaKind.UPDATE:
                 known = merge_state_vectors(known, blk.a)
             self._peer_state = known

@@ -52,6 +52,14 @@ _MAX_DEPTH = 64
 _EXACT_FLOAT = 1 << 53
 #: Frozen state vectors kept to move lagging replicas across epochs.
 _EPOCH_HISTORY = 256
+#: Own latest dict writes remembered for a crossing after a merge.
+_LATEST_KEYS = 4096
+#: An epoch id is a lineage tag (40 bits, random per replica incarnation that
+#: starts epochs) above a 24-bit epoch counter.
+_COUNTER_BITS = 24
+_COUNTER_MASK = (1 << _COUNTER_BITS) - 1
+#: Lineage tags remembered (with the highest counter seen under each).
+_LINEAGE_TAGS = 64
 
 
 @dataclass(frozen=True)
@@ -382,6 +390,11 @@ class Meta(_LiveMapping):
         #: client id, so the log can hold several of its ids in one epoch.
         self._pending: list[tuple[int, int, Op]] = []
         self._pending_limit = 256
+        #: This replica's latest write of each dict key it wrote (most recent
+        #: last, at most _LATEST_KEYS): (path, key) -> (deleted, value). A
+        #: server that merged our document by value keeps its own plain
+        #: values; those of ours still current in our document go again.
+        self._latest: dict[tuple[Path, str], tuple[bool, Value]] = {}
         #: Frozen state vectors of ended epochs (epoch -> encoded state vector).
         self._frozen: dict[int, bytes] = {}
         self._changed = True  # since the last compaction check
@@ -389,14 +402,23 @@ class Meta(_LiveMapping):
         self._salt = secrets.randbits(64) if incarnation is None else incarnation
         self._estimate = 0
         self._base_size = 0
-        self.epoch_id = 0
+        #: Own clock acknowledged by the upstream this epoch, per own client id.
+        self._delivered: dict[int, int] = {}
+        #: Lineage tags of the epochs this replica held -> highest counter.
+        self._lineage: dict[int, int] = {}
+        self._tag = self._draw_tag()
         # Every replica starts on an epoch 0 of its own: the first exchange
         # with an upstream moves it onto the upstream's epoch.
-        self._start_epoch(0, self._new_epoch_id(0), b"")
+        self._start_epoch(0, self._tag << _COUNTER_BITS, b"")
 
     # -- epochs
 
     def _start_epoch(self, epoch: int, epoch_id: int, base: bytes) -> None:
+        self._delivered = {}
+        tag, counter = epoch_id >> _COUNTER_BITS, epoch_id & _COUNTER_MASK
+        self._lineage[tag] = max(self._lineage.pop(tag, 0), counter)
+        while len(self._lineage) > _LINEAGE_TAGS:
+            del self._lineage[next(iter(self._lineage))]
         self.epoch = epoch
         self.epoch_id = epoch_id
         self.base = base
@@ -410,11 +432,41 @@ class Meta(_LiveMapping):
         self._base_size = len(base)
         self.metrics.epoch = epoch
 
-    def _new_epoch_id(self, epoch: int) -> int:
-        """The id of an epoch this replica starts: unique to (replica
-        incarnation, epoch number, previous epoch), never 0."""
-        key = f"{self._memory.replica_id}\x00{epoch}\x00{self._salt}\x00{self.epoch_id}"
-        return xxhash.xxh64_intdigest(key.encode()) | 1
+    def _draw_tag(self, n: int = 0) -> int:
+        """A lineage tag for epochs this incarnation starts (40 bits, not 0)."""
+        key = f"{self._memory.replica_id}\x00tag\x00{self._salt}\x00{n}"
+        return (xxhash.xxh64_intdigest(key.encode()) >> _COUNTER_BITS) or 1
+
+    def _next_epoch_id(self) -> int:
+        """The id of the epoch this replica starts next (as the root): our
+        incarnation's tag above the counter after the current epoch's."""
+        counter = (self.epoch_id & _COUNTER_MASK) + 1
+        attempt = 0
+        while counter > _COUNTER_MASK or self._lineage.get(self._tag, -1) >= counter:
+            # The counter ran out, or the tag came back: a fresh tag.
+            attempt += 1
+            self._tag = self._draw_tag(self.epoch_id + attempt)
+            counter = 1
+        return (self._tag << _COUNTER_BITS) | counter
+
+    def forgotten(self, epoch_id: int) -> bool:
+        """True for an ended epoch of a lineage this replica carried whose
+        frozen state it no longer keeps (the peer was away for longer)."""
+        tag, counter = epoch_id >> _COUNTER_BITS, epoch_id & _COUNTER_MASK
+        return (
+            epoch_id != self.epoch_id
+            and epoch_id not in self._frozen
+            and counter <= self._lineage.get(tag, -1)
+        )
+
+    def note_delivered(self, state: bytes) -> None:
+        """Our upstream acknowledged a frame that carried ``state`` (a state
+        vector of the current epoch)."""
+        sv = decode_state_vector(state)
+        for client in {c for c, _, _ in self._pending} | {self._client}:
+            clock = sv.get(client, 0)
+            if clock > self._delivered.get(client, 0):
+                self._delivered[client] = clock
 
     def frozen_state(self, epoch_id: int) -> bytes | None:
         """What the current epoch holds of an ended epoch of this lineage (its
@@ -442,7 +494,7 @@ class Meta(_LiveMapping):
             return False  # nothing to gain: the history is the base already
         self._frozen[self.epoch_id] = self._doc.get_state()
         self._trim_history()
-        epoch_id = self._new_epoch_id(self.epoch + 1)
+        epoch_id = self._next_epoch_id()
         builder_id = _client_id(self._memory.replica_id, epoch_id, self._salt ^ 1)
         builder: Doc[Any] = Doc(client_id=builder_id)
         root = builder.get(_ROOT, type=Map)
@@ -483,26 +535,27 @@ class Meta(_LiveMapping):
             probe.apply_update(document)
         except ValueError as exc:
             raise DecodeError(f"invalid epoch document: {exc}") from exc
-        # (op, overlay): after a merge, own dict writes the merge covered go
-        # again as overlays (a container merges instead of replacing what
-        # others put in it since).
-        keep = [
-            (op, end <= frozen.get(client, 0))
-            for client, end, op in self._pending
-            if end > frozen.get(client, 0) or (merged and op[0] in ("set", "del"))
-        ]
+        # Without a frozen state (the upstream no longer keeps it: we were
+        # away for longer), what our upstream acknowledged counts as
+        # integrated: it was, by a replica of this lineage.
+        integrated = frozen if frozen_state else self._delivered
+        keep = [op for client, end, op in self._pending if end > integrated.get(client, 0)]
+        # After a merge: our latest dict writes still current in our document
+        # go again over the merged values (a container merges into the one
+        # there instead of replacing what others put in it since).
+        overlays = self._current_latest() if merged else []
         self._frozen[self.epoch_id] = frozen_state
         self._trim_history()
         self._start_epoch(epoch, epoch_id, document)
         self._pending = []
         self.metrics.crossings += 1
-        if keep:
+        if keep or overlays:
             with self._write() as ops:
-                for op, overlay in keep:
-                    if overlay:
-                        self._overlay(op, ops)
-                    elif self._replay(op):
+                for op in keep:
+                    if self._replay(op):
                         ops.append(op)
+                for op in overlays:
+                    self._overlay(op, ops)
                 self.metrics.rebased_writes += len(ops)
         self._changed = True
         self._memory._meta_changed(origin, epoch_changed=True)
@@ -532,6 +585,35 @@ class Meta(_LiveMapping):
             self.metrics.merged_writes += len(ops)
         self._changed = True
         return True
+
+    def _note_latest(self, path: Path, key: str, deleted: bool, value: Value) -> None:
+        if any(isinstance(part, int) for part in path):
+            return  # inside a list: the index may point elsewhere later
+        target = (path, key)
+        self._latest.pop(target, None)
+        self._latest[target] = (deleted, value)
+        if len(self._latest) > _LATEST_KEYS:
+            del self._latest[next(iter(self._latest))]
+
+    def _current_latest(self) -> list[Op]:
+        """Our latest dict writes that the document still shows (as ops);
+        the others (superseded by someone since) are forgotten."""
+        out: list[Op] = []
+        for (path, key), (deleted, value) in list(self._latest.items()):
+            try:
+                node = self._resolve(path)
+            except KeyError:
+                node = None
+            current = isinstance(node, Map) and (
+                key not in node
+                if deleted
+                else key in node and canonical_json(_plain(node[key])) == canonical_json(value)
+            )
+            if current:
+                out.append(("del", path, key, None) if deleted else ("set", path, key, value))
+            else:
+                del self._latest[path, key]
+        return out
 
     def _overlay(self, op: Op, ops: list[Op]) -> None:
         """Write an own dict write again over a merged value: a plain value
@@ -608,6 +690,9 @@ class Meta(_LiveMapping):
             "frozen": [[k, v] for k, v in self._frozen.items()],
             "pending": [[c, e, k, list(p), key, v] for c, e, (k, p, key, v) in self._pending],
             "ticks": self._ticks,
+            "latest": [[list(p), k, d, v] for (p, k), (d, v) in self._latest.items()],
+            "delivered": dict(self._delivered),
+            "lineage": [[t, c] for t, c in self._lineage.items()],
         }
 
     def _restore(self, saved: dict[str, Any], base: bytes, updates: list[bytes]) -> None:
@@ -618,7 +703,7 @@ class Meta(_LiveMapping):
         even when the file is an older backup."""
         # A file written before epochs had ids: the replica continues on an
         # epoch of its own (its upstream merges its document by value).
-        epoch_id = saved.get("epoch_id") or self._new_epoch_id(int(saved["epoch"]))
+        epoch_id = saved.get("epoch_id") or self._next_epoch_id()
         self._start_epoch(int(saved["epoch"]), int(epoch_id), base)
         for update in updates:
             self._doc.apply_update(update)
@@ -629,6 +714,10 @@ class Meta(_LiveMapping):
         ]
         self._pending_limit = 2 * len(self._pending) + 256
         self._ticks = int(saved["ticks"])
+        self._delivered = {int(k): int(v) for k, v in saved.get("delivered", {}).items()}
+        for tag, counter in saved.get("lineage", []):
+            self._lineage[int(tag)] = max(self._lineage.pop(int(tag), 0), int(counter))
+        self._latest = {(tuple(p), str(k)): (bool(d), v) for p, k, d, v in saved.get("latest", [])}
         self._changed = True
 
     # -- sync
@@ -762,6 +851,7 @@ class Meta(_LiveMapping):
         with self._write() as ops:
             node[key] = _prelim(checked)
             ops.append(("set", path, key, checked))
+        self._note_latest(path, key, False, checked)
 
     def _delete(self, path: Path, key: str) -> None:
         node = self._resolve(path)
@@ -770,6 +860,7 @@ class Meta(_LiveMapping):
         with self._write() as ops:
             del node[key]
             ops.append(("del", path, key, None))
+        self._note_latest(path, key, True, None)
 
     def _list_set(self, path: Path, index: int, value: Any) -> None:
         checked = _check(value)

@@ -357,7 +357,13 @@ class Store:
     def _meta_key(memory: Memory) -> tuple[Any, ...]:
         """Changes whenever the metadata's saved form would."""
         meta = memory.meta
-        return (meta.epoch_id, meta.state(), len(meta._pending), meta._ticks)
+        return (
+            meta.epoch_id,
+            meta.state(),
+            len(meta._pending),
+            tuple(sorted(meta._delivered.items())),
+            meta._ticks,
+        )
 
     def save(self, memory: Memory) -> None:
         """Write what changed since the last save, in one transaction."""
