@@ -434,7 +434,8 @@ def _restart_schedule(seed: int, steps: int = 500, leaves: int = 4) -> tuple[int
     key, exchange with the root through 20% loss; the root (compaction on,
     tight thresholds) and leaves are killed and restarted from nothing.
 
-    Acknowledged appends (in a request whose reply arrived) must all be in
+    Acknowledged appends (in a request whose reply arrived and integrated
+    it, ``Link.reply_complete``) must all be in
     the final list exactly once, except those that no surviving replica
     held when a kill happened. Returns (acknowledged, excused, root kills)."""
     policy = CompactionPolicy(max_ratio=1.2, slack_bytes=256)
@@ -468,7 +469,7 @@ def _restart_schedule(seed: int, steps: int = 500, leaves: int = 4) -> tuple[int
         if reply is None or rng.random() < loss:
             return
         client.incoming(reply)
-        if not client.awaiting_reply:
+        if not client.awaiting_reply and client.reply_complete:
             acked.update(in_request[i])
 
     def kill(victim: Memory) -> None:

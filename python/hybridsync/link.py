@@ -199,6 +199,10 @@ class Link:
         #: Server: (epoch id, state vector) of a downstream document of another
         #: lineage that we merged; the peer moves to our epoch with it.
         self._merged: tuple[int, bytes] | None = None
+        #: Client: the latest reply integrated all our request carried (False
+        #: when it moved us to an epoch without some of our metadata writes:
+        #: we wrote them again and the next request carries them).
+        self.reply_complete = True
         self._peer_state: bytes | None = None
         self._sent_state: bytes | None = None  # our state vector in the last frame built
         self._seq = 0  # client: latest request sent; server: latest request processed
@@ -451,8 +455,10 @@ class Link:
             # else is due); its own writes that the document lacks it re-applies.
             self._meta_dirty = False
             self._sent_state = meta.state()
-            merged = self._merged is not None and self._merged[0] == self._peer_epoch
-            kind = MetaKind.MERGE if merged else MetaKind.EPOCH
+            peer = self._peer_epoch
+            assert peer is not None
+            merged = self._merged is not None and self._merged[0] == peer
+            kind = MetaKind.MERGE if merged or meta.left_by_merge(peer) else MetaKind.EPOCH
             return MetaBlock(meta.epoch, kind, meta.update_since(None), frozen, meta.epoch_id)
         if self._meta_dirty or (self.role == "client" and self._peer_epoch != meta.epoch_id):
             # A client whose server is on another epoch sends its whole
@@ -470,6 +476,8 @@ class Link:
         frame (its content is in the peer's state). Raises DecodeError before
         changing anything if the block is invalid."""
         meta = self.memory.meta
+        if self.role == "client":
+            self.reply_complete = True
         if blk is None:
             return
         if blk.kind == MetaKind.UPDATE:
@@ -481,7 +489,11 @@ class Link:
         elif self.role == "client":
             if blk.kind in (MetaKind.EPOCH, MetaKind.MERGE):
                 merged = blk.kind == MetaKind.MERGE
+                rebased = meta.metrics.rebased_writes
                 meta.cross(blk.epoch, blk.epoch_id, blk.a, blk.b, merged=merged, origin=self)
+                # A MERGE took our whole document; an EPOCH took only what the
+                # frozen state covers.
+                self.reply_complete = merged or meta.metrics.rebased_writes == rebased
         elif (
             blk.kind == MetaKind.UPDATE
             and meta.frozen_state(blk.epoch_id) is None

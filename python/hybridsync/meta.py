@@ -395,6 +395,8 @@ class Meta(_LiveMapping):
         #: server that merged our document by value keeps its own plain
         #: values; those of ours still current in our document go again.
         self._latest: dict[tuple[Path, str], tuple[bool, Value]] = {}
+        #: Ended epochs we left by a MERGE (our clients on them get MERGE too).
+        self._via_merge: set[int] = set()
         #: Frozen state vectors of ended epochs (epoch -> encoded state vector).
         self._frozen: dict[int, bytes] = {}
         self._changed = True  # since the last compaction check
@@ -404,8 +406,8 @@ class Meta(_LiveMapping):
         self._base_size = 0
         #: Own clock acknowledged by the upstream this epoch, per own client id.
         self._delivered: dict[int, int] = {}
-        #: Lineage tags of the epochs this replica held -> highest counter.
-        self._lineage: dict[int, int] = {}
+        #: Lineage tags of the epochs this replica held -> (lowest, highest counter).
+        self._lineage: dict[int, tuple[int, int]] = {}
         self._tag = self._draw_tag()
         # Every replica starts on an epoch 0 of its own: the first exchange
         # with an upstream moves it onto the upstream's epoch.
@@ -416,7 +418,8 @@ class Meta(_LiveMapping):
     def _start_epoch(self, epoch: int, epoch_id: int, base: bytes) -> None:
         self._delivered = {}
         tag, counter = epoch_id >> _COUNTER_BITS, epoch_id & _COUNTER_MASK
-        self._lineage[tag] = max(self._lineage.pop(tag, 0), counter)
+        lo, hi = self._lineage.pop(tag, (counter, counter))
+        self._lineage[tag] = (min(lo, counter), max(hi, counter))
         while len(self._lineage) > _LINEAGE_TAGS:
             del self._lineage[next(iter(self._lineage))]
         self.epoch = epoch
@@ -442,7 +445,7 @@ class Meta(_LiveMapping):
         incarnation's tag above the counter after the current epoch's."""
         counter = (self.epoch_id & _COUNTER_MASK) + 1
         attempt = 0
-        while counter > _COUNTER_MASK or self._lineage.get(self._tag, -1) >= counter:
+        while counter > _COUNTER_MASK or self._lineage.get(self._tag, (0, -1))[1] >= counter:
             # The counter ran out, or the tag came back: a fresh tag.
             attempt += 1
             self._tag = self._draw_tag(self.epoch_id + attempt)
@@ -450,13 +453,17 @@ class Meta(_LiveMapping):
         return (self._tag << _COUNTER_BITS) | counter
 
     def forgotten(self, epoch_id: int) -> bool:
-        """True for an ended epoch of a lineage this replica carried whose
-        frozen state it no longer keeps (the peer was away for longer)."""
+        """True, on the root, for an ended epoch it held whose frozen state it
+        no longer keeps (the peer was away for longer): what the root
+        acknowledged on it, it integrated. (A hub may have acknowledged
+        writes it never passed on: it merges such a peer's document.)"""
         tag, counter = epoch_id >> _COUNTER_BITS, epoch_id & _COUNTER_MASK
+        lo, hi = self._lineage.get(tag, (1, 0))
         return (
-            epoch_id != self.epoch_id
+            self._memory.is_root
+            and epoch_id != self.epoch_id
             and epoch_id not in self._frozen
-            and counter <= self._lineage.get(tag, -1)
+            and lo <= counter <= hi
         )
 
     def note_delivered(self, state: bytes) -> None:
@@ -511,6 +518,13 @@ class Meta(_LiveMapping):
     def _trim_history(self) -> None:
         while len(self._frozen) > _EPOCH_HISTORY:
             del self._frozen[next(iter(self._frozen))]
+        self._via_merge &= self._frozen.keys()
+
+    def left_by_merge(self, epoch_id: int) -> bool:
+        """True for an ended epoch we left because our upstream merged our
+        document by value: our clients on it move by MERGE too (so that their
+        own latest values win again over the merged ones)."""
+        return epoch_id in self._via_merge
 
     def cross(
         self,
@@ -545,6 +559,8 @@ class Meta(_LiveMapping):
         # there instead of replacing what others put in it since).
         overlays = self._current_latest() if merged else []
         self._frozen[self.epoch_id] = frozen_state
+        if merged:
+            self._via_merge.add(self.epoch_id)
         self._trim_history()
         self._start_epoch(epoch, epoch_id, document)
         self._pending = []
@@ -581,8 +597,13 @@ class Meta(_LiveMapping):
         theirs = _plain(scratch.get(_ROOT, type=Map))
         assert isinstance(theirs, dict)
         with self._write() as ops:
-            self._merge_map(self._root, (), theirs, ops)
-            self.metrics.merged_writes += len(ops)
+            written: list[Op] = []
+            self._merge_map(self._root, (), theirs, written)
+            if written:
+                # Logged as one merge: replayed (after a crossing of our own)
+                # it merges again, so it never replaces or doubles anything.
+                ops.append(("merge", (), None, theirs))
+            self.metrics.merged_writes += len(written)
         self._changed = True
         return True
 
@@ -692,7 +713,8 @@ class Meta(_LiveMapping):
             "ticks": self._ticks,
             "latest": [[list(p), k, d, v] for (p, k), (d, v) in self._latest.items()],
             "delivered": dict(self._delivered),
-            "lineage": [[t, c] for t, c in self._lineage.items()],
+            "lineage": [[t, lo, hi] for t, (lo, hi) in self._lineage.items()],
+            "via_merge": sorted(self._via_merge),
         }
 
     def _restore(self, saved: dict[str, Any], base: bytes, updates: list[bytes]) -> None:
@@ -715,8 +737,10 @@ class Meta(_LiveMapping):
         self._pending_limit = 2 * len(self._pending) + 256
         self._ticks = int(saved["ticks"])
         self._delivered = {int(k): int(v) for k, v in saved.get("delivered", {}).items()}
-        for tag, counter in saved.get("lineage", []):
-            self._lineage[int(tag)] = max(self._lineage.pop(int(tag), 0), int(counter))
+        for tag, lo, hi in saved.get("lineage", []):
+            old_lo, old_hi = self._lineage.pop(int(tag), (int(lo), int(hi)))
+            self._lineage[int(tag)] = (min(old_lo, int(lo)), max(old_hi, int(hi)))
+        self._via_merge = {int(e) for e in saved.get("via_merge", [])} & self._frozen.keys()
         self._latest = {(tuple(p), str(k)): (bool(d), v) for p, k, d, v in saved.get("latest", [])}
         self._changed = True
 
@@ -883,9 +907,10 @@ class Meta(_LiveMapping):
     def _list_delete(self, path: Path, index: int) -> None:
         node = self._resolve(path)
         i = _index(index, len(node))
+        old = _plain(node[i])
         with self._write() as ops:
             del node[i]
-            ops.append(("ldel", path, i, None))
+            ops.append(("ldel", path, i, [old]))  # the value, to find it again
 
     def _replay(self, op: Op) -> bool:
         """Re-apply a logged write on the current document (value level);
@@ -895,6 +920,11 @@ class Meta(_LiveMapping):
             node = self._resolve(path)
         except KeyError:
             return False
+        if kind == "merge":
+            if not isinstance(node, Map) or not isinstance(value, dict):
+                return False
+            self._merge_map(node, path, value, [])
+            return True
         if kind in ("set", "del"):
             if not isinstance(node, Map) or not isinstance(key, str):
                 return False
@@ -911,7 +941,16 @@ class Meta(_LiveMapping):
         elif kind == "lset" and n:
             node[min(key, n - 1)] = _prelim(value)
         elif kind == "ldel" and n:
-            del node[min(key, n - 1)]
+            at = min(key, n - 1)
+            if isinstance(value, list) and len(value) == 1:
+                # Delete the value that was deleted: the one nearest to its
+                # old index (a merge may have moved it); gone already: nothing.
+                want = canonical_json(value[0])
+                found = [j for j in range(n) if canonical_json(_plain(node[j])) == want]
+                if not found:
+                    return True
+                at = min(found, key=lambda j: abs(j - key))
+            del node[at]
         return True
 
     # -- the mapping

@@ -553,8 +553,11 @@ class Session:
                 return
             answered = was_waiting and not link.awaiting_reply
             busy = answered and not link.idle
+            # A reply that moved us across metadata epochs without some writes
+            # of that request acknowledges only the requests before it.
+            complete = link.reply_complete
         if answered:
-            self._answered = self._requests
+            self._answered = self._requests if complete else self._requests - 1
             self._reply_busy = busy
             self._exchanges += 1
             self._last_exchange = time.time()

@@ -1,0 +1,187 @@
+"""Metadata across epochs of different lineages: hubs and roots restarted
+without their state, trees that change, deletions during a merge. Each test
+is a schedule found to lose or double a write in an earlier design."""
+
+from __future__ import annotations
+
+from hybridsync import Link, Memory
+from hybridsync.meta import CompactionPolicy
+
+OFF = CompactionPolicy(enabled=False)
+EAGER = CompactionPolicy(max_ratio=1.0, slack_bytes=0)
+
+
+def replica(name: str, incarnation: int) -> Memory:
+    return Memory(name, compaction=OFF, incarnation=incarnation)
+
+
+def pair(client: Memory, server: Memory) -> tuple[Link, Link]:
+    return (
+        Link(client, server.replica_id, role="client"),
+        Link(server, client.replica_id, role="server"),
+    )
+
+
+def ex(link: tuple[Link, Link], rounds: int = 1) -> None:
+    client, server = link
+    for _ in range(rounds):
+        server.incoming(client.outgoing())  # type: ignore[arg-type]
+        reply = server.outgoing()
+        if reply is not None:
+            client.incoming(reply)
+
+
+def same_epoch(*memories: Memory) -> bool:
+    return len({m.meta.epoch_id for m in memories}) == 1
+
+
+def test_a_leaf_write_its_hub_acknowledged_survives_a_root_restart() -> None:
+    """root -> hub -> leaf, and b under the root. The hub acknowledges the
+    leaf's k=5 and the root dies before the hub forwards it; the new root
+    merges b's older document first. The hub left its epoch by a MERGE, so
+    it moves the leaf by MERGE too, and the leaf's own latest value wins."""
+    root, hub, leaf, b = (replica(n, i) for i, n in enumerate(["root", "hub", "leaf", "b"], 1))
+    hr, lh, br = pair(hub, root), pair(leaf, hub), pair(b, root)
+    root.meta["k"] = 1
+    for _ in range(3):
+        ex(hr), ex(lh), ex(br)
+    leaf.meta["k"] = 5
+    ex(lh)
+    assert hub.meta["k"] == 5  # acknowledged by the hub
+    new = replica("root", 9)
+    hr[0].close()
+    br[0].close()
+    hr, br = pair(hub, new), pair(b, new)
+    for _ in range(4):
+        ex(br), ex(hr), ex(lh)
+    assert [m.meta["k"] for m in (new, hub, leaf, b)] == [5, 5, 5, 5]
+    assert same_epoch(new, hub, leaf, b)
+
+
+def test_a_hub_restarted_empty_merging_two_leaves_doubles_nothing() -> None:
+    """A hub restarted empty merges leaf l1's list, sends it up, then merges
+    l2's list (holding "d", already at the root) before the root's MERGE
+    arrives: the hub's later merge is replayed as a merge, not as inserts."""
+    root, hub, l1, l2 = (replica(n, i) for i, n in enumerate(["root", "hub", "l1", "l2"], 1))
+    hr, p1, p2 = pair(hub, root), pair(l1, hub), pair(l2, hub)
+    root.meta["log"] = ["a"]
+    for _ in range(3):
+        ex(hr), ex(p1), ex(p2)
+    l2.meta["log"].append("d")
+    for _ in range(2):
+        ex(p2), ex(hr)
+    hub2 = replica("hub", 12)
+    hr[0].close()
+    hr, p1, p2 = pair(hub2, root), pair(l1, hub2), pair(l2, hub2)
+    ex(p1)  # hub2 merges l1's ["a"]
+    request = hr[0].outgoing()  # and sends it up
+    ex(p2)  # hub2 merges l2's ["a", "d"] meanwhile
+    hr[1].incoming(request)  # type: ignore[arg-type]
+    hr[0].incoming(hr[1].outgoing())  # type: ignore[arg-type]
+    for _ in range(4):
+        ex(hr), ex(p1), ex(p2)
+    for m in (root, hub2, l1, l2):
+        assert m.meta["log"].to_py() == ["a", "d"]
+    assert same_epoch(root, hub2, l1, l2)
+
+
+def test_a_leaf_moving_to_a_lagging_hub_doubles_nothing() -> None:
+    """The root compacts; hub h1 and its leaf cross, hub h2 has not yet. The
+    leaf moves to h2, which does not know the leaf's newer epoch: h2 merges
+    it by value and its own crossing later merges again (no doubling)."""
+    root, h1, h2, leaf = (replica(n, i) for i, n in enumerate(["root", "h1", "h2", "leaf"], 1))
+    r1, r2, lh = pair(h1, root), pair(h2, root), pair(leaf, h1)
+    root.meta["log"] = ["a"]
+    for _ in range(3):
+        ex(r1), ex(r2), ex(lh)
+    leaf.meta["log"].append("b")
+    ex(lh), ex(r1)
+    root.meta.policy = EAGER
+    for i in range(20):
+        root.meta["pad"] = i
+    assert root.meta.maybe_compact()
+    root.meta.policy = OFF
+    ex(r1), ex(lh)
+    assert leaf.meta.epoch_id == root.meta.epoch_id != h2.meta.epoch_id
+    lh[0].close()
+    lh = pair(leaf, h2)
+    for _ in range(4):
+        ex(lh), ex(r2), ex(r1)
+    for m in (root, h1, h2, leaf):
+        assert m.meta["log"].to_py() == ["a", "b"]
+    assert same_epoch(root, h1, h2, leaf)
+
+
+def test_a_restarted_hub_does_not_treat_an_epoch_it_never_held_as_forgotten() -> None:
+    """root -> hub -> leaf: the hub acknowledges the leaf's w and dies before
+    forwarding it; the root compacts; a new hub joins the root first, then
+    the leaf (still on the old epoch) comes back. Only the root may count an
+    acknowledged write as integrated: the hub merges the leaf's document."""
+    root, hub, leaf = (replica(n, i) for i, n in enumerate(["root", "hub", "leaf"], 1))
+    hr, lh = pair(hub, root), pair(leaf, hub)
+    hub.meta["x"] = 0
+    for _ in range(2):
+        ex(hr), ex(lh)
+    hub.meta["z"] = 1
+    ex(hr), ex(lh)
+    leaf.meta["w"] = "acknowledged by the hub"
+    ex(lh)
+    assert not lh[0].awaiting_reply
+    hr[0].close()
+    root.meta.policy = CompactionPolicy(max_clients=1)
+    root.meta["y"] = 1
+    assert root.meta.maybe_compact()
+    root.meta.policy = OFF
+    hub2 = replica("hub", 12)
+    hr = pair(hub2, root)
+    ex(hr, rounds=2)
+    lh = pair(leaf, hub2)
+    for _ in range(4):
+        ex(lh), ex(hr)
+    for m in (root, hub2, leaf):
+        assert m.meta.to_py() == {"x": 0, "z": 1, "y": 1, "w": "acknowledged by the hub"}
+
+
+def test_a_list_deletion_during_a_merge_deletes_the_value_it_deleted() -> None:
+    """A client deletes a list value while its whole document is being merged
+    into a restarted root's list, where another value now sits at that index:
+    the deletion replays by value."""
+    new, a, b = replica("root", 9), replica("a", 2), replica("b", 3)
+    a.meta["log"] = ["s", "a1"]
+    b.meta["log"] = ["x", "s"]
+    pa, pb = pair(a, new), pair(b, new)
+    ex(pb, rounds=3)
+    request = pa[0].outgoing()  # a's whole document, in flight
+    del a.meta["log"][0]  # a deletes "s" meanwhile
+    pa[1].incoming(request)  # type: ignore[arg-type]
+    pa[0].incoming(pa[1].outgoing())  # type: ignore[arg-type]
+    assert not pa[0].reply_complete or a.meta["log"].to_py() != ["x", "s", "a1"]
+    for _ in range(3):
+        ex(pa), ex(pb)
+    for m in (new, a, b):
+        assert m.meta["log"].to_py() == ["x", "a1"]
+
+
+def test_an_epoch_reply_that_dropped_a_write_is_not_an_acknowledgement() -> None:
+    """A request carrying a write on an epoch the root just ended is answered
+    by EPOCH: the write is re-applied on the new epoch and travels in the next
+    request. That reply does not acknowledge it (``reply_complete``)."""
+    root = Memory("root", compaction=OFF, incarnation=1)
+    leaf = replica("leaf", 2)
+    link = pair(leaf, root)
+    root.meta["pad"] = 0
+    ex(link, rounds=2)
+    leaf.meta["w"] = 1
+    request = link[0].outgoing()
+    root.meta.policy = EAGER
+    for i in range(20):
+        root.meta["pad"] = f"{i}" * 40
+    assert root.meta.maybe_compact()
+    link[1].incoming(request)  # type: ignore[arg-type]
+    link[0].incoming(link[1].outgoing())  # type: ignore[arg-type]
+    assert not link[0].awaiting_reply
+    assert not link[0].reply_complete  # w was not integrated by that reply
+    assert "w" not in root.meta
+    ex(link)
+    assert link[0].reply_complete
+    assert root.meta["w"] == 1
