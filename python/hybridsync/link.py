@@ -489,20 +489,27 @@ class Link:
         elif self.role == "client":
             if blk.kind in (MetaKind.EPOCH, MetaKind.MERGE):
                 merged = blk.kind == MetaKind.MERGE
-                rebased = meta.metrics.rebased_writes
-                meta.cross(blk.epoch, blk.epoch_id, blk.a, blk.b, merged=merged, origin=self)
-                # A MERGE took our whole document; an EPOCH took only what the
-                # frozen state covers.
-                self.reply_complete = merged or meta.metrics.rebased_writes == rebased
+                uncovered = meta.cross(
+                    blk.epoch, blk.epoch_id, blk.a, blk.b, merged=merged, origin=self
+                )
+                # Own writes the upstream's document does not hold (written
+                # again, they travel in our next request): not acknowledged.
+                self.reply_complete = not uncovered
+            elif meta._pending:
+                # The server is on another epoch and did not move us (a hub
+                # waiting for its own upstream): our writes are not with it.
+                self.reply_complete = False
         elif (
             blk.kind == MetaKind.UPDATE
             and meta.frozen_state(blk.epoch_id) is None
             and not meta.forgotten(blk.epoch_id)
+            and self.memory._on_upstream_epoch()
             and meta.merge_foreign(blk.b, blk.a)
         ):
             # A downstream document of another lineage: its values merged,
             # the peer moves to our epoch (re-applying what it wrote after
-            # this state). Not the whole document: nothing merged, wait for it.
+            # this state). Not the whole document, or a hub not yet on its
+            # upstream's epoch: nothing merged, the client sends it again.
             self._merged = (blk.epoch_id, blk.a)
         if meta.epoch_id != epoch_before:
             self._peer_state = meta.base_state

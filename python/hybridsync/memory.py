@@ -203,6 +203,14 @@ class Memory:
         the link tree, which owns metadata compaction."""
         return not any(link.role == "client" for link in self._links)
 
+    def _on_upstream_epoch(self) -> bool:
+        """True for the root, or for a hub whose upstream last reported the
+        metadata epoch this replica is on (it may merge its clients' documents
+        of other epochs: before that, a value could travel from the
+        upstream's epoch through ours back into it and be doubled)."""
+        meta_epoch = self.meta.epoch_id
+        return all(link._peer_epoch == meta_epoch for link in self._links if link.role == "client")
+
     @property
     def links(self) -> tuple[Link, ...]:
         """The links attached to this replica."""

@@ -535,13 +535,14 @@ class Meta(_LiveMapping):
         *,
         merged: bool = False,
         origin: Link | None = None,
-    ) -> None:
+    ) -> int:
         """Move to the upstream's epoch ``epoch_id`` (``document``: its whole
         document), re-applying the own writes that ``frozen_state`` (what
         that document holds of our current epoch) does not cover, and with
         ``merged`` (the upstream merged our document by value) our own dict
         writes too. ``origin``: the link the document came through (it
-        holds it; our other links have news).
+        holds it; our other links have news). Returns how many logged own
+        writes ``frozen_state`` did not cover (written again here).
         Raises DecodeError (nothing changes) if the document or the state is bad."""
         frozen = decode_state_vector(frozen_state)
         probe: Doc[Any] = Doc()
@@ -575,6 +576,7 @@ class Meta(_LiveMapping):
                 self.metrics.rebased_writes += len(ops)
         self._changed = True
         self._memory._meta_changed(origin, epoch_changed=True)
+        return len(keep)
 
     def merge_foreign(self, update: bytes, state: bytes) -> bool:
         """Fold in a downstream replica's whole document of an epoch that is
