@@ -14,6 +14,7 @@ from pycrdt import Array, Doc
 from hybridsync import Link, Memory
 from hybridsync.errors import InvalidArgumentError, LimitExceededError
 from hybridsync.meta import CompactionPolicy
+from meta_schedules import STAR, TREE, run_schedule
 
 EAGER = CompactionPolicy(max_ratio=1.0, slack_bytes=32)
 
@@ -429,117 +430,41 @@ def test_a_restarted_root_without_the_frozen_state_loses_no_acknowledged_insert(
         assert m.meta["log"].to_py() == ["a0", "a1", "a2", "a-acked-by-old", "late"]
 
 
-def _restart_schedule(seed: int, steps: int = 500, leaves: int = 4) -> tuple[int, int, int]:
-    """One random schedule: leaves append to a shared list and overwrite a
-    key, exchange with the root through 20% loss; the root (compaction on,
-    tight thresholds) and leaves are killed and restarted from nothing.
-
-    Acknowledged appends (in a request whose reply arrived and integrated
-    it, ``Link.reply_complete``) must all be in
-    the final list exactly once, except those that no surviving replica
-    held when a kill happened. Returns (acknowledged, excused, root kills)."""
-    policy = CompactionPolicy(max_ratio=1.2, slack_bytes=256)
-    rng = random.Random(seed)
-    incarnations = iter(range(1, 1 << 20))
-
-    def replica(name: str) -> Memory:
-        return Memory(name, compaction=policy, incarnation=next(incarnations))
-
-    root = replica("root")
-    root.meta["log"] = []
-    mems = [replica(f"n{i}") for i in range(leaves)]
-    links = [(Link(m, "root"), Link(root, m.replica_id, role="server")) for m in mems]
-    gen, count = [1] * leaves, [0] * leaves
-    written: list[list[str]] = [[] for _ in range(leaves)]
-    in_request: list[list[str]] = [[] for _ in range(leaves)]
-    acked: set[str] = set()
-    excused: set[str] = set()
-    root_kills = 0
-
-    def exchange(i: int, loss: float) -> None:
-        client, server = links[i]
-        seq = client._seq
-        frame = client.outgoing()
-        if client._seq != seq:  # a new request: it carries what was written so far
-            in_request[i] = list(written[i])
-        if frame is None or rng.random() < loss:
-            return
-        server.incoming(frame)
-        reply = server.outgoing()
-        if reply is None or rng.random() < loss:
-            return
-        client.incoming(reply)
-        if not client.awaiting_reply and client.reply_complete:
-            acked.update(in_request[i])
-
-    def kill(victim: Memory) -> None:
-        held = {t for m in [root, *mems] if m is not victim for t in m.meta.to_py().get("log", [])}
-        excused.update(t for t in acked if t not in held)
-
-    for _ in range(steps):
-        r, i = rng.random(), rng.randrange(leaves)
-        m = mems[i]
-        if r < 0.3 and "log" in m.meta:
-            count[i] += 1
-            tag = f"n{i}.{gen[i]}.{count[i]}"
-            with m.meta.transaction():
-                m.meta["log"].append(tag)
-                m.meta[f"agent/n{i}"] = {"gen": gen[i], "i": count[i]}
-            written[i].append(tag)
-        elif r < 0.9:
-            exchange(i, 0.2)
-        elif r < 0.96:
-            kill(m)
-            links[i][0].close()
-            gen[i], count[i], written[i], in_request[i] = gen[i] + 1, 0, [], []
-            mems[i] = replica(f"n{i}")
-            links[i] = (Link(mems[i], "root"), Link(root, f"n{i}", role="server"))
-        else:
-            kill(root)
-            root_kills += 1
-            root = replica("root")
-            for j in range(leaves):
-                links[j][0].close()  # a client learns its hub restarted: a fresh link
-                links[j] = (Link(mems[j], "root"), Link(root, f"n{j}", role="server"))
-                in_request[j] = []
-    for _ in range(100):
-        for i in range(leaves):
-            exchange(i, 0.0)
-        if len({x.digest() for x in [root, *mems]}) == 1 and all(
-            c.idle and s.idle for c, s in links
-        ):
-            break
-    assert len({x.digest() for x in [root, *mems]}) == 1, "replicas did not converge"
-    log = root.meta.to_py().get("log", [])
-    missing = sorted(acked - excused - set(log))
-    doubled = sorted({t for t in log if log.count(t) > 1})
-    assert not missing, f"seed {seed}: acknowledged appends lost: {missing[:10]}"
-    assert not doubled, f"seed {seed}: appends doubled: {doubled[:10]}"
-    # Each leaf's latest write of its own key wins everywhere, even where a
-    # restarted root first merged a stale copy of another replica's.
-    for i in range(leaves):
-        if count[i]:
-            latest = {"gen": gen[i], "i": count[i]}
-            assert root.meta[f"agent/n{i}"].to_py() == latest, f"seed {seed}"
-    return len(acked), len(excused), root_kills
-
-
 RESTART_SEEDS = int(os.environ.get("HYBRIDSYNC_RESTART_SEEDS", "60"))
 
 
 @pytest.mark.parametrize("block", range(3))
 def test_random_restarts_from_nothing_lose_no_acknowledged_write(block: int) -> None:
-    """Roots and leaves killed and restarted empty at random, with tight
-    compaction and 20% loss: every acknowledged append survives exactly once
-    whenever some replica still held it (roots restarted without their state
-    merge the documents of the previous lineage by value)."""
-    totals = [0, 0, 0]
+    """A root and 4 leaves; the root (tight compaction) and leaves killed and
+    restarted empty at random, 20% loss: every acknowledged append survives
+    exactly once whenever some replica still held it (a root restarted
+    without its state merges the documents of the previous lineage by value),
+    and each leaf's latest write of its own key wins everywhere."""
+    acked = excused = root_kills = 0
     for seed in range(block, RESTART_SEEDS, 3):
-        for k, n in enumerate(_restart_schedule(seed)):
-            totals[k] += n
-    acked, excused, root_kills = totals
-    assert root_kills > RESTART_SEEDS  # the schedules did restart roots
+        out = run_schedule(seed, STAR)
+        assert out.ok, f"seed {seed}: {out}"
+        acked, excused = acked + out.acked, excused + out.excused
+        root_kills += out.kills["root"]
+    assert root_kills > RESTART_SEEDS // 3  # the schedules did restart roots
     assert excused < acked / 10  # most acknowledged writes had a surviving holder
+
+
+def test_random_schedules_in_a_tree_of_hubs_lose_nothing() -> None:
+    """A root, 2 hubs and 4 leaves, 20% loss, tight compaction (the root
+    starts epochs all the time and hubs relay them); the root and leaves
+    killed and restarted empty at random. A hub crosses only once what its
+    leaves wrote past the new epoch's state went up (the root integrates
+    updates of the epochs it just ended): every acknowledged append survives
+    exactly once whenever a replica held it, and the latest writes win.
+    (Hubs restarted empty are not covered: see docs/protocol.md 6.9.)"""
+    acked = root_kills = 0
+    for seed in range(RESTART_SEEDS // 2):
+        out = run_schedule(seed, TREE, kill_hub=0.0)
+        assert out.ok, f"seed {seed}: {out}"
+        acked += out.acked
+        root_kills += out.kills["root"]
+    assert acked and root_kills
 
 
 def test_after_a_restart_own_current_values_win_over_stale_copies() -> None:

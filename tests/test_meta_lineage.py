@@ -162,26 +162,53 @@ def test_a_list_deletion_during_a_merge_deletes_the_value_it_deleted() -> None:
         assert m.meta["log"].to_py() == ["x", "a1"]
 
 
-def test_an_epoch_reply_that_dropped_a_write_is_not_an_acknowledgement() -> None:
-    """A request carrying a write on an epoch the root just ended is answered
-    by EPOCH: the write is re-applied on the new epoch and travels in the next
-    request. That reply does not acknowledge it (``reply_complete``)."""
+def _request_across_compactions(compactions: int) -> tuple[Memory, tuple[Link, Link]]:
+    """A leaf's request carrying w=1 and a list append reaches the root after
+    the root started ``compactions`` new epochs."""
     root = Memory("root", compaction=OFF, incarnation=1)
     leaf = replica("leaf", 2)
     link = pair(leaf, root)
-    root.meta["pad"] = 0
+    root.meta["log"] = ["a"]
     ex(link, rounds=2)
     leaf.meta["w"] = 1
+    leaf.meta["log"].append("b")
     request = link[0].outgoing()
     root.meta.policy = EAGER
-    for i in range(20):
-        root.meta["pad"] = f"{i}" * 40
-    assert root.meta.maybe_compact()
+    for n in range(compactions):  # history that outgrows the live value
+        for i in range(30):
+            root.meta[f"{n}.{i}"] = "x" * 60
+        for i in range(30):
+            del root.meta[f"{n}.{i}"]
+        assert root.meta.maybe_compact()
+    root.meta.policy = OFF
     link[1].incoming(request)  # type: ignore[arg-type]
     link[0].incoming(link[1].outgoing())  # type: ignore[arg-type]
     assert not link[0].awaiting_reply
+    return root, link
+
+
+def test_a_request_that_crossed_a_compaction_is_integrated_late() -> None:
+    """The root keeps the documents of the epochs it ended last: an update
+    for one of them is integrated (its effect written on the current epoch)
+    and the reply's frozen state covers it, so the leaf re-applies nothing
+    and the reply acknowledges it."""
+    root, link = _request_across_compactions(1)
+    assert root.meta["w"] == 1 and root.meta["log"].to_py() == ["a", "b"]
+    assert link[0].reply_complete
+    assert root.meta.metrics.late_writes == 2
+    for _ in range(3):
+        ex(link)
+    assert link[0].memory.meta.to_py() == root.meta.to_py()
+    assert root.meta["log"].to_py() == ["a", "b"]  # not doubled by a re-application
+
+
+def test_an_epoch_reply_that_dropped_a_write_is_not_an_acknowledgement() -> None:
+    """Past the kept documents, an update of an ended epoch is not integrated:
+    the reply moves the leaf across, the leaf writes w again on the new epoch,
+    and that reply does not acknowledge the request (``reply_complete``)."""
+    root, link = _request_across_compactions(6)
     assert not link[0].reply_complete  # w was not integrated by that reply
     assert "w" not in root.meta
     ex(link)
     assert link[0].reply_complete
-    assert root.meta["w"] == 1
+    assert root.meta["w"] == 1 and root.meta["log"].to_py() == ["a", "b"]

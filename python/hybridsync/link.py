@@ -203,6 +203,9 @@ class Link:
         #: when it moved us to an epoch without some of our metadata writes:
         #: we wrote them again and the next request carries them).
         self.reply_complete = True
+        #: Client of a hub: the (epoch id, frozen state) of an EPOCH we did not
+        #: cross with yet, to pass on what our clients wrote past it first.
+        self._deferred: tuple[int, bytes] | None = None
         self._peer_state: bytes | None = None
         self._sent_state: bytes | None = None  # our state vector in the last frame built
         self._seq = 0  # client: latest request sent; server: latest request processed
@@ -444,6 +447,24 @@ class Link:
             return b""  # we carried that epoch but no longer keep its final state
         return frozen
 
+    def _defer_crossing(self, blk: MetaBlock) -> bool:
+        """A hub told to cross holds writes of others (its clients) past the
+        state the new epoch covers (they reached it after its request left):
+        cross only once the upstream had a chance to take them (the same
+        block twice means it could not)."""
+        if not any(link.role == "server" for link in self.memory._links):
+            return False
+        if self._deferred == (blk.epoch_id, blk.b):
+            return False
+        meta = self.memory.meta
+        frozen = decode_state_vector(blk.b)
+        own = meta.own_clients()
+        ours = decode_state_vector(meta.state())
+        if not any(clock > frozen.get(c, 0) for c, clock in ours.items() if c not in own):
+            return False
+        self._deferred = (blk.epoch_id, blk.b)
+        return True
+
     def _meta_block(self) -> MetaBlock:
         meta = self.memory.meta
         if self.memory.is_root:
@@ -487,7 +508,14 @@ class Link:
             if blk.kind == MetaKind.UPDATE:
                 meta.apply_remote(blk.b, self)
         elif self.role == "client":
-            if blk.kind in (MetaKind.EPOCH, MetaKind.MERGE):
+            if blk.kind in (MetaKind.EPOCH, MetaKind.MERGE) and self._defer_crossing(blk):
+                # Our clients' writes the new epoch lacks go up first (as an
+                # update of our epoch, which the root integrates late or
+                # merges); the next reply's state covers them.
+                self.reply_complete = False
+                self._meta_dirty = True
+            elif blk.kind in (MetaKind.EPOCH, MetaKind.MERGE):
+                self._deferred = None
                 merged = blk.kind == MetaKind.MERGE
                 uncovered = meta.cross(
                     blk.epoch, blk.epoch_id, blk.a, blk.b, merged=merged, origin=self
@@ -499,11 +527,17 @@ class Link:
                 # The server is on another epoch and did not move us (a hub
                 # waiting for its own upstream): our writes are not with it.
                 self.reply_complete = False
+        elif blk.kind == MetaKind.UPDATE and meta.frozen_state(blk.epoch_id) is not None:
+            # An ended epoch of ours: a root integrates what the update
+            # brings to it (it keeps the last epochs' documents); the reply
+            # moves the peer across with a frozen state that covers it.
+            meta.apply_late(blk.epoch_id, blk.b)
         elif (
             blk.kind == MetaKind.UPDATE
             and meta.frozen_state(blk.epoch_id) is None
             and not meta.forgotten(blk.epoch_id)
             and self.memory._on_upstream_epoch()
+            and not (meta.ahead(blk.epoch_id) and not self.memory.is_root)
             and meta.merge_foreign(blk.b, blk.a)
         ):
             # A downstream document of another lineage: its values merged,

@@ -60,6 +60,9 @@ _COUNTER_BITS = 24
 _COUNTER_MASK = (1 << _COUNTER_BITS) - 1
 #: Lineage tags remembered (with the highest counter seen under each).
 _LINEAGE_TAGS = 64
+#: Documents of the epochs a root ended most recently, kept to integrate
+#: updates that arrive for them late (a request that crossed a compaction).
+_ENDED_DOCS = 4
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,8 @@ class MetaMetrics:
     rebased_writes: int = 0
     #: Values written while merging downstream documents of another lineage.
     merged_writes: int = 0
+    #: Values written from updates of an ended epoch that arrived late (root).
+    late_writes: int = 0
     #: Largest encoded state seen (bytes).
     max_encoded_bytes: int = 0
 
@@ -181,6 +186,73 @@ def _plain(value: Any) -> Value:
 def canonical_json(value: Value) -> bytes:
     """Compact, key-sorted JSON of a plain value (sizes and digests)."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _apply_change(
+    node: Map[Any], before: dict[str, Value], after: dict[str, Value], ops: list[Op]
+) -> None:
+    """Write on ``node`` what changed from ``before`` to ``after`` (a late
+    update's effect on an ended epoch): keys set or changed are written,
+    dicts and lists recurse, keys deleted are deleted; list values added are
+    inserted (if ``node``'s list does not hold more of them already) and
+    list values removed are removed by value."""
+    for key, value in after.items():
+        old = before.get(key, _MISSING)
+        if key in before and canonical_json(old) == canonical_json(value):  # type: ignore[arg-type]
+            continue
+        ours = node.get(key)
+        if isinstance(value, dict) and isinstance(old, dict) and isinstance(ours, Map):
+            _apply_change(ours, old, value, ops)
+        elif isinstance(value, list) and isinstance(old, list) and isinstance(ours, Array):
+            _apply_list_change(ours, old, value, ops)
+        elif not (key in node and canonical_json(_plain(ours)) == canonical_json(value)):
+            node[key] = _prelim(value)
+            ops.append(("set", (), key, value))
+    for key in before:
+        if key not in after and key in node:
+            del node[key]
+            ops.append(("del", (), key, None))
+
+
+def _apply_list_change(
+    node: Array[Any], before: list[Value], after: list[Value], ops: list[Op]
+) -> None:
+    counts: dict[bytes, int] = {}
+    for v in before:
+        k = canonical_json(v)
+        counts[k] = counts.get(k, 0) + 1
+    added: list[Value] = []
+    for v in after:
+        k = canonical_json(v)
+        if counts.get(k, 0) > 0:
+            counts[k] -= 1
+        else:
+            added.append(v)
+    removed = [k for k, n in counts.items() for _ in range(n)]
+    ours = [canonical_json(_plain(v)) for v in node]
+    for k in removed:
+        if k in ours:
+            j = ours.index(k)
+            del node[j]
+            del ours[j]
+            ops.append(("ldel", (), j, None))
+    have: dict[bytes, int] = {}
+    for k in ours:
+        have[k] = have.get(k, 0) + 1
+    want: dict[bytes, int] = {}
+    for v in after:
+        k = canonical_json(v)
+        want[k] = want.get(k, 0) + 1
+    for v in added:
+        k = canonical_json(v)
+        if have.get(k, 0) >= want[k]:
+            continue  # our list holds as many already
+        node.append(_prelim(v))
+        have[k] = have.get(k, 0) + 1
+        ops.append(("insert", (), len(node) - 1, v))
+
+
+_MISSING = object()
 
 
 # -- state vectors -------------------------------------------------------------
@@ -397,6 +469,8 @@ class Meta(_LiveMapping):
         self._latest: dict[tuple[Path, str], tuple[bool, Value]] = {}
         #: Ended epochs we left by a MERGE (our clients on them get MERGE too).
         self._via_merge: set[int] = set()
+        #: Root: the documents of the last epochs it ended (not saved).
+        self._ended: dict[int, Doc[Any]] = {}
         #: Frozen state vectors of ended epochs (epoch -> encoded state vector).
         self._frozen: dict[int, bytes] = {}
         self._changed = True  # since the last compaction check
@@ -466,6 +540,17 @@ class Meta(_LiveMapping):
             and lo <= counter <= hi
         )
 
+    def ahead(self, epoch_id: int) -> bool:
+        """True for a later epoch of a lineage we carry (our upstream moved
+        on and we have not heard yet): a hub waits to cross instead of
+        merging a client on it by value."""
+        tag, counter = epoch_id >> _COUNTER_BITS, epoch_id & _COUNTER_MASK
+        return tag in self._lineage and counter > self._lineage[tag][1]
+
+    def own_clients(self) -> set[int]:
+        """The CRDT client ids of this replica's logged writes and current one."""
+        return {c for c, _, _ in self._pending} | {self._client}
+
     def note_delivered(self, state: bytes) -> None:
         """Our upstream acknowledged a frame that carried ``state`` (a state
         vector of the current epoch)."""
@@ -500,6 +585,9 @@ class Meta(_LiveMapping):
         if encoded <= self._base_size + 64 and clients <= p.max_clients:
             return False  # nothing to gain: the history is the base already
         self._frozen[self.epoch_id] = self._doc.get_state()
+        self._ended[self.epoch_id] = self._doc
+        while len(self._ended) > _ENDED_DOCS:
+            del self._ended[next(iter(self._ended))]
         self._trim_history()
         epoch_id = self._next_epoch_id()
         builder_id = _client_id(self._memory.replica_id, epoch_id, self._salt ^ 1)
@@ -519,6 +607,40 @@ class Meta(_LiveMapping):
         while len(self._frozen) > _EPOCH_HISTORY:
             del self._frozen[next(iter(self._frozen))]
         self._via_merge &= self._frozen.keys()
+
+    def apply_late(self, epoch_id: int, update: bytes) -> bool:
+        """Root: integrate an update of an epoch it ended recently (a request
+        built before the peer heard of the compaction). The update goes into
+        that epoch's kept document; what it changed there (value level) is
+        written on the current epoch, and the epoch's frozen state grows to
+        cover it, so the peer re-applies none of it. False when the epoch's
+        document is no longer kept (the peer re-applies its own writes).
+        Raises DecodeError (nothing changes) if the update does not decode."""
+        doc = self._ended.get(epoch_id)
+        if doc is None:
+            return False
+        before_state = doc.get_state()
+        before = _plain(doc.get(_ROOT, type=Map))
+        scratch: Doc[Any] = Doc()
+        try:
+            scratch.apply_update(doc.get_update())
+            scratch.apply_update(update)
+        except ValueError as exc:
+            raise DecodeError(f"invalid metadata update: {exc}") from exc
+        doc.apply_update(update)
+        if doc.get_state() == before_state:
+            return True
+        after = _plain(doc.get(_ROOT, type=Map))
+        assert isinstance(before, dict) and isinstance(after, dict)
+        with self._write() as ops:
+            written: list[Op] = []
+            _apply_change(self._root, before, after, written)
+            if written:
+                ops.append(("merge", (), None, after))
+            self.metrics.late_writes += len(written)
+        self._frozen[epoch_id] = doc.get_state()
+        self._changed = True
+        return True
 
     def left_by_merge(self, epoch_id: int) -> bool:
         """True for an ended epoch we left because our upstream merged our
