@@ -46,6 +46,8 @@ Role = Literal["client", "server"]
 
 # A strict patch must fit exactly where it was made: no fuzz at all.
 _STRICT = {"match_threshold": 0.0, "match_distance": 0, "delete_threshold": 0.0}
+#: Rounds a hub waits, before crossing, for its clients' latest writes to go up.
+_DEFER_ROUNDS = 3
 
 
 @dataclass
@@ -203,9 +205,9 @@ class Link:
         #: when it moved us to an epoch without some of our metadata writes:
         #: we wrote them again and the next request carries them).
         self.reply_complete = True
-        #: Client of a hub: the (epoch id, frozen state) of an EPOCH we did not
-        #: cross with yet, to pass on what our clients wrote past it first.
-        self._deferred: tuple[int, bytes] | None = None
+        #: Client of a hub: (epoch id, state, times) of the EPOCH or MERGE we
+        #: did not cross with yet, to pass on what our clients wrote past it.
+        self._deferred: tuple[int, bytes, int] | None = None
         self._peer_state: bytes | None = None
         self._sent_state: bytes | None = None  # our state vector in the last frame built
         self._seq = 0  # client: latest request sent; server: latest request processed
@@ -451,18 +453,22 @@ class Link:
         """A hub told to cross holds writes of others (its clients) past the
         state the new epoch covers (they reached it after its request left):
         cross only once the upstream had a chance to take them (the same
-        block twice means it could not)."""
+        block twice means it could not; clients that keep writing get three
+        rounds, then write theirs again after crossing as usual)."""
         if not any(link.role == "server" for link in self.memory._links):
             return False
-        if self._deferred == (blk.epoch_id, blk.b):
-            return False
+        times = 0
+        if self._deferred is not None and self._deferred[0] == blk.epoch_id:
+            if self._deferred[1] == blk.b or self._deferred[2] >= _DEFER_ROUNDS:
+                return False
+            times = self._deferred[2]
         meta = self.memory.meta
         frozen = decode_state_vector(blk.b)
         own = meta.own_clients()
         ours = decode_state_vector(meta.state())
         if not any(clock > frozen.get(c, 0) for c, clock in ours.items() if c not in own):
             return False
-        self._deferred = (blk.epoch_id, blk.b)
+        self._deferred = (blk.epoch_id, blk.b, times + 1)
         return True
 
     def _meta_block(self) -> MetaBlock:
