@@ -87,8 +87,8 @@ def test_a_hub_restarted_empty_merging_two_leaves_doubles_nothing() -> None:
 
 def test_a_leaf_moving_to_a_lagging_hub_doubles_nothing() -> None:
     """The root compacts; hub h1 and its leaf cross, hub h2 has not yet. The
-    leaf moves to h2, which does not know the leaf's newer epoch: h2 merges
-    it by value and its own crossing later merges again (no doubling)."""
+    leaf moves to h2: its epoch is a later one of h2's own lineage, so h2
+    crosses to it first instead of merging the leaf's copies (no doubling)."""
     root, h1, h2, leaf = (replica(n, i) for i, n in enumerate(["root", "h1", "h2", "leaf"], 1))
     r1, r2, lh = pair(h1, root), pair(h2, root), pair(leaf, h1)
     root.meta["log"] = ["a"]
