@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import secrets
+from collections import Counter
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -217,38 +218,23 @@ def _apply_change(
 def _apply_list_change(
     node: Array[Any], before: list[Value], after: list[Value], ops: list[Op]
 ) -> None:
-    counts: dict[bytes, int] = {}
-    for v in before:
-        k = canonical_json(v)
-        counts[k] = counts.get(k, 0) + 1
-    added: list[Value] = []
-    for v in after:
-        k = canonical_json(v)
-        if counts.get(k, 0) > 0:
-            counts[k] -= 1
-        else:
-            added.append(v)
-    removed = [k for k, n in counts.items() for _ in range(n)]
+    old = Counter(canonical_json(v) for v in before)
+    want = Counter(canonical_json(v) for v in after)
     ours = [canonical_json(_plain(v)) for v in node]
-    for k in removed:
+    for k in (old - want).elements():  # removed: by value
         if k in ours:
             j = ours.index(k)
             del node[j]
             del ours[j]
             ops.append(("ldel", (), j, None))
-    have: dict[bytes, int] = {}
-    for k in ours:
-        have[k] = have.get(k, 0) + 1
-    want: dict[bytes, int] = {}
+    have = Counter(ours)
     for v in after:
         k = canonical_json(v)
-        want[k] = want.get(k, 0) + 1
-    for v in added:
-        k = canonical_json(v)
-        if have.get(k, 0) >= want[k]:
-            continue  # our list holds as many already
+        if have[k] >= want[k] or old[k] >= want[k]:
+            continue  # not added, or our list holds as many already
         node.append(_prelim(v))
-        have[k] = have.get(k, 0) + 1
+        have[k] += 1
+        old[k] += 1
         ops.append(("insert", (), len(node) - 1, v))
 
 
@@ -555,7 +541,7 @@ class Meta(_LiveMapping):
         """Our upstream acknowledged a frame that carried ``state`` (a state
         vector of the current epoch)."""
         sv = decode_state_vector(state)
-        for client in {c for c, _, _ in self._pending} | {self._client}:
+        for client in self.own_clients():
             clock = sv.get(client, 0)
             if clock > self._delivered.get(client, 0):
                 self._delivered[client] = clock
@@ -809,13 +795,11 @@ class Meta(_LiveMapping):
     @staticmethod
     def _merge_list(node: Array[Any], path: Path, theirs: list[Value], ops: list[Op]) -> None:
         ours = [canonical_json(_plain(v)) for v in node]
-        unmatched: dict[bytes, int] = {}
-        for k in ours:
-            unmatched[k] = unmatched.get(k, 0) + 1
+        unmatched = Counter(ours)
         pos = 0  # insert after the last value of theirs found in ours
         for value in theirs:
             k = canonical_json(value)
-            if unmatched.get(k, 0) > 0:
+            if unmatched[k] > 0:
                 unmatched[k] -= 1
                 if k in ours[pos:]:
                     pos = ours.index(k, pos) + 1
