@@ -1,8 +1,12 @@
-"""The pure-CRDT baselines of ``hybridsync bench``: pycrdt (Yjs) and Loro.
+"""The pure-CRDT baselines of ``hybridsync bench``: pycrdt (Yjs) and Loro,
+driven as their best users drive them (``benches/BASELINES.md`` says where
+each choice comes from).
 
-Both run the same star (``replicas[0]`` is the hub) over a
-:class:`~hybridsync.bench.lossy.LossyNet`, with the same data model and the
-same protocol shape; only the CRDT library and its wire encoding differ.
+Both run the same star (``replicas[0]`` is the hub) over the same
+:class:`~hybridsync.bench.lossy.LossyNet` as hybridsync, each link wrapped in
+an acknowledged, ordered :class:`~hybridsync.bench.delivery.Channel` (what a
+WebSocket over TCP gives a y-websocket user), with hybridsync's own
+retransmission timer. Only the CRDT library and its encoding differ.
 
 Data model (one CRDT document per replica):
 
@@ -10,50 +14,38 @@ Data model (one CRDT document per replica):
 - metadata: a root map ``"meta"``; a dict or list value becomes a nested
   map or list container (recursively), anything else a plain value;
 - KV caches: a root map ``"kv"`` holding, for cache ``c``, ``"c/shape"``
-  (``"<layers>x<kv_heads>x<head_dim>"``), ``"c/tokens"`` (the token count)
-  and one entry ``"c/<layer>/K"`` / ``"c/<layer>/V"`` per layer holding the
-  whole buffer bytes, rows ordered ``[head][token]``. A map entry can only be
-  replaced whole, so every :class:`~hybridsync.bench.core.KVAppend` or
-  :class:`~hybridsync.bench.core.KVTruncate` rewrites every (layer, K|V)
-  buffer of the cache: that is what storing cache bytes in a pure CRDT
-  costs.
+  (``"<layers>x<kv_heads>x<head_dim>"``), ``"c/tokens"`` and one entry per
+  256-token page, ``"c/<layer>/<K|V>/<page>"``, holding that page's rows of
+  every head (``[head][token]``), the page size hybridsync uses. An append
+  rewrites the last, partial page and adds new ones; a truncation rewrites
+  the page it cuts and deletes the pages after it.
 
-Protocol (per tick, in this order):
+Protocol, per link (y-protocols as y-websocket runs it; the same shape on
+version vectors for Loro):
 
-1. the messages due arrive and are handled; the replies and relays they cause
-   are sent at once (they arrive next tick at the earliest);
-2. *updates*: each replica sends one update message per local transaction
-   since the last tick, a leaf to the hub, the hub to every leaf. The hub
-   also relays everything that a message from a leaf changed in its document
-   (updates and anti-entropy replies alike) to every other leaf, as an
-   update message, as soon as it has applied it;
-3. *anti-entropy* (a network may lose messages; TCP would retransmit them):
-   every leaf sends its version (``STEP1``) to the hub on every tick that is a
-   multiple of ``antientropy_ticks`` (the first tick included: the handshake
-   of a connection), and also when ``retry_ticks`` ticks passed since its last
-   ``STEP1`` while it knows the hub lacks some of its changes (its version is
-   not covered by the hub's version last heard). The hub answers with the
-   changes the leaf lacks (``STEP2``) and its own ``STEP1`` (which also tells
-   the leaf what the hub has); the leaf answers that ``STEP1`` with a
-   ``STEP2``. The periodic rounds are aligned on the clock.
+1. On connect (tick 0) the leaf sends ``STEP1`` (its version); the hub
+   answers ``STEP2`` (what the leaf lacks) and its own ``STEP1``; the leaf
+   answers with its ``STEP2``. The transport is reliable and ordered, so no
+   gap ever needs another handshake and there is no periodic anti-entropy.
+2. Each tick, every replica integrates what arrived (pycrdt: the updates
+   from one peer merged into one ``apply_update``; Loro: ``import_batch``),
+   then flushes **one message per link**: a leaf sends its local
+   transactions since the last flush, the hub sends each leaf its own
+   transactions and everything it integrated from the other leaves since
+   the last flush (pycrdt: ``merge_updates`` of the transactions' updates;
+   Loro: ``export(ExportMode.Updates(peer_version))`` with the version
+   vector last sent to / heard from that peer).
 
-Duplicated and reordered messages are harmless: both CRDTs ignore changes
-they have, and a change whose causal predecessors are missing waits until
-they arrive (in Loro's pending set; for pycrdt in the engine, see
-:class:`PycrdtEngine`). :attr:`Engine.wire_bytes` counts every message sent, retries
-and anti-entropy included, framing included.
-
-Text positions of :class:`~hybridsync.bench.core.TextEdit` are code points:
-Loro's ``LoroText.insert``/``delete`` take code points; pycrdt's ``Text``
-takes UTF-8 byte offsets (yrs' default), so the pycrdt engine converts.
+:attr:`Engine.wire_bytes` counts every message put on the network:
+retransmissions, bare acknowledgements, the delivery header and the
+protocol framing included.
 """
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import xxhash
@@ -69,6 +61,7 @@ from pycrdt import (
     create_sync_message,
     create_update_message,
     handle_sync_message,
+    merge_updates,
     read_message,
 )
 
@@ -82,8 +75,10 @@ from hybridsync.bench.core import (
     NetConfig,
     Op,
     TextEdit,
+    TextReplace,
     kv_rows,
 )
+from hybridsync.bench.delivery import Channel
 from hybridsync.bench.lossy import LossyNet
 
 _loro_missing: ImportError | None = None
@@ -99,9 +94,17 @@ try:  # Loro is optional (the "bench" extra); PycrdtEngine works without it
 except ImportError as exc:  # pragma: no cover - depends on the environment
     _loro_missing = exc
 
-__all__ = ["LoroEngine", "PycrdtEngine"]
+_fdmp_missing: ImportError | None = None
+try:  # the C++ diff-match-patch that the pycrdt engine diffs revisions with
+    import fast_diff_match_patch
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    _fdmp_missing = exc
+
+__all__ = ["PAGE_TOKENS", "LoroEngine", "PycrdtEngine"]
 
 _KINDS = ("K", "V")
+#: Tokens per KV page entry (hybridsync's page size in the bench).
+PAGE_TOKENS = 256
 
 
 def _normalize(value: Any) -> Any:
@@ -119,105 +122,93 @@ def _normalize(value: Any) -> Any:
 
 
 class _StarEngine(Engine, ABC):
-    """The protocol driver shared by both baselines (see the module docstring);
-    subclasses provide the CRDT documents and message encoding.
+    """The star, the delivery channels and the tick loop shared by both
+    baselines (see the module docstring); subclasses provide the CRDT side.
 
     Args:
         replicas: replica names; ``replicas[0]`` is the hub.
         net: the network's faults and seed.
-        antientropy_ticks: the period of the anti-entropy rounds, in ticks; 0
-            turns anti-entropy off (the plain relay: right only on a
-            network that loses nothing).
-        retry_ticks: a leaf that knows the hub lacks some of its changes sends
-            a ``STEP1`` every this many ticks (default ``max(2,
-            antientropy_ticks // 2)``; 2 ticks is the round trip).
+        retransmit_after: ticks before an unacknowledged message is sent
+            again (hybridsync's links use 2 in the bench: one round trip).
     """
 
     def __init__(
-        self,
-        replicas: Sequence[str],
-        net: NetConfig,
-        *,
-        antientropy_ticks: int = 8,
-        retry_ticks: int | None = None,
+        self, replicas: Sequence[str], net: NetConfig, *, retransmit_after: int = 2
     ) -> None:
         super().__init__(replicas, net)
         if not self.replicas or len(set(self.replicas)) != len(self.replicas):
             raise ValueError(f"replica names must be distinct and not empty: {replicas!r}")
-        if antientropy_ticks < 0 or (retry_ticks is not None and retry_ticks < 1):
-            raise ValueError("antientropy_ticks must be >= 0 and retry_ticks >= 1")
         self.hub = self.replicas[0]
         self.leaves = self.replicas[1:]
         self.network = LossyNet(net)
-        self.antientropy_ticks = antientropy_ticks
-        self.retry_ticks = max(2, antientropy_ticks // 2) if retry_ticks is None else retry_ticks
         #: Ticks run so far.
         self.ticks = 0
         #: Operations skipped because their target did not exist on the writing
         #: replica (a container not received yet, or deleted concurrently).
         self.skipped_ops = 0
-        #: ``STEP1`` messages sent by leaves (anti-entropy rounds started).
-        self.antientropy_rounds = 0
-        self._outbox: dict[str, list[bytes]] = {name: [] for name in self.replicas}
-        self._last_step1: dict[str, float] = dict.fromkeys(self.leaves, -math.inf)
+        self.channels: dict[tuple[str, str], Channel] = {}
+        for leaf in self.leaves:
+            self.channels[(leaf, self.hub)] = Channel(retransmit_after)
+            self.channels[(self.hub, leaf)] = Channel(retransmit_after)
         self._text_docs: set[str] = set()
         self._caches: set[str] = set()
 
-    # ------------------------------------------------------------------ the protocol
+    def peers(self, name: str) -> list[str]:
+        return self.leaves if name == self.hub else [self.hub]
 
-    def _send(self, src: str, dst: str, message: bytes) -> None:
-        self.network.send(src, dst, message)
-        self.wire_bytes += len(message)
-        self.messages += 1
+    def _connect(self) -> None:
+        """The handshake's first message: every leaf's ``STEP1``."""
+        for leaf in self.leaves:
+            self.channels[(leaf, self.hub)].queue(self._step1(leaf))
+
+    # ------------------------------------------------------------------ the tick
 
     def tick(self) -> None:
-        for src, dst, payload in self.network.deliver_due():
-            self._receive(dst, src, payload)
+        arrived: dict[str, list[tuple[str, bytes]]] = {}
+        for src, dst, message in self.network.deliver_due():
+            for payload in self.channels[(dst, src)].receive(message):
+                arrived.setdefault(dst, []).append((src, payload))
         for name in self.replicas:
-            updates = self._outbox[name]
-            if not updates:
-                continue
-            self._outbox[name] = []
-            targets = self.leaves if name == self.hub else [self.hub]
-            for update in updates:
-                message = self._update_message(update)
-                for target in targets:
-                    self._send(name, target, message)
-        if self.antientropy_ticks > 0:
-            now = self.network.now
-            for leaf in self.leaves:
-                if now % self.antientropy_ticks == 0 or (
-                    now - self._last_step1[leaf] >= self.retry_ticks and self._unacked(leaf)
-                ):
-                    self._last_step1[leaf] = now
-                    self.antientropy_rounds += 1
-                    self._send(leaf, self.hub, self._step1_message(leaf))
+            if name in arrived:
+                self._integrate(name, arrived[name])
+        now = self.network.now
+        for name in self.replicas:
+            for peer in self.peers(name):
+                payload = self._outgoing(name, peer)
+                channel = self.channels[(name, peer)]
+                if payload is not None:
+                    channel.queue(payload)
+                for message in channel.flush(now):
+                    self.network.send(name, peer, message)
+                    self.wire_bytes += len(message)
+                    self.messages += 1
+            self._flushed(name)
         self.network.advance()
         self.ticks += 1
 
     @abstractmethod
-    def _receive(self, dst: str, src: str, payload: bytes) -> None:
-        """Handle a message arriving at ``dst`` from ``src``."""
+    def _step1(self, replica: str) -> bytes:
+        """``replica``'s ``STEP1`` message (its version)."""
 
     @abstractmethod
-    def _update_message(self, update: bytes) -> bytes:
-        """The message carrying one local update."""
+    def _integrate(self, dst: str, messages: list[tuple[str, bytes]]) -> None:
+        """Handle the messages that arrived at ``dst`` this tick, in order;
+        replies to handshake messages go out with this tick's flush."""
 
     @abstractmethod
-    def _step1_message(self, replica: str) -> bytes:
-        """``replica``'s ``STEP1`` (its version)."""
+    def _outgoing(self, name: str, peer: str) -> bytes | None:
+        """The one message ``name`` sends ``peer`` this tick (None: nothing)."""
 
-    @abstractmethod
-    def _unacked(self, leaf: str) -> bool:
-        """Whether ``leaf`` knows the hub lacks some of its changes."""
+    def _flushed(self, name: str) -> None:
+        """Called once ``name`` flushed every link this tick."""
 
     # ------------------------------------------------------------------ operations
 
-    def apply(self, replica: str, ops: Sequence[Op]) -> None:
-        if replica not in self._outbox:
+    def apply(self, replica: str, ops: Sequence[Any]) -> None:
+        if replica not in self.replicas:
             raise KeyError(f"unknown replica {replica!r}")
         for op in ops:
-            if isinstance(op, TextEdit):
+            if isinstance(op, (TextEdit, TextReplace, _Utf8Edit)):
                 self._text_docs.add(op.doc)
             elif isinstance(op, (KVAppend, KVTruncate)):
                 self._caches.add(op.cache)
@@ -225,10 +216,12 @@ class _StarEngine(Engine, ABC):
                 raise ValueError(f"{op!r}: a metadata path names at least one key")
         self._transact(replica, lambda: self._dispatch(replica, ops))
 
-    def _dispatch(self, replica: str, ops: Sequence[Op]) -> None:
+    def _dispatch(self, replica: str, ops: Sequence[Any]) -> None:
         for op in ops:
-            if isinstance(op, TextEdit):
+            if isinstance(op, (TextEdit, _Utf8Edit)):
                 self._text_edit(replica, op)
+            elif isinstance(op, TextReplace):
+                self._text_replace(replica, op)
             elif isinstance(op, MetaSet):
                 if not self._meta_set(replica, op.path, op.value):
                     self.skipped_ops += 1
@@ -245,11 +238,13 @@ class _StarEngine(Engine, ABC):
 
     @abstractmethod
     def _transact(self, replica: str, body: Callable[[], None]) -> None:
-        """Run ``body`` as one local transaction of ``replica`` and queue its
-        update for the next tick."""
+        """Run ``body`` as one local transaction of ``replica``."""
 
     @abstractmethod
-    def _text_edit(self, replica: str, op: TextEdit) -> None: ...
+    def _text_edit(self, replica: str, op: Any) -> None: ...
+
+    @abstractmethod
+    def _text_replace(self, replica: str, op: TextReplace) -> None: ...
 
     @abstractmethod
     def _meta_set(self, replica: str, path: tuple[str, ...], value: Any) -> bool:
@@ -268,8 +263,9 @@ class _StarEngine(Engine, ABC):
         """The value of ``key`` in ``replica``'s ``"kv"`` map (None if absent)."""
 
     @abstractmethod
-    def _kv_put(self, replica: str, entries: dict[str, Any]) -> None:
-        """Set entries of ``replica``'s ``"kv"`` map (inside a transaction)."""
+    def _kv_put(self, replica: str, entries: dict[str, Any], deleted: Sequence[str]) -> None:
+        """Set ``entries`` and delete the keys ``deleted`` of ``replica``'s
+        ``"kv"`` map (inside a transaction)."""
 
     # ------------------------------------------------------------------ KV caches
 
@@ -281,9 +277,12 @@ class _StarEngine(Engine, ABC):
         layers, heads, dim = (int(x) for x in str(shape).split("x"))
         return layers, heads, dim, int(self._kv_get(replica, f"{cache}/tokens"))
 
-    def _kv_buffer(self, replica: str, cache: str, layer: int, kind: str) -> bytes:
-        value = self._kv_get(replica, f"{cache}/{layer}/{kind}")
-        return bytes(value) if value is not None else b""
+    def _kv_page(
+        self, replica: str, cache: str, layer: int, kind: str, page: int, heads: int, row: int
+    ) -> np.ndarray:
+        value = self._kv_get(replica, f"{cache}/{layer}/{kind}/{page}")
+        data = bytes(value) if value is not None else b""
+        return np.frombuffer(data, np.uint8).reshape(heads, -1, row)
 
     def _kv_append(self, replica: str, op: KVAppend) -> None:
         shape = self._kv_shape(replica, op.cache)
@@ -297,17 +296,20 @@ class _StarEngine(Engine, ABC):
         new = np.frombuffer(
             kv_rows(op.cache, old, op.tokens, layers, heads, dim), np.uint8
         ).reshape(layers, 2, heads, op.tokens, row)
+        total = old + op.tokens
+        first_page = old // PAGE_TOKENS
         for layer in range(layers):
             for k, kind in enumerate(_KINDS):
                 fresh = new[layer, k]
-                if old:
-                    prior = np.frombuffer(
-                        self._kv_buffer(replica, op.cache, layer, kind), np.uint8
-                    ).reshape(heads, old, row)
+                if old % PAGE_TOKENS:
+                    prior = self._kv_page(replica, op.cache, layer, kind, first_page, heads, row)
                     fresh = np.concatenate([prior, fresh], axis=1)
-                entries[f"{op.cache}/{layer}/{kind}"] = fresh.tobytes()
-        entries[f"{op.cache}/tokens"] = old + op.tokens
-        self._kv_put(replica, entries)
+                for page in range(first_page, -(-total // PAGE_TOKENS)):
+                    lo = page * PAGE_TOKENS - first_page * PAGE_TOKENS
+                    chunk = fresh[:, lo : lo + PAGE_TOKENS]
+                    entries[f"{op.cache}/{layer}/{kind}/{page}"] = chunk.tobytes()
+        entries[f"{op.cache}/tokens"] = total
+        self._kv_put(replica, entries, ())
 
     def _kv_truncate(self, replica: str, op: KVTruncate) -> None:
         shape = self._kv_shape(replica, op.cache)
@@ -320,40 +322,46 @@ class _StarEngine(Engine, ABC):
             return
         row = dim // 32 * 18
         entries: dict[str, Any] = {f"{op.cache}/tokens": keep}
+        deleted: list[str] = []
+        cut = keep // PAGE_TOKENS
         for layer in range(layers):
             for kind in _KINDS:
-                prior = np.frombuffer(self._kv_buffer(replica, op.cache, layer, kind), np.uint8)
-                kept = prior.reshape(heads, old, row)[:, :keep]
-                entries[f"{op.cache}/{layer}/{kind}"] = kept.tobytes()
-        self._kv_put(replica, entries)
+                if keep % PAGE_TOKENS:
+                    page = self._kv_page(replica, op.cache, layer, kind, cut, heads, row)
+                    key = f"{op.cache}/{layer}/{kind}/{cut}"
+                    entries[key] = np.ascontiguousarray(page[:, : keep % PAGE_TOKENS]).tobytes()
+                    first_gone = cut + 1
+                else:
+                    first_gone = cut
+                for page_no in range(first_gone, -(-old // PAGE_TOKENS)):
+                    deleted.append(f"{op.cache}/{layer}/{kind}/{page_no}")
+        self._kv_put(replica, entries, deleted)
 
     def kv_digest(self, replica: str, cache: str) -> str:
-        """xxh3-128 (hex) of the buffers of ``cache`` concatenated over layers,
-        K then V, each in ``[head][token]`` row order ("" if absent)."""
+        """xxh3-128 (hex) of the rows of ``cache`` over layers, K then V, each
+        in ``[head][token]`` order ("" if absent)."""
         shape = self._kv_shape(replica, cache)
         if shape is None:
             return ""
+        layers, heads, dim, tokens = shape
+        row = dim // 32 * 18
         hasher = xxhash.xxh3_128()
-        for layer in range(shape[0]):
+        pages = -(-tokens // PAGE_TOKENS)
+        for layer in range(layers):
             for kind in _KINDS:
-                hasher.update(self._kv_buffer(replica, cache, layer, kind))
+                parts = [
+                    self._kv_page(replica, cache, layer, kind, p, heads, row) for p in range(pages)
+                ]
+                if parts:
+                    hasher.update(np.ascontiguousarray(np.concatenate(parts, axis=1)).tobytes())
         return hasher.hexdigest()
 
     # ------------------------------------------------------------------ convergence
 
     def converged(self) -> bool:
-        """No local update left unsent, every version (state vector) equal,
-        then every text, the metadata and the KV map equal on every replica.
-
-        Messages still in flight are not waited for: a CRDT replica's state
-        only grows, and every message carries part of some replica's state, so
-        once every replica holds the same state no message can change any of
-        them (a replica holding changes it cannot apply yet has a smaller
-        version). Waiting for an empty network would instead measure when the
-        periodic anti-entropy rounds happen to leave a gap: with reordering a
-        round can outlast the period, and such gaps can take hundreds of ticks.
-        """
-        if any(self._outbox.values()):
+        """Every channel idle (nothing queued or unacknowledged), every
+        version equal, then every text, the metadata and the KV map equal."""
+        if not all(ch.idle for ch in self.channels.values()):
             return False
         if not self._versions_equal():
             return False
@@ -371,6 +379,19 @@ class _StarEngine(Engine, ABC):
     @abstractmethod
     def _kv_value(self, replica: str) -> Any:
         """The whole ``"kv"`` map as plain Python (for comparisons)."""
+
+    @property
+    def retransmissions(self) -> int:
+        return sum(ch.retransmissions for ch in self.channels.values())
+
+
+class _Utf8Edit:
+    """A text edit in UTF-8 byte offsets (what yrs' ``Text`` indexes by)."""
+
+    __slots__ = ("delete", "doc", "insert", "start")
+
+    def __init__(self, doc: str, start: int, delete: int, insert: str) -> None:
+        self.doc, self.start, self.delete, self.insert = doc, start, delete, insert
 
 
 # ---------------------------------------------------------------------- pycrdt
@@ -395,285 +416,113 @@ def _decode_state_vector(data: bytes) -> dict[int, int]:
     return out
 
 
-class _Reader:
-    """lib0 decoding, just enough to walk a Yjs v1 update."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-
-    def byte(self) -> int:
-        value = self.data[self.pos]
-        self.pos += 1
-        return value
-
-    def uint(self) -> int:
-        value = shift = 0
-        while True:
-            byte = self.data[self.pos]
-            self.pos += 1
-            value |= (byte & 0x7F) << shift
-            shift += 7
-            if byte < 0x80:
-                return value
-
-    def skip_bytes(self) -> None:
-        size = self.uint()
-        self.pos += size
-
-    def string(self) -> str:
-        size = self.uint()
-        self.pos += size
-        return self.data[self.pos - size : self.pos].decode()
-
-    def skip_any(self) -> None:
-        tag = self.byte()
-        if tag in (127, 126, 121, 120):  # undefined, null, false, true
-            return
-        if tag == 125:  # signed varint
-            while self.byte() >= 0x80:
-                pass
-        elif tag == 124:
-            self.pos += 4
-        elif tag in (123, 122):
-            self.pos += 8
-        elif tag in (119, 116):  # string, bytes
-            self.skip_bytes()
-        elif tag == 118:  # object
-            for _ in range(self.uint()):
-                self.skip_bytes()
-                self.skip_any()
-        elif tag == 117:  # array
-            for _ in range(self.uint()):
-                self.skip_any()
-        else:
-            raise ValueError(f"unknown lib0 Any tag {tag}")
-
-
-class _UpdateNeeds(NamedTuple):
-    """What a Yjs v1 update needs of the document it is applied to (clocks per
-    client): ``before`` -- the document must already hold every clock below
-    (where the update's structs start, the holes it skips); ``after`` -- clocks
-    it refers to (origins, parents, deleted ranges), which the document or the
-    update itself must hold; ``ends`` -- the clocks its structs reach."""
-
-    before: dict[int, int]
-    after: dict[int, int]
-    ends: dict[int, int]
-
-
-def _update_needs(update: bytes) -> _UpdateNeeds:
-    """Walk a Yjs v1 update (structs, then the delete set)."""
-    r = _Reader(update)
-    before: dict[int, int] = {}
-    after: dict[int, int] = {}
-    ends: dict[int, int] = {}
-
-    def need(into: dict[int, int], client: int, clock: int) -> None:
-        if clock > into.get(client, 0):
-            into[client] = clock
-
-    for _ in range(r.uint()):
-        count, client, clock = r.uint(), r.uint(), r.uint()
-        need(before, client, clock)
-        for _ in range(count):
-            info = r.byte()
-            ref = info & 0x1F
-            if ref in (0, 10):  # GC, Skip
-                size = r.uint()
-                if ref == 10:
-                    need(before, client, clock + size)
-                clock += size
-                continue
-            if info & 0x80:
-                need(after, r.uint(), r.uint() + 1)
-            if info & 0x40:
-                need(after, r.uint(), r.uint() + 1)
-            if not info & 0xC0:
-                if r.uint() == 1:
-                    r.skip_bytes()  # a root type's name
-                else:
-                    need(after, r.uint(), r.uint() + 1)
-                if info & 0x20:
-                    r.skip_bytes()  # the map key
-            if ref == 1:  # deleted
-                size = r.uint()
-            elif ref == 2:  # JSON
-                size = r.uint()
-                for _ in range(size):
-                    r.skip_bytes()
-            elif ref == 4:  # string: UTF-16 code units
-                size = len(r.string().encode("utf-16-le")) // 2
-            elif ref == 8:  # Any
-                size = r.uint()
-                for _ in range(size):
-                    r.skip_any()
-            else:
-                size = 1
-                if ref in (3, 5):  # binary, embed
-                    r.skip_bytes()
-                elif ref == 6:  # format
-                    r.skip_bytes()
-                    r.skip_bytes()
-                elif ref == 7:  # type
-                    if r.uint() in (3, 5):  # XmlElement, XmlHook
-                        r.skip_bytes()
-                elif ref == 9:  # subdocument
-                    r.skip_bytes()
-                    r.skip_any()
-                else:
-                    raise ValueError(f"unknown Yjs content type {ref}")
-            clock += size
-        ends[client] = clock
-    for _ in range(r.uint()):  # the delete set
-        client = r.uint()
-        for _ in range(r.uint()):
-            start = r.uint()
-            need(after, client, start + r.uint())
-    return _UpdateNeeds(before, after, ends)
-
-
-def _applicable(needs: _UpdateNeeds, state: dict[int, int]) -> bool:
-    """Whether a document at ``state`` can integrate the whole update at once."""
-    if any(clock > state.get(c, 0) for c, clock in needs.before.items()):
-        return False
-    return all(
-        clock <= max(state.get(c, 0), needs.ends.get(c, 0)) for c, clock in needs.after.items()
-    )
-
-
 class PycrdtEngine(_StarEngine):
-    """pycrdt (yrs, the Rust port of Yjs) with the y-protocol sync messages of
-    y-websocket, adapted to a lossy network (see the module docstring).
+    """pycrdt (yrs, the Rust port of Yjs) with the y-protocol sync messages
+    of y-websocket (see the module docstring).
 
-    Each replica is a ``pycrdt.Doc`` (client id: xxh32 of the replica name).
-    Messages are y-protocol ``SYNC`` messages, counted byte for byte with
-    their framing (``[0, subtype, varuint length, payload]``):
+    Each replica is a ``pycrdt.Doc`` (client id: xxh32 of the replica name,
+    GC on: pycrdt's default). Messages are y-protocol ``SYNC`` messages,
+    counted byte for byte with their framing (``[0, subtype, varuint length,
+    payload]``). Every transaction's update comes from ``Doc.observe``
+    (``TransactionEvent.update``), tagged with where it came from (local, or
+    the peer whose message was applied); a flush merges a link's updates with
+    ``merge_updates`` into one ``SYNC_UPDATE``.
 
-    - ``SYNC_UPDATE``: the update of one transaction (``TransactionEvent.update``,
-      ``create_update_message``), leaf to hub; the hub sends its own
-      transactions' updates, and the update of every transaction that a message
-      from a leaf caused on its document, to every other leaf;
-    - ``SYNC_STEP1``: the sender's state vector (``create_sync_message``);
-    - ``SYNC_STEP2``: ``doc.get_update(their_state_vector)``, the reply to a
-      ``STEP1`` (``handle_sync_message``) -- always sent, as y-protocol does:
-      a Yjs state vector does not cover deletions, and every ``STEP2``
-      carries the sender's whole delete set.
-
-    A leaf knows the hub lacks some of its changes when its own clock in its
-    state vector is ahead of the hub's last ``STEP1``; deletion-only
-    transactions do not move the clock, so a lost one is healed by the periodic
-    exchange. Duplicated updates are ignored by yrs.
-
-    Out-of-order updates: yrs 0.28 (pycrdt 0.14.13) mishandles its own pending
-    set -- an update integrated once its missing predecessor arrives can be
-    dropped (the state vector then shows the gap), and encoding such a document
-    can panic ("Could not get parent branch info for item") or crash the
-    process. So the engine holds back a ``SYNC_UPDATE`` until the document has
-    everything it builds on (read from the update's struct headers, origins,
-    parents and delete set), and applies it then, so that yrs never sees a
-    gap. A ``STEP2`` (the diff from the receiver's own state vector) always
-    applies whole. Nothing is ever sent because of this hold-back.
+    Text positions: yrs' ``Text`` counts UTF-8 bytes. :meth:`prepare`
+    converts the trace's code-point positions outside the timed region; a
+    :class:`~hybridsync.bench.core.TextReplace` is diffed inside it (the C++
+    diff-match-patch, efficiency cleanup), positions converted while the ops
+    are applied, as a pycrdt user must.
     """
 
     name = "pycrdt"
 
     def __init__(
-        self,
-        replicas: Sequence[str],
-        net: NetConfig,
-        *,
-        antientropy_ticks: int = 8,
-        retry_ticks: int | None = None,
+        self, replicas: Sequence[str], net: NetConfig, *, retransmit_after: int = 2
     ) -> None:
-        super().__init__(
-            replicas, net, antientropy_ticks=antientropy_ticks, retry_ticks=retry_ticks
-        )
+        super().__init__(replicas, net, retransmit_after=retransmit_after)
         self.docs: dict[str, Doc[Any]] = {}
-        #: The replica a message being applied came from (None: a local transaction).
+        #: The peer whose message is being applied (None: a local transaction).
         self._origin: str | None = None
-        self._hub_state: dict[str, dict[int, int]] = {leaf: {} for leaf in self.leaves}
-        #: Per replica, updates received before what they build on: (from, update, needs).
-        self._held: dict[str, list[tuple[str, bytes, _UpdateNeeds]]] = {
-            name: [] for name in self.replicas
-        }
+        #: Per replica, the updates since its last flush: (origin, update).
+        self._fresh: dict[str, list[tuple[str | None, bytes]]] = {n: [] for n in self.replicas}
+        #: Handshake replies to send with the next flush, per (replica, peer).
+        self._replies: dict[tuple[str, str], list[bytes]] = {}
         for name in self.replicas:
             doc: Doc[Any] = Doc(client_id=xxhash.xxh32_intdigest(name.encode()))
             doc.observe(self._observer(name))
             self.docs[name] = doc
+        self._connect()
 
     def _observer(self, name: str) -> Callable[[TransactionEvent], None]:
+        fresh = self._fresh[name]
+
         def on_transaction(event: TransactionEvent) -> None:
-            update = bytes(event.update)
-            if update == b"\x00\x00":
-                return
-            origin = self._origin
-            if origin is None:
-                self._outbox[name].append(update)
-            elif name == self.hub:
-                message = create_update_message(update)
-                for leaf in self.leaves:
-                    if leaf != origin:
-                        self._send(self.hub, leaf, message)
+            update = event.update
+            if update != b"\x00\x00":
+                fresh.append((self._origin, update))
 
         return on_transaction
 
     # protocol
 
-    def _update_message(self, update: bytes) -> bytes:
-        return create_update_message(update)
-
-    def _step1_message(self, replica: str) -> bytes:
+    def _step1(self, replica: str) -> bytes:
         return create_sync_message(self.docs[replica])
 
-    def _unacked(self, leaf: str) -> bool:
-        doc = self.docs[leaf]
-        own = _decode_state_vector(doc.get_state()).get(doc.client_id, 0)
-        return own > self._hub_state[leaf].get(doc.client_id, 0)
+    def _integrate(self, dst: str, messages: list[tuple[str, bytes]]) -> None:
+        by_peer: dict[str, list[bytes]] = {}
+        for src, bundle in messages:
+            for payload in _unbundle(bundle):
+                self._integrate_one(dst, src, payload, by_peer)
+        self._apply_from(dst, by_peer)
 
-    def _receive(self, dst: str, src: str, payload: bytes) -> None:
+    def _integrate_one(
+        self, dst: str, src: str, payload: bytes, by_peer: dict[str, list[bytes]]
+    ) -> None:
+        doc = self.docs[dst]
         if len(payload) < 2 or payload[0] != YMessageType.SYNC:
             raise ValueError(f"not a y-protocol sync message: {payload[:8]!r}")
-        doc = self.docs[dst]
         if payload[1] == YSyncMessageType.SYNC_STEP1:
-            if dst != self.hub:
-                self._hub_state[dst] = _decode_state_vector(read_message(payload[2:]))
+            self._apply_from(dst, by_peer)
             reply = handle_sync_message(payload[1:], doc)
             assert reply is not None
-            self._send(dst, src, reply)
+            out = self._replies.setdefault((dst, src), [])
+            out.append(reply)
             if dst == self.hub:
-                self._send(dst, src, create_sync_message(doc))
+                out.append(create_sync_message(doc))
             return
         if payload[1] not in (YSyncMessageType.SYNC_STEP2, YSyncMessageType.SYNC_UPDATE):
             raise ValueError(f"unknown y-protocol sync message type {payload[1]}")
         update = read_message(payload[2:])
-        if update == b"\x00\x00":
-            return
-        held = self._held[dst]
-        if payload[1] == YSyncMessageType.SYNC_STEP2:
-            # The diff from our own state vector: it always applies whole.
-            self._apply_remote(dst, src, update)
-            if not held:
-                return
-        else:
-            held.append((src, update, _update_needs(update)))
-        progress = True
-        while progress:
-            progress = False
-            state = _decode_state_vector(doc.get_state())
-            for i, (origin, waiting, needs) in enumerate(held):
-                if _applicable(needs, state):
-                    del held[i]
-                    self._apply_remote(dst, origin, waiting)
-                    progress = True
-                    break
+        if update != b"\x00\x00":
+            by_peer.setdefault(src, []).append(update)
 
-    def _apply_remote(self, dst: str, src: str, update: bytes) -> None:
-        self._origin = src
-        try:
-            self.docs[dst].apply_update(update)
-        finally:
-            self._origin = None
+    def _apply_from(self, dst: str, by_peer: dict[str, list[bytes]]) -> None:
+        doc = self.docs[dst]
+        for src, updates in by_peer.items():
+            self._origin = src
+            try:
+                doc.apply_update(updates[0] if len(updates) == 1 else merge_updates(*updates))
+            finally:
+                self._origin = None
+        by_peer.clear()
+
+    def _outgoing(self, name: str, peer: str) -> bytes | None:
+        replies = self._replies.pop((name, peer), None)
+        if name == self.hub:  # its own transactions and the other leaves'
+            updates = [u for origin, u in self._fresh[name] if origin != peer]
+        else:  # its own transactions only
+            updates = [u for origin, u in self._fresh[name] if origin is None]
+        if not updates and not replies:
+            return None
+        parts = list(replies or ())
+        if updates:
+            merged = updates[0] if len(updates) == 1 else merge_updates(*updates)
+            parts.append(create_update_message(merged))
+        return b"".join(parts) if len(parts) == 1 else _bundle(parts)
+
+    def _flushed(self, name: str) -> None:
+        self._fresh[name].clear()
 
     def _versions_equal(self) -> bool:
         first = _decode_state_vector(self.docs[self.hub].get_state())
@@ -681,24 +530,67 @@ class PycrdtEngine(_StarEngine):
 
     # operations
 
+    def prepare(self, replica: str, ops: Sequence[Op]) -> Sequence[Any]:
+        if not any(isinstance(op, TextEdit) for op in ops):
+            return ops
+        texts: dict[str, str] = {}
+        out: list[Any] = []
+        for op in ops:
+            if not isinstance(op, TextEdit):
+                out.append(op)
+                continue
+            if op.doc not in texts:
+                texts[op.doc] = self.text(replica, op.doc)
+            current = texts[op.doc]
+            if op.pos < 0 or op.delete < 0 or op.pos + op.delete > len(current):
+                raise ValueError(f"{op!r} is out of range for a text of {len(current)} code points")
+            if current.isascii():
+                start, length = op.pos, op.delete
+            else:
+                start = len(current[: op.pos].encode())
+                length = len(current[op.pos : op.pos + op.delete].encode())
+            out.append(_Utf8Edit(op.doc, start, length, op.insert))
+            texts[op.doc] = current[: op.pos] + op.insert + current[op.pos + op.delete :]
+        return out
+
     def _transact(self, replica: str, body: Callable[[], None]) -> None:
         with self.docs[replica].transaction():
             body()
 
-    def _text_edit(self, replica: str, op: TextEdit) -> None:
+    def _text_edit(self, replica: str, op: Any) -> None:
+        if not isinstance(op, _Utf8Edit):
+            raise TypeError("pycrdt text edits go through PycrdtEngine.prepare")
         text = self.docs[replica].get(f"text:{op.doc}", type=Text)
-        current = str(text)
-        if op.pos < 0 or op.delete < 0 or op.pos + op.delete > len(current):
-            raise ValueError(f"{op!r} is out of range for a text of {len(current)} code points")
-        if current.isascii():
-            start, length = op.pos, op.delete
-        else:  # yrs counts UTF-8 bytes
-            start = len(current[: op.pos].encode())
-            length = len(current[op.pos : op.pos + op.delete].encode())
-        if length:
-            del text[start : start + length]
+        if op.delete:
+            del text[op.start : op.start + op.delete]
         if op.insert:
-            text.insert(start, op.insert)
+            text.insert(op.start, op.insert)
+
+    def _text_replace(self, replica: str, op: TextReplace) -> None:
+        if _fdmp_missing is not None:
+            raise ImportError(f"pycrdt revisions need fast-diff-match-patch: {_fdmp_missing}")
+        text = self.docs[replica].get(f"text:{op.doc}", type=Text)
+        old = str(text)
+        ops = fast_diff_match_patch.diff(
+            old, op.text, timelimit=0, checklines=True, cleanup="Efficiency", counts_only=True
+        )
+        ascii_only = old.isascii() and op.text.isascii()
+        at = 0  # UTF-8 offset in the Y.Text
+        i_old = i_new = 0  # code-point offsets in old and new
+        for kind, n in ops:
+            if kind == "=":
+                at += n if ascii_only else len(old[i_old : i_old + n].encode())
+                i_old += n
+                i_new += n
+            elif kind == "-":
+                size = n if ascii_only else len(old[i_old : i_old + n].encode())
+                del text[at : at + size]
+                i_old += n
+            else:
+                piece = op.text[i_new : i_new + n]
+                text.insert(at, piece)
+                at += n if ascii_only else len(piece.encode())
+                i_new += n
 
     def _container(self, replica: str, path: Sequence[str]) -> Map[Any] | None:
         node: Map[Any] = self.docs[replica].get("meta", type=Map)
@@ -738,10 +630,13 @@ class PycrdtEngine(_StarEngine):
     def _kv_get(self, replica: str, key: str) -> Any:
         return self._kv_map(replica).get(key)
 
-    def _kv_put(self, replica: str, entries: dict[str, Any]) -> None:
+    def _kv_put(self, replica: str, entries: dict[str, Any], deleted: Sequence[str]) -> None:
         kv = self._kv_map(replica)
         for key, value in entries.items():
             kv[key] = value
+        for key in deleted:
+            if key in kv:
+                del kv[key]
 
     def _kv_value(self, replica: str) -> Any:
         return self._kv_map(replica).to_py()
@@ -756,14 +651,34 @@ class PycrdtEngine(_StarEngine):
         return _normalize(meta.to_py() or {})
 
     def state_bytes(self) -> int:
-        """The largest ``len(doc.get_update())`` (the whole document, GC'd
-        history included) over the replicas."""
+        """The largest ``len(doc.get_update())`` (the whole document, history
+        garbage-collected as pycrdt does by default) over the replicas."""
         return max(len(doc.get_update()) for doc in self.docs.values())
 
 
-# ---------------------------------------------------------------------- Loro
+def _bundle(parts: list[bytes]) -> bytes:
+    """Several y-protocol messages in one delivery payload: a varint count,
+    then each message with a varint length (y-websocket sends them as
+    separate WebSocket messages; the count and lengths stand in for that
+    framing)."""
+    out = bytearray(_varint(len(parts)))
+    for part in parts:
+        out += _varint(len(part))
+        out += part
+    return bytes([0xFF]) + bytes(out)
 
-_STEP1, _STEP2, _UPDATE = 0, 1, 2
+
+def _unbundle(payload: bytes) -> list[bytes]:
+    if not payload or payload[0] != 0xFF:
+        return [payload]
+    pos = 1
+    count, pos = _read_varint(payload, pos)
+    parts = []
+    for _ in range(count):
+        size, pos = _read_varint(payload, pos)
+        parts.append(payload[pos : pos + size])
+        pos += size
+    return parts
 
 
 def _varint(n: int) -> bytes:
@@ -775,24 +690,39 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return value, pos
+
+
+# ---------------------------------------------------------------------- Loro
+
+_STEP1, _STEP2, _UPDATE = 0, 1, 2
+
+
 def _frame(kind: int, body: bytes) -> bytes:
     return bytes([kind]) + _varint(len(body)) + body
 
 
-def _unframe(message: bytes) -> tuple[int, bytes]:
-    length = shift = 0
-    i = 1
-    while True:
-        byte = message[i]
-        i += 1
-        length |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            break
-    body = message[i : i + length]
-    if len(body) != length:
-        raise ValueError("truncated message")
-    return message[0], body
+def _unframe_all(payload: bytes) -> list[tuple[int, bytes]]:
+    """Every ``[type][varint length][body]`` message of a payload."""
+    out: list[tuple[int, bytes]] = []
+    pos = 0
+    while pos < len(payload):
+        kind = payload[pos]
+        size, pos = _read_varint(payload, pos + 1)
+        body = payload[pos : pos + size]
+        if len(body) != size:
+            raise ValueError("truncated message")
+        out.append((kind, body))
+        pos += size
+    return out
 
 
 def _new_map() -> LoroMap:
@@ -845,92 +775,90 @@ def _loro_push(node: LoroList, value: Any) -> None:
 
 
 class LoroEngine(_StarEngine):
-    """Loro with the same protocol as :class:`PycrdtEngine`, on version
-    vectors (see the module docstring).
+    """Loro with the same protocol shape on version vectors (see the module
+    docstring).
 
     Each replica is a ``loro.LoroDoc`` (peer id: xxh64 of the replica name).
     Loro has no wire protocol of its own, so messages are framed as one type
-    byte and a varint body length (a small framing estimate, counted in
-    :attr:`wire_bytes`), and the bodies are Loro's own encodings:
+    byte and a varint body length (counted in :attr:`wire_bytes`), and the
+    bodies are Loro's own encodings:
 
-    - update: ``doc.export(ExportMode.Updates(from_=vv_before))`` after each
-      local transaction (``commit``), leaf to hub; the hub sends its own, and
-      ``export(Updates(from_=vv_before_import))`` of everything a message from a
-      leaf added to its document, to every other leaf;
-    - ``STEP1``: ``doc.oplog_vv.encode()``;
-    - ``STEP2``: ``doc.export(ExportMode.Updates(from_=their_vv))``, only when
-      the receiver's version does not cover the sender's (a Loro version
-      vector covers every operation, deletions included, so nothing is
-      missed).
+    - ``STEP1``: ``doc.oplog_vv.encode()``; ``STEP2``:
+      ``doc.export(ExportMode.Updates(their_vv))``;
+    - update: once per tick and link, ``doc.export(ExportMode.Updates(vv))``
+      where ``vv`` is what the peer is known to hold: what was last sent to
+      it, merged with the end version of every blob received from it
+      (``LoroDoc.decode_import_blob_meta``), so a hub never echoes a leaf's
+      own changes back;
+    - received blobs are imported together with ``doc.import_batch``.
 
-    A leaf knows the hub lacks some of its changes while its own counter in its
-    version vector is ahead of the hub's last ``STEP1``. Loro keeps its whole history
-    (that is its design): :meth:`state_bytes` is the full snapshot, and
-    :meth:`state_bytes_shallow` the history-free snapshot a joiner could fetch.
+    :meth:`state_bytes` is the shallow snapshot at the replica's current
+    version (history dropped: what a replica must keep once every peer is at
+    that version), :meth:`state_bytes_full` the full snapshot with history.
     """
 
     name = "loro"
 
     def __init__(
-        self,
-        replicas: Sequence[str],
-        net: NetConfig,
-        *,
-        antientropy_ticks: int = 8,
-        retry_ticks: int | None = None,
+        self, replicas: Sequence[str], net: NetConfig, *, retransmit_after: int = 2
     ) -> None:
         if _loro_missing is not None:
             raise ImportError(f"LoroEngine needs the loro package: {_loro_missing}")
-        super().__init__(
-            replicas, net, antientropy_ticks=antientropy_ticks, retry_ticks=retry_ticks
-        )
+        super().__init__(replicas, net, retransmit_after=retransmit_after)
         self.docs: dict[str, LoroDoc] = {}
-        self._hub_vv: dict[str, VersionVector] = {leaf: _new_vv() for leaf in self.leaves}
+        #: (replica, peer) -> the version the peer is known to hold.
+        self._peer_vv: dict[tuple[str, str], VersionVector] = {
+            key: _new_vv() for key in self.channels
+        }
+        self._replies: dict[tuple[str, str], list[bytes]] = {}
         for name in self.replicas:
             doc = LoroDoc()  # type: ignore[no-untyped-call]
             doc.peer_id = xxhash.xxh64_intdigest(name.encode())
             self.docs[name] = doc
+        self._connect()
 
     # protocol
 
-    def _update_message(self, update: bytes) -> bytes:
-        return _frame(_UPDATE, update)
-
-    def _step1_message(self, replica: str) -> bytes:
+    def _step1(self, replica: str) -> bytes:
         return _frame(_STEP1, self.docs[replica].oplog_vv.encode())
 
-    def _unacked(self, leaf: str) -> bool:
-        doc = self.docs[leaf]
-        own = doc.oplog_vv.get_last(doc.peer_id)
-        if own is None:
-            return False
-        known = self._hub_vv[leaf].get_last(doc.peer_id)
-        return known is None or own > known
-
-    def _receive(self, dst: str, src: str, payload: bytes) -> None:
-        kind, body = _unframe(payload)
+    def _integrate(self, dst: str, messages: list[tuple[str, bytes]]) -> None:
         doc = self.docs[dst]
-        if kind == _STEP1:
-            theirs = VersionVector.decode(body)
-            if dst != self.hub:
-                self._hub_vv[dst] = theirs
-            ours = doc.oplog_vv
-            if not theirs.includes_vv(ours):
-                self._send(dst, src, _frame(_STEP2, doc.export(ExportMode.Updates(theirs))))
-            if dst == self.hub:
-                self._send(dst, src, _frame(_STEP1, ours.encode()))
-            return
-        if kind not in (_STEP2, _UPDATE):
-            raise ValueError(f"unknown message type {kind}")
-        before = doc.oplog_vv
-        doc.import_(body)
-        if dst == self.hub:
-            after = doc.oplog_vv
-            if after != before:
-                message = _frame(_UPDATE, doc.export(ExportMode.Updates(before)))
-                for leaf in self.leaves:
-                    if leaf != src:
-                        self._send(self.hub, leaf, message)
+        blobs: list[bytes] = []
+        for src, payload in messages:
+            for kind, body in _unframe_all(payload):
+                if kind == _STEP1:
+                    if blobs:
+                        doc.import_batch(blobs)
+                        blobs = []
+                    theirs = VersionVector.decode(body)
+                    out = self._replies.setdefault((dst, src), [])
+                    ours = doc.oplog_vv
+                    known = self._peer_vv[(dst, src)]
+                    known.merge(theirs)
+                    if not theirs.includes_vv(ours):
+                        out.append(_frame(_STEP2, doc.export(ExportMode.Updates(theirs))))
+                        known.merge(ours)
+                    if dst == self.hub:
+                        out.append(_frame(_STEP1, ours.encode()))
+                elif kind in (_STEP2, _UPDATE):
+                    blobs.append(body)
+                    meta = LoroDoc.decode_import_blob_meta(body, False)
+                    self._peer_vv[(dst, src)].merge(meta.partial_end_vv)
+                else:
+                    raise ValueError(f"unknown message type {kind}")
+        if blobs:
+            doc.import_batch(blobs)
+
+    def _outgoing(self, name: str, peer: str) -> bytes | None:
+        doc = self.docs[name]
+        parts = self._replies.pop((name, peer), [])
+        known = self._peer_vv[(name, peer)]
+        ours = doc.oplog_vv
+        if not known.includes_vv(ours):
+            parts.append(_frame(_UPDATE, doc.export(ExportMode.Updates(known))))
+            known.merge(ours)
+        return b"".join(parts) if parts else None
 
     def _versions_equal(self) -> bool:
         first = self.docs[self.hub].oplog_vv
@@ -939,24 +867,28 @@ class LoroEngine(_StarEngine):
     # operations
 
     def _transact(self, replica: str, body: Callable[[], None]) -> None:
-        doc = self.docs[replica]
-        before = doc.oplog_vv
         try:
             body()
         finally:
-            doc.commit()
-        if doc.oplog_vv != before:
-            self._outbox[replica].append(doc.export(ExportMode.Updates(before)))
+            self.docs[replica].commit()
 
-    def _text_edit(self, replica: str, op: TextEdit) -> None:
+    def _text_edit(self, replica: str, op: Any) -> None:
         text = self.docs[replica].get_text(f"text:{op.doc}")
-        size = text.len_unicode
-        if op.pos < 0 or op.delete < 0 or op.pos + op.delete > size:
-            raise ValueError(f"{op!r} is out of range for a text of {size} code points")
         if op.delete:
             text.delete(op.pos, op.delete)
         if op.insert:
             text.insert(op.pos, op.insert)
+
+    def prepare(self, replica: str, ops: Sequence[Op]) -> Sequence[Any]:
+        for op in ops:
+            if isinstance(op, TextEdit):
+                size = self.docs[replica].get_text(f"text:{op.doc}").len_unicode
+                if op.pos < 0 or op.delete < 0 or op.pos + op.delete > size:
+                    raise ValueError(f"{op!r} is out of range for a text of {size} code points")
+        return ops
+
+    def _text_replace(self, replica: str, op: TextReplace) -> None:
+        self.docs[replica].get_text(f"text:{op.doc}").update_by_line(op.text)
 
     def _container(self, replica: str, path: Sequence[str]) -> LoroMap | None:
         node = self.docs[replica].get_map("meta")
@@ -993,10 +925,12 @@ class LoroEngine(_StarEngine):
         got = self.docs[replica].get_map("kv").get(key)
         return got.value if ValueOrContainer.is_value(got) else None
 
-    def _kv_put(self, replica: str, entries: dict[str, Any]) -> None:
+    def _kv_put(self, replica: str, entries: dict[str, Any], deleted: Sequence[str]) -> None:
         kv = self.docs[replica].get_map("kv")
         for key, value in entries.items():
             kv.insert(key, value)
+        for key in deleted:
+            kv.delete(key)
 
     def _kv_value(self, replica: str) -> Any:
         return self.docs[replica].get_map("kv").get_value()
@@ -1010,14 +944,13 @@ class LoroEngine(_StarEngine):
         return _normalize(self.docs[replica].get_map("meta").get_deep_value())
 
     def state_bytes(self) -> int:
-        """The largest ``len(doc.export(ExportMode.Snapshot()))`` (state and
-        whole history) over the replicas."""
-        return max(len(doc.export(ExportMode.Snapshot())) for doc in self.docs.values())
-
-    def state_bytes_shallow(self) -> int:
-        """The largest ``len(doc.export(ExportMode.ShallowSnapshot(frontiers)))``
-        at the replica's current frontiers (history dropped) over the replicas."""
+        """The largest shallow snapshot at the replica's current version
+        (``ExportMode.ShallowSnapshot(doc.oplog_frontiers)``) over the replicas."""
         return max(
             len(doc.export(ExportMode.ShallowSnapshot(doc.oplog_frontiers)))
             for doc in self.docs.values()
         )
+
+    def state_bytes_full(self) -> int:
+        """The largest full snapshot (state and whole history) over the replicas."""
+        return max(len(doc.export(ExportMode.Snapshot())) for doc in self.docs.values())

@@ -62,7 +62,14 @@ def _csv(value: str) -> list[str]:
     show_default=True,
     help="Engines to run; those not installed are skipped with a note.",
 )
-@click.option("--loss", "losses", default="0,0.1,0.3", show_default=True, help="Loss rates.")
+@click.option(
+    "--faults",
+    "--loss",
+    "losses",
+    default="0,0.1,0.3",
+    show_default=True,
+    help="Fault levels p: each message is lost, duplicated and reordered with probability p.",
+)
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
@@ -92,6 +99,21 @@ def _csv(value: str) -> list[str]:
     default=None,
     help="CPU seconds a cell may use before it is reported as DNF [default: 600; 60 quick].",
 )
+@click.option(
+    "--repeats",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Runs per cell; CPU is the best of them [default: 3; 1 with --quick].",
+)
+@click.option(
+    "--instructions",
+    type=click.Choice(["auto", "perf", "callgrind", "off"]),
+    default="auto",
+    show_default=True,
+    help="Count instructions of the timed region: the hardware counter (perf) in every run, "
+    "or callgrind on each cell's quick form; auto picks perf where the machine has it, else "
+    "callgrind where valgrind is installed (off with --quick).",
+)
 def bench(
     quick: bool,
     families: str,
@@ -103,19 +125,24 @@ def bench(
     every: int | None,
     jobs: int | None,
     cpu_budget: float | None,
+    repeats: int | None,
+    instructions: str,
 ) -> None:
     """Compare hybridsync with pure-CRDT stacks (pycrdt, Loro) over a simulated lossy network.
 
     Runs every workload (text: an editing trace replayed by 2, 4 and 8
-    agents; meta: an overwrite storm and a task board; kv: agents growing
-    4-bit caches) through every engine at every loss rate, each cell in a
-    fresh process, and writes bench.md, bench.json and PNG plots to --out
-    and (without --quick or --no-readme) README.md's bench section. Exits 1
-    if any cell is incorrect or fails (with --quick, also if one does not
-    finish).
+    agents in turns and by 4 concurrently, and the revision histories of four
+    documents rewritten whole by 2, 4 and 8 agents; meta: an overwrite storm
+    and a task board; kv: agents growing 4-bit caches) through every engine at
+    every fault level, each cell in a fresh process (--repeats times), with
+    the baselines driven as benches/BASELINES.md describes, and writes
+    bench.md, bench.json and PNG plots to --out and (without --quick or
+    --no-readme) README.md's bench section. Exits 1 if any cell is incorrect
+    or fails (with --quick, also if one does not finish).
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
+    from hybridsync.bench import instructions as counters
     from hybridsync.bench import report, runner, workloads
 
     console = make_console()
@@ -148,7 +175,22 @@ def bench(
             f"--loss takes numbers separated by commas, got {losses!r}"
         ) from None
     if any(not 0.0 <= x < 1.0 for x in loss_rates):
-        raise click.UsageError("loss rates must lie in [0, 1)")
+        raise click.UsageError("fault levels must lie in [0, 1)")
+    counter = "" if instructions == "off" or (quick and instructions == "auto") else instructions
+    if counter == "auto":
+        counter = (
+            "perf"
+            if counters.perf_counter() is not None
+            else "callgrind"
+            if counters.callgrind_usable()
+            else ""
+        )
+        if not counter:
+            notes.append("no instruction counter here (no perf counter, no valgrind): CPU only")
+    elif counter == "perf" and counters.perf_counter() is None:
+        raise click.UsageError("this machine has no hardware instruction counter")
+    elif counter == "callgrind" and not counters.callgrind_usable():
+        raise click.UsageError("callgrind needs valgrind, its callgrind.h and a C compiler")
     budget = cpu_budget if cpu_budget is not None else (60.0 if quick else 600.0)
     specs = [
         runner.CellSpec(w, e, x, seed=seed, quick=quick, every=every, cpu_budget_s=budget)
@@ -179,12 +221,16 @@ def bench(
                 else "INCORRECT"
             )
             progress.console.print(
-                f"  {spec.workload:<12} {spec.engine:<10} loss {spec.loss:>4.0%}  {verdict}"
+                f"  {spec.workload:<12} {spec.engine:<10} faults {spec.loss:>4.0%}  {verdict}"
             )
             progress.advance(task)
 
         results = runner.run_cells(
-            specs, jobs=jobs or ((os.cpu_count() or 1) if quick else 1), on_done=done
+            specs,
+            jobs=jobs or ((os.cpu_count() or 1) if quick else 1),
+            repeats=repeats or (1 if quick else 3),
+            instructions=counter,
+            on_done=done,
         )
     wall = time.perf_counter() - started
     cross = runner.cross_engine_checks(results)
@@ -213,11 +259,9 @@ def bench(
     )
     for r in failed:
         why = r.get("reason") or ", ".join(k for k, v in r.get("checks", {}).items() if not v)
-        console.print(
-            f"[red]FAILED[/] {r['workload']} / {r['engine']} / {r['loss']:.0%}: {escape(why)}"
-        )
+        where = f"{r['workload']} / {r['engine']} / faults {r['loss']:.0%}"
+        console.print(f"[red]FAILED[/] {where}: {escape(why)}")
     for c in failed_cross:
         console.print(f"[red]FAILED[/] cross-engine content differs on {c['workload']}")
     if failed or failed_cross:
         sys.exit(1)
-

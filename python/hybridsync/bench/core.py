@@ -31,6 +31,8 @@ __all__ = [
     "NetConfig",
     "Op",
     "TextEdit",
+    "TextReplace",
+    "faults",
     "kv_rows",
 ]
 
@@ -44,6 +46,20 @@ class TextEdit:
     pos: int
     delete: int
     insert: str
+
+
+@dataclass(frozen=True)
+class TextReplace:
+    """Replace the whole text document ``doc`` by ``text`` (an agent that
+    regenerates a document). Each engine turns it into its own edits: hybridsync
+    assigns the text (its link diffs it against the shadow), Loro calls
+    ``LoroText.update_by_line`` (its documentation's advice for large texts;
+    ``update`` took up to 0.6 s per version on the revision histories), pycrdt
+    diffs old and new and applies the ops to ``Y.Text``; that work counts as
+    the engine's CPU."""
+
+    doc: str
+    text: str
 
 
 @dataclass(frozen=True)
@@ -99,7 +115,7 @@ class KVTruncate:
     tokens: int
 
 
-Op: TypeAlias = TextEdit | MetaSet | MetaDelete | MetaAppend | KVAppend | KVTruncate
+Op: TypeAlias = TextEdit | TextReplace | MetaSet | MetaDelete | MetaAppend | KVAppend | KVTruncate
 
 
 @dataclass(frozen=True)
@@ -117,6 +133,13 @@ class NetConfig:
     reorder: float = 0.0
     reorder_ticks: int = 3
     seed: int = 0
+
+
+def faults(level: float, seed: int = 0) -> NetConfig:
+    """The network of a cell at fault level ``level``: each message is lost,
+    duplicated and delayed out of order (by 1 to 3 ticks) with probability
+    ``level`` each (0: a perfect network)."""
+    return NetConfig(loss=level, duplicate=level, reorder=level, seed=seed)
 
 
 def kv_rows(
@@ -155,10 +178,19 @@ class Engine(ABC):
         #: Messages sent (before loss).
         self.messages = 0
 
+    def prepare(self, replica: str, ops: Sequence[Op]) -> Sequence[Any]:
+        """Turn ``ops`` into what :meth:`apply` takes, outside the timed region.
+
+        The harness's own work lives here: converting the trace's code-point
+        positions into the index an engine's text type uses (yrs counts UTF-8
+        bytes; an editor built on it would track those natively), for
+        instance. The default returns ``ops`` unchanged."""
+        return ops
+
     @abstractmethod
-    def apply(self, replica: str, ops: Sequence[Op]) -> None:
-        """Apply ``ops`` on ``replica`` as one local transaction (nothing is
-        sent until the next :meth:`tick`)."""
+    def apply(self, replica: str, ops: Sequence[Any]) -> None:
+        """Apply ``ops`` (as :meth:`prepare` returned them) on ``replica`` as
+        one local transaction (nothing is sent until the next :meth:`tick`)."""
 
     @abstractmethod
     def tick(self) -> None:
@@ -188,6 +220,13 @@ class Engine(ABC):
 
     @abstractmethod
     def state_bytes(self) -> int:
-        """Encoded size of the synchronisation state the largest replica
-        keeps (CRDT document with history, or hybridsync's shadows and
-        metadata document), in bytes."""
+        """The smallest honest encoded size of the synchronisation state the
+        largest replica keeps, in bytes: what it must hold to go on syncing
+        (pycrdt: the GC'd document; Loro: the shallow snapshot at its current
+        version; hybridsync: texts, every link's shadow and backup, the
+        metadata document, KV pages and page tables)."""
+
+    def state_bytes_full(self) -> int | None:
+        """The full encoded state with history where the engine keeps one
+        beside :meth:`state_bytes` (Loro's full snapshot); None otherwise."""
+        return None

@@ -8,8 +8,8 @@ duplication, reordering and seed, and a delay of exactly one tick. Every
 frame a link emits -- requests, replies, retransmissions, bare polls and
 acknowledgements -- is counted: :attr:`wire_bytes` and :attr:`messages` are
 the network's ``bytes_sent`` and ``frames_sent`` summed over every edge and
-direction (copies the network itself duplicates are not counted; the bench
-runs with ``duplicate=0``).
+direction (copies the network itself duplicates are not counted, for any
+engine).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from hybridsync.bench.core import (
     NetConfig,
     Op,
     TextEdit,
+    TextReplace,
     kv_rows,
 )
 from hybridsync.kv import KVCache
@@ -89,9 +90,12 @@ class HybridEngine(Engine):
             of on every tick (the simulator's default, which would resend
             every request once even on a perfect network).
 
-    Text edits replace the document by ``old[:pos] + insert + old[pos + delete:]``
+    Text edits replace the agent's copy by ``old[:pos] + insert + old[pos + delete:]``
     with ``pos`` and ``delete`` clamped to the document as the replica holds
-    it (only concurrent workloads ever need the clamp). A transaction's
+    it (only concurrent workloads ever need the clamp); the replica gets the
+    text once per tick, before its links run (what an agent editing its own
+    buffer does). A :class:`~hybridsync.bench.core.TextReplace` hands it the
+    new text as is. A transaction's
     metadata operations run in one :meth:`Memory.transaction`. A replica owns
     the KV caches it appends to: a q4_0 :class:`~hybridsync.kv.KVCache` with
     256-token pages, created by the first :class:`KVAppend`.
@@ -117,6 +121,9 @@ class HybridEngine(Engine):
         hub = self.replicas[0]
         for name in self.replicas[1:]:
             self.network.connect(hub, name)
+        #: Texts written since the last tick: (replica, doc) -> text. An agent
+        #: edits its own buffer and hands the replica the text once per tick.
+        self._pending: dict[tuple[str, str], str] = {}
 
     def memory(self, replica: str) -> Memory:
         """The :class:`Memory` of ``replica``."""
@@ -133,10 +140,15 @@ class HybridEngine(Engine):
                     _apply_meta(memory, meta_op)
         for op in ops:
             if isinstance(op, TextEdit):
-                old = memory.text.get(op.doc, "")
+                key = (replica, op.doc)
+                old = self._pending.get(key)
+                if old is None:
+                    old = memory.text.get(op.doc, "")
                 pos = min(op.pos, len(old))
                 end = min(pos + op.delete, len(old))
-                memory.text[op.doc] = old[:pos] + op.insert + old[end:]
+                self._pending[key] = old[:pos] + op.insert + old[end:]
+            elif isinstance(op, TextReplace):
+                self._pending[(replica, op.doc)] = op.text
             elif isinstance(op, KVAppend):
                 self._kv_append(memory, op)
             elif isinstance(op, KVTruncate):
@@ -155,7 +167,13 @@ class HybridEngine(Engine):
         )
         cache.append_quantized(rows[:, 0], rows[:, 1])
 
+    def _write_pending(self) -> None:
+        for (replica, doc), value in self._pending.items():
+            self.network.memory(replica).text[doc] = value
+        self._pending.clear()
+
     def tick(self) -> None:
+        self._write_pending()
         self.network.tick()
         totals = self.network.totals()
         self.wire_bytes = totals.bytes_sent
@@ -164,10 +182,13 @@ class HybridEngine(Engine):
     def converged(self) -> bool:
         """:meth:`Network.quiescent`: equal replica digests (text, metadata
         and KV caches), every link idle, no frame that may carry edits in
-        flight."""
-        return self.network.quiescent()
+        flight; and no text written since the last tick."""
+        return not self._pending and self.network.quiescent()
 
     def text(self, replica: str, doc: str) -> str:
+        pending = self._pending.get((replica, doc))
+        if pending is not None:
+            return pending
         return self.network.memory(replica).text.get(doc, "")
 
     def meta(self, replica: str) -> Any:

@@ -51,6 +51,7 @@ RATIO_METRICS: tuple[tuple[str, str], ...] = (
     ("wire_bytes", "wire bytes"),
     ("messages", "messages"),
     ("cpu_s", "CPU"),
+    ("instructions", "instructions"),
     ("rss_delta_bytes", "peak RSS (run's own)"),
     ("state_max_bytes", "max state"),
     ("converge_ticks", "ticks to converge"),
@@ -114,6 +115,8 @@ def _num(value: Any, key: str) -> str:
         return _bytes(value)
     if key == "cpu_s":
         return f"{value:.3f} s"
+    if key == "instructions":
+        return f"{value / 1e6:,.1f} M"
     return f"{value:,}"
 
 
@@ -142,6 +145,14 @@ def _ratio_cell(hyb: dict[str, Any], other: dict[str, Any], key: str) -> str:
     if r > 1.0:
         return f"{text} (**{other['engine']} wins**)"
     return f"**{text}**" if r < 1.0 else text
+
+
+def _instructions(r: dict[str, Any]) -> str:
+    value = r.get("instructions")
+    if value is None:
+        return NONE
+    cell = r.get("instructions_cell")
+    return _num(value, "instructions") + (f" ({cell})" if cell and cell != "full" else "")
 
 
 def _workloads(results: Sequence[dict[str, Any]]) -> list[str]:
@@ -195,26 +206,32 @@ def markdown(payload: dict[str, Any]) -> str:
         lines.append("")
     lines += [
         "Every engine runs the same transactions over the same simulated star (hub = first "
-        "replica, one-tick delay, per-message loss drawn from one seeded generator). Wire bytes "
-        "and messages count everything a replica sent (retransmissions, polls and "
-        "acknowledgements included). CPU is process time spent applying transactions and "
-        "running ticks. Peak RSS is the cell's own high-water mark above its interpreter "
-        "baseline (each cell runs in a fresh process). State is `Engine.state_bytes()` of the "
-        "largest replica: for hybridsync its texts, every link's shadows and backup shadows, "
-        "the encoded metadata CRDT and KV pages plus page tables; for the CRDTs the encoded "
-        "document with its history. Ticks to converge count from the last transaction until "
-        "every replica is equal and nothing is left in flight. Ratios are hybridsync / "
-        "baseline: below 1.00x hybridsync uses less; where a baseline uses less the table "
-        "says so.",
+        "replica, one-tick delay). At fault level p every message is lost, duplicated and "
+        "delayed out of order (1-3 ticks) with probability p each, drawn from one seeded "
+        "generator. The CRDTs run over an acknowledged, ordered channel with hybridsync's "
+        "retransmission timer (`benches/BASELINES.md`). Wire bytes and messages count "
+        "everything a replica sent (retransmissions, polls, acknowledgements and framing "
+        "included). CPU is process time spent applying transactions and running ticks (the "
+        "best of the repeats); instructions count the same region (a hardware counter, or "
+        "callgrind on the workload's quick form: see the column's source). Peak RSS is the "
+        "cell's own high-water mark above its interpreter baseline (each cell runs in a fresh "
+        "process). State is `Engine.state_bytes()` of the largest replica, each engine's "
+        "smallest honest state: for hybridsync its texts, every link's shadow and backup "
+        "shadow, the encoded metadata CRDT and KV pages plus page tables; pycrdt's encoded "
+        "document (GC on); Loro's shallow snapshot (its full snapshot with history is listed "
+        "too). Ticks to converge count from the last transaction until every replica is equal "
+        "and nothing is left in flight. Ratios are hybridsync / baseline: below 1.00x "
+        "hybridsync uses less; where a baseline uses less the table says so.",
         "",
     ]
     for w in _workloads(results):
         first = next(r for r in results if r["workload"] == w)
         lines += [f"## {w}", "", first.get("description", ""), ""]
         lines += [
-            "| loss | engine | wire bytes | messages | CPU | peak RSS (own / total) | "
-            "max state | final state | ticks to converge | ticks | correct |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| faults | engine | wire bytes | messages | CPU | instructions | "
+            "peak RSS (own / total) | max state | final state | full state | "
+            "ticks to converge | ticks | correct |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for loss in _losses(results):
             for e in engines:
@@ -230,28 +247,19 @@ def markdown(payload: dict[str, Any]) -> str:
                 lines.append(
                     f"| {loss:.0%} | {e} | {_num(r.get('wire_bytes'), 'wire_bytes')} | "
                     f"{_num(r.get('messages'), 'messages')} | {_num(r.get('cpu_s'), 'cpu_s')} | "
+                    f"{_instructions(r)} | "
                     f"{rss} | {_bytes(r.get('state_max_bytes'))} | "
                     f"{_bytes(r.get('state_final_bytes'))} | "
+                    f"{_bytes(r.get('state_full_bytes'))} | "
                     f"{_num(r.get('converge_ticks'), 'ticks')} | {_num(r.get('ticks'), 'ticks')} "
                     f"| {_ok(r)}{extra} |"
                 )
-        shallow = [
-            (loss, r["state_shallow_bytes"])
-            for loss in _losses(results)
-            if (r := by.get((w, loss, "loro"))) is not None and r.get("state_shallow_bytes")
-        ]
-        if shallow:
-            lines += [
-                "",
-                "Loro's shallow snapshot at the end (history dropped; what a joining replica "
-                "could download instead of the full state): "
-                + ", ".join(f"{_bytes(b)} at {loss:.0%} loss" for loss, b in shallow)
-                + ".",
-            ]
         lines.append("")
         if baselines:
             lines += [
-                "| loss | hybridsync / | " + " | ".join(label for _, label in RATIO_METRICS) + " |",
+                "| faults | hybridsync / | "
+                + " | ".join(label for _, label in RATIO_METRICS)
+                + " |",
                 "|---|---|" + "---|" * len(RATIO_METRICS),
             ]
             for loss in _losses(results):
@@ -366,20 +374,56 @@ def plot(payload: dict[str, Any], out: Path) -> list[Path]:
 # -- README -------------------------------------------------------------------------------
 
 
+#: The README's tables: (title, workload name prefix).
+FAMILIES: tuple[tuple[str, str], ...] = (
+    ("Text, keystroke operations (an editing trace)", "text-seq"),
+    ("Text, keystroke operations, concurrent", "text-conc"),
+    ("Text, whole-document revisions (agents regenerating documents)", "text-rev"),
+    ("Metadata", "meta"),
+    ("KV caches", "kv"),
+)
+
+#: The README's ratio columns: (result key, label).
+README_METRICS: tuple[tuple[str, str], ...] = (
+    ("wire_bytes", "wire bytes"),
+    ("cpu_s", "CPU"),
+    ("instructions", "instructions"),
+    ("state_max_bytes", "max state"),
+    ("converge_ticks", "ticks to converge"),
+)
+
+
+def _best_cell(hyb: dict[str, Any], others: list[dict[str, Any]], key: str) -> str:
+    """hybridsync / the best baseline on ``key`` (the smallest value among the
+    baselines that finished correctly), naming that baseline; a loss in words."""
+    if hyb.get("status") != "ok" or not hyb.get("correct"):
+        return f"hybridsync {_ok(hyb)}"
+    valid = [o for o in others if o.get("status") == "ok" and o.get("correct")]
+    failed = [f"{o['engine']} {_ok(o)}" for o in others if o not in valid]
+    candidates = [o for o in valid if o.get(key) is not None]
+    if hyb.get(key) is None or not candidates:
+        return ", ".join(failed) or NONE
+    best = min(candidates, key=lambda o: float(o[key]))
+    r = _ratio(hyb.get(key), best.get(key))
+    if r is None:
+        return f"{_num(hyb.get(key), key)} vs {_num(best.get(key), key)} ({best['engine']})"
+    text = f"{r:.2f}x {best['engine']}"
+    if r > 1.0:
+        text = f"{r:.2f}x (**{best['engine']} wins**)"
+    elif r < 1.0:
+        text = f"**{r:.2f}x** {best['engine']}"
+    return text + (f"; {', '.join(failed)}" if failed else "")
+
+
 def readme_section(payload: dict[str, Any], out: Path) -> str:
-    """The README text between the bench markers: the command, machine,
-    versions and, per workload at each loss, hybridsync / baseline ratios."""
+    """The README text between the bench markers: the command, machine and
+    versions; per family, hybridsync / best-baseline ratios per workload and
+    fault level; and each engine's state at the end of the 0% cells."""
     results: list[dict[str, Any]] = payload["results"]
     by = _by(results)
     engines = _engines(results)
     baselines = [e for e in engines if e != "hybridsync"]
     rel = out.as_posix()
-    keys = (
-        ("wire_bytes", "wire bytes"),
-        ("cpu_s", "CPU"),
-        ("state_max_bytes", "max state"),
-        ("converge_ticks", "ticks to converge"),
-    )
     lines = [
         f"`{payload['command']}` (`make bench`; `--quick` checks correctness only). Machine: "
         f"{_machine_line(payload['machine'])}. Full tables: `{rel}/bench.md`, raw data "
@@ -390,26 +434,69 @@ def readme_section(payload: dict[str, Any], out: Path) -> str:
         lines += [f"Note: {note}", ""]
     if not baselines:
         lines += ["Only hybridsync ran: no ratios to report.", ""]
-    else:
+    workloads = _workloads(results)
+    sources = {r.get("instructions_cell") for r in results if r.get("instructions") is not None}
+    for title, prefix in FAMILIES if baselines else ():
+        rows = [w for w in workloads if w.startswith(prefix)]
+        if not rows:
+            continue
         lines += [
-            "| workload | loss | vs | " + " | ".join(label for _, label in keys) + " |",
-            "|---|---|---|" + "---|" * len(keys),
+            f"**{title}**: hybridsync / the best baseline on each metric",
+            "",
+            "| workload | faults | " + " | ".join(label for _, label in README_METRICS) + " |",
+            "|---|---|" + "---|" * len(README_METRICS),
         ]
-        for w in _workloads(results):
+        for w in rows:
             for loss in _losses(results):
                 hyb = by.get((w, loss, "hybridsync"))
-                for b in baselines:
-                    other = by.get((w, loss, b))
-                    if hyb is None or other is None:
-                        continue
-                    cells = [_ratio_cell(hyb, other, key) for key, _ in keys]
-                    lines.append(f"| {w} | {loss:.0%} | {b} | " + " | ".join(cells) + " |")
+                others = [o for b in baselines if (o := by.get((w, loss, b))) is not None]
+                if hyb is None or not others:
+                    continue
+                cells = [_best_cell(hyb, others, key) for key, _ in README_METRICS]
+                lines.append(f"| {w} | {loss:.0%} | " + " | ".join(cells) + " |")
+        lines.append("")
+    state_rows = [w for w in workloads if any(by.get((w, 0.0, e)) for e in engines)]
+    if state_rows:
+        lines += [
+            "**State** (largest replica at the end of the 0% cell; hybridsync: texts, every "
+            "link's shadow and backup, metadata document, KV pages and page tables; pycrdt: "
+            "the GC'd document; Loro: shallow snapshot, full snapshot with history in brackets)",
+            "",
+            "| workload | " + " | ".join(engines) + " | hybridsync / best |",
+            "|---|" + "---|" * (len(engines) + 1),
+        ]
+        for w in state_rows:
+            cells = []
+            for e in engines:
+                r = by.get((w, 0.0, e))
+                if r is None:
+                    cells.append(NONE)
+                    continue
+                text = _bytes(r.get("state_final_bytes"))
+                if r.get("state_full_bytes"):
+                    text += f" ({_bytes(r['state_full_bytes'])})"
+                cells.append(text)
+            hyb = by.get((w, 0.0, "hybridsync"))
+            others = [o for b in baselines if (o := by.get((w, 0.0, b))) is not None]
+            ratio = _best_cell(hyb, others, "state_final_bytes") if hyb and others else NONE
+            lines.append(f"| {w} | " + " | ".join(cells) + f" | {ratio} |")
         lines.append("")
     bad = [r for r in results if r.get("status") != "ok" or not r.get("correct")]
+    counted = (
+        "instructions: callgrind on each cell's quick form"
+        if sources == {"quick"}
+        else "instructions: hardware counter, whole cell"
+        if sources == {"full"}
+        else "instructions: not measured"
+        if not sources
+        else "instructions: mixed sources (see bench.md)"
+    )
     lines.append(
-        f"Ratios are hybridsync / baseline (below 1.00x hybridsync uses less). "
+        "Ratios are hybridsync / baseline (below 1.00x hybridsync uses less; the best "
+        f"baseline is chosen per metric); CPU is the best of the repeats; {counted}. "
         f"{len(results) - len(bad)} of {len(results)} cells ended with every replica equal "
-        "(and, for sequential runs, the trace's final text; for KV caches, the expected bytes)"
+        "(and, for sequential runs, the trace's or the history's final text; for KV caches, "
+        "the expected bytes)"
         + (
             "; cross-engine: every engine ended with the same content on the deterministic "
             "workloads."

@@ -54,15 +54,18 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import xxhash
 
+from hybridsync.bench import instructions as counters
 from hybridsync.bench.core import (
     Engine,
     KVAppend,
@@ -70,9 +73,9 @@ from hybridsync.bench.core import (
     MetaAppend,
     MetaDelete,
     MetaSet,
-    NetConfig,
     Op,
     TextEdit,
+    faults,
     kv_rows,
 )
 from hybridsync.bench.workloads import Workload, build
@@ -101,6 +104,10 @@ class CellSpec:
     quick: bool = False
     every: int | None = None
     cpu_budget_s: float = 600.0
+    #: Count instructions of the timed region: "" (no), "perf" (in process,
+    #: where the kernel provides the counter) or "callgrind" (the cell runs
+    #: under valgrind; see :mod:`hybridsync.bench.instructions`).
+    instructions: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -276,9 +283,26 @@ def run_cell(spec: CellSpec) -> dict[str, Any]:
     gc.collect()
     rss_reset = _reset_peak_rss()
     rss_baseline = _rss_bytes()
+    counter: counters.PerfCounter | counters.CallgrindToggle | None = None
+    if spec.instructions == "perf":
+        counter = counters.perf_counter()
+        if counter is None:
+            raise RuntimeError("no hardware instruction counter on this machine")
+    elif spec.instructions == "callgrind":
+        counter = counters.callgrind_toggle()
+        if counter is None:
+            raise RuntimeError("the callgrind toggle helper could not be built")
+    elif spec.instructions:
+        raise ValueError(f"unknown instruction counter {spec.instructions!r}")
+    net = faults(spec.loss, spec.seed)
     wall0 = time.perf_counter()
-    engine = cls(workload.replicas, NetConfig(loss=spec.loss, seed=spec.seed))
-    cpu = 0.0
+    if counter is not None:
+        counter.start()
+    t0 = time.process_time()
+    engine = cls(workload.replicas, net)
+    cpu = time.process_time() - t0
+    if counter is not None:
+        counter.stop()
     ticks = 0
     samples: list[tuple[int, int]] = []
     deferred = skipped = 0
@@ -287,15 +311,17 @@ def run_cell(spec: CellSpec) -> dict[str, Any]:
 
     def timed(fn: Callable[[], None]) -> None:
         nonlocal cpu
+        if counter is not None:
+            counter.start()
         t0 = time.process_time()
         fn()
         cpu += time.process_time() - t0
+        if counter is not None:
+            counter.stop()
 
     def apply(replica: str, ops: list[Op]) -> None:
-        nonlocal cpu
-        t0 = time.process_time()
-        engine.apply(replica, ops)
-        cpu += time.process_time() - t0
+        prepared = engine.prepare(replica, ops)  # harness work: not timed
+        timed(lambda: engine.apply(replica, prepared))
 
     def do_tick() -> None:
         nonlocal ticks
@@ -396,10 +422,12 @@ def run_cell(spec: CellSpec) -> dict[str, Any]:
         "state": samples,
         "state_max_bytes": max(s for _, s in samples),
         "state_final_bytes": samples[-1][1],
-        # Loro: the history-free snapshot a joining replica could fetch instead.
-        "state_shallow_bytes": (
-            int(engine.state_bytes_shallow()) if hasattr(engine, "state_bytes_shallow") else None
-        ),
+        # Loro: the full snapshot with history, beside the shallow one above.
+        "state_full_bytes": engine.state_bytes_full(),
+        "net": asdict(net),
+        "retransmissions": getattr(engine, "retransmissions", None),
+        "instructions": (counter.value if isinstance(counter, counters.PerfCounter) else None),
+        "instructions_source": spec.instructions or None,
         "ticks": ticks,
         "converge_ticks": converge_ticks if status == "ok" else None,
         "deferred": deferred,
@@ -451,6 +479,24 @@ def run_cell_subprocess(spec: CellSpec, *, timeout_s: float | None = None) -> di
     ``error`` (or ``dnf``) result rather than an exception."""
     cmd = [sys.executable, "-m", "hybridsync.bench.runner", "--cell", spec.to_json()]
     limit = timeout_s if timeout_s is not None else spec.cpu_budget_s * 2 + 120
+    scratch: tempfile.TemporaryDirectory[str] | None = None
+    out_file: Path | None = None
+    if spec.instructions == "callgrind":
+        scratch = tempfile.TemporaryDirectory(prefix="hybridsync-callgrind-")
+        out_file = Path(scratch.name) / "callgrind.out"
+        cmd = [*counters.callgrind_command(out_file), *cmd]
+        limit = timeout_s if timeout_s is not None else spec.cpu_budget_s * 100 + 600
+    try:
+        result = _run_subprocess(spec, cmd, limit)
+        if out_file is not None and result.get("status") == "ok":
+            result["instructions"] = counters.callgrind_instructions(out_file)
+        return result
+    finally:
+        if scratch is not None:
+            scratch.cleanup()
+
+
+def _run_subprocess(spec: CellSpec, cmd: list[str], limit: float) -> dict[str, Any]:
     base: dict[str, Any] = {
         "spec": asdict(spec),
         "workload": spec.workload,
@@ -477,20 +523,70 @@ def run_cells(
     specs: Sequence[CellSpec],
     *,
     jobs: int = 1,
+    repeats: int = 1,
+    instructions: str = "",
     on_done: Callable[[CellSpec, dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every cell in its own subprocess, ``jobs`` at a time; results in
-    ``specs`` order. ``on_done`` is called as each cell finishes."""
+    ``specs`` order. ``on_done`` is called as each cell finishes.
+
+    Each cell runs ``repeats`` times: the runs are deterministic (same bytes,
+    ticks and content, checked), so the result is the first run's with
+    ``cpu_s`` the smallest of the runs (``cpu_s_runs`` lists them all).
+    ``instructions``: ``"perf"`` counts in every run (hardware counter);
+    ``"callgrind"`` adds one run of the cell's ``quick`` form under callgrind
+    (``instructions_cell`` says which workload size was counted)."""
     results: list[dict[str, Any] | None] = [None] * len(specs)
 
     def one(i: int) -> None:
-        results[i] = run_cell_subprocess(specs[i])
+        spec = specs[i]
+        if instructions == "perf":
+            spec = replace(spec, instructions="perf")
+        runs = [run_cell_subprocess(spec) for _ in range(max(1, repeats))]
+        result = _combine(runs)
+        if instructions == "callgrind" and result.get("status") == "ok":
+            counted = run_cell_subprocess(replace(spec, quick=True, instructions="callgrind"))
+            result["instructions"] = counted.get("instructions")
+            result["instructions_source"] = "callgrind"
+            result["instructions_cell"] = "quick" + ("" if counted.get("correct") else " (failed)")
+        elif instructions == "perf":
+            result["instructions_cell"] = "full"
+        results[i] = result
         if on_done is not None:
-            on_done(specs[i], results[i] or {})
+            on_done(spec, result)
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         list(pool.map(one, range(len(specs))))
     return [r for r in results if r is not None]
+
+
+#: Measurements that must be equal in every repeat of a cell.
+_DETERMINISTIC = ("wire_bytes", "messages", "ticks", "converge_ticks", "fingerprint", "correct")
+
+
+def _combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from the repeats of a cell (see :func:`run_cells`)."""
+    first = dict(runs[0])
+    if len(runs) == 1 or first.get("status") != "ok":
+        first["cpu_s_runs"] = [r.get("cpu_s") for r in runs]
+        return first
+    for r in runs[1:]:
+        if r.get("status") != "ok":
+            return {**r, "reason": f"repeat failed: {r.get('reason')}"}
+        differs = [k for k in _DETERMINISTIC if r.get(k) != first.get(k)]
+        if differs:
+            return {
+                **first,
+                "status": "error",
+                "correct": False,
+                "reason": f"repeats differ in {', '.join(differs)} (a cell must be deterministic)",
+            }
+    cpus = [float(r["cpu_s"]) for r in runs]
+    first["cpu_s"] = min(cpus)
+    first["cpu_s_runs"] = cpus
+    if all(r.get("instructions") is not None for r in runs):
+        first["instructions"] = min(int(r["instructions"]) for r in runs)
+    return first
 
 
 def cross_engine_checks(results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -22,9 +22,13 @@ replay an editing trace (positions and lengths in code points, exactly as
 from __future__ import annotations
 
 import functools
+import json
+import lzma
+import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from hybridsync.bench.core import (
@@ -35,6 +39,7 @@ from hybridsync.bench.core import (
     MetaSet,
     Op,
     TextEdit,
+    TextReplace,
 )
 
 __all__ = [
@@ -44,8 +49,10 @@ __all__ = [
     "board",
     "build",
     "kv_growth",
+    "revisions",
     "storm",
     "text_concurrent",
+    "text_revisions",
     "text_turns",
     "workload_names",
 ]
@@ -98,7 +105,14 @@ class Workload:
     @property
     def text_docs(self) -> list[str]:
         """The text documents the workload edits."""
-        return sorted({op.doc for _, _, ops in self.txns for op in ops if isinstance(op, TextEdit)})
+        return sorted(
+            {
+                op.doc
+                for _, _, ops in self.txns
+                for op in ops
+                if isinstance(op, (TextEdit, TextReplace))
+            }
+        )
 
     @property
     def kv_caches(self) -> list[str]:
@@ -171,6 +185,78 @@ def text_turns(
         sample_every=max(1, turns // 100),
         tick_cap=2000,
         params={"trace": trace, "agents": agents, "every": every, "txns": len(txns)},
+    )
+
+
+#: Versions per document of the revision workloads with ``quick``.
+REVISIONS_QUICK = 6
+
+
+def revisions_dir() -> Path:
+    """Where the revision histories are: ``HYBRIDSYNC_REVISIONS``, else
+    ``../shared/data/revisions``."""
+    return Path(os.environ.get("HYBRIDSYNC_REVISIONS", "../shared/data/revisions"))
+
+
+@functools.lru_cache(maxsize=4)
+def revisions(limit: int | None = None) -> dict[str, list[tuple[str, str]]]:
+    """Every document of the revision histories: name -> ``[(date, text), ...]``
+    oldest first (each ``*.json.xz`` file holds every committed version of one
+    document; the first ``limit`` versions of each with ``limit``)."""
+    folder = revisions_dir()
+    files = sorted(folder.glob("*.json.xz"))
+    if not files:
+        raise FileNotFoundError(
+            f"no revision histories (*.json.xz) in {folder}; set HYBRIDSYNC_REVISIONS to the "
+            "folder holding them"
+        )
+    out: dict[str, list[tuple[str, str]]] = {}
+    for path in files:
+        with lzma.open(path, "rt", encoding="utf-8") as fh:
+            data = json.load(fh)
+        versions = [(v["date"], v["text"]) for v in data["versions"]]
+        out[path.name.removesuffix(".json.xz")] = versions[:limit] if limit else versions
+    return out
+
+
+def text_revisions(agents: int, *, quick: bool = False) -> Workload:
+    """Documents rewritten whole, version after version, by ``agents`` agents.
+
+    Replays every committed version of the documents in :func:`revisions_dir`
+    (four PEPs: the shape of an agent that regenerates a plan or a note as a
+    whole). The versions of all documents are merged by commit date; turn
+    ``i`` is agent ``a{i % N + 1}`` replacing its document by the next
+    version (:class:`~hybridsync.bench.core.TextReplace`); after each turn
+    the network runs until converged (sequential), so each document must end
+    equal to its last version. ``quick``: the first
+    :data:`REVISIONS_QUICK` versions of each document.
+    """
+    docs = revisions(REVISIONS_QUICK if quick else None)
+    order = sorted(
+        (date, name, i) for name, versions in docs.items() for i, (date, _) in enumerate(versions)
+    )
+    names = _agents(agents)
+    script: list[Txn] = [
+        (turn, names[turn % agents], [TextReplace(name, docs[name][i][1])])
+        for turn, (_, name, i) in enumerate(order)
+    ]
+    chars = sum(len(text) for versions in docs.values() for _, text in versions)
+    return Workload(
+        name=f"text-rev-{agents}",
+        family="text",
+        replicas=["hub", *names],
+        txns=script,
+        description=(
+            f"{len(docs)} documents ({', '.join(docs)}) rewritten whole, {len(order)} versions "
+            f"({chars / 1e6:.1f} M code points written) by {agents} agents in turns, oldest "
+            "commit first; after each turn the network runs until converged (sequential)."
+        ),
+        mode="turns",
+        expected_text={name: versions[-1][1] for name, versions in docs.items()},
+        deterministic=True,
+        sample_every=max(1, len(order) // 100),
+        tick_cap=500,
+        params={"agents": agents, "versions": len(order), "documents": len(docs)},
     )
 
 
@@ -455,6 +541,8 @@ def _registry(quick: bool, seed: int, every: int | None) -> dict[str, Callable[[
     for n in agent_counts:
         out[f"text-seq-{n}"] = functools.partial(text_turns, n, every=k, quick=quick)
     out["text-conc-4"] = functools.partial(text_concurrent, 4, every=k, quick=quick)
+    for n in agent_counts:
+        out[f"text-rev-{n}"] = functools.partial(text_revisions, n, quick=quick)
     if quick:
         out["meta-storm"] = lambda: storm(agents=6, keys=10, writes=300, per_tick=5, seed=seed)
         out["meta-board"] = lambda: board(agents=6, ticks=30, seed=seed)
