@@ -4,79 +4,27 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, MutableMapping
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import Any
 
 import xxhash
 
+from hybridsync.channels.checks import check_encodable
+from hybridsync.channels.documents import TextDocuments
+from hybridsync.channels.events import ChangeBus, EventStream, Origin
+from hybridsync.channels.kv import KVCaches
+from hybridsync.channels.meta import CompactionPolicy, Meta, canonical_json
 from hybridsync.errors import InvalidArgumentError
-from hybridsync.kv import KVCaches
-from hybridsync.meta import CompactionPolicy, Meta, canonical_json
-
-if TYPE_CHECKING:
-    from hybridsync.kvsync import KVChannel
-    from hybridsync.link import Link
-    from hybridsync.store import Store
+from hybridsync.store import Store
+from hybridsync.sync.link import Link, LinkWatch
 
 __all__ = ["Memory", "TextDocuments"]
 
+#: The channels ``Memory.events`` can report on.
+_CHANNELS = ("text", "meta", "kv")
 
-def _check_encodable(s: str, what: str) -> None:
-    """Refuse lone surrogates: they cannot cross the wire as UTF-8."""
-    if not s.isascii():
-        try:
-            s.encode()
-        except UnicodeEncodeError as exc:
-            raise InvalidArgumentError(
-                f"{what} contains a lone surrogate at index {exc.start}"
-            ) from None
-
-
-class TextDocuments(MutableMapping[str, str]):
-    """The named text documents of a replica (``memory.text``).
-
-    A plain mutable mapping: assignment creates or replaces a document,
-    ``del`` deletes it. Every change is noted by the replica's links, which
-    diff only the documents that changed.
-    """
-
-    def __init__(self, memory: Memory) -> None:
-        self._memory = memory
-        self._docs: dict[str, str] = {}
-
-    def __getitem__(self, name: str) -> str:
-        return self._docs[name]
-
-    def __setitem__(self, name: str, value: str) -> None:
-        if not isinstance(name, str):
-            raise InvalidArgumentError(f"document names are str, got {type(name).__name__}")
-        if not isinstance(value, str):
-            raise InvalidArgumentError(
-                f"text documents hold str, got {type(value).__name__} for {name!r}"
-            )
-        _check_encodable(name, "document name")
-        _check_encodable(value, f"text of {name!r}")
-        if self._docs.get(name) == value:
-            return
-        self._docs[name] = value
-        self._memory._text_changed(name, None)
-
-    def __delitem__(self, name: str) -> None:
-        del self._docs[name]
-        self._memory._text_deleted(name, None)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._docs)
-
-    def __len__(self) -> int:
-        return len(self._docs)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._docs
-
-    def __repr__(self) -> str:
-        return f"<TextDocuments of {self._memory.replica_id!r}: {len(self._docs)} documents>"
+# The name earlier releases used.
+_check_encodable = check_encodable
 
 
 class Memory:
@@ -120,25 +68,29 @@ class Memory:
     ) -> None:
         if not isinstance(replica_id, str) or not replica_id:
             raise InvalidArgumentError("replica_id must be a non-empty str")
-        _check_encodable(replica_id, "replica_id")
+        check_encodable(replica_id, "replica_id")
         self.replica_id = replica_id
-        self._links: list[Link] = []
-        self.text = TextDocuments(self)
+        #: Where the channels announce their changes: to the links and the
+        #: store at once, and to observers once per change set.
+        self.changes = ChangeBus()
+        self.text = TextDocuments(replica_id, self.changes)
         if incarnation is not None and not (
             isinstance(incarnation, int) and 0 <= incarnation < 1 << 64
         ):
             raise InvalidArgumentError(
                 f"incarnation must be an int in 0 .. 2**64-1, got {incarnation!r}"
             )
-        self.meta = Meta(self, compaction or CompactionPolicy(), incarnation)
-        self.kv = KVCaches(self)
-        #: What changed since the last save (durable replicas only).
-        self._unsaved_text: set[str] = set()
-        self._unsaved_kv: dict[str, int] = {}
+        self.meta = Meta(
+            replica_id,
+            self.changes,
+            compaction or CompactionPolicy(),
+            incarnation,
+            is_root=lambda: self.is_root,
+        )
+        self.kv = KVCaches(replica_id, self.changes)
+        self.changes.bind(self.text, self.meta, self.kv)
         self._store: Store | None = None
         if path is not None:
-            from hybridsync.store import Store
-
             store = Store(path, replica_id, fsync=fsync)
             try:
                 store.load(self)
@@ -201,20 +153,47 @@ class Memory:
     def is_root(self) -> bool:
         """True when no link has this replica as its client side: the root of
         the link tree, which owns metadata compaction."""
-        return not any(link.role == "client" for link in self._links)
-
-    def _on_upstream_epoch(self) -> bool:
-        """True for the root, or for a hub whose upstream last reported the
-        metadata epoch this replica is on (it may merge its clients' documents
-        of other epochs: before that, a value could travel from the
-        upstream's epoch through ours back into it and be doubled)."""
-        meta_epoch = self.meta.epoch_id
-        return all(link._peer_epoch == meta_epoch for link in self._links if link.role == "client")
+        return not any(link.role == "client" for link in self.links)
 
     @property
     def links(self) -> tuple[Link, ...]:
         """The links attached to this replica."""
-        return tuple(self._links)
+        return tuple(w.link for w in self.changes.listeners if isinstance(w, LinkWatch))
+
+    def saved_link_state(
+        self, role: str, peer_id: str
+    ) -> tuple[dict[str, Any], dict[str, list[Any]]] | None:
+        """A durable replica's saved state of its ``role`` link to
+        ``peer_id`` (what a resuming :class:`~hybridsync.Link` continues), or None."""
+        return None if self._store is None else self._store.link_state(role, peer_id)
+
+    # -- observers -----------------------------------------------------------
+
+    def events(self, *channels: str, replay: bool = False) -> EventStream:
+        """The events of ``channels`` (``"text"``, ``"meta"``, ``"kv"``; all
+        three by default) as an async iterator, for asyncio runtimes::
+
+            async with memory.events("text") as events:
+                async for event in events:
+                    ...
+
+        Call it from a running event loop; events are queued on that loop
+        (unbounded: none is lost), also when the changes happen on another
+        thread (a :class:`~hybridsync.SyncNode`'s). See
+        :mod:`hybridsync.channels.events` for when events fire and in what
+        order. ``replay``: the content held now comes first, as events of
+        origin ``restore`` (a durable replica reopened from its file: what
+        it loaded)."""
+        for c in channels:
+            if c not in _CHANNELS:
+                raise InvalidArgumentError(f"channels are {', '.join(_CHANNELS)}; got {c!r}")
+        return EventStream(self.changes, channels or _CHANNELS, replay=replay)
+
+    @property
+    def observer_errors(self) -> list[Any]:
+        """The latest exceptions raised by observers (at most 100, oldest
+        first), as :class:`~hybridsync.channels.events.ObserverError`."""
+        return list(self.changes.errors)
 
     def digest(self) -> str:
         """Deterministic content hash (xxh3-128, hex) of everything the replica
@@ -241,65 +220,16 @@ class Memory:
             h.update(c.digest().to_bytes(8, "little"))
         return h.hexdigest()
 
-    # -- used by links -----------------------------------------------------
-
-    def _attach(self, link: Link) -> None:
-        self._links.append(link)
-
-    def _detach(self, link: Link) -> None:
-        self._links.remove(link)
-
-    def _text_changed(self, name: str, origin: Link | None) -> None:
-        if self._store is not None:
-            self._unsaved_text.add(name)
-        for link in self._links:
-            link._mark_dirty(name)
-
-    def _text_deleted(self, name: str, origin: Link | None) -> None:
-        if self._store is not None:
-            self._unsaved_text.add(name)
-        for link in self._links:
-            if link is not origin:
-                link._mark_deleted(name)
-
-    def _set_text(self, name: str, value: str, origin: Link) -> None:
-        """Store text that arrived over ``origin``."""
-        if self.text._docs.get(name) == value:
-            return
-        self.text._docs[name] = value
-        self._text_changed(name, origin)
-
-    def _meta_changed(self, origin: Link | None, *, epoch_changed: bool = False) -> None:
-        for link in self._links:
-            if link is not origin:
-                link._meta_dirty = True
-
     def _kv_changed(
         self,
         name: str,
         first_page: int,
-        origin: KVChannel | None,
+        source: object,
         *,
         reset: bool = False,
         first_token: int = 0,
     ) -> None:
-        if self._store is not None:
-            # The first token row written since the last save.
-            token = 0 if reset else first_token
-            self._unsaved_kv[name] = min(token, self._unsaved_kv.get(name, token))
-        for link in self._links:
-            if link._kv is not origin:
-                link._kv.mark(name, first_page, reset, first_token)
-
-    def _kv_deleted(self, name: str, owner: str, uid: int, origin: KVChannel | None) -> None:
-        if self._store is not None:
-            self._unsaved_kv[name] = 0
-        for link in self._links:
-            if link._kv is not origin:
-                link._kv.mark_deleted(name, owner, uid)
-
-    def _delete_text(self, name: str, origin: Link) -> None:
-        """Delete a document because ``origin``'s peer deleted it."""
-        if name in self.text._docs:
-            del self.text._docs[name]
-            self._text_deleted(name, origin)
+        """Announce a change of KV cache ``name`` (as a local write would)."""
+        self.kv._announce(
+            name, first_page, source, Origin.LOCAL, reset=reset, first_token=first_token
+        )

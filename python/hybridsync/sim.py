@@ -54,8 +54,9 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 import xxhash
 
-from hybridsync import Link, LinkMetrics, Memory
 from hybridsync.errors import HybridSyncError, InvalidArgumentError
+from hybridsync.memory import Memory
+from hybridsync.sync.link import Link, LinkMetrics
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack

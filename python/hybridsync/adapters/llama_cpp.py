@@ -34,8 +34,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hybridsync.channels.kv import KVCache
 from hybridsync.errors import DecodeError, HybridSyncError, InvalidArgumentError
-from hybridsync.kv import KVCache
 
 __all__ = ["LlamaState", "from_llama_state", "to_llama_state"]
 

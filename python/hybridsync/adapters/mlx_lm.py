@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from hybridsync.channels.kv import KVCache
 from hybridsync.errors import InvalidArgumentError
-from hybridsync.kv import KVCache
 
 __all__ = ["from_mlx_lm", "load_prompt_cache", "save_prompt_cache", "to_mlx_lm"]
 

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from hybridsync.errors import ClosedError, SyncTimeoutError
-from hybridsync.link import LinkMetrics
+from hybridsync.sync.link import LinkMetrics
 
 __all__ = [
     "CLOSE_AUTH",

@@ -27,7 +27,6 @@ from websockets.asyncio.server import serve as ws_serve
 from websockets.exceptions import ConnectionClosed
 
 from hybridsync.errors import HybridSyncError, InvalidArgumentError
-from hybridsync.link import Link
 from hybridsync.memory import Memory
 from hybridsync.net._common import (
     CLOSE_AUTH,
@@ -56,6 +55,7 @@ from hybridsync.net._secure import (
     ServerHandshake,
     check_secret,
 )
+from hybridsync.sync.link import Link
 
 __all__ = ["Hub", "serve"]
 

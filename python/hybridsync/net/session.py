@@ -43,7 +43,6 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from hybridsync.errors import HybridSyncError, InvalidArgumentError
-from hybridsync.link import Link
 from hybridsync.memory import Memory
 from hybridsync.net._common import (
     CLOSE_AUTH,
@@ -72,6 +71,7 @@ from hybridsync.net._secure import (
     check_secret,
 )
 from hybridsync.net.hub import describe_close, set_message_limit
+from hybridsync.sync.link import Link
 
 __all__ = ["Session", "connect"]
 

@@ -25,18 +25,16 @@ import os
 import secrets
 import sqlite3
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgpack
 import numpy as np
 import xxhash
 
+from hybridsync.channels.events import ChangeBus, Origin
+from hybridsync.channels.kv import Geometry, KVCache
 from hybridsync.errors import CorruptionError, InvalidArgumentError, StorageError
-
-if TYPE_CHECKING:
-    from hybridsync.kv import KVCache
-    from hybridsync.link import Link
-    from hybridsync.memory import Memory
+from hybridsync.sync.link import Link, Replica
 
 __all__ = ["Store"]
 
@@ -183,6 +181,31 @@ class Store:
         self._kv_headers: dict[str, bytes] = {}
         self._kv_geometry: dict[str, Any] = {}
         self._deleted_saved = b""
+        #: What changed since the last save (heard on the replica's change bus).
+        self._unsaved_text: set[str] = set()
+        self._unsaved_kv: dict[str, int] = {}
+        self._changes: ChangeBus | None = None
+
+    # -- what changed ------------------------------------------------------------
+
+    def on_text_changed(self, name: str, origin: Origin) -> None:
+        self._unsaved_text.add(name)
+
+    def on_text_deleted(self, name: str, origin: Origin) -> None:
+        self._unsaved_text.add(name)
+
+    def on_meta_changed(self, origin: Origin) -> None:
+        pass  # compared with the file's state at each save
+
+    def on_kv_changed(
+        self, name: str, first_page: int, source: object, *, reset: bool, first_token: int
+    ) -> None:
+        # The first token row written since the last save.
+        token = 0 if reset else first_token
+        self._unsaved_kv[name] = min(token, self._unsaved_kv.get(name, token))
+
+    def on_kv_deleted(self, name: str, owner: str, uid: int, source: object) -> None:
+        self._unsaved_kv[name] = 0
 
     # -- small helpers -----------------------------------------------------------
 
@@ -208,14 +231,18 @@ class Store:
         self.bytes_written += len(data)
 
     def close(self) -> None:
+        if self._changes is not None:
+            self._changes.remove_listener(self)
+            self._changes = None
         self._db.close()
 
     # -- loading -------------------------------------------------------------------
 
-    def load(self, memory: Memory) -> None:
-        """Fill a fresh replica from the file. Raises CorruptionError."""
-        from hybridsync.kv import Geometry, KVCache
-
+    def load(self, memory: Replica) -> None:
+        """Fill a fresh replica from the file, and from then on hear of its
+        changes (to save them). Raises CorruptionError."""
+        self._changes = memory.changes
+        memory.changes.add_listener(self)
         docs = memory.text._docs
         for name, body, s in self._rows("SELECT name, body, sum FROM text ORDER BY name"):
             if _sum("text", name, body) != s:
@@ -295,7 +322,7 @@ class Store:
                 raise CorruptionError(
                     f"{self.path}: KV cache {name!r} does not match its digest on reload"
                 )
-            cache._memory, cache._name, cache.owner = memory, name, str(h["owner"])
+            cache._caches, cache._name, cache.owner = memory.kv, name, str(h["owner"])
             cache.uid = int(h["uid"])
             cache._mirror = cache.owner != memory.replica_id
             caches[name] = cache
@@ -354,7 +381,7 @@ class Store:
     # -- saving ----------------------------------------------------------------------
 
     @staticmethod
-    def _meta_key(memory: Memory) -> tuple[Any, ...]:
+    def _meta_key(memory: Replica) -> tuple[Any, ...]:
         """Changes whenever the metadata's saved form would."""
         meta = memory.meta
         return (
@@ -365,15 +392,15 @@ class Store:
             meta._ticks,
         )
 
-    def save(self, memory: Memory) -> None:
+    def save(self, memory: Replica) -> None:
         """Write what changed since the last save, in one transaction."""
         if not (
-            memory._unsaved_text
-            or memory._unsaved_kv
+            self._unsaved_text
+            or self._unsaved_kv
             or self._meta_key(memory) != self._meta_seen
             or any(
                 link._unsaved or link._unsaved_header or link._unsaved_reset
-                for link in memory._links
+                for link in memory.links
             )
         ):
             return
@@ -384,7 +411,7 @@ class Store:
                 self._save_text(memory)
                 self._save_meta(memory)
                 self._save_kv(memory)
-                for link in memory._links:
+                for link in memory.links:
                     self._save_link(link)
                 self._put_info("manifest", self._manifest())
                 db.execute("COMMIT")
@@ -397,21 +424,21 @@ class Store:
             raise StorageError(f"cannot write {self.path}: {exc}") from None
         # Only now, with the transaction committed, is the tracking reset.
         self._text_sums_committed = dict(self._text_sums)
-        memory._unsaved_text.clear()
-        memory._unsaved_kv.clear()
-        for link in memory._links:
+        self._unsaved_text.clear()
+        self._unsaved_kv.clear()
+        for link in memory.links:
             link._unsaved.clear()
             link._unsaved_header = link._unsaved_reset = False
             link._forget = None
         self.saves += 1
 
-    def _forget_saved(self, memory: Memory) -> None:
+    def _forget_saved(self, memory: Replica) -> None:
         """A save failed and rolled back: what this object believed the file
         holds is unreliable. The next save rewrites the metadata and every
         KV cache from scratch (text and links are tracked by the replica and
         kept until a save commits)."""
         for name in memory.kv._caches:
-            memory._unsaved_kv[name] = 0
+            self._unsaved_kv[name] = 0
         self._meta_epoch = -1
         self._meta_saved = b""
         self._meta_seen = ()
@@ -434,9 +461,9 @@ class Store:
             "kv_caches": sorted(self._kv_headers),
         }
 
-    def _save_text(self, memory: Memory) -> None:
+    def _save_text(self, memory: Replica) -> None:
         docs = memory.text._docs
-        for name in sorted(memory._unsaved_text):
+        for name in sorted(self._unsaved_text):
             body = docs.get(name)
             if body is None:
                 self._db.execute("DELETE FROM text WHERE name = ?", (name,))
@@ -448,7 +475,7 @@ class Store:
             self._text_sums[name] = s
             self.bytes_written += len(data)
 
-    def _save_meta(self, memory: Memory) -> None:
+    def _save_meta(self, memory: Replica) -> None:
         meta = memory.meta
         state = meta.state()
         if meta.epoch_id != self._meta_epoch:
@@ -476,13 +503,13 @@ class Store:
             self._meta_saved = saved
         self._meta_seen = self._meta_key(memory)
 
-    def _save_kv(self, memory: Memory) -> None:
+    def _save_kv(self, memory: Replica) -> None:
         kv = memory.kv
         deleted = _pack(kv._deleted)
         if deleted != self._deleted_saved:
             self._put_info("kv_deleted", kv._deleted)
             self._deleted_saved = deleted
-        for name, first in sorted(memory._unsaved_kv.items()):
+        for name, first in sorted(self._unsaved_kv.items()):
             cache = kv._caches.get(name)
             if cache is None:
                 self._db.execute("DELETE FROM kv_caches WHERE name = ?", (name,))

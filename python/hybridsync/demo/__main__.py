@@ -18,8 +18,8 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from hybridsync import text
-from hybridsync.meta import CompactionPolicy
+from hybridsync.channels import text
+from hybridsync.channels.meta import CompactionPolicy
 from hybridsync.sim import Network
 from hybridsync.traces import load_trace
 

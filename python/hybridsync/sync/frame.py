@@ -1,0 +1,620 @@
+"""The wire format of a link: one frame per exchange.
+
+The byte layout is specified in ``docs/protocol.md``; this module is its only
+implementation. Decoding is strict and pure: a frame is fully decoded (every
+patch included) before anything is applied, and any defect raises
+:class:`~hybridsync.errors.DecodeError`.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+import xxhash
+import zstandard
+
+from hybridsync._core import kv_verify_pages
+from hybridsync.channels.kv import Geometry
+from hybridsync.channels.text import Patch
+from hybridsync.errors import DecodeError, HybridSyncError, LimitExceededError
+
+__all__ = [
+    "MAGIC",
+    "PROTOCOL_VERSION",
+    "Edit",
+    "Entry",
+    "Frame",
+    "KVEntry",
+    "KVKind",
+    "KVRun",
+    "Kind",
+    "MetaBlock",
+    "MetaKind",
+    "decode_frame",
+    "encode_frame",
+]
+
+MAGIC = b"HSYN"
+PROTOCOL_VERSION = 1
+FLAG_COMPRESSED = 0x01
+FLAG_REPLY = 0x02
+FLAG_META = 0x04
+FLAG_KV = 0x08
+FLAG_RESUME = 0x10
+_KNOWN_FLAGS = FLAG_COMPRESSED | FLAG_REPLY | FLAG_META | FLAG_KV | FLAG_RESUME
+_HEADER = struct.Struct("<4sBB")
+_CHECKSUM = struct.Struct("<Q")
+_EPOCH_ID = struct.Struct("<Q")
+
+
+class Kind(enum.IntEnum):
+    """What a frame entry says about one document."""
+
+    #: Edits (possibly none: then an acknowledgement) with a shadow checksum.
+    EDITS = 1
+    #: The sender deleted the document.
+    DELETE = 2
+    #: The sender acknowledges the peer's DELETE.
+    DELETED = 3
+    #: The sender's whole shadow: creation, or re-initialisation.
+    FULL = 4
+    #: The sender asks for a FULL (it has no usable state for the document).
+    RESYNC = 5
+    #: Answer to a RESYNC: the sender has neither the document nor state for it.
+    ABSENT = 6
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One versioned edit: the patch from shadow version ``version`` to the next."""
+
+    version: int
+    patch: Patch
+    raw: bytes
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What one frame carries for one document."""
+
+    name: str
+    kind: Kind
+    #: EDITS: peer edits the sender has applied; FULL: the sender's remote version.
+    ack: int = 0
+    #: EDITS / FULL: the sender's local version after the edits.
+    local: int = 0
+    edits: tuple[Edit, ...] = ()
+    #: EDITS: xxh3-64 of the sender's shadow after the edits.
+    checksum: int = 0
+    #: FULL: the sender's shadow text.
+    text: str = ""
+
+
+class MetaKind(enum.IntEnum):
+    """What a frame's metadata block carries."""
+
+    #: Only the sender's epoch.
+    NONE = 0
+    #: ``a`` = the sender's state vector, ``b`` = a Yjs update of the epoch.
+    UPDATE = 1
+    #: Move to the sender's epoch: ``a`` = the sender's whole document (a Yjs
+    #: update), ``b`` = the state vector of the receiver's epoch that this
+    #: document holds (own writes past it are re-applied). Sent by servers only.
+    EPOCH = 2
+    #: Like EPOCH, after the sender merged the receiver's document (of another
+    #: lineage) by value: ``b`` = the receiver's state vector it merged. The
+    #: receiver also re-applies its own dict writes (set, delete) that ``b``
+    #: covers, so that its own latest values and deletions win over the
+    #: values merged from others.
+    MERGE = 3
+
+
+@dataclass(frozen=True)
+class MetaBlock:
+    """The structured-metadata part of a frame."""
+
+    #: The sender's epoch number (compactions along its lineage; informative).
+    epoch: int
+    kind: MetaKind
+    a: bytes = b""
+    b: bytes = b""
+    #: Identifies the sender's epoch: random, drawn when the epoch starts.
+    epoch_id: int = 0
+
+
+class KVKind(enum.IntEnum):
+    """What a frame's KV entry says about one cache."""
+
+    #: The sender's token count, table digest and the pages the peer lacks.
+    PAGES = 1
+    #: The receiver's token count and digest, with its whole page table when
+    #: it does not match (the sender then sends only what differs).
+    HAVE = 2
+    #: The owner deleted the cache.
+    DELETE = 3
+
+
+#: Wire codes of (format, scale type).
+_FMT_CODES = {("q4_0", "f16"): 1, ("q8_0", "f16"): 2, ("f16", "f16"): 6}
+_FMT_CODES.update({("mlx4", t): 3 + i for i, t in enumerate(("f16", "bf16", "f32"))})
+_FMT_NAMES = {v: k for k, v in _FMT_CODES.items()}
+KV_COMPLETE = 0x01  # PAGES: after these pages the receiver holds the sender's cache
+KV_PROBE = 0x02  # PAGES: the sender does not know the receiver's table; answer with HAVE
+
+
+@dataclass(frozen=True)
+class KVRun:
+    """Pages of one (layer, K|V): parallel ``uint32`` head and page indices,
+    ``uint64`` hashes, and the pages' bytes concatenated."""
+
+    layer: int
+    kind: int
+    heads: np.ndarray
+    pages: np.ndarray
+    hashes: np.ndarray
+    payload: bytes | memoryview
+    #: Rows of each page the payload skips (0: whole pages; else page tails,
+    #: whose hashes the receiver checks against its own first rows).
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class KVEntry:
+    """What one frame carries for one KV cache."""
+
+    name: str
+    kind: KVKind
+    owner: str
+    #: The cache's incarnation: random per cache its owner creates, so a
+    #: re-created cache is not taken for a deleted (or older) one.
+    uid: int = 0
+    geometry: Geometry | None = None
+    tokens: int = 0
+    digest: int = 0
+    flags: int = 0
+    runs: tuple[KVRun, ...] = ()
+    #: HAVE: the sender's page table, ``uint64 [layers, 2, heads, pages]``.
+    table: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One frame of a link exchange."""
+
+    sender: str
+    epoch: int
+    seq: int
+    reply: bool
+    entries: tuple[Entry, ...] = field(default_factory=tuple)
+    meta: MetaBlock | None = None
+    kv: tuple[KVEntry, ...] = ()
+    #: The sender reopened a durable replica: its link state comes from disk
+    #: and may be older than the last frames it sent (section 5.5).
+    resume: bool = False
+
+
+def _put_uint(out: bytearray, value: int) -> None:
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+
+
+def _put_bytes(out: bytearray, data: bytes) -> None:
+    _put_uint(out, len(data))
+    out += data
+
+
+def _put_geometry(out: bytearray, g: Geometry) -> None:
+    out.append(_FMT_CODES[(g.fmt, g.scale_type if g.fmt == "mlx4" else "f16")])
+    for v in (g.layers, g.kv_heads, g.head_dim, g.page_tokens):
+        _put_uint(out, v)
+
+
+def _encode_kv(entries: tuple[KVEntry, ...]) -> list[bytes | memoryview]:
+    """The KV section as a list of parts (page payloads are not copied here)."""
+    parts: list[bytes | memoryview] = []
+    out = bytearray()
+    _put_uint(out, len(entries))
+    for e in entries:
+        _put_bytes(out, e.name.encode())
+        out.append(e.kind)
+        _put_bytes(out, e.owner.encode())
+        out += _CHECKSUM.pack(e.uid)
+        if e.kind == KVKind.DELETE:
+            continue
+        assert e.geometry is not None
+        _put_geometry(out, e.geometry)
+        _put_uint(out, e.tokens)
+        out += _CHECKSUM.pack(e.digest)
+        if e.kind == KVKind.PAGES:
+            out.append(e.flags)
+            _put_uint(out, len(e.runs))
+            for r in e.runs:
+                _put_uint(out, r.layer)
+                out.append(r.kind)
+                _put_uint(out, r.offset)
+                _put_uint(out, len(r.heads))
+                out += r.heads.astype("<u4").tobytes()
+                out += r.pages.astype("<u4").tobytes()
+                out += r.hashes.astype("<u8").tobytes()
+                _put_uint(out, len(r.payload))
+                parts.append(bytes(out))
+                parts.append(r.payload)
+                out = bytearray()
+        else:
+            if e.table is None:
+                out.append(0)
+            else:
+                out.append(1)
+                out += e.table.astype("<u8").tobytes()
+    parts.append(bytes(out))
+    return parts
+
+
+def encode_frame(frame: Frame, *, compress_threshold: int = 1024, level: int = 3) -> bytes:
+    """Encode a frame; bodies of ``compress_threshold`` bytes or more are
+    zstd-compressed when that makes them smaller. KV pages travel in their own
+    section, never compressed (quantized data does not compress)."""
+    body = bytearray()
+    _put_bytes(body, frame.sender.encode())
+    _put_uint(body, frame.epoch)
+    _put_uint(body, frame.seq)
+    _put_uint(body, len(frame.entries))
+    for e in frame.entries:
+        _put_bytes(body, e.name.encode())
+        body.append(e.kind)
+        if e.kind == Kind.EDITS:
+            _put_uint(body, e.ack)
+            _put_uint(body, e.local)
+            _put_uint(body, len(e.edits))
+            for edit in e.edits:
+                _put_uint(body, edit.version)
+                _put_bytes(body, edit.raw)
+            body += _CHECKSUM.pack(e.checksum)
+        elif e.kind == Kind.FULL:
+            _put_uint(body, e.ack)
+            _put_uint(body, e.local)
+            _put_bytes(body, e.text.encode())
+    flags = FLAG_REPLY if frame.reply else 0
+    if frame.resume:
+        flags |= FLAG_RESUME
+    if frame.meta is not None:
+        flags |= FLAG_META
+        _put_uint(body, frame.meta.epoch)
+        body += _EPOCH_ID.pack(frame.meta.epoch_id)
+        body.append(frame.meta.kind)
+        if frame.meta.kind != MetaKind.NONE:
+            _put_bytes(body, frame.meta.a)
+            _put_bytes(body, frame.meta.b)
+    payload = bytes(body)
+    if compress_threshold >= 0 and len(payload) >= compress_threshold:
+        packed = zstandard.ZstdCompressor(level=level).compress(payload)
+        if len(packed) < len(payload):
+            payload = packed
+            flags |= FLAG_COMPRESSED
+    kv: list[bytes | memoryview] = []
+    if frame.kv:
+        flags |= FLAG_KV
+        kv = _encode_kv(frame.kv)
+        head = bytearray()
+        _put_uint(head, sum(len(p) for p in kv))
+        kv.insert(0, bytes(head))
+    # One copy of the page payloads: the join; the checksum streams over the parts.
+    parts = [_HEADER.pack(MAGIC, PROTOCOL_VERSION, flags), *kv, payload]
+    h = xxhash.xxh3_64()
+    for part in parts:
+        h.update(part)
+    parts.append(_CHECKSUM.pack(h.intdigest()))
+    return b"".join(parts)
+
+
+class _Reader:
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes | memoryview) -> None:
+        self.data = data
+        self.pos = 0
+
+    def uint(self) -> int:
+        start = self.pos
+        value = shift = 0
+        data = self.data
+        while True:
+            if self.pos >= len(data):
+                raise DecodeError(f"frame truncated in a varint at byte {start}")
+            b = data[self.pos]
+            self.pos += 1
+            value |= (b & 0x7F) << shift
+            if not b & 0x80:
+                if b == 0 and shift:
+                    raise DecodeError(f"non-canonical varint at byte {start}")
+                return value
+            shift += 7
+            if shift == 63 and self.pos < len(data) and data[self.pos] > 1:
+                raise DecodeError(f"varint at byte {start} is longer than 64 bits")
+            if shift > 63:
+                raise DecodeError(f"varint at byte {start} is longer than 64 bits")
+
+    def take(self, n: int) -> bytes | memoryview:
+        if n > len(self.data) - self.pos:
+            raise DecodeError(
+                f"frame truncated: {n} bytes needed at byte {self.pos}, "
+                f"{len(self.data) - self.pos} left"
+            )
+        chunk = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return chunk
+
+    def blob(self) -> bytes | memoryview:
+        return self.take(self.uint())
+
+    def text(self, what: str) -> str:
+        at = self.pos
+        try:
+            return bytes(self.blob()).decode()
+        except UnicodeDecodeError as exc:
+            raise DecodeError(f"{what} at byte {at} is not valid UTF-8") from exc
+
+    def count(self, what: str, min_size: int) -> int:
+        n = self.uint()
+        if n * min_size > len(self.data) - self.pos:
+            left = len(self.data) - self.pos
+            raise DecodeError(f"{what} {n} cannot fit in the {left} bytes left")
+        return n
+
+
+def _decompress(body: bytes, max_bytes: int) -> bytes:
+    """Exactly one zstd frame that declares its size, nothing after it."""
+    try:
+        size = zstandard.frame_content_size(body)
+    except zstandard.ZstdError as exc:
+        raise DecodeError(f"corrupt compressed frame body: {exc}") from exc
+    if size < 0:
+        raise DecodeError("compressed frame body does not declare its size")
+    if size > max_bytes:
+        raise LimitExceededError(
+            f"decompressed frame of {size} bytes would exceed the limit of {max_bytes}"
+        )
+    dobj = zstandard.ZstdDecompressor().decompressobj()
+    try:
+        out = dobj.decompress(body)
+    except zstandard.ZstdError as exc:
+        raise DecodeError(f"corrupt compressed frame body: {exc}") from exc
+    if not dobj.eof:
+        raise DecodeError("compressed frame body is truncated")
+    if dobj.unused_data:
+        raise DecodeError(f"{len(dobj.unused_data)} bytes after the compressed frame body")
+    if len(out) != size:
+        raise DecodeError(f"compressed frame body holds {len(out)} bytes, declares {size}")
+    return bytes(out)
+
+
+def _get_geometry(r: _Reader, what: str) -> Geometry:
+    code = r.take(1)[0]
+    if code not in _FMT_NAMES:
+        raise DecodeError(f"unknown KV format code {code} for {what}")
+    fmt, scale = _FMT_NAMES[code]
+    layers, heads, dim, page = r.uint(), r.uint(), r.uint(), r.uint()
+    g = Geometry(layers, heads, dim, fmt, page, scale)
+    try:
+        g.check()
+    except HybridSyncError as exc:
+        raise DecodeError(f"bad geometry for {what}: {exc}") from None
+    return g
+
+
+def _check_tails(
+    name: str,
+    g: Geometry,
+    tokens: int,
+    heads: np.ndarray,
+    pages: np.ndarray,
+    size: int,
+    offset: int,
+) -> None:
+    """Page tails from row ``offset`` on: inside the geometry, each at least
+    one row, and exactly ``size`` bytes together."""
+    pages_in_use = -(-tokens // g.page_tokens)
+    if len(heads) and (int(heads.max()) >= g.kv_heads or int(pages.max()) >= pages_in_use):
+        raise DecodeError(f"a page tail of {name!r} lies outside the cache")
+    rows = np.minimum(g.page_tokens, tokens - pages.astype(np.int64) * g.page_tokens) - offset
+    if len(rows) and int(rows.min()) < 1:
+        raise DecodeError(f"a page tail of {name!r} starts past the rows in use")
+    if int(rows.sum()) * g.row_bytes != size:
+        raise DecodeError(f"page tails of {name!r} hold {size} bytes, not {int(rows.sum())} rows")
+
+
+def _decode_kv(data: bytes | memoryview, max_kv_bytes: int) -> tuple[KVEntry, ...]:
+    r = _Reader(data)
+    out: list[KVEntry] = []
+    names: set[str] = set()
+    for _ in range(r.count("KV entry count", 3)):
+        name = r.text("KV cache name")
+        if not name or name in names:
+            raise DecodeError(f"KV cache name {name!r} is empty or appears twice in one frame")
+        names.add(name)
+        kind_byte = r.take(1)[0]
+        try:
+            kind = KVKind(kind_byte)
+        except ValueError:
+            raise DecodeError(f"unknown KV entry kind {kind_byte} for {name!r}") from None
+        owner = r.text("KV cache owner")
+        if not owner:
+            raise DecodeError(f"KV cache {name!r} has an empty owner")
+        (uid,) = _CHECKSUM.unpack(r.take(_CHECKSUM.size))
+        if kind == KVKind.DELETE:
+            out.append(KVEntry(name, kind, owner, uid))
+            continue
+        g = _get_geometry(r, repr(name))
+        tokens = r.uint()
+        if tokens >= 1 << 40:
+            raise LimitExceededError(f"KV cache {name!r} declares {tokens} tokens")
+        rb = g.row_bytes
+        if tokens * rb * g.kv_heads * g.layers * 2 > max_kv_bytes:
+            raise LimitExceededError(
+                f"KV cache {name!r} of {tokens} tokens would exceed the limit of "
+                f"{max_kv_bytes} bytes"
+            )
+        (digest,) = _CHECKSUM.unpack(r.take(_CHECKSUM.size))
+        pages = -(-tokens // g.page_tokens)
+        if kind == KVKind.HAVE:
+            has_table = r.take(1)[0]
+            if has_table > 1:
+                raise DecodeError(f"bad table flag {has_table} for {name!r}")
+            table = None
+            if has_table:
+                count = g.layers * 2 * g.kv_heads * pages
+                raw = r.take(count * 8)
+                table = np.frombuffer(raw, dtype="<u8").astype(np.uint64)
+                table = table.reshape(g.layers, 2, g.kv_heads, pages)
+            out.append(KVEntry(name, kind, owner, uid, g, tokens, digest, table=table))
+            continue
+        flags = r.take(1)[0]
+        if flags & ~(KV_COMPLETE | KV_PROBE):
+            raise DecodeError(f"unknown KV flags 0x{flags:02x} for {name!r}")
+        runs: list[KVRun] = []
+        seen: set[tuple[int, int, int]] = set()
+        pages_seen: set[int] = set()
+        for _ in range(r.count("KV run count", 5)):
+            layer = r.uint()
+            kv_kind = r.take(1)[0]
+            offset = r.uint()
+            key = (layer, kv_kind, offset)
+            if layer >= g.layers or kv_kind > 1 or key in seen or offset >= g.page_tokens:
+                raise DecodeError(
+                    f"bad or repeated KV run (layer {layer}, kind {kv_kind}, offset {offset})"
+                )
+            seen.add(key)
+            n = r.count("page count", 16)
+            heads = np.frombuffer(r.take(4 * n), dtype="<u4").astype(np.uint32)
+            pidx = np.frombuffer(r.take(4 * n), dtype="<u4").astype(np.uint32)
+            hashes = np.frombuffer(r.take(8 * n), dtype="<u8").astype(np.uint64)
+            payload = r.blob()
+            keys = (heads.astype(np.uint64) << np.uint64(32)) | pidx
+            unique = {int(k) | (layer * 2 + kv_kind) << 48 for k in np.unique(keys)}
+            if len(unique) != n or not pages_seen.isdisjoint(unique):
+                raise DecodeError(f"a page of {name!r} appears twice in one frame")
+            pages_seen |= unique
+            if offset == 0:
+                kv_verify_pages(
+                    payload, g.kv_heads, tokens, rb, g.page_tokens, tokens, heads, pidx, hashes
+                )
+            else:
+                # Tails: their hashes cover rows the receiver holds, checked
+                # when applied; here the shape.
+                _check_tails(name, g, tokens, heads, pidx, len(payload), offset)
+            runs.append(KVRun(layer, kv_kind, heads, pidx, hashes, payload, offset))
+        out.append(KVEntry(name, kind, owner, uid, g, tokens, digest, flags, tuple(runs)))
+    if r.pos != len(data):
+        raise DecodeError(f"{len(data) - r.pos} trailing bytes after the KV section")
+    return tuple(out)
+
+
+def decode_frame(data: bytes, *, max_bytes: int = 64 << 20, max_kv_bytes: int = 1 << 36) -> Frame:
+    """Decode and validate a frame. Raises DecodeError (malformed, truncated,
+    unknown version, a KV page whose hash does not match) or
+    LimitExceededError (over ``max_bytes``, compressed or not, or a KV cache
+    over ``max_kv_bytes``)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise DecodeError(f"a frame is bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) > max_bytes:
+        raise LimitExceededError(f"frame of {len(data)} bytes exceeds the limit of {max_bytes}")
+    if len(data) < _HEADER.size + _CHECKSUM.size:
+        raise DecodeError(
+            f"frame of {len(data)} bytes is shorter than its header and checksum "
+            f"({_HEADER.size + _CHECKSUM.size} bytes)"
+        )
+    magic, version, flags = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise DecodeError(f"not a hybridsync frame (magic {magic!r})")
+    if version != PROTOCOL_VERSION:
+        raise DecodeError(
+            f"frame uses protocol version {version}; this build speaks version {PROTOCOL_VERSION} "
+            "(upgrade the older side)"
+        )
+    view = memoryview(data)
+    (checksum,) = _CHECKSUM.unpack_from(data, len(data) - _CHECKSUM.size)
+    if checksum != xxhash.xxh3_64_intdigest(view[: -_CHECKSUM.size]):
+        raise DecodeError("frame checksum mismatch: the frame was garbled or truncated")
+    if flags & ~_KNOWN_FLAGS:
+        raise DecodeError(f"unknown frame flags 0x{flags:02x}")
+    body_view = view[_HEADER.size : -_CHECKSUM.size]
+    kv: tuple[KVEntry, ...] = ()
+    if flags & FLAG_KV:
+        # Zero-copy: page payloads stay views into the frame.
+        r0 = _Reader(body_view)
+        kv = _decode_kv(r0.blob(), max_kv_bytes)
+        body_view = body_view[r0.pos :]
+    body = bytes(body_view)
+    if flags & FLAG_COMPRESSED:
+        body = _decompress(body, max_bytes)
+    r = _Reader(body)
+    sender = r.text("sender")
+    epoch = r.uint()
+    seq = r.uint()
+    entries: list[Entry] = []
+    names: set[str] = set()
+    for _ in range(r.count("entry count", 2)):
+        name = r.text("document name")
+        if name in names:
+            raise DecodeError(f"document {name!r} appears twice in one frame")
+        names.add(name)
+        kind_byte = r.take(1)[0]
+        try:
+            kind = Kind(kind_byte)
+        except ValueError:
+            raise DecodeError(f"unknown entry kind {kind_byte} for document {name!r}") from None
+        if kind == Kind.EDITS:
+            ack = r.uint()
+            local = r.uint()
+            edits: list[Edit] = []
+            previous = -1
+            for _ in range(r.count("edit count", 2)):
+                version = r.uint()
+                if version <= previous:
+                    raise DecodeError(f"edit versions of {name!r} are not increasing")
+                previous = version
+                raw = bytes(r.blob())
+                edits.append(Edit(version, Patch.from_bytes(raw), raw))
+            if edits and edits[-1].version >= local:
+                raise DecodeError(
+                    f"edit version {edits[-1].version} of {name!r} is not below {local}"
+                )
+            (checksum,) = _CHECKSUM.unpack(r.take(_CHECKSUM.size))
+            entries.append(Entry(name, kind, ack, local, tuple(edits), checksum))
+        elif kind == Kind.FULL:
+            ack = r.uint()
+            local = r.uint()
+            entries.append(Entry(name, kind, ack, local, text=r.text(f"text of {name!r}")))
+        else:
+            entries.append(Entry(name, kind))
+    meta = None
+    if flags & FLAG_META:
+        epoch_m = r.uint()
+        (epoch_id,) = _EPOCH_ID.unpack(r.take(_EPOCH_ID.size))
+        kind_byte = r.take(1)[0]
+        try:
+            mkind = MetaKind(kind_byte)
+        except ValueError:
+            raise DecodeError(f"unknown metadata block kind {kind_byte}") from None
+        if mkind == MetaKind.NONE:
+            meta = MetaBlock(epoch_m, mkind, epoch_id=epoch_id)
+        else:
+            meta = MetaBlock(epoch_m, mkind, bytes(r.blob()), bytes(r.blob()), epoch_id)
+    if r.pos != len(body):
+        raise DecodeError(f"{len(body) - r.pos} trailing bytes after the frame body")
+    return Frame(
+        sender,
+        epoch,
+        seq,
+        bool(flags & FLAG_REPLY),
+        tuple(entries),
+        meta,
+        kv,
+        bool(flags & FLAG_RESUME),
+    )

@@ -1,0 +1,381 @@
+"""The KV-cache channel of a link: page-table shadows and page diffs.
+
+Per link and cache, the sending side keeps a :class:`~hybridsync.kv.PageTable`
+of what the peer holds (its shadow: hashes, no data). A cycle refreshes the
+cache's own table for the pages written since the last cycle, compares that
+range against the shadow and sends the pages whose hash differs, up to a
+per-frame byte budget; the receiver verifies every page hash while decoding
+the frame and applies nothing unless all check out. A PAGES entry that
+completes the transfer carries the sender's table digest: a receiver that
+ends up with another digest answers with its whole table (HAVE), and the
+sender re-bases its shadow on it and sends only what differs. A link that
+does not know the peer's table (a new or restarted link) probes with its
+digest first, so a peer that already holds the cache receives nothing but
+the pages it lacks. Delivery rides on the link's stop-and-wait exchange: a
+frame is resent until answered, so the shadow is updated when a frame is
+built. ``docs/protocol.md`` section 6.10 specifies it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from hybridsync._core import kv_gather_pages
+from hybridsync.channels.kv import KVCache, KVConflict, PageTable
+from hybridsync.sync.frame import KV_COMPLETE, KV_PROBE, KVEntry, KVKind, KVRun
+
+if TYPE_CHECKING:
+    from hybridsync.sync.link import Link
+
+__all__ = ["KVChannel"]
+
+
+class _Out:
+    """What one link knows of the peer's copy of one cache."""
+
+    __slots__ = ("acked", "dirty_from", "dirty_token", "probe")
+
+    def __init__(self) -> None:
+        self.acked: PageTable | None = None  # None: unknown, probe first
+        self.probe: PageTable | None = None  # our table when we probed
+        self.dirty_from: int | None = 0  # first page that may differ
+        self.dirty_token: int | None = 0  # first token row written since the last send
+
+
+class KVChannel:
+    """The KV part of one :class:`~hybridsync.Link`."""
+
+    def __init__(self, link: Link, frame_budget: int) -> None:
+        self.link = link
+        self.budget = frame_budget
+        self.out: dict[str, _Out] = {}
+        self.pending: set[str] = set()
+        self.haves: dict[str, KVEntry] = {}
+        self.deletes: dict[str, tuple[str, int]] = {}  # name -> (owner, uid)
+        self.restart()
+
+    @property
+    def kv(self) -> dict[str, KVCache]:
+        return self.link.memory.kv._caches
+
+    def restart(self) -> None:
+        """Forget everything about the peer: probe every cache again."""
+        self.out = {name: _Out() for name in self.kv}
+        self.pending = set(self.kv)
+        self.haves.clear()
+        self.deletes.clear()
+
+    @property
+    def idle(self) -> bool:
+        return not (self.pending or self.haves or self.deletes)
+
+    # -- local changes ----------------------------------------------------------
+
+    def mark(self, name: str, first_page: int, reset: bool, first_token: int = 0) -> None:
+        cache = self.kv.get(name)
+        if cache is not None and not cache.writable and cache._source is self:
+            # A mirror changed towards its own source (a scan found rot): it
+            # never sends pages upstream; a probe makes the owner's side
+            # compare tables and send what differs.
+            reset = True
+        o = self.out.get(name)
+        if o is None or reset:
+            o = self.out[name] = _Out()
+        else:
+            if o.dirty_from is None or first_page < o.dirty_from:
+                o.dirty_from = first_page
+            if o.dirty_token is None or first_token < o.dirty_token:
+                o.dirty_token = first_token
+        self.deletes.pop(name, None)
+        self.pending.add(name)
+
+    def mark_deleted(self, name: str, owner: str, uid: int) -> None:
+        self.out.pop(name, None)
+        self.pending.discard(name)
+        self.haves.pop(name, None)
+        self.deletes[name] = (owner, uid)
+
+    # -- sending ------------------------------------------------------------------
+
+    def entries(self) -> tuple[KVEntry, ...]:
+        """This frame's KV entries: at most one per cache (a HAVE waiting
+        behind another entry for the same cache goes in the next frame)."""
+        out: list[KVEntry] = [
+            KVEntry(name, KVKind.DELETE, owner, uid)
+            for name, (owner, uid) in sorted(self.deletes.items())
+        ]
+        self.deletes.clear()
+        named = {e.name for e in out}
+        budget = self.budget
+        for name in sorted(self.pending):
+            cache = self.kv.get(name)
+            o = self.out.get(name)
+            if cache is None or o is None or cache.owner is None:
+                self.pending.discard(name)
+                continue
+            if name in named:
+                continue
+            if o.acked is None:
+                self.pending.discard(name)
+                if o.probe is None:
+                    cache.refresh()
+                    o.probe = cache._table.copy()
+                    out.append(self._pages_entry(name, cache, KV_COMPLETE | KV_PROBE, ()))
+                    named.add(name)
+                continue
+            entry, used = self._diff(name, cache, o, budget)
+            budget = max(budget - used, 0)
+            if o.dirty_from is None:
+                self.pending.discard(name)
+            if entry is not None:
+                out.append(entry)
+                named.add(name)
+        for name in sorted(self.haves):
+            if name not in named:
+                out.append(self.haves.pop(name))
+        return tuple(out)
+
+    def _pages_entry(
+        self, name: str, cache: KVCache, flags: int, runs: tuple[KVRun, ...]
+    ) -> KVEntry:
+        assert cache.owner is not None
+        digest = cache._table.digest() if flags & KV_COMPLETE else 0
+        return KVEntry(
+            name,
+            KVKind.PAGES,
+            cache.owner,
+            cache.uid,
+            cache.geometry,
+            cache.tokens,
+            digest,
+            flags,
+            runs,
+        )
+
+    def _diff(self, name: str, cache: KVCache, o: _Out, budget: int) -> tuple[KVEntry | None, int]:
+        """Pages of ``cache`` the peer lacks, from ``o.dirty_from`` on.
+
+        When the rows the peer holds are unchanged since the last send and
+        its last page is partial, that page travels as a *tail*: only the
+        rows the peer lacks, with the hash of the page they complete."""
+        assert o.acked is not None
+        cache.refresh()
+        first = o.dirty_from or 0
+        touched = o.dirty_token
+        o.dirty_from = o.dirty_token = None
+        acked = o.acked
+        mine = cache._table
+        pages = cache.pages
+        last = max(pages, first)
+        acked.reserve(last)
+        ours = mine.hashes[..., first:pages]
+        theirs = acked.hashes[..., first:pages]
+        send = (ours != theirs) & (ours != 0)
+        # Page-major order: earlier pages first when the budget runs out.
+        idx = np.argwhere(send.transpose(3, 0, 1, 2))
+        tokens_changed = acked.tokens != cache.tokens
+        if len(idx) == 0 and not tokens_changed and acked._sum == mine._sum:
+            return None, 0
+        pt = cache.page_tokens
+        held = acked.tokens
+        tail_page = -1
+        if touched is not None and touched >= held and held % pt and held < cache.tokens:
+            tail_page = held // pt  # the peer's partial last page only grew
+        absolute = idx[:, 0] + first
+        rows = np.minimum(pt, cache.tokens - absolute * pt)
+        skip = np.where(absolute == tail_page, held - tail_page * pt, 0)
+        sizes = (rows - skip) * cache.row_bytes
+        flags = KV_COMPLETE
+        if len(idx) and int(sizes.sum()) > budget:
+            fit = int(np.searchsorted(np.cumsum(sizes), budget, side="right"))
+            fit = max(fit, 1)  # always progress
+            if fit < len(idx):
+                # Whole pages below the first unsent one went; resume there.
+                o.dirty_from = first + int(idx[fit, 0])
+                o.dirty_token = o.dirty_from * pt
+                idx, sizes, skip = idx[:fit], sizes[:fit], skip[:fit]
+                flags = 0
+        runs: list[KVRun] = []
+        acked.tokens = cache.tokens
+        acked.cut(pages)
+        if len(idx):
+            for offset in sorted({int(x) for x in skip}):
+                part = idx[skip == offset]
+                order = np.lexsort((part[:, 0], part[:, 3], part[:, 2], part[:, 1]))
+                part = part[order]
+                groups = part[:, 1] * 2 + part[:, 2]
+                bounds = np.flatnonzero(np.diff(groups)) + 1
+                for chunk in np.split(part, bounds):
+                    runs.append(self._run(cache, chunk, first, offset))
+            for r in runs:
+                acked.set_pages(r.layer, r.kind, r.heads, r.pages, r.hashes)
+        m = self.link.metrics
+        m.kv_pages_sent += len(idx)
+        m.kv_page_bytes_sent += int(sizes.sum()) if len(idx) else 0
+        return self._pages_entry(name, cache, flags, tuple(runs)), int(sizes.sum())
+
+    @staticmethod
+    def _run(cache: KVCache, chunk: np.ndarray, first: int, offset: int) -> KVRun:
+        """The run of one (layer, K|V) for ``chunk`` rows of (page - first,
+        layer, kind, head), each page from row ``offset`` on."""
+        layer, kind = int(chunk[0, 1]), int(chunk[0, 2])
+        heads = chunk[:, 3].astype(np.uint32)
+        pidx = (chunk[:, 0] + first).astype(np.uint32)
+        hashes = cache._table.hashes[layer, kind, heads, pidx]
+        buf = cache._bufs[layer][kind]
+        payload = kv_gather_pages(
+            buf.reshape(-1),
+            cache.kv_heads,
+            buf.shape[1],
+            cache.row_bytes,
+            cache.page_tokens,
+            cache.tokens,
+            heads,
+            pidx,
+            offset,
+        )
+        return KVRun(layer, kind, heads, pidx, hashes, payload, offset)
+
+    # -- receiving ----------------------------------------------------------------
+
+    def receive(self, e: KVEntry) -> None:
+        if e.kind == KVKind.DELETE:
+            cache = self.kv.get(e.name)
+            if cache is None or cache.owner != e.owner:
+                return
+            if cache.writable or cache.uid != e.uid:
+                # Not the cache deleted: ours (or the one we mirror) is newer
+                # and travels to the peer.
+                self.mark(e.name, 0, reset=True)
+                return
+            self.out.pop(e.name, None)
+            self.pending.discard(e.name)
+            self.link.memory.kv._drop(e.name, self, self.link.origin)
+            return
+        if e.kind == KVKind.HAVE:
+            self._receive_have(e)
+            return
+        self._receive_pages(e)
+
+    def _conflict(self, name: str, winner: str, loser: str) -> None:
+        conflicts = self.link.memory.kv.conflicts
+        c = KVConflict(name, winner, loser)
+        if c not in conflicts:
+            conflicts.append(c)
+            self.link.metrics.kv_conflicts += 1
+
+    def _receive_pages(self, e: KVEntry) -> None:
+        memory = self.link.memory
+        caches = memory.kv
+        assert e.geometry is not None
+        cache = self.kv.get(e.name)
+        if cache is not None and not cache.writable and cache.owner == memory.replica_id:
+            caches._drop(e.name, None)  # a mirror of our own id: not a cache we hold
+            cache = None
+        if cache is None and (
+            e.owner == memory.replica_id or caches._deleted.get(e.name) == (e.owner, e.uid)
+        ):
+            # Pages of a cache deleted here (by us, its owner, or a deletion
+            # we relayed): the deletion travels back instead.
+            self.deletes[e.name] = (e.owner, e.uid)
+            return
+        if cache is not None and cache.owner != e.owner:
+            ours = cache.owner
+            assert ours is not None
+            if e.owner < ours:
+                self._conflict(e.name, e.owner, ours)
+                cache = caches._supersede(
+                    e.name, e.owner, e.uid, e.geometry, self, self.link.origin
+                )
+                self.out[e.name] = _Out()
+            else:
+                self._conflict(e.name, ours, e.owner)
+                self.mark(e.name, 0, reset=True)  # our winner travels to the peer
+                return
+        elif cache is not None and cache.writable:
+            # A mirror of a cache we own speaks first (a new link, or we
+            # restarted and it remembers, or it found rot), or it holds an
+            # older incarnation: ours is the truth. Ignore its pages and
+            # probe it, so that only the pages that differ travel.
+            self.mark(e.name, 0, reset=True)
+            return
+        elif cache is None or cache.geometry != e.geometry:
+            cache = caches._mirror(e.name, e.owner, e.uid, e.geometry, self, self.link.origin)
+            self.out[e.name] = _Out()
+        elif cache.uid != e.uid:
+            # The owner's cache of another incarnation (it re-created or
+            # reloaded it): keep our rows, the page tables tell what differs.
+            cache.uid, cache._source = e.uid, self
+        o = self.out.setdefault(e.name, _Out())
+        o.probe = None
+        o.dirty_from = None
+        self.pending.discard(e.name)
+        if e.flags & KV_PROBE:
+            # The peer asks what we hold: change nothing, answer with our
+            # digest, and our table unless it matches.
+            cache.refresh()
+            o.acked = cache._table.copy()
+            self._have(e, cache, cache._table.digest() == e.digest)
+            return
+        complete = e.digest if e.flags & KV_COMPLETE else None
+        diverged = cache._apply(e, self, self.link.origin, complete)
+        if o.acked is None:
+            o.acked = cache._table.copy()
+        else:
+            o.acked.tokens = cache.tokens
+            o.acked.cut(cache.pages)
+            for r in e.runs:
+                o.acked.set_pages(r.layer, r.kind, r.heads, r.pages, r.hashes)
+        self.link.metrics.kv_pages_received += sum(len(r.heads) for r in e.runs)
+        if diverged or (e.flags & KV_COMPLETE and cache._table.digest() != e.digest):
+            self.link.metrics.kv_resyncs += 1
+            o.acked = cache._table.copy()
+            self._have(e, cache, False)
+
+    def _have(self, e: KVEntry, cache: KVCache, match: bool) -> None:
+        self.haves[e.name] = KVEntry(
+            e.name,
+            KVKind.HAVE,
+            e.owner,
+            cache.uid,
+            cache.geometry,
+            cache.tokens,
+            cache._table.digest(),
+            table=None if match else cache._table.hashes[..., : cache.pages].copy(),
+        )
+
+    def _table_of(self, e: KVEntry) -> PageTable:
+        assert e.geometry is not None
+        t = PageTable(e.geometry.layers, e.geometry.kv_heads)
+        t.tokens = e.tokens
+        if e.table is not None and e.table.shape[-1]:
+            t.set_range(0, e.table)
+        return t
+
+    def _receive_have(self, e: KVEntry) -> None:
+        cache = self.kv.get(e.name)
+        if cache is None or cache.owner != e.owner:
+            return  # deleted since, or a conflict that PAGES entries resolve
+        o = self.out.setdefault(e.name, _Out())
+        o.dirty_token = 0  # what the peer holds is re-based: no tails until the next send
+        if cache.uid != e.uid:
+            # The peer holds another incarnation: it rebuilds on our pages.
+            o.acked = PageTable(cache.layers, cache.kv_heads)
+            o.probe = None
+            o.dirty_from = 0
+            self.pending.add(e.name)
+            return
+        if cache.geometry != e.geometry:
+            # The peer mirrors an older layout: it rebuilds on our pages.
+            o.acked = PageTable(cache.layers, cache.kv_heads)
+        elif e.table is not None:
+            o.acked = self._table_of(e)
+        elif o.probe is not None and o.probe.digest() == e.digest:
+            o.acked = o.probe
+        elif o.acked is None or o.acked.digest() != e.digest:
+            o.acked = None  # cannot tell: probe again
+        o.probe = None
+        o.dirty_from = 0
+        self.pending.add(e.name)
