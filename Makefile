@@ -48,11 +48,12 @@ test-rust: ## cargo test, clippy (-D warnings) and rustfmt --check
 	cargo fmt --all --check
 
 .PHONY: lint
-lint: build ## ruff, mypy --strict, stubtest, actionlint
+lint: build ## ruff, mypy --strict, stubtest, import layers (lint-imports), actionlint
 	$(BIN)/ruff check python tests benches
 	$(BIN)/ruff format --check python tests benches
 	$(BIN)/mypy
 	$(PY) -m mypy.stubtest hybridsync._core
+	$(BIN)/lint-imports
 	$(MAKE) --no-print-directory lint-workflows
 
 .PHONY: lint-workflows

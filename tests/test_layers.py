@@ -1,0 +1,99 @@
+"""The package's layers: the import contracts hold (``lint-imports``), the old
+module paths still work (the same module objects), and the library imports
+none of the tools."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import hybridsync
+from hybridsync.channels import documents, events, kv, kvfile, meta, text
+from hybridsync.sync import frame, link
+from hybridsync.sync import kv as kvsync
+
+ROOT = Path(__file__).resolve().parents[1]
+
+MOVED = {
+    "hybridsync.text": text,
+    "hybridsync.meta": meta,
+    "hybridsync.kv": kv,
+    "hybridsync.kvfile": kvfile,
+    "hybridsync.frame": frame,
+    "hybridsync.link": link,
+    "hybridsync.kvsync": kvsync,
+}
+
+
+@pytest.mark.parametrize("old", sorted(MOVED))
+def test_old_import_paths_are_the_moved_modules(old: str) -> None:
+    module = importlib.import_module(old)
+    assert module is MOVED[old]
+    for name in getattr(module, "__all__", []):
+        assert hasattr(module, name), f"{old}.{name}"
+
+
+def test_public_names_keep_their_identity() -> None:
+    from hybridsync.kv import KVCache
+    from hybridsync.link import Link
+    from hybridsync.memory import Memory, TextDocuments
+    from hybridsync.meta import CompactionPolicy
+    from hybridsync.store import Store
+    from hybridsync.store.sqlite import Store as SqliteStore
+
+    assert hybridsync.KVCache is KVCache is kv.KVCache
+    assert hybridsync.Link is Link is link.Link
+    assert hybridsync.Memory is Memory
+    assert TextDocuments is documents.TextDocuments
+    assert CompactionPolicy is meta.CompactionPolicy
+    assert Store is SqliteStore
+    assert hybridsync.text is text
+
+
+def test_the_channels_do_not_load_the_layers_above() -> None:
+    """A fresh interpreter importing only the data channels loads nothing of
+    the sync protocol, the store, the transport or the facade (the package's
+    ``__init__`` is bypassed by loading the channel modules by path)."""
+    code = (
+        "import importlib.util, sys, types\n"
+        f"root = {str(ROOT / 'python' / 'hybridsync')!r}\n"
+        "pkg = types.ModuleType('hybridsync'); pkg.__path__ = [root]\n"
+        "sys.modules['hybridsync'] = pkg\n"
+        "import hybridsync.channels.documents, hybridsync.channels.meta\n"
+        "import hybridsync.channels.kv, hybridsync.channels.kvfile\n"
+        "bad = sorted(m for m in sys.modules if m.startswith(('hybridsync.sync',"
+        " 'hybridsync.store', 'hybridsync.net', 'hybridsync.memory', 'hybridsync.demo',"
+        " 'hybridsync.bench', 'hybridsync.cli', 'hybridsync.link', 'hybridsync.sim')))\n"
+        "print(bad)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_events_module_names_what_it_exports() -> None:
+    for name in events.__all__:
+        assert hasattr(events, name)
+
+
+def test_import_contracts_hold() -> None:
+    """The contracts in pyproject.toml ([tool.importlinter]): layers, the
+    channels' independence, no tool or old path imported by the library."""
+    exe = Path(sys.executable).with_name("lint-imports")
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "python"))
+    result = subprocess.run(
+        [str(exe), "--config", str(ROOT / "pyproject.toml")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout
