@@ -341,11 +341,59 @@ def test_replay_gives_what_a_reopened_replica_restored(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
+def test_a_transaction_is_one_change_set() -> None:
+    m = Memory("m")
+    order: list[str] = []
+    m.text.observe(None, lambda e: order.append(f"text:{e.name}"))
+    m.meta.observe(None, lambda e: order.append(f"meta:{len(e.changes)}"))
+    with m.transaction():
+        m.meta["a"] = 1
+        m.text["doc"] = "x"
+        m.meta["b"] = 2
+        assert order == []  # nothing until the block ends
+    assert order == ["text:doc", "meta:2"]
+
+
+def test_sync_node_threads_feed_an_asyncio_stream() -> None:
+    """Changes applied on SyncNode loop threads reach an event stream
+    iterated on another thread's event loop."""
+    from hybridsync.net import SyncNode
+
+    secret = secrets.token_bytes(32)
+    fast = {"period": (0.02, 0.5), "backoff": (0.02, 0.5)}
+    hub_memory = Memory("hub")
+
+    async def main(hub: SyncNode, node: SyncNode) -> list[TextEvent]:
+        got: list[TextEvent] = []
+        with hub.lock:
+            stream = hub_memory.events("text")
+        async with stream:
+            node.write(lambda m: m.text.__setitem__("plan", "1. ship\n"))
+            node.sync(timeout=30)
+            node.write(lambda m: m.text.__setitem__("plan", "1. ship\n2. tell\n"))
+            node.sync(timeout=30)
+            while len(got) < 2:
+                event = await asyncio.wait_for(stream.__anext__(), 30)
+                assert isinstance(event, TextEvent)
+                got.append(event)
+        return got
+
+    with (
+        SyncNode(hub_memory, secret=secret, serve=("127.0.0.1", 0)) as hub,
+        SyncNode(Memory("node"), secret=secret, url=hub.url, connect_options=fast) as node,
+    ):
+        node.wait_connected(30)
+        got = asyncio.run(asyncio.wait_for(main(hub, node), 120))
+    assert [e.kind for e in got] == ["create", "update"]
+    assert all(e.origin.peer == "node" for e in got)
+    assert apply_delta(got[0].new or "", got[1].delta) == "1. ship\n2. tell\n"
+
+
 # -- no event lost under faults -------------------------------------------------------
 
 
 @settings(
-    max_examples=12,
+    max_examples=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
@@ -375,7 +423,8 @@ def test_events_replay_to_the_final_state_under_faults(
 ) -> None:
     """On every replica, replaying the text deltas and metadata changes its
     observers got, from nothing, gives exactly what it holds at the end: no
-    change was applied without its event. Remote events name a neighbour."""
+    change was applied without its event. Remote events name a neighbour.
+    The last KV event of every mirror shows the owner's whole cache, ready."""
     net = Network.star(4, seed=seed, loss=loss, duplicate=duplicate, reorder=reorder)
     replayed: dict[str, tuple[dict[str, str], dict[str, Any]]] = {}
     neighbours: dict[str, set[str]] = {name: set() for name in net.names}
@@ -407,11 +456,22 @@ def test_events_replay_to_the_final_state_under_faults(
         memory.text.observe(None, on_text)
         memory.meta.observe(None, on_meta)
 
+    last_kv: dict[str, KVEvent] = {}
+    for name in net.names:
+        net.memory(name).kv.observe(
+            "cache",
+            lambda e, me=name: last_kv.__setitem__(me, e),
+        )
+    owner = net.memory(net.names[1])
+    cache = KVCache(1, 1, 64, "q8_0", page_tokens=8)
+    owner.kv["cache"] = cache
+    rng = np.random.default_rng(seed)
     for who, doc, text, key, value in writes:
         name = net.names[who]
         memory = net.memory(name)
         memory.text[doc] = memory.text.get(doc, "") + text
         memory.meta[key] = value
+        cache.append(*rows(rng, cache, value + 1))
         net.run(3)
     net.run_until_quiescent(max_ticks=5000)
     assert net.converged()
@@ -421,6 +481,10 @@ def test_events_replay_to_the_final_state_under_faults(
         assert texts == dict(memory.text)
         assert meta == memory.meta.to_py()
         assert memory.observer_errors == []
+        # The last KV event says what the mirror holds: all of it, ready.
+        event = last_kv[name]
+        assert (event.tokens, event.ready) == (cache.tokens, True)
+        assert memory.kv["cache"].digest() == cache.digest()
 
 
 # -- asyncio and the WebSocket transport -----------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
@@ -140,14 +141,18 @@ class Memory:
             f"{len(self.kv)} KV caches>"
         )
 
-    def transaction(self) -> contextlib.AbstractContextManager[None]:
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
         """Group several metadata writes into one change::
 
         with memory.transaction():
             memory.meta["tasks"]["t1"]["status"] = "done"
             memory.meta["log"].append("t1 done")
-        """
-        return self.meta.transaction()
+
+        Observers hear of everything written inside (text and KV writes
+        too) once the block ends, as one change set."""
+        with self.changes.change_set(), self.meta.transaction():
+            yield
 
     @property
     def is_root(self) -> bool:

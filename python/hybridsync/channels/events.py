@@ -25,7 +25,19 @@ Every change a channel applies goes two ways:
 
    A callback that raises does not stop the others nor sync: the exception
    is logged on the ``hybridsync.events`` logger and kept in
-   :attr:`ChangeBus.errors` (the latest 100, as :class:`ObserverError`).
+   :attr:`ChangeBus.errors` (the latest 100, as :class:`ObserverError`;
+   ``memory.observer_errors``).
+
+   Callbacks run on the thread that applied the change, while the replica
+   is consistent (for a :class:`hybridsync.SyncNode`: its event-loop
+   thread, holding the node's lock): keep them short, or hand the event
+   over (``memory.events()`` queues them on an asyncio loop).
+   ``memory.transaction()`` makes one change set of everything written
+   inside it.
+
+   The metadata's events come from comparing its value before and after
+   the change set (dicts key by key, lists whole): while a metadata
+   observer is subscribed, each change set costs a walk of the metadata.
 
 Events report content changes only: a frame that changes nothing (an
 acknowledgement, a peer echoing our own write back) gives no event.
