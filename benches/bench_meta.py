@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Structured metadata under churn: hybridsync vs plain pycrdt (Yjs) vs Loro.
+"""Structured metadata under churn: hybridsync vs pycrdt (Yjs) vs Loro.
 
 Every engine replays the same seeded workload on a star of replicas (a hub and its
-leaves), in ticks:
+leaves), in ticks; the engines take turns in blocks of ticks (the order rotating from block
+to block) so that they share the machine's noise:
 
 * ``hybridsync`` -- :class:`hybridsync.Memory` replicas (``memory.meta``, compaction
   policy ``max_ratio=1.5, slack_bytes=2048, max_clients=64``) joined by
@@ -10,15 +11,24 @@ leaves), in ticks:
   one tick of delay each way, clients poll every tick). Wire bytes are every frame sent,
   polls and acknowledgements included.
 * ``pycrdt`` -- what a pycrdt-websocket user does: one ``pycrdt.Doc`` per replica (a root
-  ``Map``, nested ``Map``/``Array`` for nested values), every local transaction's update
-  sent as a y-protocol ``SYNC_UPDATE`` message to the hub, which applies it and relays the
-  same message to every other replica; a joining replica downloads the hub's whole state
-  (``SYNC_STEP1`` + ``SYNC_STEP2``). Messages are delivered at the end of the tick.
-* ``loro`` -- the same relay with ``loro.LoroDoc`` replicas: every commit's update
-  (``subscribe_local_update``) to the hub and on to every other replica; a joining replica
-  imports the hub's snapshot (``ExportMode.Snapshot()``). The shallow snapshot a joiner
-  could download instead (``ExportMode.ShallowSnapshot(frontiers)``, history dropped) is
-  reported too. (Loro keeps its history: that is how it is designed, not a defect.)
+  ``Map``, nested ``Map``/``Array`` for nested values). A joining replica runs the
+  y-protocols handshake with the hub (``SYNC_STEP1`` with its state vector, the hub's
+  ``SYNC_STEP2`` + ``SYNC_STEP1``, its ``SYNC_STEP2``). Then, per tick, every leaf sends ONE
+  ``SYNC_UPDATE`` holding ``pycrdt.merge_updates`` of its transactions' updates since the
+  last tick, the hub applies them and sends every leaf ONE message with the merged updates
+  of everyone else (its own writes included); nothing travels when nothing changed (no
+  periodic anti-entropy over a reliable transport).
+* ``loro`` -- the same with ``loro.LoroDoc`` replicas (one commit per transaction): a
+  joining replica sends its version vector and the hub answers with a snapshot (an empty
+  joiner; Loro's advice for loading a new peer) or ``export(ExportMode.Updates(vv))``, plus
+  its own version vector, which the joiner answers with what the hub lacks. Per tick every
+  leaf that wrote sends ONE ``export(ExportMode.Updates(vv))`` from the version vector it
+  last sent, the hub imports them with ``import_batch`` and sends every leaf ONE
+  ``export(ExportMode.Updates(vv))`` from the version vector it last sent that leaf,
+  extended by what the leaf sent (so nothing comes back to its author).
+
+Messages are delivered within the tick. Wire bytes: y-protocol message sizes for pycrdt,
+blob sizes with a varint length in front for Loro; transport overhead is not counted.
 
 Workloads:
 
@@ -32,23 +42,35 @@ Workloads:
 
 Metrics: wire bytes; state size = the encoded state of a replica (hybridsync:
 ``len(doc.get_update())`` of the current epoch for every replica present; pycrdt:
-``len(doc.get_update())`` of the hub; Loro: ``len(export(Snapshot()))`` of the hub --
-every pycrdt/Loro replica holds the same history once synced) sampled every few ticks,
-maximum and final; live JSON size; CPU = ``time.process_time`` of the engine's own work
-(writes, sync, joins; the size sampling is excluded). Ratios are ``hybridsync / other``:
-below 1.0 means hybridsync is smaller or cheaper. Convergence (all present replicas equal
-after settling) is checked per engine; final values need not agree across engines
-(concurrent writes merge by each engine's own rules).
+``len(doc.get_update())`` of the hub, GC on (the default); Loro: ``len(export(Snapshot()))``
+of the hub -- every pycrdt/Loro replica holds the same history once synced) and the
+smallest honest state (Loro: ``export(ShallowSnapshot(oplog_frontiers))``; the others as
+above), sampled every few ticks, maximum and final; live JSON size; CPU =
+``time.process_time`` of the engine's own work (joins, writes, ticks, settling; size
+sampling, convergence checks and the counting of hybridsync's frame parts are outside).
+Ratios are ``hybridsync / other``: below 1.0 means hybridsync is smaller or cheaper.
+Convergence (all present replicas equal after settling) is checked per engine; final values
+need not agree across engines (concurrent writes merge by each engine's own rules).
 
 An engine whose CPU time on a workload passes ``--budget-s`` stops there and is reported
 as not finished (DNF), with its numbers up to that tick and per-transaction ratios.
 
+Instruction counts (``--instructions``): after the timed run the script runs itself on
+reduced workloads (``--size instr``) under ``valgrind --tool=callgrind --collect-atstart=no
+--toggle-collect=ffi_call --dump-after=ffi_call``. There every timed region (the same
+regions as the CPU column) is called as the callback of a ctypes function pointer, i.e.
+inside libffi's ``ffi_call``: collection is on exactly while a region runs and each region
+ends in its own callgrind dump, so the counts hold the engines' own work and nothing else
+(no engine uses ctypes; the number of dumps is checked). The constant cost of the ctypes
+round trip (about 2,000 instructions, measured on empty regions in the same run) is
+subtracted. The counts do not depend on the machine's load.
+
 Usage::
 
-    python benches/bench_meta.py [--quick] [--loss 0.0] [--budget-s 300] [--out benches/results]
+    python benches/bench_meta.py [--quick] [--instructions] [--loss 0.0] [--budget-s 300]
+        [--out benches/results]
 
-It writes ``meta.md`` and ``meta.json`` into ``--out`` (about 10 minutes in full, 2-3
-minutes with ``--quick``, on a 2-core machine).
+It writes ``meta.md`` and ``meta.json`` into ``--out``.
 """
 
 from __future__ import annotations
@@ -62,6 +84,7 @@ import os
 import platform
 import random
 import sys
+import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -71,8 +94,18 @@ from pathlib import Path
 from typing import Any
 
 import xxhash
-from pycrdt import Array, Doc, Map, create_update_message
+from pycrdt import (
+    Array,
+    Doc,
+    Map,
+    YMessageType,
+    YSyncMessageType,
+    create_update_message,
+    merge_updates,
+    write_message,
+)
 
+from _machine import Regions, callgrind_regions, cpu_model
 from hybridsync import Link, Memory
 from hybridsync.frame import MetaKind, decode_frame
 from hybridsync.meta import CompactionPolicy
@@ -84,6 +117,13 @@ except ImportError:  # reported, the pycrdt comparison still runs
     loro = None
 
 SEED = 20_240_817
+#: Engines take turns in blocks of ticks (see :func:`run_all`).
+BLOCK_TICKS = 10
+#: The timed regions; under callgrind each one is measured in instructions.
+REGIONS = Regions()
+#: the reduced workloads measured under callgrind
+INSTR_STORM_WRITES = 1_000
+INSTR_BOARD_TICKS = 12
 POLICY = CompactionPolicy(max_ratio=1.5, slack_bytes=2048, max_clients=64)
 HUB = "r0"
 
@@ -321,8 +361,6 @@ class Engine(ABC):
         self.messages = 0
         self.skipped = 0
         self.joined = 0
-        #: CPU seconds spent on measuring inside the engine's work (subtracted).
-        self.overhead_cpu = 0.0
 
     @abstractmethod
     def join(self, name: str) -> None: ...
@@ -337,13 +375,18 @@ class Engine(ABC):
     def tick(self) -> None: ...
 
     @abstractmethod
-    def settle(self) -> int: ...
+    def quiet(self) -> bool:
+        """Everything written has reached every replica present (checked untimed)."""
 
     @abstractmethod
     def sizes(self) -> dict[str, int]: ...
 
     @abstractmethod
     def values(self) -> dict[str, Any]: ...
+
+    def small_sizes(self) -> dict[str, int]:
+        """The smallest honest encoding of the state (default: :meth:`sizes`)."""
+        return self.sizes()
 
     def extra(self) -> dict[str, Any]:
         return {}
@@ -362,6 +405,7 @@ class Hybrid(Engine):
         self.parts: dict[str, int] = dict.fromkeys(
             ("epoch base", "epoch frozen state", "update state vector", "update"), 0
         )
+        self.frames: list[bytes] = []
 
     def join(self, name: str) -> None:
         memory = self.net.add_replica(name, Memory(name, compaction=POLICY))
@@ -374,24 +418,29 @@ class Hybrid(Engine):
             self._tally(client)
 
     def _tally(self, link: Link) -> None:
-        """Count the metadata block of every frame sent, by part."""
+        """Keep every frame sent; their metadata blocks are counted by part after the run
+        (outside the timed region)."""
         outgoing = link.outgoing
+        frames = self.frames
 
-        def counted() -> bytes | None:
+        def kept() -> bytes | None:
             data = outgoing()
             if data is not None:
-                start = time.process_time()
-                blk = decode_frame(data).meta
-                if blk is not None and blk.kind == MetaKind.EPOCH:
-                    self.parts["epoch base"] += len(blk.a)
-                    self.parts["epoch frozen state"] += len(blk.b)
-                elif blk is not None and blk.kind == MetaKind.UPDATE:
-                    self.parts["update state vector"] += len(blk.a)
-                    self.parts["update"] += len(blk.b)
-                self.overhead_cpu += time.process_time() - start
+                frames.append(data)
             return data
 
-        link.outgoing = counted  # type: ignore[method-assign]
+        link.outgoing = kept  # type: ignore[method-assign]
+
+    def count_parts(self) -> None:
+        for data in self.frames:
+            blk = decode_frame(data).meta
+            if blk is not None and blk.kind == MetaKind.EPOCH:
+                self.parts["epoch base"] += len(blk.a)
+                self.parts["epoch frozen state"] += len(blk.b)
+            elif blk is not None and blk.kind == MetaKind.UPDATE:
+                self.parts["update state vector"] += len(blk.a)
+                self.parts["update"] += len(blk.b)
+        self.frames.clear()
 
     def _watch(self, link: Link, name: str) -> None:
         """A leaving replica leaves once a request built while its link was idle has
@@ -442,12 +491,8 @@ class Hybrid(Engine):
             self.net.isolate(name)
         self.drained.clear()
 
-    def settle(self) -> int:
-        for taken in range(5000):
-            if not self.leaving and self._quiet():
-                return taken
-            self.tick()
-        raise RuntimeError("hybridsync did not settle")
+    def quiet(self) -> bool:
+        return not self.leaving and self._quiet()
 
     def _quiet(self) -> bool:
         for name in self.present:
@@ -460,6 +505,7 @@ class Hybrid(Engine):
     def finish(self) -> None:
         totals = self.net.totals()
         self.wire_bytes, self.messages = totals.bytes_sent, totals.frames_sent
+        self.count_parts()
 
     def sizes(self) -> dict[str, int]:
         return {n: len(m.meta.update_since(None)) for n, m in self.present.items()}
@@ -495,111 +541,158 @@ def _prelim(value: Any) -> Any:
     return value
 
 
-class _Relay(Engine, ABC):
-    """A hub relaying every local update to every other replica (pycrdt-websocket
-    style); subclasses provide the document type."""
+class _Star(Engine, ABC):
+    """A hub and its leaves synced the way the baselines' own users sync (see the top):
+    a handshake when a replica joins, then per tick one message per leaf to the hub and
+    one message from the hub to each leaf; subclasses provide the document type."""
 
     def __init__(self, workload: Workload) -> None:
         super().__init__(workload)
         self.docs: dict[str, Any] = {}
-        self.outbox: dict[str, list[bytes]] = {}
         self.leaving: set[str] = set()
 
     @abstractmethod
     def new_doc(self, name: str) -> Any: ...
 
     @abstractmethod
-    def snapshot(self, doc: Any) -> bytes: ...
+    def handshake(self, name: str) -> None:
+        """Bring a joining leaf and the hub in sync (counts its bytes and messages)."""
 
     @abstractmethod
-    def load(self, doc: Any, data: bytes) -> None: ...
+    def take_local(self, name: str) -> Any:
+        """A leaf's message for this tick (everything it wrote since its last one), or
+        None; counts its bytes."""
 
     @abstractmethod
-    def apply_remote(self, name: str, update: bytes) -> None: ...
-
-    def message_size(self, update: bytes) -> int:
-        return len(update)
+    def hub_flush(self, leaves: Sequence[str], received: dict[str, Any]) -> None:
+        """The hub integrates the leaves' messages and sends each leaf one message with
+        what it lacks."""
 
     def join(self, name: str) -> None:
         self.docs[name] = self.new_doc(name)
-        self.outbox[name] = []
         self.joined += 1
         if name != HUB:
-            data = self.snapshot(self.docs[HUB])
-            self.load(self.docs[name], data)
-            self.wire_bytes += self.join_bytes(data)
-            self.messages += 2
-
-    def join_bytes(self, data: bytes) -> int:
-        """Bytes of a join: the joiner's (empty) version, then the hub's state."""
-        return len(data)
+            self.handshake(name)
 
     def leave(self, name: str) -> None:
         self.leaving.add(name)  # leaves after this tick's delivery
 
     def tick(self) -> None:
-        present = list(self.docs)
-        for sender in present:
-            updates, self.outbox[sender] = self.outbox[sender], []
-            for update in updates:
-                size = self.message_size(update)
-                if sender != HUB:
-                    self.apply_remote(HUB, update)
-                    self.wire_bytes += size
-                    self.messages += 1
-                for name in present:
-                    if name not in (HUB, sender):
-                        self.apply_remote(name, update)
-                        self.wire_bytes += size
-                        self.messages += 1
+        leaves = [n for n in self.docs if n != HUB]
+        received = {}
+        for name in leaves:
+            msg = self.take_local(name)
+            if msg is not None:
+                received[name] = msg
+        self.hub_flush(leaves, received)
         for name in self.leaving:
             del self.docs[name]
-            del self.outbox[name]
+            self.forget(name)
         self.leaving.clear()
 
-    def settle(self) -> int:
-        self.tick()
-        return 1
+    def forget(self, name: str) -> None:
+        pass
+
+    def quiet(self) -> bool:
+        # Every tick delivers everything written before it; leavers leave at its end.
+        return not self.leaving and not any(self.pending())
+
+    def pending(self) -> list[str]:
+        """Replicas with writes not sent yet."""
+        return []
 
 
-class Pycrdt(_Relay):
+class Pycrdt(_Star):
+    """y-protocols (pycrdt-websocket): STEP1/STEP2 handshake on join; per tick one
+    SYNC_UPDATE per leaf with ``merge_updates`` of its transactions since the last tick,
+    and one per leaf from the hub with the merged updates of everyone else."""
+
     name = "pycrdt"
 
     def __init__(self, workload: Workload) -> None:
         super().__init__(workload)
         self.remote = False
+        self.local: dict[str, list[bytes]] = {}
 
     def new_doc(self, name: str) -> Any:
         doc: Doc[Any] = Doc(client_id=xxhash.xxh32_intdigest(name.encode()))
         doc.get("meta", type=Map)
+        self.local[name] = []
 
         def on_txn(event: Any, name: str = name) -> None:
             if not self.remote:
-                self.outbox[name].append(event.update)
+                self.local[name].append(event.update)
 
         doc.observe(on_txn)
         return doc
 
-    def snapshot(self, doc: Any) -> bytes:
-        return bytes(doc.get_update())
-
-    def load(self, doc: Any, data: bytes) -> None:
+    def apply(self, doc: Any, update: bytes) -> None:
         self.remote = True
         try:
-            doc.apply_update(data)
+            doc.apply_update(update)
         finally:
             self.remote = False
 
-    def join_bytes(self, data: bytes) -> int:
-        # SYNC_STEP1 with the joiner's empty state vector (4 bytes), then SYNC_STEP2
-        # (framed like a SYNC_UPDATE message) with the hub's whole state.
-        return 4 + len(create_update_message(data))
+    def _send(self, update: bytes) -> None:
+        self.wire_bytes += len(create_update_message(update))
+        self.messages += 1
 
-    def message_size(self, update: bytes) -> int:
-        return len(create_update_message(update))
+    def handshake(self, name: str) -> None:
+        leaf, hub = self.docs[name], self.docs[HUB]
+        sv_leaf = leaf.get_state()
+        back = hub.get_update(sv_leaf)
+        sv_hub = hub.get_state()
+        self.apply(leaf, back)
+        upd = leaf.get_update(sv_hub)
+        self.apply(hub, upd)
+        self.wire_bytes += sum(
+            len(m)
+            for m in (
+                _step1(sv_leaf),
+                _step2(back),
+                _step1(sv_hub),
+                _step2(upd),
+            )
+        )
+        self.messages += 4
 
-    def apply_remote(self, name: str, update: bytes) -> None:
-        self.load(self.docs[name], update)
+    def take_local(self, name: str) -> bytes | None:
+        ups = self.local[name]
+        if not ups:
+            return None
+        self.local[name] = []
+        upd = ups[0] if len(ups) == 1 else merge_updates(*ups)
+        self._send(upd)
+        return upd
+
+    def hub_flush(self, leaves: Sequence[str], received: dict[str, Any]) -> None:
+        hub = self.docs[HUB]
+        for upd in received.values():
+            self.apply(hub, upd)
+        own = self.local[HUB]
+        self.local[HUB] = []
+        everything = [*own, *received.values()]
+        if not everything:
+            return
+        to_all: bytes | None = None  # for the leaves that sent nothing: merged once
+        for name in leaves:
+            if name in received:
+                rest = [*own, *(u for n, u in received.items() if n != name)]
+                if not rest:
+                    continue
+                upd = rest[0] if len(rest) == 1 else merge_updates(*rest)
+            else:
+                if to_all is None:
+                    to_all = everything[0] if len(everything) == 1 else merge_updates(*everything)
+                upd = to_all
+            self._send(upd)
+            self.apply(self.docs[name], upd)
+
+    def forget(self, name: str) -> None:
+        del self.local[name]
+
+    def pending(self) -> list[str]:
+        return [n for n, ups in self.local.items() if ups]
 
     def txn(self, writer: str, ops: Sequence[Op]) -> None:
         doc = self.docs[writer]
@@ -631,37 +724,100 @@ class Pycrdt(_Relay):
         return {n: normalize(d.get("meta", type=Map).to_py()) for n, d in self.docs.items()}
 
 
-class Loro(_Relay):
+_STEP1 = bytes([YMessageType.SYNC, YSyncMessageType.SYNC_STEP1])
+_STEP2 = bytes([YMessageType.SYNC, YSyncMessageType.SYNC_STEP2])
+
+
+def _step1(state: bytes) -> bytes:
+    return _STEP1 + write_message(state)
+
+
+def _step2(update: bytes) -> bytes:
+    return _STEP2 + write_message(update)
+
+
+def _framed(blob: bytes) -> int:
+    """Bytes of a blob sent with a varint length in front."""
+    n, size = len(blob), 1
+    while n >= 0x80:
+        n >>= 7
+        size += 1
+    return size + len(blob)
+
+
+class Loro(_Star):
+    """Loro: version-vector handshake on join (a snapshot for the empty joiner); per tick
+    each leaf sends one ``export(Updates(vv last sent))``, the hub imports them with
+    ``import_batch`` and sends each leaf one ``export(Updates(vv))`` from the version
+    vector it last sent it, extended by what that leaf sent."""
+
     name = "loro"
 
     def __init__(self, workload: Workload) -> None:
         super().__init__(workload)
-        self.subs: dict[str, Any] = {}
+        #: leaf -> the version vector last sent to the hub; hub's view of each leaf
+        self.sent: dict[str, Any] = {}
+        self.known: dict[str, Any] = {}
+        self.dirty: set[str] = set()
 
     def new_doc(self, name: str) -> Any:
-        doc = loro.LoroDoc()
+        return loro.LoroDoc()
 
-        def on_update(update: bytes, name: str = name) -> bool:
-            self.outbox[name].append(bytes(update))
-            return True
+    def handshake(self, name: str) -> None:
+        leaf, hub = self.docs[name], self.docs[HUB]
+        vv_leaf = leaf.oplog_vv
+        if vv_leaf == _EMPTY_VV:
+            back = hub.export(loro.ExportMode.Snapshot())
+        else:
+            back = hub.export(loro.ExportMode.Updates(vv_leaf))
+        vv_hub = hub.oplog_vv
+        leaf.import_(back)
+        upd = leaf.export(loro.ExportMode.Updates(vv_hub))
+        hub.import_(upd)
+        self.sent[name] = leaf.oplog_vv
+        self.known[name] = leaf.oplog_vv
+        self.wire_bytes += sum(_framed(m) for m in (vv_leaf.encode(), back, vv_hub.encode(), upd))
+        self.messages += 4
 
-        self.subs[name] = doc.subscribe_local_update(on_update)
-        return doc
+    def take_local(self, name: str) -> bytes | None:
+        if name not in self.dirty:
+            return None
+        self.dirty.discard(name)
+        doc = self.docs[name]
+        blob = doc.export(loro.ExportMode.Updates(self.sent[name]))
+        self.sent[name] = doc.oplog_vv
+        self.wire_bytes += _framed(blob)
+        self.messages += 1
+        return blob
 
-    def snapshot(self, doc: Any) -> bytes:
-        return bytes(doc.export(loro.ExportMode.Snapshot()))
+    def hub_flush(self, leaves: Sequence[str], received: dict[str, Any]) -> None:
+        hub = self.docs[HUB]
+        if received:
+            hub.import_batch(list(received.values()))
+            for name, blob in received.items():
+                meta = loro.LoroDoc.decode_import_blob_meta(blob, False)
+                self.known[name].merge(meta.partial_end_vv)
+        self.dirty.discard(HUB)
+        vv_hub = hub.oplog_vv
+        for name in leaves:
+            known = self.known[name]
+            if known.includes_vv(vv_hub):
+                continue
+            blob = hub.export(loro.ExportMode.Updates(known))
+            self.known[name] = hub.oplog_vv
+            self.wire_bytes += _framed(blob)
+            self.messages += 1
+            leaf = self.docs[name]
+            leaf.import_(blob)
+            if name not in self.dirty:  # all it holds is at the hub: do not send it back
+                self.sent[name] = leaf.oplog_vv
 
-    def load(self, doc: Any, data: bytes) -> None:
-        doc.import_(data)
+    def forget(self, name: str) -> None:
+        del self.sent[name], self.known[name]
+        self.dirty.discard(name)
 
-    def apply_remote(self, name: str, update: bytes) -> None:
-        self.docs[name].import_(update)
-
-    def tick(self) -> None:
-        super().tick()
-        for name in list(self.subs):
-            if name not in self.docs:
-                del self.subs[name]
+    def pending(self) -> list[str]:
+        return sorted(self.dirty)
 
     def txn(self, writer: str, ops: Sequence[Op]) -> None:
         doc = self.docs[writer]
@@ -687,9 +843,14 @@ class Loro(_Relay):
             else:
                 _loro_push(node, value)
         doc.commit()
+        self.dirty.add(writer)
 
     def sizes(self) -> dict[str, int]:
-        return {HUB: len(self.snapshot(self.docs[HUB]))}
+        return {HUB: len(self.docs[HUB].export(loro.ExportMode.Snapshot()))}
+
+    def small_sizes(self) -> dict[str, int]:
+        hub = self.docs[HUB]
+        return {HUB: len(hub.export(loro.ExportMode.ShallowSnapshot(hub.oplog_frontiers)))}
 
     def values(self) -> dict[str, Any]:
         return {n: normalize(d.get_map("meta").get_deep_value()) for n, d in self.docs.items()}
@@ -697,8 +858,11 @@ class Loro(_Relay):
     def extra(self) -> dict[str, Any]:
         hub = self.docs[HUB]
         shallow = hub.export(loro.ExportMode.ShallowSnapshot(hub.oplog_frontiers))
-        updates = hub.export(loro.ExportMode.Updates(loro.VersionVector()))
+        updates = hub.export(loro.ExportMode.Updates(_EMPTY_VV))
         return {"shallow_snapshot_bytes": len(shallow), "all_updates_bytes": len(updates)}
+
+
+_EMPTY_VV = loro.VersionVector() if loro is not None else None
 
 
 def _loro_set(node: Any, key: str, value: Any) -> None:
@@ -738,6 +902,9 @@ class Result:
     state_max: int = 0
     state_max_hub: int = 0
     state_final: int = 0
+    #: the smallest honest encoding (Loro: shallow snapshot; the others: as above)
+    small_max: int = 0
+    small_final: int = 0
     live_max: int = 0
     live_final: int = 0
     max_ratio: float = 0.0
@@ -755,75 +922,121 @@ class Result:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def run(engine: Engine, w: Workload, budget_s: float) -> Result:
-    """Replay ``w`` on ``engine``; stop (did not finish) once its CPU time passes
-    ``budget_s``."""
-    res = Result(engine.name)
-    gc.collect()
-    cpu = 0.0
-    wall = 0.0
+class Runner:
+    """Replays a workload on one engine, a block of ticks at a time (so that the engines
+    can take turns); stops (did not finish) once the engine's CPU time passes the
+    budget."""
 
-    def timed(fn: Callable[[], Any]) -> Any:
-        nonlocal cpu, wall
+    def __init__(self, engine: Engine, w: Workload, budget_s: float) -> None:
+        self.engine, self.w, self.budget_s = engine, w, budget_s
+        self.res = Result(engine.name)
+        self.cpu = self.wall = 0.0
+        self.label = f"{w.name}/{engine.name}"
+        self.next_tick = 0
+        self.stopped = False
+
+    def timed(self, fn: Callable[[], Any]) -> Any:
+        """The engine's own work: CPU and wall time, and one instruction-count region."""
         c, t = time.process_time(), time.perf_counter()
-        out = fn()
-        cpu += time.process_time() - c
-        wall += time.perf_counter() - t
+        out = REGIONS.run(self.label, fn)
+        self.cpu += time.process_time() - c
+        self.wall += time.perf_counter() - t
         return out
 
-    def sample(tick: int) -> None:
+    def sample(self, tick: int) -> None:
+        engine, res = self.engine, self.res
         sizes = engine.sizes()
         live = live_bytes(_hub_value(engine))
         top = max(sizes.values())
         res.state_max = max(res.state_max, top)
+        res.small_max = max(res.small_max, max(engine.small_sizes().values()))
         res.state_max_hub = max(res.state_max_hub, sizes[HUB])
         res.live_max = max(res.live_max, live)
         if live:
             res.max_ratio = max(res.max_ratio, top / live)
         res.samples.append((tick, top, live))
 
-    def start() -> None:
-        for name in w.initial:
-            engine.join(name)
-        engine.txn(HUB, w.setup)
+    def start(self) -> None:
+        engine, w = self.engine, self.w
 
-    timed(start)
-    for i, tick in enumerate(w.ticks):
-
-        def step(tick: Tick = tick) -> None:
-            for name in tick.joins:
+        def start() -> None:
+            for name in w.initial:
                 engine.join(name)
-            for name in tick.leaves:
-                engine.leave(name)
-            for writer, ops in tick.txns:
-                engine.txn(writer, ops)
-            engine.tick()
+            engine.txn(HUB, w.setup)
 
-        timed(step)
-        res.ticks_done = i + 1
-        if i % w.sample_every == 0:
-            sample(i + 1)
-        if cpu > budget_s:
-            break
-    res.finished = res.ticks_done == len(w.ticks)
-    if res.finished:
-        res.settle_ticks = timed(engine.settle)
-    if isinstance(engine, Hybrid):
-        engine.finish()
-    sample(res.ticks_done + res.settle_ticks)
-    sizes = engine.sizes()
-    values = engine.values()
-    res.state_final = max(sizes.values())
-    res.live_final = live_bytes(values[HUB])
-    first = values[HUB]
-    res.converged = res.finished and all(v == first for v in values.values())
-    res.replicas_at_end = len(values)
-    res.wire_bytes, res.messages = engine.wire_bytes, engine.messages
-    res.cpu_s, res.wall_s = cpu - engine.overhead_cpu, wall
-    res.skipped_txns = engine.skipped
-    res.max_excess = max(s - (2 * live + 4096) for _, s, live in res.samples)
-    res.extra = engine.extra()
-    return res
+        self.timed(start)
+
+    def steps(self, n: int) -> None:
+        """Run up to ``n`` more ticks."""
+        engine, w = self.engine, self.w
+        while n > 0 and not self.stopped and self.next_tick < len(w.ticks):
+            i = self.next_tick
+            tick = w.ticks[i]
+
+            def step(tick: Tick = tick) -> None:
+                for name in tick.joins:
+                    engine.join(name)
+                for name in tick.leaves:
+                    engine.leave(name)
+                for writer, ops in tick.txns:
+                    engine.txn(writer, ops)
+                engine.tick()
+
+            self.timed(step)
+            self.next_tick = self.res.ticks_done = i + 1
+            n -= 1
+            if i % w.sample_every == 0:
+                self.sample(i + 1)
+            if self.cpu > self.budget_s:
+                self.stopped = True
+
+    @property
+    def done(self) -> bool:
+        return self.stopped or self.next_tick >= len(self.w.ticks)
+
+    def finish(self) -> Result:
+        engine, res = self.engine, self.res
+        res.finished = res.ticks_done == len(self.w.ticks)
+        if res.finished:
+            # Settle: tick until quiet; only the ticks are timed, not the quiet check.
+            while not engine.quiet():
+                if res.settle_ticks >= 5000:
+                    raise RuntimeError(f"{engine.name} did not settle")
+                self.timed(engine.tick)
+                res.settle_ticks += 1
+        if isinstance(engine, Hybrid):
+            engine.finish()
+        self.sample(res.ticks_done + res.settle_ticks)
+        sizes = engine.sizes()
+        values = engine.values()
+        res.state_final = max(sizes.values())
+        res.small_final = max(engine.small_sizes().values())
+        res.live_final = live_bytes(values[HUB])
+        first = values[HUB]
+        res.converged = res.finished and all(v == first for v in values.values())
+        res.replicas_at_end = len(values)
+        res.wire_bytes, res.messages = engine.wire_bytes, engine.messages
+        res.cpu_s, res.wall_s = self.cpu, self.wall
+        res.skipped_txns = engine.skipped
+        res.max_excess = max(s - (2 * live + 4096) for _, s, live in res.samples)
+        res.extra = engine.extra()
+        return res
+
+
+def run_all(engines: Sequence[Engine], w: Workload, budget_s: float) -> list[Result]:
+    """Replay ``w`` on every engine, taking turns in blocks of ``BLOCK_TICKS`` ticks (the
+    order rotating from block to block) so that they share the machine's noise."""
+    runners = [Runner(e, w, budget_s) for e in engines]
+    gc.collect()
+    for r in runners:
+        r.start()
+    block = 0
+    while not all(r.done for r in runners):
+        k = block % len(runners)
+        for r in runners[k:] + runners[:k]:
+            r.steps(BLOCK_TICKS)
+        block += 1
+    return [r.finish() for r in runners]
 
 
 def _hub_value(engine: Engine) -> Any:
@@ -838,14 +1051,7 @@ def _hub_value(engine: Engine) -> Any:
 
 
 def environment(argv: Sequence[str]) -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     versions = {p: metadata.version(p) for p in ("hybridsync", "pycrdt")}
     versions["loro"] = metadata.version("loro") if loro is not None else "not installed"
     return {
@@ -895,9 +1101,10 @@ def render_workload(w: Workload, results: Sequence[Result], budget_s: float) -> 
         f"replicas over the run: {w.replica_count}.",
         "",
         "| engine | wire bytes | B / txn | messages | state max (B) | state final (B) | "
-        "live final (B) | max state / live | CPU s | CPU µs / txn | settle ticks | "
-        "replicas at end | converged | hybridsync / this: wire | state max | CPU |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "smallest state max / final (B) | live final (B) | max state / live | CPU s | "
+        "CPU µs / txn | settle ticks | replicas at end | converged | hybridsync / this: "
+        "wire | smallest state max | CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         txns = _txns_done(w, r)
@@ -906,7 +1113,7 @@ def render_workload(w: Workload, results: Sequence[Result], budget_s: float) -> 
         elif r.finished:
             ratios = (
                 f" | {_ratio(hs.wire_bytes, r.wire_bytes)} | "
-                f"{_ratio(hs.state_max, r.state_max)} | {_ratio(hs.cpu_s, r.cpu_s)} |"
+                f"{_ratio(hs.small_max, r.small_max)} | {_ratio(hs.cpu_s, r.cpu_s)} |"
             )
         else:  # per transaction, over the part it finished
             ratios = (
@@ -920,7 +1127,8 @@ def render_workload(w: Workload, results: Sequence[Result], budget_s: float) -> 
         )
         out.append(
             f"| {r.engine} | {r.wire_bytes:,} | {r.wire_bytes / txns:,.1f} | "
-            f"{r.messages:,} | {r.state_max:,} | {r.state_final:,} | {r.live_final:,} | "
+            f"{r.messages:,} | {r.state_max:,} | {r.state_final:,} | "
+            f"{r.small_max:,} / {r.small_final:,} | {r.live_final:,} | "
             f"{r.max_ratio:,.2f} | {r.cpu_s:.2f} | {r.cpu_s / txns * 1e6:,.1f} | "
             f"{r.settle_ticks} | {r.replicas_at_end} | {status}" + ratios
         )
@@ -965,7 +1173,9 @@ def render_workload(w: Workload, results: Sequence[Result], budget_s: float) -> 
         out += [
             _winner("wire bytes", done, lambda r: r.wire_bytes, "B"),
             _winner("state size (max)", done, lambda r: r.state_max, "B"),
+            _winner("smallest state size (max)", done, lambda r: r.small_max, "B"),
             _winner("state size (final)", done, lambda r: r.state_final, "B"),
+            _winner("smallest state size (final)", done, lambda r: r.small_final, "B"),
             _winner("CPU", done, lambda r: r.cpu_s, "s"),
         ]
     for r in dnf:
@@ -991,30 +1201,119 @@ def render(env: dict[str, Any], data: dict[str, Any]) -> str:
         f"`{env['command']}`",
         "- engines: **hybridsync** = `memory.meta` over `Link` pairs driven by "
         "`hybridsync.sim` (compaction `max_ratio=1.5, slack_bytes=2048, max_clients=64`; "
-        "every frame counted, polls included); **pycrdt** = one `Doc` per replica, each "
-        "transaction's update sent as a y-protocol SYNC_UPDATE message to the hub and "
-        "relayed to every other replica, joiners download the hub's full state; **loro** = "
-        "the same relay with `LoroDoc` (one commit per transaction), joiners import the "
-        "hub's snapshot.",
+        "clients poll every tick, one tick of delay each way; every frame counted, polls "
+        "and acknowledgements included); **pycrdt** = one `Doc` per replica, y-protocols as "
+        "pycrdt-websocket runs it: a joiner's STEP1/STEP2 handshake, then per tick ONE "
+        "SYNC_UPDATE per leaf (`merge_updates` of its transactions since the last tick) and "
+        "ONE per leaf from the hub (the merged updates of everyone else), nothing when "
+        "nothing changed; **loro** = one `LoroDoc` per replica (one commit per transaction), "
+        "a joiner's version-vector handshake (a snapshot for the empty joiner), then per "
+        "tick ONE `export(Updates(vv last sent))` per leaf, `import_batch` at the hub, and "
+        "ONE `export(Updates(vv))` per leaf from the hub. Engines take turns in blocks of "
+        f"{BLOCK_TICKS} ticks.",
         "- state = encoded state of a replica (hybridsync: every replica present, "
-        "`len(get_update())` of its current epoch; pycrdt: the hub's `len(get_update())`; "
-        "loro: the hub's `len(export(Snapshot()))`), sampled between ticks. live = compact "
-        "JSON of the hub's value. CPU = `process_time` of the engine's own work (size "
-        "sampling excluded), single process. Ratios are **hybridsync / other**: below 1.0 "
-        "means hybridsync is smaller or cheaper.",
+        "`len(get_update())` of its current epoch; pycrdt: the hub's `len(get_update())`, "
+        "GC on (the default); loro: the hub's `len(export(Snapshot()))`), sampled between "
+        "ticks; smallest state = the smallest honest encoding (loro: "
+        "`export(ShallowSnapshot(oplog_frontiers))`; the others: the state). live = compact "
+        "JSON of the hub's value. CPU = `process_time` of the engine's own work (joins, "
+        "writes, ticks, settling; size sampling, checks and frame accounting excluded), "
+        "single process. Ratios are **hybridsync / other**: below 1.0 means hybridsync is "
+        "smaller or cheaper.",
         "",
     ]
     if loro is None:
         out += ["**loro is not installed: only the pycrdt comparison ran.**", ""]
     for w in data["workloads"]:
         out += w["markdown"]
+    if data.get("instructions"):
+        out += render_instructions(data["instructions"])
     return "\n".join(out) + "\n"
+
+
+def workloads_for(size: str) -> list[Workload]:
+    if size == "quick":
+        return [storm(20_000, 50, 20, 5, 100), board(50, 120)]
+    if size == "instr":
+        return [storm(INSTR_STORM_WRITES, 50, 20, 5, 100), board(50, INSTR_BOARD_TICKS)]
+    return [storm(50_000, 50, 20, 5, 100), board(50, 400)]
+
+
+def count_instructions(args: argparse.Namespace) -> dict[str, Any]:
+    """Run this script on the reduced size under callgrind (see the top)."""
+    with tempfile.TemporaryDirectory(prefix="bench-meta-cg-") as tmp:
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--size",
+            "instr",
+            "--loss",
+            str(args.loss),
+            "--budget-s",
+            "1e9",
+            "--out",
+            str(Path(tmp) / "out"),
+        ]
+        print("instruction counts: --size instr under callgrind ...", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        regions = callgrind_regions(cmd, Path(tmp) / "cg")
+        print(f"    done in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+        out = json.loads((Path(tmp) / "out" / "meta.json").read_text())
+    workloads = []
+    for w in out["workloads"]:
+        txns = w["txns"] + 1  # + the setup
+        per = {
+            r["engine"]: regions[f"{w['name']}/{r['engine']}"]["instructions"] for r in w["results"]
+        }
+        workloads.append(
+            {
+                "name": w["name"],
+                "title": w["title"],
+                "txns": txns,
+                "ticks": w["ticks"],
+                "converged": all(r["converged"] for r in w["results"]),
+                "instructions": per,
+                "per_txn": {e: n / txns for e, n in per.items()},
+            }
+        )
+    return {"workloads": workloads, "calibration": regions["calibration/empty"]}
+
+
+def render_instructions(instr: dict[str, Any]) -> list[str]:
+    cal = instr["calibration"]
+    out = [
+        "## Instruction counts (callgrind, reduced workloads)",
+        "",
+        "Every engine's timed work (joins, writes, ticks, settling; the same regions as the "
+        "CPU columns) counted by `valgrind --tool=callgrind` with collection on only inside "
+        "those regions (see the script's docstring); the ctypes round trip around each "
+        f"region ({cal['instructions']:,} instructions, median of {cal['calls']} empty "
+        "regions) is subtracted. Not affected by the machine's load.",
+        "",
+        "| workload | engine | instructions | per transaction | hybridsync / this | converged |",
+        "|---|---|---|---|---|---|",
+    ]
+    for w in instr["workloads"]:
+        hs = w["instructions"]["hybridsync"]
+        for e, n in w["instructions"].items():
+            out.append(
+                f"| {w['title']} ({w['txns']:,} txns incl. setup) | {e} | {n:,} | "
+                f"{w['per_txn'][e]:,.0f} | {'—' if e == 'hybridsync' else _ratio(hs, n)} | "
+                f"{'✓' if w['converged'] else '✗'} |"
+            )
+    out.append("")
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller workloads (a smoke run)")
+    ap.add_argument(
+        "--size",
+        choices=("full", "quick", "instr"),
+        help="workload size (default full; --quick means quick; instr: the callgrind size)",
+    )
     ap.add_argument("--loss", type=float, default=0.0, help="hybridsync frame loss (0..1)")
     ap.add_argument("--out", default="benches/results", help="output folder")
     ap.add_argument(
@@ -1024,40 +1323,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="CPU seconds an engine may spend on one workload before it is stopped "
         "(default 300, 60 with --quick)",
     )
+    ap.add_argument(
+        "--instructions",
+        action="store_true",
+        help="also count the timed regions' instructions under callgrind on reduced workloads",
+    )
     args = ap.parse_args(argv)
     env = environment(argv)
-    budget = args.budget_s if args.budget_s is not None else (60.0 if args.quick else 300.0)
-    if args.quick:
-        workloads = [storm(20_000, 50, 20, 5, 100), board(50, 120)]
-    else:
-        workloads = [storm(50_000, 50, 20, 5, 100), board(50, 400)]
+    size = args.size or ("quick" if args.quick else "full")
+    budget = args.budget_s if args.budget_s is not None else (60.0 if size == "quick" else 300.0)
+    workloads = workloads_for(size)
     data: dict[str, Any] = {
         "environment": env,
-        "mode": "quick" if args.quick else "full",
+        "mode": size,
         "loss": args.loss,
         "budget_s": budget,
         "workloads": [],
     }
     for w in workloads:
-        results = []
-        factories: list[Callable[[], Engine]] = [
-            lambda w=w: Hybrid(w, args.loss),
-            lambda w=w: Pycrdt(w),
-        ]
+        engines: list[Engine] = [Hybrid(w, args.loss), Pycrdt(w)]
         if loro is not None:
-            factories.append(lambda w=w: Loro(w))
-        for make in factories:
-            engine = make()
-            print(f"{w.name}: {engine.name} ...", file=sys.stderr, flush=True)
-            r = run(engine, w, budget)
+            engines.append(Loro(w))
+        print(f"{w.name}: {', '.join(e.name for e in engines)} ...", file=sys.stderr, flush=True)
+        results = run_all(engines, w, budget)
+        for r in results:
             print(
-                f"  wire {r.wire_bytes:,} B, state max {r.state_max:,} B final "
-                f"{r.state_final:,} B, live {r.live_final:,} B, CPU {r.cpu_s:.2f} s, "
-                f"converged {r.converged}, finished {r.finished} ({r.ticks_done} ticks)",
+                f"  {r.engine}: wire {r.wire_bytes:,} B, state max {r.state_max:,} B final "
+                f"{r.state_final:,} B (smallest {r.small_final:,} B), live {r.live_final:,} B, "
+                f"CPU {r.cpu_s:.2f} s, converged {r.converged}, finished {r.finished} "
+                f"({r.ticks_done} ticks)",
                 file=sys.stderr,
                 flush=True,
             )
-            results.append(r)
         data["workloads"].append(
             {
                 "name": w.name,
@@ -1070,6 +1367,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "markdown": render_workload(w, results, budget),
             }
         )
+    REGIONS.save()
+    data["instructions"] = count_instructions(args) if args.instructions else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "meta.md").write_text(render(env, data))
@@ -1078,7 +1377,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     (out / "meta.json").write_text(json.dumps(data, indent=1) + "\n")
     print(f"wrote {out / 'meta.md'} and {out / 'meta.json'}", file=sys.stderr)
     finished = [r for w in data["workloads"] for r in w["results"] if r["finished"]]
-    return 0 if all(r["converged"] for r in finished) else 1
+    ok = all(r["converged"] for r in finished)
+    if data["instructions"] is not None:
+        ok = ok and all(w["converged"] for w in data["instructions"]["workloads"])
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

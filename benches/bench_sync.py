@@ -1,48 +1,78 @@
 #!/usr/bin/env python3
-"""Side-by-side benchmark of hybridsync's sync against pycrdt (Yjs/yrs) doing the same job.
+"""Side-by-side benchmark of hybridsync's sync against pycrdt (Yjs/yrs) and Loro doing the
+same job, each driven the way its own users drive it.
 
-Three ways of keeping replicas in sync run in the same process, on the same edits,
-interleaved in blocks of cycles (turns), the order rotating from block to block, so that they
-share the machine's noise:
+Engines (all in one process, on the same edits, interleaved in blocks of cycles/turns whose
+order rotates from block to block, so that they share the machine's noise):
 
-* ``hybridsync``  -- :class:`hybridsync.Link` pairs (differential synchronization);
-* ``pycrdt-inc``  -- what a pycrdt-websocket user does: every local transaction's update
-  (``TransactionEvent.update``) is sent as a y-protocol ``SYNC_UPDATE`` message; the hub
-  applies it and relays the same bytes to every other client. There are no replies.
-* ``pycrdt-sv``   -- state-vector polling, the shape of a diff-sync exchange: a request is
-  ``SYNC_STEP1(client state vector) + SYNC_STEP2(client.get_update(last hub state vector))``,
-  the reply is ``SYNC_STEP1(hub state vector) + SYNC_STEP2(hub.get_update(client state
-  vector))``.
+* ``hybridsync`` -- :class:`hybridsync.Link` pairs (differential synchronization: a client
+  sends a request, the hub answers; exchanges repeat until both links are idle).
+* ``pycrdt`` -- the y-protocols flow of pycrdt-websocket / y-websocket over a reliable
+  connection. On connect the client sends ``SYNC_STEP1`` (its state vector), the hub answers
+  ``SYNC_STEP2`` (``get_update(sv)``) and its own ``SYNC_STEP1``, the client answers with
+  ``SYNC_STEP2``. After that only incremental updates travel: at each flush a client sends ONE
+  ``SYNC_UPDATE`` message holding ``pycrdt.merge_updates`` of the transaction updates
+  (``TransactionEvent.update``) made since its last flush; the hub applies it and relays once
+  per other client per flush (one merged message of what the others sent). Nothing is sent
+  when nothing changed (no periodic anti-entropy over a reliable transport; a gap would
+  trigger the handshake again, and there is none here).
+* ``loro`` -- the same flow with ``loro.LoroDoc``: on connect the client sends its version
+  vector, the hub answers ``export(ExportMode.Updates(vv))`` (a snapshot for an empty peer:
+  faster to import) and its own version vector, the client answers with what the hub
+  lacks. A client keeps the version vector last sent to the hub and sends one
+  ``export(ExportMode.Updates(vv))`` per flush; the hub imports it and relays the blobs to
+  every other client once per flush, which imports them with ``import_batch``. Text edits
+  use Loro's code-point positions.
+* ``pycrdt-sv`` (scenario (a) only) -- a different deployment, kept because it has the same
+  request/reply shape as hybridsync: state-vector POLLING, every cycle a request
+  ``SYNC_STEP1(client sv) + SYNC_STEP2(update since the hub sv last seen)`` and a reply
+  ``SYNC_STEP1(hub sv) + SYNC_STEP2(hub update since the client sv)``. y-websocket over a
+  live connection does not do this; the row says what polling costs pycrdt.
 
-Wire bytes are the exact sizes of the frames/messages (y-protocol framing from
-:mod:`pycrdt` included); transport overhead (TCP, WebSocket) is not counted for anyone.
+Wire bytes are the exact sizes of the messages (y-protocol framing from :mod:`pycrdt`; for
+Loro a varint length before each blob, like the y-protocol framing); transport overhead
+(TCP, WebSocket) is not counted for anyone.
 
 Scenarios:
 
 (a) **memory**: 1,000 documents of about 2 KB (seeded text, a few non-ASCII words) on a
-    client and a hub, already in sync; every cycle the client makes small seeded edits to
-    10 documents, then syncs. pycrdt holds the memory as ONE ``Doc`` with one root ``Text``
-    per document (one sync unit, as a pycrdt user holding a set of named texts would do;
-    one ``Doc`` per document would need a state vector per document for pycrdt-sv).
-    Also reported: the initial sync of the whole memory and an idle cycle (nothing changed).
+    client and a hub; the initial sync moves them from the client to the empty hub
+    (the handshake above for pycrdt and Loro). Every cycle the client makes small seeded
+    edits to 10 documents (one transaction / commit), then flushes. pycrdt and Loro hold the
+    memory as ONE document with one root text per document (one sync unit, as their users
+    hold a set of named texts). Also reported: an idle cycle (nothing changed) and the
+    state each engine holds at the end.
 (b) **trace**: 4 agents, each a client of one hub, replay ``seph-blog1`` in turns of 50
-    transactions dealt round-robin; after its turn an agent syncs and the other agents catch
-    up. At the end every replica must equal the trace's final text. hybridsync agents put
-    the text they reached into their replica; pycrdt agents apply the turn's splices to
-    their ``Text`` in one transaction. A second hybridsync run ("hybridsync-lazy") skips the
-    extra exchanges that only deliver acknowledgements. ``--txns`` replays a prefix.
+    transactions dealt round-robin; after its turn an agent flushes and the others catch up
+    (hybridsync: the agent's exchange, then one poll per other agent, then exchanges until
+    idle; "hybridsync-lazy" leaves the acknowledgement-only exchanges to the next turn).
+    pycrdt and Loro agents apply the turn's splices in one transaction / commit. At the end
+    every replica must equal the trace's final text. ``--txns`` replays a prefix.
 
-Times are medians of ``time.perf_counter`` per cycle/turn (single-threaded in-process work)
-plus the total ``time.process_time``; edit work (putting the edit into the replica) and sync
-work (making, sending and applying frames) are timed separately. Computing the edited
-strings and converting code-point positions to pycrdt's UTF-8 byte offsets happens outside
-the timed regions for everyone. The report gives RATIOS ``hybridsync / pycrdt`` (below 1.0
-means hybridsync is smaller or faster); absolute numbers depend on the machine and are never
-asserted. Correctness is checked (every replica ends equal to the expected text) and reported.
+What is timed, the same for everyone: *edit* = putting the precomputed edit into the
+engine's replica (hybridsync: assigning the new text; pycrdt/Loro: the splices and the
+commit); *sync* = everything from the flush until every replica has integrated it (making,
+sending and applying messages, relays included). Building the edited strings, converting
+code points to UTF-8 offsets, counting bytes, checks and logging happen outside the timed
+regions. Times are medians of ``time.perf_counter`` per cycle/turn (single-threaded
+in-process work) plus the total ``time.process_time``. The report gives RATIOS
+``hybridsync / baseline`` (below 1.0: hybridsync is smaller or faster). Correctness is
+checked (every replica ends equal to the expected text) and reported.
+
+Instruction counts (``--instructions``): after the timed run the script runs itself on a
+reduced size (``--instr-docs`` documents, ``--instr-cycles`` cycles, ``--instr-txns`` trace
+transactions) under ``valgrind --tool=callgrind --collect-atstart=no --toggle-collect=ffi_call
+--dump-after=ffi_call``. In that run every timed region is called as the callback of a ctypes
+function pointer, i.e. inside libffi's ``ffi_call``: collection is on exactly while the region
+runs and each region ends in its own callgrind dump, so the counts hold the region's
+instructions and nothing else (no engine uses ctypes; the number of dumps is checked). The
+constant cost of the ctypes round trip (about 2,000 instructions, measured on empty regions
+in the same run) is subtracted. Counts are exact for that run and nearly deterministic
+(``PYTHONHASHSEED=0``; Loro draws random peer ids, so its numbers move by a few per mille).
 
 Usage::
 
-    python benches/bench_sync.py [--quick] [--out benches/results]
+    python benches/bench_sync.py [--quick] [--instructions] [--out benches/results]
 
 It writes ``sync.md`` and ``sync.json`` into the ``--out`` folder. The editing traces are
 taken from ``HYBRIDSYNC_TRACES`` (see :mod:`hybridsync.traces`).
@@ -59,6 +89,7 @@ import platform
 import random
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -66,11 +97,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import loro
 import pycrdt
 import zstandard
 from pycrdt import YMessageType, YSyncMessageType, create_update_message, write_message
 
-from _machine import cpu_model
+from _machine import Regions, callgrind_regions, cpu_model
 from hybridsync import Link, Memory
 from hybridsync.traces import Trace, apply_splices, load_trace
 
@@ -82,6 +114,8 @@ CHANGED_PER_CYCLE = 10
 CYCLES = 50
 QUICK_CYCLES = 12
 IDLE_CYCLES = 20
+#: fresh engines built per engine for the initial sync (medians reported)
+INIT_REPS = 3
 #: Engines take turns in blocks of cycles (turns), the order rotating from block to block,
 #: so that they share the machine's slow noise without evicting each other's caches at
 #: every step.
@@ -92,16 +126,24 @@ TRACE = "seph-blog1"
 AGENTS = 4
 TURN_TXNS = 50
 QUICK_TXNS = 8_000
+# the reduced size measured under callgrind
+INSTR_DOCS = 1_000
+INSTR_CYCLES = 6
+INSTR_IDLE = 4
+INSTR_TXNS = 2_000
 
 #: One splice: (position, number deleted, inserted text); positions in code points for
-#: hybridsync, in UTF-8 bytes for pycrdt.
+#: hybridsync and Loro, in UTF-8 bytes for pycrdt.
 Splice = tuple[int, int, str]
-ENGINES = ("hybridsync", "pycrdt-inc", "pycrdt-sv")
+ENGINES_A = ("hybridsync", "pycrdt", "loro", "pycrdt-sv")
+ENGINES_B = ("hybridsync", "hybridsync-lazy", "pycrdt", "loro")
 
 _VOWELS = "aeiou"
 _CONSONANTS = "bcdfghjklmnprstvwz"
 _FOREIGN = ("café", "naïve", "über", "façade", "Ørsted", "señal", "日本語", "данные", "→", "✓")
 
+#: The timed regions; under callgrind each one is measured in instructions.
+REGIONS = Regions()
 
 _STEP1 = bytes([YMessageType.SYNC, YSyncMessageType.SYNC_STEP1])
 _STEP2 = bytes([YMessageType.SYNC, YSyncMessageType.SYNC_STEP2])
@@ -115,6 +157,15 @@ def step1_message(state: bytes) -> bytes:
 def step2_message(update: bytes) -> bytes:
     """A y-protocol SYNC_STEP2 message (the update a peer is missing)."""
     return _STEP2 + write_message(update)
+
+
+def framed(blob: bytes) -> int:
+    """Bytes of a blob sent with a varint length in front (Loro messages)."""
+    n, size = len(blob), 1
+    while n >= 0x80:
+        n >>= 7
+        size += 1
+    return size + len(blob)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -196,7 +247,8 @@ class Change:
 
     name: str
     new_text: str  # what hybridsync's replica is set to
-    byte_splices: tuple[Splice, ...]  # what pycrdt applies
+    splices: tuple[Splice, ...]  # what Loro applies (code points)
+    byte_splices: tuple[Splice, ...]  # what pycrdt applies (UTF-8 bytes)
     edit_bytes: int
     #: Seconds it took to build ``new_text`` from the code-point splices with str slicing
     #: (the work an editor holding a plain str does; excluded from every engine's times).
@@ -209,7 +261,7 @@ def make_change(name: str, text: str, splices: Sequence[Splice]) -> Change:
     rebuilt = apply_splices(text, tuple(splices))
     elapsed = time.perf_counter() - t0
     assert rebuilt == new
-    return Change(name, new, tuple(bsplices), nbytes, elapsed)
+    return Change(name, new, tuple(splices), tuple(bsplices), nbytes, elapsed)
 
 
 # --------------------------------------------------------------------------- measuring
@@ -262,10 +314,16 @@ class Series:
         }
 
 
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+def timed(label: str, fn: Callable[[], Any]) -> tuple[float, Any]:
+    """Run one timed region (``label`` names it in the instruction counts)."""
     t0 = time.perf_counter()
-    out = fn()
+    out = REGIONS.run(label, fn)
     return time.perf_counter() - t0, out
+
+
+def rotated(names: Sequence[str], k: int) -> tuple[str, ...]:
+    k %= len(names)
+    return (*names[k:], *names[:k])
 
 
 # --------------------------------------------------------------------------- engines
@@ -276,14 +334,20 @@ class HsStar:
 
     name = "hybridsync"
 
-    def __init__(self, n_clients: int, docs: dict[str, str]) -> None:
+    def __init__(self, n_clients: int) -> None:
         self.hub = Memory("hub")
         self.clients = [Memory(f"client-{i}") for i in range(n_clients)]
-        for name, text in docs.items():
-            self.clients[0].text[name] = text
         self.cl = [Link(c, "hub", role="client", epoch=i + 1) for i, c in enumerate(self.clients)]
         self.sv = [Link(self.hub, f"client-{i}", role="server") for i in range(n_clients)]
         self.up = self.down = self.frames = 0
+
+    def load(self, docs: dict[str, str]) -> None:
+        text = self.clients[0].text
+        for name, value in docs.items():
+            text[name] = value
+
+    def connect_all(self) -> None:
+        self.settle()
 
     def exchange(self, i: int) -> None:
         f = self.cl[i].outgoing()
@@ -312,22 +376,34 @@ class HsStar:
                 self.exchange(i)
         raise AssertionError("hybridsync did not go idle")
 
-    def set_texts(self, client: int, changes: Sequence[Change]) -> None:
+    def edit(self, client: int, changes: Sequence[Change]) -> None:
         text = self.clients[client].text
         for ch in changes:
             text[ch.name] = ch.new_text
+
+    def flush(self, client: int) -> None:
+        self.settle()
+
+    def idle(self) -> None:
+        """hybridsync is poll-based: an idle cycle is one poll and its answer."""
+        self.exchange(0)
 
     def take_bytes(self) -> tuple[int, int, int]:
         out = (self.up, self.down, self.frames)
         self.up = self.down = self.frames = 0
         return out
 
-    def text_of(self, replica: Memory, name: str) -> str:
+    def replicas(self) -> list[Memory]:
+        return [self.hub, *self.clients]
+
+    @staticmethod
+    def text_of(replica: Memory, name: str) -> str:
         return replica.text[name]
 
 
-class _CrdtDoc:
-    """A pycrdt Doc with one root Text per name, collecting its local updates."""
+class _YReplica:
+    """A pycrdt Doc with one root Text per name, collecting its local transactions'
+    updates (``TransactionEvent.update``) until the next flush."""
 
     def __init__(self, client_id: int, names: Sequence[str]) -> None:
         self.doc: pycrdt.Doc = pycrdt.Doc(client_id=client_id)
@@ -362,38 +438,116 @@ class _CrdtDoc:
             for name, text in docs.items():
                 self.texts[name] += text
 
+    def take_local(self) -> bytes | None:
+        """One update for everything written since the last call (``merge_updates``)."""
+        ups = self.local_updates
+        if not ups:
+            return None
+        self.local_updates = []
+        return ups[0] if len(ups) == 1 else pycrdt.merge_updates(*ups)
 
-class CrdtStar:
-    """pycrdt: clients each joined to one hub Doc; ``mode`` is "inc" or "sv" (see top)."""
 
-    def __init__(self, mode: str, n_clients: int, docs: dict[str, str]) -> None:
-        self.mode = mode
-        self.name = f"pycrdt-{mode}"
-        names = sorted(docs)
-        self.hub = _CrdtDoc(1_000, names)
-        self.clients = [_CrdtDoc(1 + i, names) for i in range(n_clients)]
-        self.hub_sv = [self.hub.doc.get_state() for _ in range(n_clients)]
-        self.clients[0].load(docs)
+class YStar:
+    """pycrdt over y-protocols: handshake on connect, then one SYNC_UPDATE per link per
+    flush, relayed by the hub once per other client per flush (see the top)."""
+
+    name = "pycrdt"
+
+    def __init__(self, n_clients: int, names: Sequence[str]) -> None:
+        self.hub = _YReplica(1_000, names)
+        self.clients = [_YReplica(1 + i, names) for i in range(n_clients)]
+        self.connected: list[int] = []
+        self.outbox: list[list[bytes]] = [[] for _ in range(n_clients)]
         self.up = self.down = self.frames = 0
 
-    def exchange(self, i: int) -> None:
-        """sv mode: one request/reply; inc mode: send client i's updates, relay them."""
-        c = self.clients[i]
-        if self.mode == "inc":
-            for upd in c.local_updates:
-                msg = create_update_message(upd)
-                self.up += len(msg)
+    def load(self, docs: dict[str, str]) -> None:
+        self.clients[0].load(docs)
+
+    def connect(self, i: int) -> None:
+        """The y-protocols handshake: STEP1 ->, <- STEP2 + STEP1, STEP2 ->."""
+        c, hub = self.clients[i], self.hub
+        sv_c = c.doc.get_state()
+        m1 = step1_message(sv_c)
+        back = hub.doc.get_update(sv_c)
+        sv_h = hub.doc.get_state()
+        m2, m3 = step2_message(back), step1_message(sv_h)
+        c.apply(back)
+        upd = c.doc.get_update(sv_h)
+        m4 = step2_message(upd)
+        hub.apply(upd)
+        c.local_updates = []  # all of it is at the hub now
+        if hub.doc.get_state() != sv_h:  # the hub's doc changed: its update event fires
+            for j in self.connected:
+                self.outbox[j].append(upd)
+        self.connected.append(i)
+        self.up += len(m1) + len(m4)
+        self.down += len(m2) + len(m3)
+        self.frames += 4
+        self.relay()
+
+    def connect_all(self) -> None:
+        for i in range(len(self.clients)):
+            self.connect(i)
+
+    def edit(self, client: int, changes: Sequence[Change]) -> None:
+        self.clients[client].edit(changes)
+
+    def flush(self, i: int) -> None:
+        upd = self.clients[i].take_local()
+        if upd is not None:
+            msg = create_update_message(upd)
+            self.up += len(msg)
+            self.frames += 1
+            self.hub.apply(upd)
+            for j in self.connected:
+                if j != i:
+                    self.outbox[j].append(upd)
+        self.relay()
+
+    def relay(self) -> None:
+        """The hub's flush: one message per client holding what the others sent."""
+        for j in self.connected:
+            box = self.outbox[j]
+            if box:
+                self.outbox[j] = []
+                upd = box[0] if len(box) == 1 else pycrdt.merge_updates(*box)
+                self.down += len(create_update_message(upd))
                 self.frames += 1
-                self.hub.apply(upd)
-                for j, other in enumerate(self.clients):
-                    if j != i:
-                        self.down += len(msg)
-                        self.frames += 1
-                        other.apply(upd)
-            c.local_updates.clear()
-            self.hub.local_updates.clear()
-            return
-        c.local_updates.clear()
+                self.clients[j].apply(upd)
+
+    def idle(self) -> None:
+        """Nothing changed: the flush finds nothing to send."""
+        self.flush(0)
+
+    def take_bytes(self) -> tuple[int, int, int]:
+        out = (self.up, self.down, self.frames)
+        self.up = self.down = self.frames = 0
+        return out
+
+    def replicas(self) -> list[_YReplica]:
+        return [self.hub, *self.clients]
+
+    @staticmethod
+    def text_of(replica: _YReplica, name: str) -> str:
+        return str(replica.texts[name])
+
+
+class SvStar(YStar):
+    """pycrdt with state-vector POLLING (a different deployment; see the top)."""
+
+    name = "pycrdt-sv"
+
+    def __init__(self, n_clients: int, names: Sequence[str]) -> None:
+        super().__init__(n_clients, names)
+        self.hub_sv = [self.hub.doc.get_state() for _ in range(n_clients)]
+
+    def connect(self, i: int) -> None:
+        self.exchange(i)
+
+    def exchange(self, i: int) -> None:
+        """One request/reply: STEP1 + STEP2 ->, <- STEP1 + STEP2."""
+        c = self.clients[i]
+        c.local_updates = []
         sv_c = c.doc.get_state()
         upd = c.doc.get_update(self.hub_sv[i])
         req = step1_message(sv_c) + step2_message(upd)
@@ -407,25 +561,177 @@ class CrdtStar:
         self.down += len(rep)
         self.frames += 2
 
-    def settle(self) -> None:
+    def flush(self, i: int) -> None:
+        self.exchange(i)
+
+    def idle(self) -> None:
+        self.exchange(0)
+
+
+class _LoroReplica:
+    """A LoroDoc with one root text per name; ``sent`` is the version vector last sent to
+    the hub (everything the hub is known to hold)."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.doc = loro.LoroDoc()
+        self.texts = {n: self.doc.get_text(n) for n in names}
+        self.sent = loro.VersionVector()
+        self.dirty = False
+
+    def edit(self, changes: Sequence[Change]) -> None:
+        for ch in changes:
+            t = self.texts[ch.name]
+            for pos, deleted, inserted in ch.splices:
+                if deleted:
+                    t.delete(pos, deleted)
+                if inserted:
+                    t.insert(pos, inserted)
+        self.doc.commit()
+        self.dirty = True
+
+    def load(self, docs: dict[str, str]) -> None:
+        for name, text in docs.items():
+            self.texts[name].insert(0, text)
+        self.doc.commit()
+        self.dirty = True
+
+
+_EMPTY_VV = loro.VersionVector()
+
+
+def loro_export(doc: loro.LoroDoc, vv: loro.VersionVector) -> bytes:
+    """What a peer at ``vv`` lacks: ``ExportMode.Updates(vv)``, or for an empty peer
+    ``ExportMode.Snapshot()`` (Loro's advice for loading a new peer: it imports much faster
+    than the updates, at more bytes; the state rows give both sizes)."""
+    if vv == _EMPTY_VV:
+        return doc.export(loro.ExportMode.Snapshot())
+    return doc.export(loro.ExportMode.Updates(vv))
+
+
+class LoroStar:
+    """Loro: version-vector handshake on connect, then one ``export(Updates(vv))`` per link
+    per flush, relayed by the hub once per other client per flush, ``import_batch`` on
+    receipt (see the top)."""
+
+    name = "loro"
+
+    def __init__(self, n_clients: int, names: Sequence[str]) -> None:
+        self.hub = _LoroReplica(names)
+        self.clients = [_LoroReplica(names) for _ in range(n_clients)]
+        self.connected: list[int] = []
+        self.outbox: list[list[bytes]] = [[] for _ in range(n_clients)]
+        self.up = self.down = self.frames = 0
+
+    def load(self, docs: dict[str, str]) -> None:
+        self.clients[0].load(docs)
+
+    def connect(self, i: int) -> None:
+        """vv ->, <- updates + vv, updates ->."""
+        c, hub = self.clients[i], self.hub.doc
+        vv_c = c.doc.oplog_vv
+        m1 = vv_c.encode()
+        back = loro_export(hub, vv_c)
+        vv_h = hub.oplog_vv
+        m3 = vv_h.encode()
+        c.doc.import_(back)
+        upd = loro_export(c.doc, vv_h)
+        hub.import_(upd)
+        c.sent, c.dirty = c.doc.oplog_vv, False
+        if not vv_h.includes_vv(vv_c):
+            for j in self.connected:
+                self.outbox[j].append(upd)
+        self.connected.append(i)
+        self.up += framed(m1) + framed(upd)
+        self.down += framed(back) + framed(m3)
+        self.frames += 4
+        self.relay()
+
+    def connect_all(self) -> None:
         for i in range(len(self.clients)):
-            self.exchange(i)
+            self.connect(i)
+
+    def edit(self, client: int, changes: Sequence[Change]) -> None:
+        self.clients[client].edit(changes)
+
+    def flush(self, i: int) -> None:
+        c = self.clients[i]
+        if c.dirty:
+            blob = c.doc.export(loro.ExportMode.Updates(c.sent))
+            c.sent, c.dirty = c.doc.oplog_vv, False
+            self.up += framed(blob)
+            self.frames += 1
+            self.hub.doc.import_(blob)
+            for j in self.connected:
+                if j != i:
+                    self.outbox[j].append(blob)
+        self.relay()
+
+    def relay(self) -> None:
+        """The hub's flush: one message per client with the blobs the others sent."""
+        for j in self.connected:
+            box = self.outbox[j]
+            if box:
+                self.outbox[j] = []
+                self.down += sum(framed(b) for b in box)
+                self.frames += 1
+                c = self.clients[j]
+                c.doc.import_batch(box)
+                if not c.dirty:  # all it holds is at the hub: do not send it back
+                    c.sent = c.doc.oplog_vv
+
+    def idle(self) -> None:
+        self.flush(0)
 
     def take_bytes(self) -> tuple[int, int, int]:
         out = (self.up, self.down, self.frames)
         self.up = self.down = self.frames = 0
         return out
 
-    def text_of(self, replica: _CrdtDoc, name: str) -> str:
-        return str(replica.texts[name])
+    def replicas(self) -> list[_LoroReplica]:
+        return [self.hub, *self.clients]
+
+    @staticmethod
+    def text_of(replica: _LoroReplica, name: str) -> str:
+        return replica.texts[name].to_string()
+
+
+Engine = HsStar | YStar | LoroStar
+
+
+def all_equal(engine: Engine, expected: dict[str, str]) -> bool:
+    """Every replica of ``engine`` holds exactly ``expected`` (checked outside timing)."""
+    return all(
+        engine.text_of(r, n) == t  # type: ignore[arg-type]
+        for r in engine.replicas()
+        for n, t in expected.items()
+    )
+
+
+def crdt_state(engine: YStar | LoroStar) -> dict[str, int]:
+    """The encoded state of the hub: pycrdt ``get_update()`` (GC on, the default); Loro
+    a full snapshot and a shallow snapshot at the current frontiers."""
+    if isinstance(engine, LoroStar):
+        doc = engine.hub.doc
+        return {
+            "snapshot": len(doc.export(loro.ExportMode.Snapshot())),
+            "shallow_snapshot": len(
+                doc.export(loro.ExportMode.ShallowSnapshot(doc.oplog_frontiers))
+            ),
+            "all_updates": len(doc.export(loro.ExportMode.Updates(_EMPTY_VV))),
+        }
+    return {
+        "update": len(engine.hub.doc.get_update()),
+        "state_vector": len(engine.hub.doc.get_state()),
+        "empty_diff_update": len(engine.hub.doc.get_update(engine.hub.doc.get_state())),
+    }
 
 
 # --------------------------------------------------------------------------- (a) memory
 
 
-def build_memory(rng: random.Random) -> tuple[dict[str, str], list[str]]:
+def build_memory(rng: random.Random, n_docs: int) -> tuple[dict[str, str], list[str]]:
     vocab = make_vocabulary(rng)
-    docs = {f"doc-{i:04d}": make_document(rng, vocab, DOC_BYTES) for i in range(N_DOCS)}
+    docs = {f"doc-{i:04d}": make_document(rng, vocab, DOC_BYTES) for i in range(n_docs)}
     return docs, vocab
 
 
@@ -445,118 +751,129 @@ def plan_cycles(
     return plan, current
 
 
-def run_memory(cycles: int, log: Callable[[str], None]) -> dict[str, Any]:
+def make_engine(name: str, n_clients: int, names: Sequence[str]) -> Engine:
+    if name.startswith("hybridsync"):
+        return HsStar(n_clients)
+    if name == "pycrdt":
+        return YStar(n_clients, names)
+    if name == "pycrdt-sv":
+        return SvStar(n_clients, names)
+    return LoroStar(n_clients, names)
+
+
+def run_memory(
+    n_docs: int, cycles: int, idle_cycles: int, log: Callable[[str], None]
+) -> dict[str, Any]:
     rng = random.Random(SEED)
-    docs, vocab = build_memory(rng)
+    docs, vocab = build_memory(rng, n_docs)
     plan, final = plan_cycles(rng, docs, vocab, cycles)
     memory_bytes = sum(len(t.encode()) for t in docs.values())
     log(
-        f"(a) memory: {N_DOCS} documents, {memory_bytes:,} bytes; {cycles} cycles of "
+        f"(a) memory: {n_docs} documents, {memory_bytes:,} bytes; {cycles} cycles of "
         f"{CHANGED_PER_CYCLE} changed documents"
     )
+    names = sorted(docs)
 
-    # -- initial sync (client holds everything, the hub nothing)
-    gc.collect()
+    # -- initial sync: the client holds everything, the hub nothing; INIT_REPS fresh
+    # engines each, in rotating order (medians reported; the last ones go on)
+    engines: dict[str, Engine] = {}
+    reps: dict[str, list[dict[str, Any]]] = {name: [] for name in ENGINES_A}
+    for rep in range(INIT_REPS):
+        for name in rotated(ENGINES_A, rep):
+            eng = engines[name] = make_engine(name, 1, names)
+            gc.collect()
+            c0 = time.process_time()
+            t_load, _ = timed(f"a/{name}/load", lambda e=eng: e.load(docs))
+            c1 = time.process_time()
+            t_sync, _ = timed(f"a/{name}/initial sync", eng.connect_all)
+            c2 = time.process_time()
+            up, down, frames = eng.take_bytes()
+            reps[name].append(
+                {
+                    "load_ms": t_load * 1e3,
+                    "load_cpu_ms": (c1 - c0) * 1e3,
+                    "ms": t_sync * 1e3,
+                    "cpu_ms": (c2 - c1) * 1e3,
+                    "bytes": up + down,
+                    "bytes_up": up,
+                    "bytes_down": down,
+                    "frames": frames,
+                    "correct": all_equal(eng, docs),
+                }
+            )
     setup: dict[str, dict[str, Any]] = {}
-    hs_c0 = time.process_time()
-    t_hs, hs = timed(lambda: HsStar(1, docs))
-    t, _ = timed(lambda: hs.settle())
-    hs_c1 = time.process_time()
-    up, down, frames = hs.take_bytes()
-    setup["hybridsync"] = {
-        "ms": (t_hs + t) * 1e3,
-        "cpu_ms": (hs_c1 - hs_c0) * 1e3,
-        "bytes": up + down,
-        "frames": frames,
-    }
-    engines: dict[str, Any] = {"hybridsync": hs}
-    for mode in ("inc", "sv"):
-        c0 = time.process_time()
-        t_new, eng = timed(lambda m=mode: CrdtStar(m, 1, docs))
-        t, _ = timed(lambda e=eng: e.exchange(0))
-        c1 = time.process_time()
-        up, down, frames = eng.take_bytes()
-        setup[eng.name] = {
-            "ms": (t_new + t) * 1e3,
-            "cpu_ms": (c1 - c0) * 1e3,
-            "bytes": up + down,
-            "frames": frames,
+    for name, runs in reps.items():
+        last = runs[-1]
+        setup[name] = {
+            **last,
+            **{
+                k: statistics.median(r[k] for r in runs)
+                for k in ("load_ms", "load_cpu_ms", "ms", "cpu_ms")
+            },
+            "correct": all(r["correct"] for r in runs),
+            "runs": len(runs),
         }
-        engines[eng.name] = eng
-    setup_ok = {
-        "hybridsync": hs.hub.digest() == hs.clients[0].digest()
-        and all(hs.hub.text[n] == t for n, t in docs.items()),
-        **{
-            name: all(str(engines[name].hub.texts[n]) == t for n, t in docs.items())
-            for name in ("pycrdt-inc", "pycrdt-sv")
-        },
-    }
-    for name in ENGINES:
-        setup[name]["correct"] = setup_ok[name]
     # hybridsync compresses large frames (zstd level 3); pycrdt leaves that to the transport.
-    full_update = engines["pycrdt-sv"].hub.doc.get_update()
+    full_update = engines["pycrdt"].hub.doc.get_update()  # type: ignore[union-attr]
     update_zstd3 = len(zstandard.ZstdCompressor(level=3).compress(full_update))
 
     # -- edit cycles, engines interleaved in blocks (rotating order)
-    series = {name: Series() for name in ENGINES}
+    series = {name: Series() for name in ENGINES_A}
     edit_bytes = [sum(c.edit_bytes for c in changes) for changes in plan]
     gc.collect()
     gc.disable()
     try:
         for blk, lo in enumerate(range(0, len(plan), BLOCK_CYCLES)):
-            for name in ENGINES[blk % 3 :] + ENGINES[: blk % 3]:
+            for name in rotated(ENGINES_A, blk):
                 eng = engines[name]
                 for changes in plan[lo : lo + BLOCK_CYCLES]:
                     c0 = time.process_time()
-                    if name == "hybridsync":
-                        t_edit, _ = timed(lambda e=eng, ch=changes: e.set_texts(0, ch))
-                        t_sync, _ = timed(lambda e=eng: e.settle())
-                    else:
-                        t_edit, _ = timed(lambda e=eng, ch=changes: e.clients[0].edit(ch))
-                        t_sync, _ = timed(lambda e=eng: e.exchange(0))
+                    t_edit, _ = timed(f"a/{name}/edit", lambda e=eng, ch=changes: e.edit(0, ch))
+                    t_sync, _ = timed(f"a/{name}/sync", lambda e=eng: e.flush(0))
                     series[name].cpu_s += time.process_time() - c0
                     up, down, frames = eng.take_bytes()
                     series[name].add(Sample(t_edit, t_sync, up, down, frames))
     finally:
         gc.enable()
 
-    # -- idle cycles (nothing changed): one poll each
-    idle = {name: Series() for name in ENGINES}
+    # -- idle cycles (nothing changed)
+    idle = {name: Series() for name in ENGINES_A}
     gc.collect()
     gc.disable()
     try:
-        for name in ENGINES:
+        for name in ENGINES_A:
             eng = engines[name]
-            for _ in range(IDLE_CYCLES):
+            for _ in range(idle_cycles):
                 c0 = time.process_time()
-                t_sync, _ = timed(lambda e=eng: e.exchange(0))
+                t_sync, _ = timed(f"a/{name}/idle", eng.idle)
                 idle[name].cpu_s += time.process_time() - c0
                 up, down, frames = eng.take_bytes()
                 idle[name].add(Sample(0.0, t_sync, up, down, frames))
     finally:
         gc.enable()
 
-    correct = {
-        "hybridsync": hs.hub.digest() == hs.clients[0].digest()
-        and all(hs.hub.text[n] == t for n, t in final.items())
+    hs = engines["hybridsync"]
+    assert isinstance(hs, HsStar)
+    correct = {name: all_equal(engines[name], final) for name in ENGINES_A}
+    correct["hybridsync"] = (
+        correct["hybridsync"]
+        and hs.hub.digest() == hs.clients[0].digest()
         and hs.cl[0].idle
         and hs.sv[0].idle
         and hs.cl[0].metrics.resyncs == hs.sv[0].metrics.resyncs == 0
-        and hs.cl[0].metrics.hunks_failed == hs.sv[0].metrics.hunks_failed == 0,
-        **{
-            name: all(
-                str(engines[name].hub.texts[n]) == t == str(engines[name].clients[0].texts[n])
-                for n, t in final.items()
-            )
-            for name in ("pycrdt-inc", "pycrdt-sv")
-        },
+        and hs.cl[0].metrics.hunks_failed == hs.sv[0].metrics.hunks_failed == 0
+    )
+    state = {
+        name: crdt_state(engines[name])  # type: ignore[arg-type]
+        for name in ("pycrdt", "loro")
     }
     return {
-        "docs": N_DOCS,
+        "docs": n_docs,
         "memory_bytes": memory_bytes,
+        "final_bytes": sum(len(t.encode()) for t in final.values()),
         "cycles": cycles,
         "changed_per_cycle": CHANGED_PER_CYCLE,
-        "idle_cycles": IDLE_CYCLES,
+        "idle_cycles": idle_cycles,
         "edit_bytes_total": sum(edit_bytes),
         "edit_bytes_per_cycle_mean": statistics.mean(edit_bytes),
         "edit_bytes_per_cycle_median": statistics.median(edit_bytes),
@@ -566,9 +883,10 @@ def run_memory(cycles: int, log: Callable[[str], None]) -> dict[str, Any]:
         * 1e3,
         "setup": setup,
         "pycrdt_update_zstd3_bytes": update_zstd3,
-        "cycles_summary": {name: series[name].summary() for name in ENGINES},
-        "idle_summary": {name: idle[name].summary() for name in ENGINES},
+        "cycles_summary": {name: series[name].summary() for name in ENGINES_A},
+        "idle_summary": {name: idle[name].summary() for name in ENGINES_A},
         "correct": correct,
+        "state_bytes": state,
         "hybridsync_metrics": {
             "client": vars(hs.cl[0].metrics),
             "server": vars(hs.sv[0].metrics),
@@ -601,118 +919,87 @@ def run_trace(trace: Trace, n_txns: int, log: Callable[[str], None]) -> dict[str
         f"(b) trace {trace.name}: {n_txns:,} of {len(trace.txns):,} transactions, "
         f"{len(turns)} turns of {TURN_TXNS}, {AGENTS} agents"
     )
-    # hybridsync twice: each turn synced until every link is idle ("to idle"), or only
-    # the catch-up polls with acknowledgements riding on the next turn's polls ("lazy").
-    names = ("hybridsync", "hybridsync-lazy", "pycrdt-inc", "pycrdt-sv")
     docs = {"doc": trace.start}
-    hs = HsStar(AGENTS, docs)
-    hs.settle()
-    lazy = HsStar(AGENTS, docs)
-    lazy.settle()
-    inc = CrdtStar("inc", AGENTS, docs)
-    sv = CrdtStar("sv", AGENTS, docs)
-    for e in (inc, sv):
-        e.settle()
-    for e in (hs, lazy, inc, sv):
-        e.take_bytes()
-    series = {name: Series() for name in names}
+    engines = {name: make_engine(name, AGENTS, ["doc"]) for name in ENGINES_B}
+    for eng in engines.values():
+        eng.load(docs)
+        eng.connect_all()
+        eng.take_bytes()
+    series = {name: Series() for name in ENGINES_B}
     edit_bytes = sum(ch.edit_bytes for _, ch in turns)
-    mismatches = {name: 0 for name in names}
+    mismatches = dict.fromkeys(ENGINES_B, 0)
 
-    def step_hs(e: HsStar, agent: int, ch: Change, to_idle: bool) -> tuple[float, float]:
-        t_edit, _ = timed(lambda: e.set_texts(agent, (ch,)))
-        t0 = time.perf_counter()
+    def sync_hs(e: HsStar, agent: int, to_idle: bool) -> None:
+        # hybridsync: "to idle" exchanges until every link is idle; "lazy" does only the
+        # agent's exchange and the catch-up polls, the acknowledgements ride on the next
+        # turn's polls.
         e.exchange(agent)
         for j in range(AGENTS):
             if j != agent:
                 e.exchange(j)
         if to_idle:
             e.settle()
-        return t_edit, time.perf_counter() - t0
 
-    def step_crdt(e: CrdtStar, agent: int, ch: Change) -> tuple[float, float]:
-        t_edit, _ = timed(lambda: e.clients[agent].edit((ch,)))
-        t0 = time.perf_counter()
-        e.exchange(agent)
-        if e.mode == "sv":
-            for j in range(AGENTS):
-                if j != agent:
-                    e.exchange(j)
-        return t_edit, time.perf_counter() - t0
-
-    steps: dict[str, Callable[[int, Change], tuple[float, float]]] = {
-        "hybridsync": lambda a, ch: step_hs(hs, a, ch, True),
-        "hybridsync-lazy": lambda a, ch: step_hs(lazy, a, ch, False),
-        "pycrdt-inc": lambda a, ch: step_crdt(inc, a, ch),
-        "pycrdt-sv": lambda a, ch: step_crdt(sv, a, ch),
-    }
-    engines: dict[str, HsStar | CrdtStar] = {
-        "hybridsync": hs,
-        "hybridsync-lazy": lazy,
-        "pycrdt-inc": inc,
-        "pycrdt-sv": sv,
-    }
-
-    def text_of(name: str, agent: int) -> str:
+    def step(name: str, agent: int, ch: Change) -> tuple[float, float]:
         e = engines[name]
+        t_edit, _ = timed(f"b/{name}/edit", lambda: e.edit(agent, (ch,)))
         if isinstance(e, HsStar):
-            return e.clients[agent].text["doc"]
-        return str(e.clients[agent].texts["doc"])
+            lazy = name == "hybridsync-lazy"
+            t_sync, _ = timed(f"b/{name}/sync", lambda: sync_hs(e, agent, not lazy))
+        else:
+            t_sync, _ = timed(f"b/{name}/sync", lambda: e.flush(agent))
+        return t_edit, t_sync
 
     gc.collect()
     gc.disable()
     t_start = time.perf_counter()
     try:
         for blk, lo in enumerate(range(0, len(turns), BLOCK_TURNS)):
-            for name in names[blk % 4 :] + names[: blk % 4]:
+            for name in rotated(ENGINES_B, blk):
+                eng = engines[name]
                 for k in range(lo, min(lo + BLOCK_TURNS, len(turns))):
                     agent, ch = turns[k]
                     if k % 16 == 0:
                         # The agent must hold the text the turn's positions refer to.
                         prev = turns[k - 1][1].new_text if k else trace.start
-                        if text_of(name, agent) != prev:
+                        if eng.text_of(eng.clients[agent], "doc") != prev:  # type: ignore[arg-type]
                             mismatches[name] += 1
                     c0 = time.process_time()
-                    t_edit, t_sync = steps[name](agent, ch)
+                    t_edit, t_sync = step(name, agent, ch)
                     series[name].cpu_s += time.process_time() - c0
-                    up, down, frames = engines[name].take_bytes()
+                    up, down, frames = eng.take_bytes()
                     series[name].add(Sample(t_edit, t_sync, up, down, frames))
             if blk and blk % 10 == 0:
                 log(f"    turn {lo}/{len(turns)} ({time.perf_counter() - t_start:.1f} s)")
     finally:
         gc.enable()
     # The lazy run still owes acknowledgements: finish it (counted in its totals).
+    lazy = engines["hybridsync-lazy"]
+    assert isinstance(lazy, HsStar)
     c0 = time.process_time()
-    t_fin, _ = timed(lazy.settle)
+    t_fin, _ = timed("b/hybridsync-lazy/sync", lazy.settle)
     series["hybridsync-lazy"].cpu_s += time.process_time() - c0
     up, down, frames = lazy.take_bytes()
     last = series["hybridsync-lazy"].samples[-1]
     last.sync_s += t_fin
     last.up, last.down, last.frames = last.up + up, last.down + down, last.frames + frames
 
-    correct: dict[str, bool] = {}
+    correct = {
+        name: mismatches[name] == 0 and all_equal(engines[name], {"doc": expected})
+        for name in ENGINES_B
+    }
+    metrics = {}
     for name in ("hybridsync", "hybridsync-lazy"):
         e = engines[name]
         assert isinstance(e, HsStar)
-        ok = mismatches[name] == 0 and e.hub.text["doc"] == expected
-        ok = ok and all(c.text["doc"] == expected for c in e.clients)
-        ok = ok and not any(e.busy(i) for i in range(AGENTS))
-        correct[name] = ok
-    for name in ("pycrdt-inc", "pycrdt-sv"):
-        e = engines[name]
-        assert isinstance(e, CrdtStar)
-        ok = mismatches[name] == 0 and str(e.hub.texts["doc"]) == expected
-        correct[name] = ok and all(str(c.texts["doc"]) == expected for c in e.clients)
-    metrics = {
-        name: {
+        correct[name] = correct[name] and not any(e.busy(i) for i in range(AGENTS))
+        metrics[name] = {
             "resyncs": sum(lk.metrics.resyncs for lk in (*e.cl, *e.sv)),
             "hunks_failed": sum(lk.metrics.hunks_failed for lk in (*e.cl, *e.sv)),
             "retransmits": sum(lk.metrics.retransmits for lk in (*e.cl, *e.sv)),
             "stale_frames": sum(lk.metrics.stale_frames for lk in (*e.cl, *e.sv)),
             "fulls_sent": sum(lk.metrics.fulls_sent for lk in (*e.cl, *e.sv)),
         }
-        for name, e in (("hybridsync", hs), ("hybridsync-lazy", lazy))
-    }
     return {
         "trace": trace.name,
         "txns": n_txns,
@@ -722,17 +1009,53 @@ def run_trace(trace: Trace, n_txns: int, log: Callable[[str], None]) -> dict[str
         "turn_txns": TURN_TXNS,
         "agents": AGENTS,
         "final_code_points": len(expected),
+        "final_bytes": len(expected.encode()),
         "edit_bytes_total": edit_bytes,
         "str_splice_ms_per_turn_median": statistics.median(ch.str_splice_s for _, ch in turns)
         * 1e3,
-        "summary": {name: series[name].summary() for name in names},
+        "summary": {name: series[name].summary() for name in ENGINES_B},
         "correct": correct,
         "hybridsync_metrics": metrics,
-        "pycrdt_state_bytes": {
-            "state_vector": len(sv.hub.doc.get_state()),
-            "full_update": len(sv.hub.doc.get_update()),
-            "empty_diff_update": len(sv.hub.doc.get_update(sv.hub.doc.get_state())),
+        "state_bytes": {
+            name: crdt_state(engines[name])  # type: ignore[arg-type]
+            for name in ("pycrdt", "loro")
         },
+    }
+
+
+# --------------------------------------------------------------------------- instruction counts
+
+
+def count_instructions(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
+    """Run this script on the reduced size under callgrind (see the top)."""
+    with tempfile.TemporaryDirectory(prefix="bench-sync-cg-") as tmp:
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--docs",
+            str(args.instr_docs),
+            "--cycles",
+            str(args.instr_cycles),
+            "--idle",
+            str(INSTR_IDLE),
+            "--txns",
+            str(args.instr_txns),
+            "--out",
+            str(Path(tmp) / "out"),
+        ]
+        log(f"instruction counts: {' '.join(cmd[2:])} under callgrind ...")
+        t0 = time.perf_counter()
+        regions = callgrind_regions(cmd, Path(tmp) / "cg")
+        log(f"    done in {time.perf_counter() - t0:.1f} s")
+        out = json.loads((Path(tmp) / "out" / "sync.json").read_text())
+    return {
+        "docs": args.instr_docs,
+        "cycles": args.instr_cycles,
+        "idle_cycles": INSTR_IDLE,
+        "txns": out["trace"]["txns"],
+        "turns": out["trace"]["turns"],
+        "correct": all(out["memory"]["correct"].values()) and all(out["trace"]["correct"].values()),
+        "regions": regions,
     }
 
 
@@ -749,7 +1072,7 @@ def environment(argv: Sequence[str]) -> dict[str, Any]:
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
-        "versions": {p: metadata.version(p) for p in ("hybridsync", "pycrdt")},
+        "versions": {p: metadata.version(p) for p in ("hybridsync", "pycrdt", "loro")},
     }
 
 
@@ -768,45 +1091,73 @@ def _ok(b: bool) -> str:
     return "✓" if b else "✗"
 
 
-def render(env: dict[str, Any], a: dict[str, Any], b: dict[str, Any], quick: bool) -> str:
+def _state_rows(state: dict[str, dict[str, int]], live: int) -> list[str]:
+    rows = [
+        "| engine | encoding | bytes | / live text |",
+        "|---|---|---|---|",
+        f"| (live text) | UTF-8 of every document | {live:,} | 1.00 |",
+    ]
+    p, lo = state["pycrdt"], state["loro"]
+    for engine, enc, n in (
+        ("pycrdt", "`get_update()` (GC on, the default)", p["update"]),
+        ("loro", "`export(ShallowSnapshot(oplog_frontiers))` (smallest)", lo["shallow_snapshot"]),
+        ("loro", "`export(Snapshot())` (full history)", lo["snapshot"]),
+        ("loro", "`export(Updates(VersionVector()))`", lo["all_updates"]),
+    ):
+        rows.append(f"| {engine} | {enc} | {n:,} | {n / live:.2f} |")
+    return rows
+
+
+def render(
+    env: dict[str, Any],
+    a: dict[str, Any],
+    b: dict[str, Any],
+    quick: bool,
+    instr: dict[str, Any] | None,
+) -> str:
     v = env["versions"]
     out = [
-        "# Sync: hybridsync vs pycrdt",
+        "# Sync: hybridsync vs pycrdt and Loro",
         "",
         f"- {env['date_utc']}; Python {env['python']}, {env['platform']}; CPU: {env['cpu']} "
         f"({env['cpu_count']} logical CPUs, load average "
         f"{' / '.join(map(str, env['loadavg_at_start']))} at start)",
-        f"- hybridsync {v['hybridsync']}, pycrdt {v['pycrdt']}; mode: "
+        f"- hybridsync {v['hybridsync']}, pycrdt {v['pycrdt']}, loro {v['loro']}; mode: "
         f"{'quick' if quick else 'full'}; command: `{env['command']}`",
-        "- engines: **hybridsync** = `Link` pairs (diff-sync, one request/reply per exchange); "
-        "**pycrdt-inc** = pycrdt-websocket style, each local transaction's update sent as a "
-        "y-protocol SYNC_UPDATE message, relayed by the hub, no replies; **pycrdt-sv** = "
-        "state-vector polling, request = STEP1(client SV) + STEP2(update since the hub SV last "
-        "seen), reply = STEP1(hub SV) + STEP2(hub update since the client SV).",
-        "- wire bytes = exact frame / y-protocol message sizes (no TCP/WebSocket overhead for "
-        "anyone). ms = median `perf_counter` per cycle/turn (edit = putting the edit into the "
-        "replica, sync = making, sending and applying frames); CPU = total `process_time` / "
-        "count. Ratios are **hybridsync / pycrdt**: below 1.0 means hybridsync is smaller or "
-        "faster. ✓ = every replica ends equal to the expected text.",
+        "- engines: **hybridsync** = `Link` pairs (diff-sync, request/reply exchanges until "
+        "idle); **pycrdt** = y-protocols as pycrdt-websocket runs it: STEP1/STEP2 handshake on "
+        "connect, then one SYNC_UPDATE per link per flush (`merge_updates` of the flush's "
+        "transactions), the hub relays once per other client per flush, nothing sent when "
+        "nothing changed; **loro** = version-vector handshake on connect, then one "
+        "`export(Updates(vv last sent))` per link per flush, relayed once per other client per "
+        "flush, received with `import_batch`; **pycrdt-sv** ((a) only) = a polling deployment "
+        "(not y-websocket's flow): each cycle request = STEP1(client SV) + STEP2(update since "
+        "the hub SV last seen), reply = STEP1(hub SV) + STEP2(hub update since the client SV).",
+        "- wire bytes = exact message sizes (no TCP/WebSocket overhead for anyone). ms = "
+        "median `perf_counter` per cycle/turn (edit = putting the edit into the replica, "
+        "sync = from the flush until every replica integrated it); CPU = total "
+        "`process_time` / count. Ratios are **hybridsync / baseline**: below 1.0 means "
+        "hybridsync is smaller or faster. ✓ = every replica ends equal to the expected text.",
         "",
         f"## (a) Memory of {a['docs']:,} documents ({a['memory_bytes']:,} bytes), "
         f"{a['changed_per_cycle']} documents edited per cycle, {a['cycles']} cycles",
         "",
-        "pycrdt holds the memory as one `Doc` with one root `Text` per document. Edits per "
-        f"cycle: mean {a['edit_bytes_per_cycle_mean']:.0f} bytes (inserted + deleted UTF-8 "
-        f"bytes; median {a['edit_bytes_per_cycle_median']:.0f}). For reference, building the "
-        "edited strings from the splices with str slicing (hybridsync's input, excluded "
-        f"everywhere) takes {_ms(a['str_splice_ms_per_cycle_median'])} ms per cycle (median).",
+        "pycrdt and Loro hold the memory as one document with one root text per document. "
+        f"Edits per cycle: mean {a['edit_bytes_per_cycle_mean']:.0f} bytes (inserted + "
+        f"deleted UTF-8 bytes; median {a['edit_bytes_per_cycle_median']:.0f}), one "
+        "transaction / commit. For reference, building the edited strings from the splices "
+        "with str slicing (hybridsync's input, excluded everywhere) takes "
+        f"{_ms(a['str_splice_ms_per_cycle_median'])} ms per cycle (median).",
         "",
         "| engine | wire B/cycle (mean) | up / down B (mean) | max B/cycle | wire / edit bytes "
-        "| frames/cycle | edit ms | sync ms | total ms (min) | CPU ms/cycle | hybridsync / "
+        "| messages/cycle | edit ms | sync ms | total ms (min) | CPU ms/cycle | hybridsync / "
         "this: bytes | hybridsync / this: CPU | correct |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     cs = a["cycles_summary"]
     eb = a["edit_bytes_total"]
     hs = cs["hybridsync"]
-    for name in ENGINES:
+    for name in ENGINES_A:
         s = cs[name]
         n = s["n"]
         out.append(
@@ -823,23 +1174,39 @@ def render(env: dict[str, Any], a: dict[str, Any], b: dict[str, Any], quick: boo
         "",
         "The two ratio columns compare totals over all cycles (wire bytes; `process_time`).",
         "",
-        f"**Idle cycle** (nothing changed, one poll; {a['idle_cycles']} cycles) and **initial "
-        "sync** (the hub starts empty and receives the whole memory):",
+        f"**Idle cycle** (nothing changed; {a['idle_cycles']} cycles: hybridsync polls once, "
+        "pycrdt and Loro flush and find nothing to send, pycrdt-sv polls) and **initial sync** "
+        "(the client holds the memory, the hub starts empty; pycrdt and Loro run their "
+        "handshake; load = putting the memory into the client's replica, timed apart; "
+        f"medians of {INIT_REPS} fresh runs each):",
         "",
-        "| engine | idle B/cycle (up / down) | idle ms (median) | idle CPU ms | initial sync bytes "
-        "| initial / memory bytes | build + initial sync ms | initial correct |",
-        "|---|---|---|---|---|---|---|---|",
+        "| engine | idle B/cycle (up / down) | idle ms (median) | idle CPU ms | initial sync B "
+        "(up / down) | initial / memory bytes | load ms | initial sync ms | initial correct |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name in ENGINES:
+    for name in ENGINES_A:
         s = a["idle_summary"][name]
         st = a["setup"][name]
         n = s["n"]
         out.append(
             f"| {name} | {s['bytes_total'] / n:.0f} ({s['bytes_up'] / n:.0f} / "
             f"{s['bytes_down'] / n:.0f}) | {_ms(s['sync_ms_median'])} | {_ms(s['cpu_ms_mean'])} "
-            f"| {st['bytes']:,} | {st['bytes'] / a['memory_bytes']:.3f} | {_ms(st['ms'])} | "
+            f"| {st['bytes']:,} ({st['bytes_up']:,} / {st['bytes_down']:,}) | "
+            f"{st['bytes'] / a['memory_bytes']:.3f} | {_ms(st['load_ms'])} | {_ms(st['ms'])} | "
             f"{_ok(st['correct'])} |"
         )
+    out += [
+        "",
+        "hybridsync zstd-compresses frames of 1 KB and more; pycrdt and Loro leave compression "
+        "to the transport: the pycrdt update of the whole memory compressed with zstd level 3 "
+        f"is {a['pycrdt_update_zstd3_bytes']:,} bytes.",
+        "",
+        "State the baselines' hub holds at the end (the smallest honest encoding first). "
+        "hybridsync holds the plain texts (plus, per link, a shadow copy of what the peer "
+        "acknowledged); it has no history to encode.",
+        "",
+        *_state_rows(a["state_bytes"], a["final_bytes"]),
+    ]
     scope = (
         "the whole trace"
         if b["whole_trace"]
@@ -847,29 +1214,22 @@ def render(env: dict[str, Any], a: dict[str, Any], b: dict[str, Any], quick: boo
     )
     out += [
         "",
-        "pycrdt-inc sends nothing when nothing changed; its idle cost is that of the transport "
-        "(keep-alives), not counted here. The initial sync of pycrdt-inc and pycrdt-sv is the "
-        "same update (the creating transaction / the diff against an empty state vector). "
-        "hybridsync zstd-compresses frames of 1 KB and more; the same pycrdt update compressed "
-        f"with zstd level 3 (as a compressing transport would) is "
-        f"{a['pycrdt_update_zstd3_bytes']:,} bytes.",
-        "",
         f"## (b) Trace replay: {b['trace']}, {b['agents']} agents, turns of {b['turn_txns']} "
         f"transactions round-robin ({scope}; {b['turns']:,} turns)",
         "",
-        "After its turn the agent syncs with the hub, then every other agent polls once and "
-        "catches up. **hybridsync** then keeps exchanging until every link is idle "
+        "After its turn the agent flushes and the others catch up. **hybridsync**: the "
+        "agent's exchange, one poll per other agent, then exchanges until every link is idle "
         "(acknowledgements delivered); **hybridsync-lazy** stops after the catch-up polls and "
-        "lets the acknowledgements ride on the next turn's polls (and settles once at the end). "
-        "A poll happens only where there is something to send or fetch (a doorbell, free here, "
-        "tells a client the hub has news). pycrdt-inc: the agent's turn is one transaction, one "
-        "update, relayed to the 3 others. pycrdt-sv: the agent's exchange then one poll per "
-        f"other agent. Edits: {b['edit_bytes_total']:,} bytes (inserted + deleted UTF-8 "
-        f"bytes); final text {b['final_code_points']:,} code points. For reference, building "
-        "each turn's text from its splices with str slicing (hybridsync's input, excluded "
-        f"everywhere) takes {_ms(b['str_splice_ms_per_turn_median'])} ms per turn (median).",
+        "lets the acknowledgements ride on the next turn's polls (and settles once at the "
+        "end); a poll happens only where there is something to send or fetch (a doorbell, "
+        "free here). **pycrdt** / **loro**: the turn is one transaction / commit, flushed as "
+        "one message to the hub and relayed as one message to each of the 3 others. Edits: "
+        f"{b['edit_bytes_total']:,} bytes (inserted + deleted UTF-8 bytes); final text "
+        f"{b['final_code_points']:,} code points. For reference, building each turn's text "
+        "from its splices with str slicing (hybridsync's input, excluded everywhere) takes "
+        f"{_ms(b['str_splice_ms_per_turn_median'])} ms per turn (median).",
         "",
-        "| engine | wire bytes | up / down | wire / edit bytes | frames | edit ms/turn | sync "
+        "| engine | wire bytes | up / down | wire / edit bytes | messages | edit ms/turn | sync "
         "ms/turn | total ms/turn (min) | CPU s total | hybridsync / this: bytes | hybridsync / "
         "this: CPU | correct |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -886,29 +1246,84 @@ def render(env: dict[str, Any], a: dict[str, Any], b: dict[str, Any], quick: boo
             f"{'—' if name == 'hybridsync' else _ratio(hs['cpu_s_total'], s['cpu_s_total'])} | "
             f"{_ok(b['correct'][name])} |"
         )
-    psb = b["pycrdt_state_bytes"]
     out += [
         "",
-        f"pycrdt at the end: state vector {psb['state_vector']} B, whole document as an "
-        f"update {psb['full_update']:,} B, an empty diff update (what pycrdt-sv sends when "
-        f"nothing is new: the whole delete set) {psb['empty_diff_update']:,} B.",
+        "State the baselines' hub holds at the end:",
         "",
-        "## Who wins (from the numbers above)",
-        "",
-        *verdicts(a, b),
+        *_state_rows(b["state_bytes"], b["final_bytes"]),
         "",
     ]
+    if instr is not None:
+        out += render_instructions(instr)
+    out += ["## Who wins (from the numbers above)", "", *verdicts(a, b, instr), ""]
     return "\n".join(out)
 
 
-def verdicts(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+def instr_per_call(instr: dict[str, Any], label: str, per: int | None = None) -> float:
+    r = instr["regions"].get(label)
+    if not r:
+        return 0.0
+    return r["instructions"] / (per or r["calls"])
+
+
+def render_instructions(instr: dict[str, Any]) -> list[str]:
+    cal = instr["regions"]["calibration/empty"]
+    out = [
+        f"## Instruction counts (callgrind; {instr['docs']:,} documents, {instr['cycles']} "
+        f"edit cycles, {instr['idle_cycles']} idle cycles; trace prefix of "
+        f"{instr['txns']:,} transactions = {instr['turns']} turns)",
+        "",
+        "The same timed regions, counted by `valgrind --tool=callgrind` with collection on "
+        "only inside each region (see the script's docstring); the ctypes round trip around "
+        f"each region ({cal['instructions']:,} instructions, median of {cal['calls']} empty "
+        "regions) is subtracted. Deterministic up to allocator and hashing noise; not "
+        f"affected by the machine's load. Replicas equal in that run: {_ok(instr['correct'])}.",
+        "",
+        "| engine | (a) edit / cycle | (a) sync / cycle | (a) edit + sync / cycle | hybridsync / "
+        "this | (a) idle / cycle | (a) initial sync | (b) edit + sync / turn | hybridsync / "
+        "this |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    turns = instr["turns"]
+
+    def a_total(e: str) -> float:
+        return instr_per_call(instr, f"a/{e}/edit") + instr_per_call(instr, f"a/{e}/sync")
+
+    def b_total(e: str) -> float:
+        return instr_per_call(instr, f"b/{e}/edit", turns) + instr_per_call(
+            instr, f"b/{e}/sync", turns
+        )
+
+    for e in (*ENGINES_A, "hybridsync-lazy"):
+        in_a = e in ENGINES_A
+        in_b = e in ENGINES_B
+        cells = [
+            f"{instr_per_call(instr, f'a/{e}/edit'):,.0f}" if in_a else "",
+            f"{instr_per_call(instr, f'a/{e}/sync'):,.0f}" if in_a else "",
+            f"{a_total(e):,.0f}" if in_a else "",
+            ("—" if e == "hybridsync" else _ratio(a_total("hybridsync"), a_total(e)))
+            if in_a
+            else "",
+            f"{instr_per_call(instr, f'a/{e}/idle'):,.0f}" if in_a else "",
+            f"{instr_per_call(instr, f'a/{e}/initial sync'):,.0f}" if in_a else "",
+            f"{b_total(e):,.0f}" if in_b else "",
+            ("—" if e == "hybridsync" else _ratio(b_total("hybridsync"), b_total(e)))
+            if in_b
+            else "",
+        ]
+        out.append(f"| {e} | " + " | ".join(cells) + " |")
+    out += ["", "(b) counts are totals over the prefix divided by its turns.", ""]
+    return out
+
+
+def verdicts(a: dict[str, Any], b: dict[str, Any], instr: dict[str, Any] | None) -> list[str]:
     """One line per comparison: the smaller / faster side and by how much."""
 
     def line(label: str, ours: float, theirs: float, other: str, unit: str) -> str:
-        if ours == theirs:
+        if round(ours, 9) == round(theirs, 9):
             return f"- {label}: tie ({unit})."
         if theirs == 0:
-            return f"- {label}: **{other} wins** ({unit}; {other} sends none, hybridsync {ours:,})."
+            return f"- {label}: **{other} wins** ({unit}; {other} needs none, hybridsync {ours:,})."
         if ours > theirs:
             return (
                 f"- {label}: **{other} wins** ({unit}; hybridsync uses {ours / theirs:.2f}x as "
@@ -918,32 +1333,35 @@ def verdicts(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
 
     out = []
     cs, idle, setup = a["cycles_summary"], a["idle_summary"], a["setup"]
-    for other in ENGINES[1:]:
+    for other in ENGINES_A[1:]:
+        hs, ot = cs["hybridsync"], cs[other]
         out.append(
             line(
                 f"(a) edit cycles vs {other}",
-                cs["hybridsync"]["bytes_total"],
-                cs[other]["bytes_total"],
+                hs["bytes_total"],
+                ot["bytes_total"],
                 other,
                 "wire bytes",
             )
         )
         out.append(
-            line(
-                f"(a) edit cycles vs {other}",
-                cs["hybridsync"]["cpu_s_total"],
-                cs[other]["cpu_s_total"],
-                other,
-                "CPU",
-            )
+            line(f"(a) edit cycles vs {other}", hs["cpu_s_total"], ot["cpu_s_total"], other, "CPU")
         )
+        if instr is not None:
+            ours = instr_per_call(instr, "a/hybridsync/edit") + instr_per_call(
+                instr, "a/hybridsync/sync"
+            )
+            theirs = instr_per_call(instr, f"a/{other}/edit") + instr_per_call(
+                instr, f"a/{other}/sync"
+            )
+            out.append(line(f"(a) edit cycles vs {other}", ours, theirs, other, "instructions"))
         out.append(
             line(
-                f"(a) idle poll vs {other}",
+                f"(a) idle cycle vs {other}",
                 round(idle["hybridsync"]["bytes_per_cycle_mean"]),
                 round(idle[other]["bytes_per_cycle_mean"]),
                 other,
-                "wire bytes per poll",
+                "wire bytes per cycle",
             )
         )
         out.append(
@@ -961,15 +1379,26 @@ def verdicts(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
             setup["hybridsync"]["bytes"],
             a["pycrdt_update_zstd3_bytes"],
             "pycrdt + zstd",
-            "wire bytes; the gap above is compression",
+            "wire bytes; the gap above is mostly compression",
         )
     )
     bs = b["summary"]
     for ours in ("hybridsync", "hybridsync-lazy"):
-        for other in ("pycrdt-inc", "pycrdt-sv"):
+        for other in ("pycrdt", "loro"):
             for key, unit in (("bytes_total", "wire bytes"), ("cpu_s_total", "CPU")):
                 out.append(
                     line(f"(b) {ours} vs {other}", bs[ours][key], bs[other][key], other, unit)
+                )
+            if instr is not None:
+                t = instr["turns"]
+
+                def tot(e: str, t: int = t) -> float:
+                    return instr_per_call(instr, f"b/{e}/edit", t) + instr_per_call(
+                        instr, f"b/{e}/sync", t
+                    )
+
+                out.append(
+                    line(f"(b) {ours} vs {other}", tot(ours), tot(other), other, "instructions")
                 )
     return out
 
@@ -978,10 +1407,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer cycles, a trace prefix")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--docs", type=int, default=N_DOCS, help=f"documents in (a) ({N_DOCS})")
     parser.add_argument("--cycles", type=int, help=f"edit cycles in (a) (default {CYCLES})")
+    parser.add_argument("--idle", type=int, default=IDLE_CYCLES, help="idle cycles in (a)")
     parser.add_argument(
         "--txns", type=int, help="trace prefix in (b) (default: whole trace; --quick: 8000)"
     )
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="also count the timed regions' instructions under callgrind on a reduced size",
+    )
+    parser.add_argument("--instr-docs", type=int, default=INSTR_DOCS)
+    parser.add_argument("--instr-cycles", type=int, default=INSTR_CYCLES)
+    parser.add_argument("--instr-txns", type=int, default=INSTR_TXNS)
     args = parser.parse_args(argv)
     argv_used = list(sys.argv[1:] if argv is None else argv)
 
@@ -993,19 +1432,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     trace = load_trace(TRACE)
     n_txns = args.txns or (QUICK_TXNS if args.quick else len(trace.txns))
     t0 = time.perf_counter()
-    a = run_memory(cycles, log)
+    a = run_memory(args.docs, cycles, args.idle, log)
     log(f"    done in {time.perf_counter() - t0:.1f} s")
     t0 = time.perf_counter()
     b = run_trace(trace, n_txns, log)
     log(f"    done in {time.perf_counter() - t0:.1f} s")
-    report = render(env, a, b, args.quick)
-    print(report)
+    REGIONS.save()
+    instr = count_instructions(args, log) if args.instructions else None
+    report = render(env, a, b, args.quick, instr)
+    if not REGIONS.counting:
+        print(report)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "sync.md").write_text(report)
-    data = {"environment": env, "quick": args.quick, "memory": a, "trace": b}
+    data = {"environment": env, "quick": args.quick, "memory": a, "trace": b, "instructions": instr}
     (args.out / "sync.json").write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     ok = all(a["correct"].values()) and all(b["correct"].values())
     ok = ok and all(s["correct"] for s in a["setup"].values())
+    ok = ok and (instr is None or instr["correct"])
     if not ok:
         log("CORRECTNESS FAILURE: see the correct columns")
     return 0 if ok else 1
