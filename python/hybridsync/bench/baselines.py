@@ -174,10 +174,10 @@ class _StarEngine(Engine, ABC):
         now = self.network.now
         for name in self.replicas:
             for peer in self.peers(name):
-                payload = self._outgoing(name, peer)
+                outgoing = self._outgoing(name, peer)
                 channel = self.channels[(name, peer)]
-                if payload is not None:
-                    channel.queue(payload)
+                if outgoing is not None:
+                    channel.queue(outgoing)
                 for message in channel.flush(now):
                     self.network.send(name, peer, message)
                     self.wire_bytes += len(message)
@@ -448,6 +448,9 @@ class PycrdtEngine(_StarEngine):
         self._fresh: dict[str, list[tuple[str | None, bytes]]] = {n: [] for n in self.replicas}
         #: Handshake replies to send with the next flush, per (replica, peer).
         self._replies: dict[tuple[str, str], list[bytes]] = {}
+        #: Texts as :meth:`prepare` last saw them, until the next tick (harness
+        #: work: it saves reading the whole Y.Text for every keystroke).
+        self._known_texts: dict[tuple[str, str], str] = {}
         for name in self.replicas:
             doc: Doc[Any] = Doc(client_id=xxhash.xxh32_intdigest(name.encode()))
             doc.observe(self._observer(name))
@@ -533,15 +536,16 @@ class PycrdtEngine(_StarEngine):
     def prepare(self, replica: str, ops: Sequence[Op]) -> Sequence[Any]:
         if not any(isinstance(op, TextEdit) for op in ops):
             return ops
-        texts: dict[str, str] = {}
+        texts = self._known_texts
         out: list[Any] = []
         for op in ops:
             if not isinstance(op, TextEdit):
                 out.append(op)
                 continue
-            if op.doc not in texts:
-                texts[op.doc] = self.text(replica, op.doc)
-            current = texts[op.doc]
+            key = (replica, op.doc)
+            if key not in texts:
+                texts[key] = self.text(replica, op.doc)
+            current = texts[key]
             if op.pos < 0 or op.delete < 0 or op.pos + op.delete > len(current):
                 raise ValueError(f"{op!r} is out of range for a text of {len(current)} code points")
             if current.isascii():
@@ -550,8 +554,12 @@ class PycrdtEngine(_StarEngine):
                 start = len(current[: op.pos].encode())
                 length = len(current[op.pos : op.pos + op.delete].encode())
             out.append(_Utf8Edit(op.doc, start, length, op.insert))
-            texts[op.doc] = current[: op.pos] + op.insert + current[op.pos + op.delete :]
+            texts[key] = current[: op.pos] + op.insert + current[op.pos + op.delete :]
         return out
+
+    def tick(self) -> None:
+        self._known_texts.clear()  # a tick may change any replica's texts
+        super().tick()
 
     def _transact(self, replica: str, body: Callable[[], None]) -> None:
         with self.docs[replica].transaction():

@@ -111,8 +111,8 @@ def _csv(value: str) -> list[str]:
     default="auto",
     show_default=True,
     help="Count instructions of the timed region: the hardware counter (perf) in every run, "
-    "or callgrind on each cell's quick form; auto picks perf where the machine has it, else "
-    "callgrind where valgrind is installed (off with --quick).",
+    "or callgrind on the quick form of each cell without faults; auto picks perf where the "
+    "machine has it, else callgrind where valgrind is installed (off with --quick).",
 )
 def bench(
     quick: bool,

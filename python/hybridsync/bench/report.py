@@ -483,7 +483,7 @@ def readme_section(payload: dict[str, Any], out: Path) -> str:
         lines.append("")
     bad = [r for r in results if r.get("status") != "ok" or not r.get("correct")]
     counted = (
-        "instructions: callgrind on each cell's quick form"
+        "instructions: callgrind on the quick form of each cell without faults"
         if sources == {"quick"}
         else "instructions: hardware counter, whole cell"
         if sources == {"full"}

@@ -534,8 +534,9 @@ def run_cells(
     ticks and content, checked), so the result is the first run's with
     ``cpu_s`` the smallest of the runs (``cpu_s_runs`` lists them all).
     ``instructions``: ``"perf"`` counts in every run (hardware counter);
-    ``"callgrind"`` adds one run of the cell's ``quick`` form under callgrind
-    (``instructions_cell`` says which workload size was counted)."""
+    ``"callgrind"`` adds, for the cells without faults, one run of the cell's
+    ``quick`` form under callgrind (``instructions_cell`` says which workload
+    size was counted; valgrind runs about 50x slower than the cell)."""
     results: list[dict[str, Any] | None] = [None] * len(specs)
 
     def one(i: int) -> None:
@@ -544,7 +545,7 @@ def run_cells(
             spec = replace(spec, instructions="perf")
         runs = [run_cell_subprocess(spec) for _ in range(max(1, repeats))]
         result = _combine(runs)
-        if instructions == "callgrind" and result.get("status") == "ok":
+        if instructions == "callgrind" and result.get("status") == "ok" and spec.loss == 0:
             counted = run_cell_subprocess(replace(spec, quick=True, instructions="callgrind"))
             result["instructions"] = counted.get("instructions")
             result["instructions_source"] = "callgrind"
