@@ -29,17 +29,20 @@ import secrets
 import signal
 import subprocess
 import sys
+import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import mcp.types as mcp_types
 import pytest
-from mcp import ClientSession
+from mcp import Client, ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 
 from hybridsync import Link, Memory, serve
 from hybridsync.integrations.graph import GraphError, KnowledgeGraph
-from hybridsync.integrations.mcp import build_parser
+from hybridsync.integrations.mcp import build_parser, main
 from hybridsync.net import FaultProxy
 
 HANG_GUARD = 120.0
@@ -338,7 +341,9 @@ def test_one_server_reference_tools_errors_and_documents(tmp_path: Path) -> None
     asyncio.run(run())
 
 
-def test_import_export_command_line(tmp_path: Path) -> None:
+def test_import_export_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     memory_file = tmp_path / "memory.jsonl"
     memory_file.write_text(
         '{"type":"entity","name":"Ada","entityType":"person","observations":["a"]}\n'
@@ -368,24 +373,11 @@ def test_import_export_command_line(tmp_path: Path) -> None:
         json.loads(x) for x in memory_file.read_text().splitlines()
     ]
     # Refused with a clear message: nothing to import into; no secret for --join.
-    done = subprocess.run(
-        [*module, "--import", str(memory_file)],
-        env=server_env(),
-        capture_output=True,
-        text=True,
-        timeout=HANG_GUARD,
-    )
-    assert done.returncode == 2 and "need --data or --join" in done.stderr
-    env = server_env()
-    del env["HYBRIDSYNC_SECRET"]
-    done = subprocess.run(
-        [*module, "--join", "ws://127.0.0.1:9"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=HANG_GUARD,
-    )
-    assert done.returncode == 2 and "no secret" in done.stderr
+    assert main(["--import", str(memory_file)]) == 2
+    assert "need --data or --join" in capsys.readouterr().err
+    monkeypatch.delenv("HYBRIDSYNC_SECRET", raising=False)
+    assert main(["--join", "ws://127.0.0.1:9"]) == 2
+    assert "no secret" in capsys.readouterr().err
 
 
 def test_main_arguments() -> None:
@@ -600,6 +592,167 @@ def test_two_servers_through_a_lossy_hub_converge_and_survive_kill(tmp_path: Pat
                     model.check(await call(a, "read_graph"))
                     graph = await converge([a, b], model)
                     assert len(graph["entities"]) == entities_before + 20
+
+    asyncio.run(run())
+
+
+def test_streamable_http_serves_several_clients(tmp_path: Path) -> None:
+    async def run() -> None:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "hybridsync.integrations.mcp",
+            "--http",
+            "--port",
+            "0",
+            "--data",
+            str(tmp_path / "http.db"),
+            env=server_env(),
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            assert process.stderr is not None
+            url = ""
+            while not url:
+                line = (await asyncio.wait_for(process.stderr.readline(), HANG_GUARD)).decode()
+                assert line, "the server exited before serving"
+                if "serving streamable HTTP at " in line:
+                    url = line.split(" at ", 1)[1].strip()
+            async with Client(url) as one, Client(url) as two:
+                created = await one.call_tool(
+                    "create_entities", {"entities": [entity("Ada", "person", ["x"])]}
+                )
+                assert not created.is_error
+                graph = await two.call_tool("read_graph", {})
+                assert graph.structured_content == {
+                    "entities": [entity("Ada", "person", ["x"])],
+                    "relations": [],
+                }
+                bad = await two.call_tool("open_nodes", {"names": "Ada"})
+                assert bad.is_error
+        finally:
+            if process.returncode is None:
+                process.terminate()
+            assert await asyncio.wait_for(process.wait(), HANG_GUARD) == 0
+
+    asyncio.run(run())
+
+
+# -- resources and subscriptions ----------------------------------------------------------
+
+
+def test_subscriber_on_b_hears_of_a_write_on_a(tmp_path: Path) -> None:
+    updated: asyncio.Queue[str] = asyncio.Queue()
+
+    async def on_message(message: Any) -> None:
+        if isinstance(message, mcp_types.ResourceUpdatedNotification):
+            await updated.put(message.params.uri)
+
+    async def wait_for(uris: set[str]) -> None:
+        async def collect() -> None:
+            while uris:
+                uris.discard(await updated.get())
+
+        await asyncio.wait_for(collect(), HANG_GUARD)
+
+    async def run() -> None:
+        async with serve(Memory("hub"), secret=SECRET.encode()) as hub:
+            params = server_params("--join", hub.url, "--id", "sub-b")
+            with open(os.devnull, "w") as errlog:
+                async with (
+                    mcp_client("--join", hub.url, "--id", "sub-a") as a,
+                    stdio_client(params, errlog=errlog) as (read, write),
+                    ClientSession(read, write, message_handler=on_message) as b,
+                ):
+                    await asyncio.wait_for(b.initialize(), HANG_GUARD)
+                    caps = b.server_capabilities
+                    assert caps is not None and caps.resources is not None
+                    assert caps.resources.subscribe
+                    await call(a, "create_entities", entities=[entity("Ada Lovelace", "person")])
+                    await call(a, "write_document", name="notes/plan", text="draft\n")
+                    model = Model()
+                    model.entities["Ada Lovelace"] = "person"
+                    model.observations["Ada Lovelace"] = set()
+                    model.documents["notes/plan"] = "draft\n"
+                    await converge([a, b], model)
+                    listed = {str(r.uri) for r in (await b.list_resources()).resources}
+                    ada, plan = "memory://entity/Ada%20Lovelace", "memory://doc/notes%2Fplan"
+                    assert {"memory://knowledge-graph", ada, plan} <= listed
+                    templates = (await b.list_resource_templates()).resource_templates
+                    assert {t.uri_template for t in templates} == {
+                        "memory://entity/{name}",
+                        "memory://doc/{name}",
+                    }
+                    # resources/subscribe: what clients of the 2025 protocol
+                    # versions (most of them today) use; deprecated in the SDK
+                    # in favour of subscriptions/listen, tested below.
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", MCPDeprecationWarning)
+                        for uri in (ada, plan, "memory://knowledge-graph"):
+                            await b.subscribe_resource(uri)
+
+                    # A writes; B's subscriber hears of it, with no call on B.
+                    await call(
+                        a,
+                        "add_observations",
+                        observations=[{"entityName": "Ada Lovelace", "contents": ["wrote notes"]}],
+                    )
+                    await wait_for({ada, "memory://knowledge-graph"})
+                    content = (await b.read_resource(ada)).contents[0]
+                    assert isinstance(content, mcp_types.TextResourceContents)
+                    assert json.loads(content.text)["entities"][0]["observations"] == [
+                        "wrote notes"
+                    ]
+                    await call(
+                        a, "edit_document", name="notes/plan", old_string="draft", new_string="v2"
+                    )
+                    await wait_for({plan})
+                    content = (await b.read_resource(plan)).contents[0]
+                    assert isinstance(content, mcp_types.TextResourceContents)
+                    assert content.text == "v2\n"
+
+                    # Unsubscribed: no more notifications for the document.
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", MCPDeprecationWarning)
+                        await b.unsubscribe_resource(plan)
+                    await call(a, "write_document", name="notes/plan", text="v3\n")
+                    await call(
+                        a, "create_relations", relations=[rel("Ada Lovelace", "is", "Ada Lovelace")]
+                    )
+                    await wait_for({ada})
+                    await call(b, "sync_memory")
+                    assert (await call(b, "read_document", name="notes/plan"))["text"] == "v3\n"
+                    while not updated.empty():
+                        assert updated.get_nowait() != plan
+                    with pytest.raises(MCPError):
+                        await b.read_resource("memory://entity/nobody")
+
+    asyncio.run(run())
+
+
+def test_listen_stream_hears_of_a_remote_write() -> None:
+    """The 2026-07-28 protocol: a subscriptions/listen stream on server B
+    delivers the update of an entity that a client wrote on server A."""
+
+    async def run() -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            hub = await stack.enter_async_context(serve(Memory("hub"), secret=SECRET.encode()))
+            a = await stack.enter_async_context(mcp_client("--join", hub.url, "--id", "listen-a"))
+            b = await stack.enter_async_context(
+                Client(server_params("--join", hub.url, "--id", "listen-b"), mode="2026-07-28")
+            )
+            uri = "memory://entity/Grace"
+            async with b.listen(resource_subscriptions=[uri]) as stream:
+                await call(a, "create_entities", entities=[entity("Grace", "person")])
+
+                async def first() -> Any:
+                    return await stream.__anext__()
+
+                event = await asyncio.wait_for(first(), HANG_GUARD)
+                assert event.uri == uri
+            content = (await b.read_resource(uri)).contents[0]
+            assert isinstance(content, mcp_types.TextResourceContents)
+            assert json.loads(content.text)["entities"] == [entity("Grace", "person")]
 
     asyncio.run(run())
 

@@ -260,6 +260,28 @@ class KnowledgeGraph:
                     snap.relations[(parts[1], parts[2], parts[3])] = order
         return snap
 
+    def touched(self, keys: Iterable[str]) -> tuple[bool, set[str]]:
+        """Which of these ``memory.meta`` keys are facts of this graph:
+        ``(any, names of the entities they concern)`` (a relation concerns
+        both of its entities)."""
+        prefix = self._prefix
+        found = False
+        names: set[str] = set()
+        for key in keys:
+            if not key.startswith(prefix):
+                continue
+            found = True
+            try:
+                parts = json.loads(key[len(prefix) :])
+            except ValueError:
+                continue
+            if isinstance(parts, list) and all(isinstance(p, str) for p in parts):
+                if len(parts) in (2, 3) and parts[0] in ("e", "o"):
+                    names.add(parts[1])
+                elif len(parts) == 4 and parts[0] == "r":
+                    names.update((parts[1], parts[3]))
+        return found, names
+
     # -- writes -------------------------------------------------------------
 
     def create_entities(self, entities: Iterable[Mapping[str, Any]]) -> list[Entity]:

@@ -18,6 +18,12 @@ serve``), so agents on several machines, each with its own server, share one
 memory. The swarm's secret is read as ``hybridsync serve`` and ``hybridsync
 join`` read it: ``$HYBRIDSYNC_SECRET``, or ``--secret-env`` / ``--secret-file``.
 
+The graph (``memory://knowledge-graph``), each entity (``memory://entity/NAME``)
+and each document (``memory://doc/NAME``) are MCP resources; a subscribed
+client (``resources/subscribe``, or ``subscriptions/listen`` on the 2026-07-28
+protocol) receives ``notifications/resources/updated`` when one changes,
+whether by a tool call here or by a write on another server once it arrives.
+
 The server speaks stdio by default and streamable HTTP with ``--http``.
 ``--import memory.jsonl`` merges a reference server's memory file into the
 replica and exits; ``--export FILE`` writes one and exits.
@@ -56,17 +62,21 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import socket
 import ssl as ssl_module
 import stat
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 import mcp.types as types
 from mcp.server import ServerRequestContext
 from mcp.server.lowlevel import Server
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ResourceUpdated
+from mcp.shared.exceptions import MCPError
 
 import hybridsync
 from hybridsync import Memory, connect, errors
@@ -88,6 +98,40 @@ MAX_ITEMS = 10_000
 #: The reference server's limit on search queries.
 SEARCH_QUERY_MAX_LENGTH = 2048
 MIN_SECRET_BYTES = 16
+#: The reference server's resource: the whole graph.
+GRAPH_URI = "memory://knowledge-graph"
+ENTITY_PREFIX = "memory://entity/"
+DOCUMENT_PREFIX = "memory://doc/"
+#: JSON-RPC error code of an unknown resource (MCP specification).
+RESOURCE_NOT_FOUND = -32002
+
+
+def entity_uri(name: str) -> str:
+    """The resource URI of an entity (its name percent-encoded)."""
+    return ENTITY_PREFIX + quote(name, safe="")
+
+
+def document_uri(name: str) -> str:
+    """The resource URI of a text document (its name percent-encoded)."""
+    return DOCUMENT_PREFIX + quote(name, safe="")
+
+
+_TEMPLATES = [
+    types.ResourceTemplate(
+        uri_template=ENTITY_PREFIX + "{name}",
+        name="entity",
+        title="Entity",
+        description="An entity of the knowledge graph with the relations touching it",
+        mime_type="application/json",
+    ),
+    types.ResourceTemplate(
+        uri_template=DOCUMENT_PREFIX + "{name}",
+        name="document",
+        title="Document",
+        description="A shared text document",
+        mime_type="text/plain",
+    ),
+]
 
 # -- schemas (as the reference server declares them) ---------------------------------
 
@@ -500,6 +544,22 @@ class MemoryServer:
             "delete_document": self._delete_document,
             "sync_memory": self._sync_memory,
         }
+        # Subscriptions: resources/subscribe (handshake-era clients), keyed by
+        # connection, and subscriptions/listen streams (2026-07-28 clients).
+        self._subscribers: dict[int, tuple[Any, set[str]]] = {}
+        self._bus = InMemorySubscriptionBus()
+        self._listen = ListenHandler(self._bus)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._observers = [
+            memory.meta.observe(None, self._on_meta, deep=False),
+            memory.text.observe(None, self._on_text),
+        ]
+
+    def close(self) -> None:
+        """Stop observing the replica and end the subscription streams."""
+        for subscription in self._observers:
+            subscription.close()
+        self._listen.close()
 
     # -- MCP plumbing
 
@@ -517,6 +577,36 @@ class MemoryServer:
         ) -> types.CallToolResult:
             return await self.call(params.name, params.arguments)
 
+        async def list_resources(
+            ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
+        ) -> types.ListResourcesResult:
+            return types.ListResourcesResult(resources=self.resources())
+
+        async def list_templates(
+            ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
+        ) -> types.ListResourceTemplatesResult:
+            return types.ListResourceTemplatesResult(resource_templates=_TEMPLATES)
+
+        async def read_resource(
+            ctx: ServerRequestContext[Any], params: types.ReadResourceRequestParams
+        ) -> types.ReadResourceResult:
+            return self.read(str(params.uri))
+
+        async def subscribe(
+            ctx: ServerRequestContext[Any], params: types.SubscribeRequestParams
+        ) -> types.EmptyResult:
+            key = id(getattr(ctx.session, "_connection", ctx.session))
+            self._subscribers.setdefault(key, (ctx.session, set()))[1].add(str(params.uri))
+            return types.EmptyResult()
+
+        async def unsubscribe(
+            ctx: ServerRequestContext[Any], params: types.UnsubscribeRequestParams
+        ) -> types.EmptyResult:
+            key = id(getattr(ctx.session, "_connection", ctx.session))
+            if key in self._subscribers:
+                self._subscribers[key][1].discard(str(params.uri))
+            return types.EmptyResult()
+
         return Server(
             self.name,
             version=str(version),
@@ -524,7 +614,89 @@ class MemoryServer:
             "the other agents of the swarm.",
             on_list_tools=list_tools,
             on_call_tool=call_tool,
+            on_list_resources=list_resources,
+            on_list_resource_templates=list_templates,
+            on_read_resource=read_resource,
+            on_subscribe_resource=subscribe,
+            on_unsubscribe_resource=unsubscribe,
+            on_subscriptions_listen=self._listen,
         )
+
+    # -- resources
+
+    def resources(self) -> list[types.Resource]:
+        """The knowledge graph, each entity and each document, as MCP resources."""
+        out = [
+            types.Resource(
+                uri=GRAPH_URI,
+                name="knowledge-graph",
+                title="Knowledge Graph",
+                description="The full knowledge graph with all entities and relations",
+                mime_type="application/json",
+            )
+        ]
+        out += [
+            types.Resource(uri=entity_uri(n), name=n, mime_type="application/json")
+            for n in self.graph.entity_names()
+        ]
+        out += [
+            types.Resource(uri=document_uri(n), name=n, mime_type="text/plain")
+            for n in sorted(self.memory.text)
+        ]
+        return out
+
+    def read(self, uri: str) -> types.ReadResourceResult:
+        """A resource's contents; :class:`MCPError` (resource not found) otherwise."""
+        if uri == GRAPH_URI:
+            text, mime = json.dumps(self.graph.read_graph(), indent=2, ensure_ascii=False), "json"
+        elif uri.startswith(ENTITY_PREFIX):
+            name = unquote(uri[len(ENTITY_PREFIX) :])
+            found = self.graph.open_nodes([name])
+            if not found["entities"]:
+                raise MCPError(RESOURCE_NOT_FOUND, f"Resource not found: {uri}")
+            text, mime = json.dumps(found, indent=2, ensure_ascii=False), "json"
+        elif uri.startswith(DOCUMENT_PREFIX):
+            try:
+                text, mime = self.memory.text[unquote(uri[len(DOCUMENT_PREFIX) :])], "plain"
+            except KeyError:
+                raise MCPError(RESOURCE_NOT_FOUND, f"Resource not found: {uri}") from None
+        else:
+            raise MCPError(RESOURCE_NOT_FOUND, f"Resource not found: {uri}")
+        mime_type = "application/json" if mime == "json" else "text/plain"
+        return types.ReadResourceResult(
+            contents=[types.TextResourceContents(uri=uri, mime_type=mime_type, text=text)]
+        )
+
+    # -- change notifications (local writes and writes that arrive from the hub)
+
+    def _on_meta(self, event: Any) -> None:
+        found, names = self.graph.touched(event.keys)
+        if found:
+            self._changed([GRAPH_URI, *(entity_uri(n) for n in sorted(names))])
+
+    def _on_text(self, event: Any) -> None:
+        self._changed([document_uri(event.name)])
+
+    def _changed(self, uris: Iterable[str]) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # a change made outside the server's loop: nobody listens
+            return
+        task = loop.create_task(self._publish(list(uris)))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _publish(self, uris: list[str]) -> None:
+        for uri in uris:
+            await self._bus.publish(ResourceUpdated(uri=uri))
+            for key, (session, subscribed) in list(self._subscribers.items()):
+                if uri not in subscribed:
+                    continue
+                try:
+                    await session.send_resource_updated(uri)
+                except Exception:  # the connection is gone
+                    log.debug("dropping the subscriptions of a closed connection", exc_info=True)
+                    self._subscribers.pop(key, None)
 
     async def call(self, name: str, arguments: dict[str, Any] | None) -> types.CallToolResult:
         """Run a tool; never raises (errors become tool errors)."""
@@ -775,7 +947,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--host", default="127.0.0.1", help="With --http: address (default: %(default)s)."
     )
     p.add_argument(
-        "--port", type=int, default=8000, help="With --http: port (default: %(default)s)."
+        "--port",
+        type=int,
+        default=8000,
+        help="With --http: port (default: %(default)s; 0: any free port, printed at start).",
     )
     p.add_argument(
         "--path", default="/mcp", help="With --http: the endpoint's path (default: %(default)s)."
@@ -865,12 +1040,11 @@ async def _run(opts: argparse.Namespace) -> int:
                     )
                 )
             app = MemoryServer(memory, session=session, graph=opts.graph)
+            stack.callback(app.close)
             if opts.import_file is not None or opts.export_file is not None:
                 await _import_export(app, opts)
-            elif opts.http:
-                await _serve_http(app, opts)
             else:
-                await _serve_stdio(app)
+                await _until_stopped(_serve_http(app, opts) if opts.http else _serve_stdio(app))
             if session is not None and opts.exit_sync_timeout > 0:
                 try:
                     await session.sync(opts.exit_sync_timeout)
@@ -915,6 +1089,27 @@ async def _import_export(app: MemoryServer, opts: argparse.Namespace) -> None:
             os.replace(tmp, target)
 
 
+async def _until_stopped(serving: Coroutine[Any, Any, None]) -> None:
+    """Run ``serving`` until it ends or SIGTERM / SIGINT arrive (then stop it
+    and return, so that the replica syncs and closes)."""
+    task = asyncio.ensure_future(serving)
+    loop = asyncio.get_running_loop()
+    handled = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, task.cancel)
+            handled.append(sig)
+    try:
+        await task
+    except asyncio.CancelledError:
+        if not task.cancelled():
+            raise
+        log.info("stopped by a signal")
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+
+
 async def _serve_stdio(app: MemoryServer) -> None:
     from mcp.server.stdio import stdio_server
 
@@ -931,7 +1126,32 @@ async def _serve_http(app: MemoryServer, opts: argparse.Namespace) -> None:
     config = uvicorn.Config(
         starlette_app, host=opts.host, port=opts.port, log_level="warning", lifespan="on"
     )
-    await uvicorn.Server(config).serve()
+
+    class _Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield  # the caller handles the signals (and exits normally)
+
+    http = _Server(config)
+    serving = asyncio.create_task(http.serve())
+    while not http.started and not serving.done():
+        await asyncio.sleep(0.01)
+    if http.started:
+        port = opts.port
+        for listener in http.servers:
+            for sock in listener.sockets:
+                port = sock.getsockname()[1]
+        print(
+            f"hybridsync mcp: serving streamable HTTP at http://{opts.host}:{port}{opts.path}",
+            file=sys.stderr,
+            flush=True,
+        )
+    try:
+        await asyncio.shield(serving)
+    except asyncio.CancelledError:
+        http.should_exit = True  # a graceful shutdown: open requests finish
+        await serving
+        raise
 
 
 def main(argv: Sequence[str] | None = None) -> int:
