@@ -3,11 +3,12 @@
 ``python crash_node.py ROLE REPLICA PEER PATH SEED``. Frames travel over
 stdin/stdout as messages (1 type byte, 4-byte little-endian length, body):
 the parent relays frames between two such processes and kills them (SIGKILL)
-at random instants. Messages to the parent: ``O`` (opened: what the file
-held, JSON), ``A`` (a save happened: what is durable now, JSON), ``F`` (a
-frame), ``D`` (quiesced and idle: the replica digest). From the parent:
-``F`` (a frame), ``Q`` (stop writing, report the digest when idle), ``X``
-(save, close and exit).
+at random points: after a random number of the messages they send (an
+opening, frames), never at a time of the clock. Messages to the parent:
+``O`` (opened: what the file held, JSON), ``A`` (a save happened: what is
+durable now, JSON), ``F`` (a frame), ``D`` (quiesced and idle: the replica
+digest). From the parent: ``F`` (a frame), ``Q`` (stop writing, report the
+digest when idle), ``X`` (save, close and exit).
 """
 
 from __future__ import annotations

@@ -1,14 +1,21 @@
-"""kill -9 at random instants: two durable replicas in their own processes.
+"""kill -9 at random points: two durable replicas in their own processes.
 
 A hub (server side) and a leaf (client side), each a ``tests/crash_node.py``
 process on its own SQLite file, write text, metadata and KV caches (pages of
 ~590 KB) while the test relays their frames with loss, duplication and
-reordering, and SIGKILLs one of them at a random instant (mid-cycle,
-mid-save, mid-compaction, while large KV pages are written: wherever the
-kill lands) over and over. The model: what each process reported durable
-(after a save) must be there when it reopens, and at the end, after both
-converge, every acknowledged log line is there exactly once on both
-replicas, and the KV caches hold exactly the rows their owners wrote.
+reordering, and SIGKILLs one of them over and over: mid-cycle, mid-save,
+mid-compaction, while large KV pages are written, wherever the kill lands.
+
+The kills follow events, not the clock: each one is planned (seeded) as "the
+victim's k-th message since the last kill", where the messages counted are
+the victim's report that it opened its file and the frames it hands out.
+``k = 0`` kills at once (a freshly restarted victim dies while it starts or
+opens its file), ``k = 1`` right after a restarted victim opened its file,
+larger ``k`` after that many frames, so the number of frames between kills
+does not depend on the machine's speed. The model: what each process
+reported durable (after a save) must be there when it reopens, and at the
+end, after both converge, every acknowledged log line is there exactly once
+on both replicas, and the KV caches hold exactly the rows their owners wrote.
 
 ``HYBRIDSYNC_CRASH_KILLS`` sets the number of kills (default 200).
 """
@@ -37,6 +44,9 @@ from crash_node import GEOMETRY, HEAD, rows
 
 NODE = Path(__file__).with_name("crash_node.py")
 KILLS = int(os.environ.get("HYBRIDSYNC_CRASH_KILLS", "200"))
+#: Hang guards only: a healthy run, however slow the machine, never gets near.
+SILENCE_LIMIT = 300.0  # seconds without a single message from either process
+CONVERGENCE_LIMIT = 900.0  # seconds from the last kill to equal digests
 
 
 class Proc:
@@ -46,7 +56,9 @@ class Proc:
         self.acked_lines = 0
         self.acked_kv = 0
         self.starts = 0
+        self.reopened = 0  # openings that found acknowledged lines to check
         self.digest = ""
+        self.events = 0  # openings reported and frames handed out since the last kill
         self.proc: subprocess.Popen[bytes] | None = None
         self.buf = b""
 
@@ -85,13 +97,18 @@ class Proc:
             with contextlib.suppress(OSError):
                 proc.stdin.close()
 
-    def kill(self) -> None:
-        assert self.proc is not None
+    def kill(self) -> list[tuple[bytes, bytes]]:
+        """SIGKILL the process; return the messages it wrote before it died
+        that were not read yet (its acknowledgements count)."""
+        assert self.proc is not None and self.proc.stdout is not None
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
         self.outbox.put(None)
-        assert self.proc.stdout is not None
+        rest = []
+        while chunk := os.read(self.proc.stdout.fileno(), 1 << 22):
+            rest += self._parse(chunk)
         self.proc.stdout.close()
+        return rest
 
     def send(self, kind: bytes, body: bytes = b"") -> None:
         self.outbox.put(HEAD.pack(kind, len(body)) + body)
@@ -99,6 +116,12 @@ class Proc:
     def messages(self) -> list[tuple[bytes, bytes]]:
         assert self.proc is not None and self.proc.stdout is not None
         chunk = os.read(self.proc.stdout.fileno(), 1 << 22)
+        if not chunk:
+            code = self.proc.wait()
+            raise AssertionError(f"{self.rid} exited by itself with code {code}")
+        return self._parse(chunk)
+
+    def _parse(self, chunk: bytes) -> list[tuple[bytes, bytes]]:
         self.buf += chunk
         out = []
         while len(self.buf) >= HEAD.size:
@@ -111,7 +134,6 @@ class Proc:
 
 
 def test_kill_9_at_random_points_loses_nothing_acknowledged(tmp_path: Path) -> None:
-    rng = random.Random(20261125)
     hub = Proc("server", "hub", "leaf", tmp_path / "hub.db", 1)
     leaf = Proc("client", "leaf", "hub", tmp_path / "leaf.db", 2)
     sel = selectors.DefaultSelector()
@@ -119,7 +141,7 @@ def test_kill_9_at_random_points_loses_nothing_acknowledged(tmp_path: Path) -> N
         p.start()
         sel.register(p.proc.stdout, selectors.EVENT_READ, p)  # type: ignore[union-attr]
     try:
-        _run(rng, hub, leaf, sel)
+        _run(hub, leaf, sel)
     finally:
         for p in (hub, leaf):
             if p.proc is not None and p.proc.poll() is None:
@@ -128,68 +150,109 @@ def test_kill_9_at_random_points_loses_nothing_acknowledged(tmp_path: Path) -> N
                 p.proc.stdout.close()
 
 
-def _run(rng: random.Random, hub: Proc, leaf: Proc, sel: selectors.BaseSelector) -> None:
+def _plan(schedule: random.Random, hub: Proc, leaf: Proc) -> tuple[Proc, int]:
+    """The next kill: the victim and its number of events (an opening
+    reported, a frame handed out) since the last kill to wait for."""
+    victim = schedule.choice((hub, leaf))
+    r = schedule.random()
+    k = 0 if r < 0.08 else 1 if r < 0.16 else schedule.randint(2, 30)
+    return victim, k
+
+
+def _run(hub: Proc, leaf: Proc, sel: selectors.BaseSelector) -> None:
+    # Two generators: the kill schedule is fixed by the seed whatever order
+    # the frames of the two processes arrive in.
+    schedule = random.Random(20261125)
+    network = random.Random(20261126)
     peer_of = {id(hub): leaf, id(leaf): hub}
     kills = 0
-    quiet = False
-    next_kill = time.monotonic() + rng.uniform(0.3, 0.8)
-    deadline = None
     frames = 0
+    victim, due = _plan(schedule, hub, leaf)
+    quiet_since: float | None = None
+    heard = time.monotonic()
+
+    def handle(p: Proc, kind: bytes, body: bytes) -> None:
+        nonlocal frames
+        if kind == b"O":
+            opened = json.loads(body)
+            lines = opened["lines"]
+            # Everything acknowledged survived the kill, exactly once.
+            assert lines[: p.acked_lines] == [f"{p.rid}:{i}" for i in range(p.acked_lines)]
+            assert len(lines) >= p.acked_lines
+            assert opened["kv"] >= p.acked_kv
+            p.reopened += p.acked_lines > 0
+            p.events += 1
+        elif kind == b"A":
+            ack = json.loads(body)
+            p.acked_lines = max(p.acked_lines, ack["lines"])
+            p.acked_kv = ack["kv"]
+        elif kind == b"F":
+            frames += 1
+            p.events += 1
+            other = peer_of[id(p)]
+            if network.random() < 0.15:
+                return  # lost
+            other.send(b"F", body)
+            if network.random() < 0.05:
+                other.send(b"F", body)  # duplicated
+        elif kind == b"D":
+            p.digest = body.decode()
+
+    def kill_due() -> bool:
+        return quiet_since is None and victim.events >= due
+
+    def kill_victim(unread: list[tuple[bytes, bytes]]) -> None:
+        """Kill the victim, take what it wrote before dying (``unread``: the
+        rest of the batch the kill event came in), restart it, plan the next
+        kill (or, after the last one, tell both processes to quiesce)."""
+        nonlocal kills, victim, due, quiet_since
+        sel.unregister(victim.proc.stdout)  # type: ignore[union-attr]
+        for kind, body in unread + victim.kill():
+            handle(victim, kind, body)
+        kills += 1
+        victim.start()
+        sel.register(victim.proc.stdout, selectors.EVENT_READ, victim)  # type: ignore[union-attr]
+        hub.events = leaf.events = 0
+        if kills < KILLS:
+            victim, due = _plan(schedule, hub, leaf)
+        else:
+            quiet_since = time.monotonic()
+            for p in (hub, leaf):
+                p.send(b"Q")
+
     while True:
-        now = time.monotonic()
-        if not quiet and now >= next_kill:
-            victim = rng.choice((hub, leaf))
-            sel.unregister(victim.proc.stdout)  # type: ignore[union-attr]
-            victim.kill()
-            kills += 1
-            victim.start()
-            sel.register(victim.proc.stdout, selectors.EVENT_READ, victim)  # type: ignore[union-attr]
-            # Startup takes ~0.3 s; the kill lands anywhere from loading to
-            # well into the sync loop.
-            next_kill = now + rng.uniform(0.25, 0.9)
-            if kills >= KILLS:
-                quiet = True
-                deadline = now + 120
-                for p in (hub, leaf):
-                    p.send(b"Q")
-        if quiet:
-            assert deadline is not None and now < deadline, "no convergence after the last kill"
+        if kill_due():
+            kill_victim([])  # k = 0: at once
+            continue
+        if quiet_since is not None:
             if hub.digest and hub.digest == leaf.digest:
                 break
-        for key, _ in sel.select(timeout=0.01):
+            assert time.monotonic() - quiet_since < CONVERGENCE_LIMIT, (
+                "hang guard: no convergence after the last kill"
+            )
+        events = sel.select(timeout=1.0)
+        if events:
+            heard = time.monotonic()
+        else:
+            assert time.monotonic() - heard < SILENCE_LIMIT, "hang guard: both processes silent"
+        for key, _ in events:
             p: Proc = key.data
-            for kind, body in p.messages():
-                if kind == b"O":
-                    opened = json.loads(body)
-                    lines = opened["lines"]
-                    # Everything acknowledged survived the kill, exactly once.
-                    assert lines[: p.acked_lines] == [f"{p.rid}:{i}" for i in range(p.acked_lines)]
-                    assert len(lines) >= p.acked_lines
-                    assert opened["kv"] >= p.acked_kv
-                elif kind == b"A":
-                    ack = json.loads(body)
-                    p.acked_lines = max(p.acked_lines, ack["lines"])
-                    p.acked_kv = ack["kv"]
-                elif kind == b"F":
-                    frames += 1
-                    other = peer_of[id(p)]
-                    if rng.random() < 0.15:
-                        continue  # lost
-                    other.send(b"F", body)
-                    if rng.random() < 0.05:
-                        other.send(b"F", body)  # duplicated
-                elif kind == b"D":
-                    p.digest = body.decode()
-            if quiet:
-                p.send(b"Q")  # a restarted process must quiesce too
+            batch = p.messages()
+            for i, (kind, body) in enumerate(batch):
+                handle(p, kind, body)
+                if p is victim and kill_due():
+                    kill_victim(batch[i + 1 :])
+                    break
     for p in (hub, leaf):
         p.send(b"X")
         assert p.proc is not None
-        assert p.proc.wait(timeout=60) == 0
+        assert p.proc.wait(timeout=SILENCE_LIMIT) == 0
         p.outbox.put(None)
         assert p.proc.stdout is not None
         p.proc.stdout.close()
-    assert kills >= KILLS and frames > 10 * KILLS
+    assert kills == KILLS and frames > 10 * KILLS
+    # The reopenings checked acknowledged data, not empty files.
+    assert hub.reopened > 0 and leaf.reopened > 0
     replicas = [Memory("hub", path=hub.path), Memory("leaf", path=leaf.path)]
     assert replicas[0].digest() == replicas[1].digest()
     for p in (hub, leaf):
