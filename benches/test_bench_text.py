@@ -22,6 +22,12 @@ from hybridsync.traces import load_trace
 
 bench_text = pytest.importorskip("bench_text", reason="run from the benches folder or repo root")
 
+#: The kernels run with a positive timeout, like the library's default (so the
+#: half-match speed-up is on), but one that never fires: with the default 1 s
+#: deadline a slow or loaded machine could cut a diff short and get another
+#: (valid, coarser) result than the one the assertions expect.
+TIMEOUT = 3600.0
+
 
 @dataclass(frozen=True)
 class Pair:
@@ -40,7 +46,7 @@ def pair() -> Pair:
         pytest.fail(str(exc))  # the traces are inputs of these benchmarks, not optional
     a, b, _ = bench_text.pick_pair(trace)
     shifted, expected = bench_text.shifted_target(a, b, random.Random(bench_text.SEED + 1), 5)
-    return Pair(a, b, ht.make_patch(a, b), shifted, expected)
+    return Pair(a, b, ht.make_patch(a, b, timeout=TIMEOUT), shifted, expected)
 
 
 def rebuilds(diffs: list[tuple[int, str]], a: str, b: str) -> bool:
@@ -50,26 +56,26 @@ def rebuilds(diffs: list[tuple[int, str]], a: str, b: str) -> bool:
 
 
 def test_diff(benchmark: Any, pair: Pair) -> None:
-    diffs = benchmark(ht.diff, pair.a, pair.b)
+    diffs = benchmark(ht.diff, pair.a, pair.b, timeout=TIMEOUT)
     assert rebuilds(diffs, pair.a, pair.b)
     assert any(op != ht.DIFF_EQUAL for op, _ in diffs)
 
 
 def test_make_patch(benchmark: Any, pair: Pair) -> None:
-    patch = benchmark(ht.make_patch, pair.a, pair.b)
+    patch = benchmark(ht.make_patch, pair.a, pair.b, timeout=TIMEOUT)
     assert len(patch) > 0
     assert patch == pair.patch
 
 
 def test_apply_patch_exact(benchmark: Any, pair: Pair) -> None:
-    text, applied = benchmark(ht.apply_patch, pair.patch, pair.a)
+    text, applied = benchmark(ht.apply_patch, pair.patch, pair.a, timeout=TIMEOUT)
     assert all(applied)
     assert text == pair.b
 
 
 def test_apply_patch_shifted(benchmark: Any, pair: Pair) -> None:
     assert pair.shifted != pair.a
-    text, applied = benchmark(ht.apply_patch, pair.patch, pair.shifted)
+    text, applied = benchmark(ht.apply_patch, pair.patch, pair.shifted, timeout=TIMEOUT)
     assert all(applied)
     assert text == pair.shifted_expected
 
@@ -85,4 +91,4 @@ def test_patch_from_bytes(benchmark: Any, pair: Pair) -> None:
     raw = pair.patch.to_bytes()
     patch = benchmark(ht.Patch.from_bytes, raw)
     assert patch == pair.patch
-    assert ht.apply_patch(patch, pair.a) == (pair.b, [True] * len(pair.patch))
+    assert ht.apply_patch(patch, pair.a, timeout=TIMEOUT) == (pair.b, [True] * len(pair.patch))

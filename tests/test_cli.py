@@ -2,8 +2,9 @@
 (files mirrored both ways, status, a wrong secret refused, the secret never
 printed), and a short run of the live demo.
 
-Every wait polls a condition against a deadline; the deadlines are generous
-so that a loaded 2-core machine passes.
+Every wait polls a condition (no fixed sleep decides a result) against a
+hang guard of minutes, which a healthy run never gets near, however slow the
+machine.
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ from hybridsync.cli import main
 
 CLI = [sys.executable, "-m", "hybridsync.cli"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: Hang guard of each wait for an event or a process.
+GUARD = 300.0
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = GUARD) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -67,7 +70,7 @@ class Proc:
     def output(self) -> str:
         return "".join(self.out) + "".join(self.err)
 
-    def stop(self, timeout: float = 30.0) -> int:
+    def stop(self, timeout: float = GUARD) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
         try:
@@ -92,11 +95,23 @@ class Proc:
 
 
 def run_cli(
-    args: list[str], env: dict[str, str], timeout: float = 60
+    args: list[str], env: dict[str, str], timeout: float = GUARD
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*CLI, *args], capture_output=True, text=True, env=env, timeout=timeout, check=False
     )
+
+
+def documents_in_status(folder: Path) -> int | None:
+    """The ``documents`` count of the one status record in ``folder``, if any."""
+    records = list(folder.glob("*.json"))
+    if len(records) != 1:
+        return None
+    try:
+        value = json.loads(records[0].read_text())["documents"]
+    except (OSError, ValueError, KeyError):
+        return None  # replaced or removed meanwhile
+    return int(value)
 
 
 def read(path: Path) -> str | None:
@@ -121,7 +136,7 @@ def test_help() -> None:
     # No option takes the secret itself.
     assert "--secret " not in runner.invoke(main, ["join", "--help"]).output
     # The module runs as a program too (what the console script calls).
-    proc = subprocess.run([*CLI, "--help"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([*CLI, "--help"], capture_output=True, text=True, timeout=GUARD)
     assert proc.returncode == 0 and "hybridsync" in proc.stdout
 
 
@@ -173,7 +188,7 @@ def test_serve_join_status_end_to_end(tmp_path: Path) -> None:
             assert hub.proc.poll() is None, hub.output
             return bool(match)
 
-        wait_for(hub_url, 30, "the hub's URL")
+        wait_for(hub_url, "the hub's URL")
         url = url_of[0]
         nodes = {
             name: Proc(["join", url, "--id", name, "--dir", str(dirs[name]), *fast], env)
@@ -193,8 +208,8 @@ def test_serve_join_status_end_to_end(tmp_path: Path) -> None:
 
             return check
 
-        wait_for(same_everywhere("plan.md", lambda t: "bisect" in t), 30, "plan.md everywhere")
-        wait_for(same_everywhere("notes/b.md", lambda t: "b was" in t), 30, "notes/b.md")
+        wait_for(same_everywhere("plan.md", lambda t: "bisect" in t), "plan.md everywhere")
+        wait_for(same_everywhere("notes/b.md", lambda t: "b was" in t), "notes/b.md")
 
         # Concurrent edits of one document in two folders: both survive.
         plan_b = dirs["b"] / "plan.md"
@@ -203,7 +218,6 @@ def test_serve_join_status_end_to_end(tmp_path: Path) -> None:
         plan_b.write_text("0. edit from b\n" + plan_b.read_text())
         wait_for(
             same_everywhere("plan.md", lambda t: "edit from a" in t and "edit from b" in t),
-            30,
             "both concurrent edits in every folder",
         )
 
@@ -227,7 +241,7 @@ def test_serve_join_status_end_to_end(tmp_path: Path) -> None:
         def digests_equal() -> bool:
             return len({record(t)["digest"] for t in (f"127.0.0.1:{port}", "a", "b")}) == 1
 
-        wait_for(digests_equal, 30, "equal digests in the status records")
+        wait_for(digests_equal, "equal digests in the status records")
         hub_record = record(port)
         links = {link["peer_id"]: link for link in hub_record["links"]}  # type: ignore[attr-defined]
         assert set(links) == {"a", "b"}
@@ -271,9 +285,10 @@ def test_serve_join_status_end_to_end(tmp_path: Path) -> None:
 def test_demo_short_run(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     env = dict(os.environ, COLUMNS="160")
-    started = time.monotonic()
-    result = run_cli(["demo", "--duration", "5", "--out", str(out)], env, timeout=110)
-    elapsed = time.monotonic() - started
+    # The agents write for 5 s; convergence after that is waited for, not
+    # timed (the timeouts are hang guards).
+    args = ["demo", "--duration", "5", "--converge-timeout", str(GUARD), "--out", str(out)]
+    result = run_cli(args, env, timeout=3 * GUARD)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "convergence" in output and "yes" in output
@@ -300,7 +315,6 @@ def test_demo_short_run(tmp_path: Path) -> None:
     assert summary["writes"]["kv"] == kv["appends"] + kv["truncations"]
     assert summary["bytes"]["kv"] > 0 and kv["pages_sent"] > 0
     assert summary["pure_crdt_estimate"]["kv_wire_bytes"] > 0
-    assert elapsed < 110
 
 
 def test_serve_with_data_keeps_the_replica_across_restarts(tmp_path: Path) -> None:
@@ -318,8 +332,10 @@ def test_serve_with_data_keeps_the_replica_across_restarts(tmp_path: Path) -> No
     hub = Proc([*args, "--dir", str(first), *fast], env)
     try:
         (first / "plan.md").write_text("1. keep me\n")
-        wait_for(lambda: "serving on" in "".join(hub.out), 30, "the hub")
-        time.sleep(0.5)  # a few scans of the folder
+        wait_for(lambda: "serving on" in "".join(hub.out), "the hub")
+        # Until a scan of the folder took the document in (the status record
+        # is written after the scan), not for a fixed time.
+        wait_for(lambda: documents_in_status(tmp_path / "status") == 1, "plan.md scanned")
         assert hub.stop() == 0, hub.output
     finally:
         hub.close()
@@ -327,14 +343,14 @@ def test_serve_with_data_keeps_the_replica_across_restarts(tmp_path: Path) -> No
     # Restarted on the same file with an empty folder: the document is back.
     again = Proc([*args, "--dir", str(second), *fast], env)
     try:
-        wait_for(lambda: read(second / "plan.md") == "1. keep me\n", 30, "plan.md restored")
+        wait_for(lambda: read(second / "plan.md") == "1. keep me\n", "plan.md restored")
         assert again.stop() == 0, again.output
     finally:
         again.close()
     # A second process on the same file is refused with a clear error.
     holder = Proc([*args, *fast], env)
     try:
-        wait_for(lambda: "serving on" in "".join(holder.out), 30, "the hub")
+        wait_for(lambda: "serving on" in "".join(holder.out), "the hub")
         refused = run_cli([*args, *fast], env)
         assert refused.returncode != 0
         assert "another process" in refused.stderr, refused.stderr

@@ -49,13 +49,15 @@ WRONG = secrets.token_bytes(32)
 HOST = "127.0.0.1"
 FAST: dict[str, Any] = {"backoff": (0.02, 0.5), "period": (0.02, 0.5)}
 LOGGER = "hybridsync.net"
+#: Hang guard of every wait for an event (a healthy run never gets near it).
+GUARD = 120.0
 
 
-def run(coro: Coroutine[Any, Any, Any], timeout: float = 120.0) -> Any:
+def run(coro: Coroutine[Any, Any, Any], timeout: float = 600.0) -> Any:
     return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
+async def wait_until(predicate: Callable[[], bool], timeout: float = GUARD, what: str = "") -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -89,7 +91,7 @@ def seeded_hub_memory() -> Memory:
 
 
 async def open_raw(url: str, **options: Any) -> ClientConnection:
-    return await ws_connect(url, compression=None, proxy=None, open_timeout=10, **options)
+    return await ws_connect(url, compression=None, proxy=None, open_timeout=GUARD, **options)
 
 
 async def authenticate(url: str, replica_id: str = "intruder") -> tuple[ClientConnection, Channel]:
@@ -104,7 +106,7 @@ async def authenticate(url: str, replica_id: str = "intruder") -> tuple[ClientCo
 async def reply(ws: ClientConnection, chan: Channel) -> bytes:
     """The hub's next reply frame (skipping its wake-up hints)."""
     while True:
-        kind, body = chan.open(await asyncio.wait_for(ws.recv(), 30))
+        kind, body = chan.open(await asyncio.wait_for(ws.recv(), GUARD))
         if kind != KIND_POKE:
             return body
 
@@ -120,7 +122,7 @@ def bare_frame(replica_id: str = "intruder") -> bytes:
     return bytes(Link(Memory(replica_id), "hub", role="client").outgoing() or b"")
 
 
-async def closed_code(ws: ClientConnection, timeout: float = 30.0) -> int | None:
+async def closed_code(ws: ClientConnection, timeout: float = GUARD) -> int | None:
     """Wait until the hub closes the connection; return its close code."""
     try:
         while True:
@@ -153,7 +155,7 @@ def test_wrong_secret_is_refused(caplog: pytest.LogCaptureFixture) -> None:
             node_before = node.digest()
             async with connect(node, hub.url, secret=WRONG, **FAST) as session:
                 with pytest.raises(AuthenticationError) as info:
-                    await session.wait_connected(30)
+                    await session.wait_connected(GUARD)
                 assert isinstance(info.value, HybridSyncError)
                 assert "did not prove that it holds the shared secret" in str(info.value)
                 with pytest.raises(AuthenticationError):
@@ -206,7 +208,7 @@ def test_impostor_hub_is_refused_by_the_node(caplog: pytest.LogCaptureFixture) -
             node.text["secret-plan"] = "private\n"
             async with connect(node, hub.url, secret=SECRET, **FAST) as session:
                 with pytest.raises(AuthenticationError, match="hub 'hub' did not prove"):
-                    await session.sync(30)
+                    await session.sync(GUARD)
             # Nothing of the node's reached the impostor.
             assert "secret-plan" not in impostor.text
             assert hub.peers == {}
@@ -341,9 +343,9 @@ def test_both_sides_refuse_replays_in_transit(caplog: pytest.LogCaptureFixture) 
             async with connect(node, proxy.url, secret=SECRET, **FAST) as session:
                 for i in range(5):
                     node.text[f"doc{i}"] = f"{i}\n"
-                    await session.sync(30)
+                    await session.sync(GUARD)
                     assert hub_memory.text[f"doc{i}"] == f"{i}\n"
-                await session.sync(30)
+                await session.sync(GUARD)
                 assert node.digest() == hub_memory.digest()
                 await wait_until(
                     lambda: session.status().rejected > 0 and hub.peers["agent"].rejected > 0,
@@ -363,7 +365,7 @@ def test_forged_replies_are_refused_by_the_node(caplog: pytest.LogCaptureFixture
         async with serve(hub_memory, HOST, 0, secret=SECRET) as hub:
             node = Memory("agent")
             async with connect(node, hub.url, secret=SECRET, **FAST) as session:
-                await session.sync(30)
+                await session.sync(GUARD)
                 digest = node.digest()
                 conn = session._conn
                 assert conn is not None
@@ -377,7 +379,7 @@ def test_forged_replies_are_refused_by_the_node(caplog: pytest.LogCaptureFixture
                 session._on_message(conn, forged)
                 assert node.digest() == digest and "evil" not in node.text
                 assert session.status().rejected == 1
-                await session.sync(30)  # the real hub is still heard
+                await session.sync(GUARD)  # the real hub is still heard
         assert logged(caplog, "message from the hub rejected: message authentication failed")
 
     run(main())
@@ -416,8 +418,11 @@ def test_oversized_messages_close_the_connection(caplog: pytest.LogCaptureFixtur
             async with connect(
                 node, hub.url, secret=SECRET, max_frame_bytes=4096, **FAST
             ) as session:
+                await wait_until(
+                    lambda: logged(caplog, "reply from the hub rejected"), what="the refusal"
+                )
                 with pytest.raises(SyncTimeoutError):
-                    await session.sync(3)
+                    await session.sync(1)  # never acknowledged, however long
                 assert "big" not in node.text
         assert logged(caplog, "exceeded the size limit of 65577 bytes")
         assert logged(caplog, "exceeded the size limit")
@@ -431,36 +436,42 @@ def test_slow_loris_connections_are_dropped(caplog: pytest.LogCaptureFixture) ->
     handshake are dropped after ``handshake_timeout``, and the hub keeps
     serving others meanwhile."""
     caplog.set_level(logging.INFO)
-    timeout = 1.0
+    timeout = 3.0
 
-    async def dribble(port: int) -> float:
-        """Send an HTTP upgrade request one byte every 0.1 s; return how long
-        the hub let it go on."""
+    async def dribble(port: int) -> tuple[bool, float]:
+        """Send an HTTP upgrade request one byte every 0.1 s (it never ends:
+        the header block is never closed) until the hub closes the
+        connection or the hang guard; return whether the hub closed it and
+        how long it let it go on."""
         reader, writer = await asyncio.open_connection(HOST, port)
-        request = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         started = time.monotonic()
+        closed = False
         try:
-            for byte in request * 10:
-                writer.write(bytes((byte,)))
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n")
+            while time.monotonic() - started < GUARD:
+                writer.write(b"x")
                 await writer.drain()
                 try:
                     if await asyncio.wait_for(reader.read(1), 0.1) == b"":
-                        break  # closed by the hub
+                        closed = True  # closed by the hub
+                        break
                 except asyncio.TimeoutError:
                     continue
         except (ConnectionError, OSError):
-            pass
+            closed = True
         finally:
             writer.close()
-        return time.monotonic() - started
+        return closed, time.monotonic() - started
 
     async def main() -> None:
         hub_memory = seeded_hub_memory()
         before = hub_memory.digest()
         async with serve(hub_memory, HOST, 0, secret=SECRET, handshake_timeout=timeout) as hub:
             # 1. Dribbling the HTTP request.
-            lasted = await dribble(hub.port)
-            assert timeout * 0.8 < lasted < timeout + 20
+            closed, lasted = await dribble(hub.port)
+            # Dropped by the hub, not before its timeout (a slower machine
+            # only makes it later).
+            assert closed and lasted > timeout * 0.8
             # 2. A WebSocket that never says HELLO; 3. one that stops after it.
             silent = await open_raw(hub.url)
             halfway = await open_raw(hub.url)
@@ -468,16 +479,14 @@ def test_slow_loris_connections_are_dropped(caplog: pytest.LogCaptureFixture) ->
             # Meanwhile an honest node gets served.
             node = Memory("agent")
             async with connect(node, hub.url, secret=SECRET, **FAST) as session:
-                await session.sync(30)
+                await session.sync(GUARD)
                 assert node.digest() == hub_memory.digest()
-            started = time.monotonic()
             assert await closed_code(silent) == 4003
             assert await closed_code(halfway) == 4003
-            assert time.monotonic() - started < timeout + 20
             assert hub_memory.digest() == before
             assert hub.handshakes_failed >= 3
-        assert logged(caplog, "opening handshake did not complete within 1.0 s")
-        assert logged(caplog, "the handshake did not complete within 1.0 s")
+        assert logged(caplog, "opening handshake did not complete within 3.0 s")
+        assert logged(caplog, "the handshake did not complete within 3.0 s")
 
     run(main())
 
@@ -518,19 +527,22 @@ def test_tls(tls_files: tuple[Path, Path], caplog: pytest.LogCaptureFixture) -> 
             node = Memory("agent")
             node.text["notes"] = "over TLS\n"
             async with connect(node, hub.url, secret=SECRET, ssl=client_ctx, **FAST) as s:
-                await s.sync(30)
-                await s.sync(30)
+                await s.sync(GUARD)
+                await s.sync(GUARD)
                 assert node.digest() == hub_memory.digest()
             # Without trusting the certificate: no connection at all.
             stranger = Memory("stranger")
             async with connect(stranger, hub.url, secret=SECRET, **FAST) as s:
+                await wait_until(
+                    lambda: logged(caplog, "SSLCertVerificationError"), what="a refused attempt"
+                )
                 with pytest.raises(SyncTimeoutError):
-                    await s.wait_connected(2)
+                    await s.wait_connected(1)  # never connects, however long
             # Plain WebSocket to a TLS hub: no connection either.
             plain = hub.url.replace("wss://", "ws://")
             async with connect(stranger, plain, secret=SECRET, **FAST) as s:
                 with pytest.raises(SyncTimeoutError):
-                    await s.wait_connected(2)
+                    await s.wait_connected(2)  # never connects, however long
             assert "stranger" not in hub.peers
         assert logged(caplog, "SSLCertVerificationError")
 
@@ -547,14 +559,14 @@ def test_secret_and_keys_never_logged(caplog: pytest.LogCaptureFixture) -> None:
 
     async def main() -> None:
         hub_memory = seeded_hub_memory()
-        async with serve(hub_memory, HOST, 0, secret=SECRET, handshake_timeout=1.0) as hub:
+        async with serve(hub_memory, HOST, 0, secret=SECRET, handshake_timeout=3.0) as hub:
             node = Memory("agent")
             async with connect(node, hub.url, secret=SECRET, **FAST) as session:
-                await session.sync(30)
+                await session.sync(GUARD)
                 messages.append(repr(session) + repr(hub) + repr(session.status()))
             async with connect(Memory("m"), hub.url, secret=WRONG, **FAST) as bad:
                 try:
-                    await bad.sync(30)
+                    await bad.sync(GUARD)
                 except HybridSyncError as exc:
                     messages.append(f"{exc!r} {exc}")
             # A hand-driven client: its handshake derives the same kind of keys.
@@ -607,7 +619,7 @@ def test_hub_refuses_its_own_replica_id(caplog: pytest.LogCaptureFixture) -> Non
             twin.text["x"] = "y"
             async with connect(twin, hub.url, secret=SECRET, **FAST) as session:
                 with pytest.raises(HybridSyncError, match="refused"):
-                    await session.sync(30)
+                    await session.sync(GUARD)
             assert hub_memory.digest() == before
 
     run(main())

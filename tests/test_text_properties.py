@@ -5,7 +5,6 @@ with every option combination and with the default (1 second) timeout."""
 from __future__ import annotations
 
 import random
-import time
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -104,14 +103,17 @@ def test_large_texts_round_trip() -> None:
 
 def test_timeout_bounds_the_diff_and_keeps_it_valid() -> None:
     """Two unrelated 100,000-character texts: the exact diff would take far
-    longer than the limit; the result is coarser but still correct."""
+    longer than the limit (minutes: the first middle snake alone is some
+    10^10 steps); the result is coarser but still correct.
+
+    No clock decides the result: however fast or slow the machine, the
+    deadline fires long before the first bisection completes, which leaves
+    exactly one deletion and one insertion; a diff that ignored the
+    deadline would not return for minutes and would be far finer."""
     rng = random.Random("timeout")
     a = "".join(rng.choice("abcdefghij\n") for _ in range(100_000))
     b = "".join(rng.choice("abcdefghij\n") for _ in range(100_000))
     for timeout in (0.05, 0.2):
-        started = time.perf_counter()
         diffs = T.diff(a, b, timeout=timeout, checklines=False)
-        elapsed = time.perf_counter() - started
         assert_valid_diff(diffs, a, b)
-        # The bisection stops at the deadline; the cleanup after it is fast.
-        assert elapsed < timeout + 5.0, elapsed
+        assert diffs == [(T.DIFF_DELETE, a), (T.DIFF_INSERT, b)]
