@@ -71,6 +71,11 @@ class Pair:
                 if reply is not None:
                     up.incoming(reply)
         assert self.ga.read_graph() == self.gb.read_graph()
+        # The graph objects follow the replicas' changes: a fresh read agrees.
+        for memory, graph in ((self.a, self.ga), (self.b, self.gb)):
+            fresh = KnowledgeGraph(memory)
+            assert fresh.read_graph() == graph.read_graph()
+            fresh.close()
 
 
 def entity(name: str, etype: str = "thing", observations: list[str] | None = None) -> Any:
@@ -727,32 +732,32 @@ def test_subscriber_on_b_hears_of_a_write_on_a(tmp_path: Path) -> None:
                     with pytest.raises(MCPError):
                         await b.read_resource("memory://entity/nobody")
 
-    asyncio.run(run())
+                    # The 2026-07-28 protocol: a subscriptions/listen stream on a
+                    # third server hears of a write made through server A.
+                    async with Client(
+                        server_params("--join", hub.url, "--id", "sub-c"), mode="2026-07-28"
+                    ) as c:
+                        model.observations["Ada Lovelace"] = {"wrote notes"}
+                        model.relations = {("Ada Lovelace", "is", "Ada Lovelace")}
+                        model.documents["notes/plan"] = "v3\n"
+                        await converge([a, b, c.session], model)
+                        async with c.listen(resource_subscriptions=[ada]) as stream:
+                            await call(
+                                a,
+                                "add_observations",
+                                observations=[
+                                    {"entityName": "Ada Lovelace", "contents": ["later"]}
+                                ],
+                            )
 
+                            async def first() -> Any:
+                                return await stream.__anext__()
 
-def test_listen_stream_hears_of_a_remote_write() -> None:
-    """The 2026-07-28 protocol: a subscriptions/listen stream on server B
-    delivers the update of an entity that a client wrote on server A."""
-
-    async def run() -> None:
-        async with contextlib.AsyncExitStack() as stack:
-            hub = await stack.enter_async_context(serve(Memory("hub"), secret=SECRET.encode()))
-            a = await stack.enter_async_context(mcp_client("--join", hub.url, "--id", "listen-a"))
-            b = await stack.enter_async_context(
-                Client(server_params("--join", hub.url, "--id", "listen-b"), mode="2026-07-28")
-            )
-            uri = "memory://entity/Grace"
-            async with b.listen(resource_subscriptions=[uri]) as stream:
-                await call(a, "create_entities", entities=[entity("Grace", "person")])
-
-                async def first() -> Any:
-                    return await stream.__anext__()
-
-                event = await asyncio.wait_for(first(), HANG_GUARD)
-                assert event.uri == uri
-            content = (await b.read_resource(uri)).contents[0]
-            assert isinstance(content, mcp_types.TextResourceContents)
-            assert json.loads(content.text)["entities"] == [entity("Grace", "person")]
+                            event = await asyncio.wait_for(first(), HANG_GUARD)
+                            assert event.uri == ada
+                        content = (await c.read_resource(ada)).contents[0]
+                        assert isinstance(content, mcp_types.TextResourceContents)
+                        assert "later" in json.loads(content.text)["entities"][0]["observations"]
 
     asyncio.run(run())
 

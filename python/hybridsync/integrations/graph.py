@@ -170,6 +170,33 @@ class _Snapshot:
     def relation_keys(self) -> list[tuple[str, str, str]]:
         return sorted(self.relations, key=lambda k: (self.relations[k], k))
 
+    def apply(self, parts: list[Any], value: Any) -> None:
+        """Take in the fact named ``parts`` (a parsed key) holding ``value``
+        (its parsed value; ``None``: the fact was deleted)."""
+        if not parts or not all(isinstance(p, str) for p in parts):
+            return
+        kind = parts[0]
+        if kind == "e" and len(parts) == 2:
+            self.entities.pop(parts[1], None)
+            if isinstance(value, list) and len(value) == 3 and isinstance(value[0], str):
+                order = _order(value[1:])
+                if order is not None:
+                    self.entities[parts[1]] = (value[0], order)
+        elif kind == "o" and len(parts) == 3:
+            observations = self.observations.setdefault(parts[1], {})
+            observations.pop(parts[2], None)
+            order = _order(value)
+            if order is not None:
+                observations[parts[2]] = order
+            elif not observations:
+                del self.observations[parts[1]]
+        elif kind == "r" and len(parts) == 4:
+            key = (parts[1], parts[2], parts[3])
+            self.relations.pop(key, None)
+            order = _order(value)
+            if order is not None:
+                self.relations[key] = order
+
 
 def _relation(key: tuple[str, str, str]) -> Relation:
     return {"from": key[0], "to": key[2], "relationType": key[1]}
@@ -198,6 +225,12 @@ class KnowledgeGraph:
 
     Methods validate their arguments and raise :class:`GraphError` with a
     message fit for a tool result; nothing is written when they raise.
+
+    The object keeps an index of the graph, updated by a metadata observer
+    after every change set (local writes and frames from peers), so reads do
+    not walk the metadata. Do not run its operations inside a caller's
+    ``memory.transaction()`` (the index catches up when the transaction
+    ends); :meth:`close` stops the observer.
     """
 
     def __init__(
@@ -213,6 +246,32 @@ class KnowledgeGraph:
         self._prefix = f"kg:{graph}:"
         self._clock = clock
         self._last_tick = 0
+        # The graph as the replica holds it, kept current by a metadata
+        # observer (called after every change set: local writes and frames
+        # from peers), so that an operation does not read the whole metadata.
+        self._index = self._scan()
+        self._subscription = memory.meta.observe(None, self._on_meta, deep=False)
+
+    def close(self) -> None:
+        """Stop following the replica's changes (the graph object is unusable after)."""
+        self._subscription.close()
+
+    def _on_meta(self, event: Any) -> None:
+        prefix = self._prefix
+        for change in event.changes:
+            key = change.path[0] if change.path else None
+            if not isinstance(key, str) or not key.startswith(prefix):
+                continue
+            try:
+                parts = json.loads(key[len(prefix) :])
+            except ValueError:
+                continue
+            try:
+                value = json.loads(change.new) if isinstance(change.new, str) else None
+            except ValueError:
+                value = None
+            if isinstance(parts, list):
+                self._index.apply(parts, value)
 
     # -- keys ---------------------------------------------------------------
 
@@ -242,23 +301,18 @@ class KnowledgeGraph:
             if isinstance(parts, list) and parts and all(isinstance(p, str) for p in parts):
                 yield key, parts, value
 
-    def _snapshot(self) -> _Snapshot:
+    def _scan(self) -> _Snapshot:
+        """The graph read from the whole metadata."""
         snap = _Snapshot({}, {}, {})
         for _, parts, value in self._facts():
-            kind = parts[0]
-            if kind == "e" and len(parts) == 2 and isinstance(value, list) and len(value) == 3:
-                order = _order(value[1:])
-                if order is not None and isinstance(value[0], str):
-                    snap.entities[parts[1]] = (value[0], order)
-            elif kind == "o" and len(parts) == 3:
-                order = _order(value)
-                if order is not None:
-                    snap.observations.setdefault(parts[1], {})[parts[2]] = order
-            elif kind == "r" and len(parts) == 4:
-                order = _order(value)
-                if order is not None:
-                    snap.relations[(parts[1], parts[2], parts[3])] = order
+            snap.apply(parts, value)
         return snap
+
+    def _snapshot(self) -> _Snapshot:
+        """The graph now (read-only: operations keep their own changes aside).
+        Graph operations must not run inside a caller's ``memory.transaction()``:
+        the snapshot follows the replica's change sets."""
+        return self._index
 
     def touched(self, keys: Iterable[str]) -> tuple[bool, set[str]]:
         """Which of these ``memory.meta`` keys are facts of this graph:
@@ -298,7 +352,7 @@ class KnowledgeGraph:
                 seen.add(name)
                 # Leftovers of an earlier life of this name (observations added
                 # concurrently with its deletion) do not come back.
-                for text in snap.observations.get(name, {}):
+                for text in list(snap.observations.get(name, {})):
                     del self.memory.meta[self._key("o", name, text)]
                 self.memory.meta[self._key("e", name)] = json.dumps(
                     [etype, self._tick(), self.memory.replica_id], ensure_ascii=False
@@ -320,12 +374,10 @@ class KnowledgeGraph:
                     raise GraphError(f"Entity with name {name} not found")
         created: list[Relation] = []
         with self.memory.transaction():
-            for key in items:
-                if key in snap.relations:
-                    continue
-                snap.relations[key] = (0, "")
-                self.memory.meta[self._key("r", *key)] = self._stamp()
-                created.append(_relation(key))
+            for key in dict.fromkeys(items):
+                if key not in snap.relations:
+                    self.memory.meta[self._key("r", *key)] = self._stamp()
+                    created.append(_relation(key))
         return created
 
     def add_observations(self, observations: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -346,13 +398,14 @@ class KnowledgeGraph:
                 raise GraphError(f"Entity with name {name} not found")
         results: list[dict[str, Any]] = []
         with self.memory.transaction():
+            written: set[tuple[str, str]] = set()
             for name, contents in items:
-                present = snap.observations.setdefault(name, {})
+                present = snap.observations.get(name, {})
                 added: list[str] = []
                 for text in contents:
-                    if text in present:
+                    if text in present or (name, text) in written:
                         continue
-                    present[text] = (0, "")
+                    written.add((name, text))
                     self.memory.meta[self._key("o", name, text)] = self._stamp()
                     added.append(text)
                 results.append({"entityName": name, "addedObservations": added})
@@ -370,9 +423,9 @@ class KnowledgeGraph:
             for name in dict.fromkeys(deleted):
                 del self.memory.meta[self._key("e", name)]
             for name in doomed:
-                for text in snap.observations.get(name, {}):
+                for text in list(snap.observations.get(name, {})):
                     del self.memory.meta[self._key("o", name, text)]
-            for key in snap.relations:
+            for key in list(snap.relations):
                 if key[0] in doomed or key[2] in doomed:
                     del self.memory.meta[self._key("r", *key)]
         return deleted, not_found
@@ -391,6 +444,7 @@ class KnowledgeGraph:
         snap = self._snapshot()
         count = 0
         missing: list[str] = []
+        gone: set[tuple[str, str]] = set()
         with self.memory.transaction():
             for name, texts in items:
                 if name not in snap.entities:
@@ -398,8 +452,8 @@ class KnowledgeGraph:
                     continue
                 present = snap.observations.get(name, {})
                 for text in dict.fromkeys(texts):
-                    if text in present:
-                        del present[text]
+                    if text in present and (name, text) not in gone:
+                        gone.add((name, text))
                         del self.memory.meta[self._key("o", name, text)]
                         count += 1
         return count, missing
@@ -499,24 +553,33 @@ class KnowledgeGraph:
                     raise GraphError(f"unknown record type {kind!r}")
             except (ValueError, GraphError) as exc:
                 report.skipped.append((number, str(exc)))
+        # One record per entity name (observations of repeated lines merged).
+        merged: dict[str, tuple[str, list[str]]] = {}
+        for name, etype, observations in entities:
+            if name in merged:
+                merged[name][1].extend(observations)
+            else:
+                merged[name] = (etype, list(observations))
         snap = self._snapshot()
+        new = [
+            {"name": n, "entityType": t, "observations": o}
+            for n, (t, o) in merged.items()
+            if n not in snap.entities
+        ]
+        more = [
+            {"entityName": n, "contents": o} for n, (_, o) in merged.items() if n in snap.entities
+        ]
+        fresh = [key for key in dict.fromkeys(relations) if key not in snap.relations]
         with self.memory.transaction():
-            for name, etype, observations in entities:
-                if name not in snap.entities:
-                    created = self.create_entities(
-                        [{"name": name, "entityType": etype, "observations": observations}]
-                    )
-                    report.entities_created += len(created)
-                    report.observations_added += sum(len(e["observations"]) for e in created)
-                    snap = self._snapshot()
-                else:
-                    added = self.add_observations([{"entityName": name, "contents": observations}])
-                    report.observations_added += len(added[0]["addedObservations"])
-            existing = self._snapshot().relations
-            for key in dict.fromkeys(relations):
-                if key not in existing:
-                    self.memory.meta[self._key("r", *key)] = self._stamp()
-                    report.relations_created += 1
+            created = self.create_entities(new)
+            added = self.add_observations(more)
+            for key in fresh:
+                self.memory.meta[self._key("r", *key)] = self._stamp()
+        report.entities_created = len(created)
+        report.observations_added = sum(len(e["observations"]) for e in created) + sum(
+            len(a["addedObservations"]) for a in added
+        )
+        report.relations_created = len(fresh)
         return report
 
 

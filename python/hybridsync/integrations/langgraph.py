@@ -533,18 +533,32 @@ class HybridSaver(BaseCheckpointSaver[str]):
                 out[(tid, ns, cid)] = value
         return out
 
-    def _writes(self, thread_id: str, checkpoint_ns: str, checkpoint_id: str) -> list[Any]:
-        prefix = self._k("w", thread_id, checkpoint_ns, checkpoint_id)[:-1] + ","
-        found = []
+    def _index(
+        self, thread_id: str | None, checkpoint_ns: str | None
+    ) -> tuple[dict[tuple[str, str, str], str], dict[tuple[str, str, str], list[Any]]]:
+        """One pass over the keys (values untouched): the checkpoints' keys and
+        their pending writes' ``(task_id, idx, key)``, of a thread (``None``:
+        all) and namespace (``None``: all)."""
+        checkpoints: dict[tuple[str, str, str], str] = {}
+        writes: dict[tuple[str, str, str], list[Any]] = {}
         for skey, parts in _scan(self.memory, self._prefix):
-            if len(parts) == 6 and parts[0] == "w" and skey.startswith(prefix):
-                value = _get_json(self.memory, skey)
-                if isinstance(value, list) and len(value) == 4:
-                    found.append(((parts[4], parts[5]), value))
-        found.sort(key=lambda f: writes_sort_key(f[1][3], f[0][0], f[0][1]))
-        return [v for _, v in found]
+            if len(parts) < 4 or parts[0] not in ("c", "w"):
+                continue
+            if (thread_id is not None and parts[1] != thread_id) or (
+                checkpoint_ns is not None and parts[2] != checkpoint_ns
+            ):
+                continue
+            key = (parts[1], parts[2], parts[3])
+            if parts[0] == "c" and len(parts) == 4:
+                checkpoints[key] = skey
+            elif parts[0] == "w" and len(parts) == 6:
+                writes.setdefault(key, []).append((parts[4], parts[5], skey))
+        return checkpoints, writes
 
-    def _tuple(self, tid: str, ns: str, cid: str, stored: Any) -> CheckpointTuple:
+    def _tuple(
+        self, key: tuple[str, str, str], stored: Any, write_keys: list[Any]
+    ) -> CheckpointTuple:
+        tid, ns, cid = key
         ckpt_enc, meta_enc, parent = stored
         checkpoint: Checkpoint = self.serde.loads_typed(_dec(ckpt_enc))
         values: dict[str, Any] = {}
@@ -552,7 +566,13 @@ class HybridSaver(BaseCheckpointSaver[str]):
             blob = _get_json(self.memory, self._k("b", tid, ns, channel, version))
             if isinstance(blob, list) and len(blob) == 2 and blob[0] != "empty":
                 values[channel] = self.serde.loads_typed(_dec(blob))
-        writes = self._writes(tid, ns, cid)
+        writes = []
+        for task_id, idx, skey in write_keys:
+            value = _get_json(self.memory, skey)
+            if isinstance(value, list) and len(value) == 4:
+                writes.append((task_id, idx, value))
+        # LangGraph's order: by task path, task id, then write index.
+        writes.sort(key=lambda w: writes_sort_key(w[2][3], w[0], w[1]))
         return CheckpointTuple(
             config={"configurable": {"thread_id": tid, "checkpoint_ns": ns, "checkpoint_id": cid}},
             checkpoint={**checkpoint, "channel_values": values},
@@ -562,8 +582,12 @@ class HybridSaver(BaseCheckpointSaver[str]):
                 if parent
                 else None
             ),
-            pending_writes=[(w[0], w[1], self.serde.loads_typed(_dec(w[2]))) for w in writes],
+            pending_writes=[(w[0], w[1], self.serde.loads_typed(_dec(w[2]))) for _, _, w in writes],
         )
+
+    def _stored(self, skey: str) -> Any:
+        value = _get_json(self.memory, skey)
+        return value if isinstance(value, list) and len(value) == 3 else None
 
     # -- the interface
 
@@ -571,24 +595,30 @@ class HybridSaver(BaseCheckpointSaver[str]):
         configurable = config["configurable"]
         tid = str(configurable["thread_id"])
         ns = str(configurable.get("checkpoint_ns", ""))
+        cid = get_checkpoint_id(config)
         with self._replica.lock:
-            if cid := get_checkpoint_id(config):
-                stored = _get_json(self.memory, self._k("c", tid, ns, cid))
-                if not isinstance(stored, list) or len(stored) != 3:
+            checkpoints, writes = self._index(tid, ns)
+            if cid:
+                key = (tid, ns, cid)
+                if key not in checkpoints:
                     return None
-                found = self._tuple(tid, ns, cid, stored)
-                return CheckpointTuple(
-                    config=config,
-                    checkpoint=found.checkpoint,
-                    metadata=found.metadata,
-                    parent_config=found.parent_config,
-                    pending_writes=found.pending_writes,
-                )
-            checkpoints = self._checkpoints(tid, ns)
-            if not checkpoints:
+            elif checkpoints:
+                key = max(checkpoints, key=lambda k: k[2])
+            else:
                 return None
-            key = max(checkpoints, key=lambda k: k[2])
-            return self._tuple(*key, checkpoints[key])
+            stored = self._stored(checkpoints[key])
+            if stored is None:
+                return None
+            found = self._tuple(key, stored, writes.get(key, []))
+        if cid:
+            return CheckpointTuple(
+                config=config,
+                checkpoint=found.checkpoint,
+                metadata=found.metadata,
+                parent_config=found.parent_config,
+                pending_writes=found.pending_writes,
+            )
+        return found
 
     def list(
         self,
@@ -604,22 +634,25 @@ class HybridSaver(BaseCheckpointSaver[str]):
         cid = get_checkpoint_id(config) if config else None
         before_id = get_checkpoint_id(before) if before else None
         with self._replica.lock:
-            checkpoints = self._checkpoints(
+            checkpoints, writes = self._index(
                 str(tid) if tid is not None else None, str(ns) if ns is not None else None
             )
             results: list[CheckpointTuple] = []
-            for key in sorted(checkpoints, key=lambda k: (k[0], k[1], k[2]), reverse=True):
+            for key in sorted(checkpoints, reverse=True):
                 if cid and key[2] != cid:
                     continue
                 if before_id and key[2] >= before_id:
                     continue
-                if filter:
-                    metadata = self.serde.loads_typed(_dec(checkpoints[key][1]))
-                    if not all(metadata.get(k) == v for k, v in filter.items()):
-                        continue
                 if limit is not None and len(results) >= limit:
                     break
-                results.append(self._tuple(*key, checkpoints[key]))
+                stored = self._stored(checkpoints[key])
+                if stored is None:
+                    continue
+                if filter:
+                    metadata = self.serde.loads_typed(_dec(stored[1]))
+                    if not all(metadata.get(k) == v for k, v in filter.items()):
+                        continue
+                results.append(self._tuple(key, stored, writes.get(key, [])))
         yield from results
 
     def put(

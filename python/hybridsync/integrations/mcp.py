@@ -559,6 +559,7 @@ class MemoryServer:
         """Stop observing the replica and end the subscription streams."""
         for subscription in self._observers:
             subscription.close()
+        self.graph.close()
         self._listen.close()
 
     # -- MCP plumbing
