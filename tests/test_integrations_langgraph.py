@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import operator
-import subprocess
+import runpy
 import sys
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
@@ -220,13 +220,13 @@ def test_store_writes_on_two_replicas_merge() -> None:
     assert items_a["both"] in ({"v": "a"}, {"v": "b"})
 
 
-def test_example_two_processes_one_graph() -> None:
+def test_example_two_processes_one_graph(
+    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     example = Path(__file__).resolve().parents[1] / "examples" / "langgraph" / "shared_graph.py"
-    done = subprocess.run(
-        [sys.executable, str(example)], capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[1:] == [
+    monkeypatch.setattr(sys, "argv", [str(example)])
+    runpy.run_path(str(example), run_name="__main__")
+    assert capfd.readouterr().out.splitlines()[1:] == [
         "planner: stopped at ('review',): approve the plan?",
         "reviewer: found the thread at ('review',)",
         "reviewer: planner: plan written",
