@@ -1,6 +1,7 @@
 """Type stubs of the hybridsync._core extension module (checked by mypy.stubtest)."""
 
-from typing import Any, Literal, TypeAlias, final
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal, Protocol, TypeAlias, final
 
 from numpy.typing import NDArray
 from typing_extensions import Buffer
@@ -16,7 +17,9 @@ __all__ = [
     "Patch",
     "__version__",
     "apply_patch",
+    "decode_frame",
     "diff",
+    "encode_frame",
     "kv_dequantize",
     "kv_gather_pages",
     "kv_hash_pages",
@@ -157,3 +160,95 @@ def kv_scatter_pages(
     offset: int = 0,
 ) -> None: ...
 def kv_page_hash(data: _Buf) -> int: ...
+
+# -- the frame codec (hybridsync.sync.frame builds its dataclasses around it) --
+
+class _EditLike(Protocol):
+    @property
+    def version(self) -> int: ...
+    @property
+    def raw(self) -> bytes: ...
+
+class _EntryLike(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def kind(self) -> int: ...
+    @property
+    def ack(self) -> int: ...
+    @property
+    def local(self) -> int: ...
+    @property
+    def edits(self) -> Iterable[_EditLike]: ...
+    @property
+    def checksum(self) -> int: ...
+    @property
+    def text(self) -> str: ...
+
+class _MetaLike(Protocol):
+    @property
+    def epoch(self) -> int: ...
+    @property
+    def kind(self) -> int: ...
+    @property
+    def a(self) -> bytes: ...
+    @property
+    def b(self) -> bytes: ...
+    @property
+    def epoch_id(self) -> int: ...
+
+#: (format code, layers, kv_heads, head_dim, page_tokens)
+_GeometryTuple: TypeAlias = tuple[int, int, int, int, int]
+#: (layer, kind, offset, heads, pages, hashes, payload): u32/u32/u64 LE buffers
+_KVRunIn: TypeAlias = tuple[int, int, int, _Buf, _Buf, _Buf, _Buf]
+#: (name, kind, owner, uid, geometry, tokens, digest, flags, runs, table)
+_KVEntryIn: TypeAlias = tuple[
+    str, int, str, int, _GeometryTuple | None, int, int, int, Sequence[_KVRunIn], _Buf | None
+]
+#: (version, patch, raw)
+_EditOut: TypeAlias = tuple[int, Patch, bytes]
+#: (name, kind, ack, local, edits, checksum, text)
+_EntryOut: TypeAlias = tuple[str, int, int, int, tuple[_EditOut, ...], int, str]
+#: (epoch, kind, a, b, epoch_id)
+_MetaOut: TypeAlias = tuple[int, int, bytes, bytes, int]
+#: (layer, kind, offset, pages, heads_at, pages_at, hashes_at, payload_at, payload_len)
+_KVRunOut: TypeAlias = tuple[int, int, int, int, int, int, int, int, int]
+#: (name, kind, owner, uid, geometry, tokens, digest, flags, runs, (table_at, count))
+_KVEntryOut: TypeAlias = tuple[
+    str,
+    int,
+    str,
+    int,
+    _GeometryTuple | None,
+    int,
+    int,
+    int,
+    list[_KVRunOut],
+    tuple[int, int] | None,
+]
+
+def encode_frame(
+    sender: str,
+    epoch: int,
+    seq: int,
+    reply: bool,
+    resume: bool,
+    entries: Iterable[_EntryLike],
+    meta: _MetaLike | None,
+    kv: Sequence[_KVEntryIn],
+    *,
+    compress_threshold: int = 1024,
+    level: int = 3,
+) -> bytes: ...
+def decode_frame(
+    data: bytes, *, max_bytes: int = 67108864, max_kv_bytes: int = 68719476736
+) -> tuple[
+    str,
+    int,
+    int,
+    bool,
+    bool,
+    list[_EntryOut],
+    _MetaOut | None,
+    list[_KVEntryOut],
+]: ...

@@ -8,11 +8,14 @@
 //!   diff-match-patch patch text.
 //! - [`kv`]: quantized KV-cache codecs (GGML Q4_0/Q8_0, MLX affine 4-bit)
 //!   and page hashing, gathering and checked scattering.
+//! - [`frame`]: the wire format of a link (whole frames: header, entries,
+//!   metadata block, KV section, zstd body compression, checksum).
 //! - [`Error`]: the one error type every fallible function returns.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod frame;
 pub mod kv;
 pub mod text;
 pub mod varint;

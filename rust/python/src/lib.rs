@@ -22,6 +22,7 @@ use pyo3::prelude::*;
 use pyo3::types::string::PyStringData;
 use pyo3::types::{PyBytes, PyString, PyTuple, PyType};
 
+mod frame;
 mod kv;
 
 /// Inputs at least this large (in UTF-8 bytes) are processed without the GIL.
@@ -555,5 +556,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(kv::kv_verify_pages, m)?)?;
     m.add_function(wrap_pyfunction!(kv::kv_scatter_pages, m)?)?;
     m.add_function(wrap_pyfunction!(kv::kv_page_hash, m)?)?;
+    m.add_function(wrap_pyfunction!(frame::encode_frame, m)?)?;
+    m.add_function(wrap_pyfunction!(frame::decode_frame, m)?)?;
     Ok(())
 }

@@ -1,0 +1,440 @@
+//! Bindings of the frame codec (`hybridsync_core::frame`).
+//!
+//! The Python frame module keeps its dataclasses; these functions move their
+//! fields across in the cheapest form: entries and the metadata block are
+//! read by attribute, KV entries arrive as tuples of buffers (numpy arrays
+//! are read in place), and decoding returns plain tuples, with patches
+//! already parsed into `Patch` objects and KV arrays and payloads as byte
+//! offsets into the frame (so the caller slices them without a copy).
+//! Frames of 4 KiB or more are encoded and decoded without the GIL.
+
+use hybridsync_core::frame::{
+    self, EncodeOptions, Entry, Frame, Geometry, Kind, KvEntry, KvKind, KvRun, Limits, MetaBlock,
+    MetaKind,
+};
+use hybridsync_core::Error;
+use pyo3::buffer::PyUntypedBuffer;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
+use pyo3::{intern, IntoPyObjectExt};
+
+use crate::{invalid, maybe_detach, CoreError, Patch, DETACH_THRESHOLD};
+
+/// A contiguous buffer's bytes.
+fn bytes_of<'a>(buf: &'a PyUntypedBuffer, what: &str) -> PyResult<&'a [u8]> {
+    if !buf.is_c_contiguous() {
+        return Err(invalid(format!("{what} must be a C-contiguous buffer")));
+    }
+    let len = buf.len_bytes();
+    if len == 0 {
+        return Ok(&[]);
+    }
+    // SAFETY: the exporter guarantees `len_bytes` readable bytes at `buf_ptr`
+    // while the buffer is held; the slice does not outlive `buf`.
+    Ok(unsafe { std::slice::from_raw_parts(buf.buf_ptr() as *const u8, len) })
+}
+
+fn kind<T: TryFrom<u8, Error = Error>>(v: u8) -> PyResult<T> {
+    T::try_from(v).map_err(|e| CoreError(e).into())
+}
+
+/// The Python objects one entry borrows from.
+struct EntryObj<'py> {
+    name: Bound<'py, PyString>,
+    kind: Kind,
+    ack: u64,
+    local: u64,
+    edits: Vec<(u64, Bound<'py, PyBytes>)>,
+    checksum: u64,
+    text: Option<Bound<'py, PyString>>,
+}
+
+struct MetaObj<'py> {
+    epoch: u64,
+    epoch_id: u64,
+    kind: MetaKind,
+    a: Option<Bound<'py, PyBytes>>,
+    b: Option<Bound<'py, PyBytes>>,
+}
+
+struct RunObj {
+    layer: u64,
+    kind: u8,
+    offset: u64,
+    heads: PyUntypedBuffer,
+    pages: PyUntypedBuffer,
+    hashes: PyUntypedBuffer,
+    payload: PyUntypedBuffer,
+}
+
+struct KvObj<'py> {
+    name: Bound<'py, PyString>,
+    kind: KvKind,
+    owner: Bound<'py, PyString>,
+    uid: u64,
+    geometry: Option<Geometry>,
+    tokens: u64,
+    digest: u64,
+    flags: u8,
+    runs: Vec<RunObj>,
+    table: Option<PyUntypedBuffer>,
+}
+
+type GeometryTuple = (u8, u64, u64, u64, u64);
+type RunTuple<'py> = (
+    u64,
+    u8,
+    u64,
+    Bound<'py, PyAny>,
+    Bound<'py, PyAny>,
+    Bound<'py, PyAny>,
+    Bound<'py, PyAny>,
+);
+type KvTuple<'py> = (
+    Bound<'py, PyString>,
+    u8,
+    Bound<'py, PyString>,
+    u64,
+    Option<GeometryTuple>,
+    u64,
+    u64,
+    u8,
+    Vec<RunTuple<'py>>,
+    Option<Bound<'py, PyAny>>,
+);
+
+fn entry_obj<'py>(e: &Bound<'py, PyAny>) -> PyResult<EntryObj<'py>> {
+    let py = e.py();
+    let name = e.getattr(intern!(py, "name"))?.cast_into::<PyString>()?;
+    let kind: Kind = kind(e.getattr(intern!(py, "kind"))?.extract()?)?;
+    let mut obj = EntryObj {
+        name,
+        kind,
+        ack: 0,
+        local: 0,
+        edits: Vec::new(),
+        checksum: 0,
+        text: None,
+    };
+    if matches!(kind, Kind::Edits | Kind::Full) {
+        obj.ack = e.getattr(intern!(py, "ack"))?.extract()?;
+        obj.local = e.getattr(intern!(py, "local"))?.extract()?;
+    }
+    if kind == Kind::Edits {
+        for edit in e.getattr(intern!(py, "edits"))?.try_iter()? {
+            let edit = edit?;
+            let version: u64 = edit.getattr(intern!(py, "version"))?.extract()?;
+            let raw = edit.getattr(intern!(py, "raw"))?.cast_into::<PyBytes>()?;
+            obj.edits.push((version, raw));
+        }
+        obj.checksum = e.getattr(intern!(py, "checksum"))?.extract()?;
+    } else if kind == Kind::Full {
+        obj.text = Some(e.getattr(intern!(py, "text"))?.cast_into::<PyString>()?);
+    }
+    Ok(obj)
+}
+
+fn meta_obj<'py>(m: &Bound<'py, PyAny>) -> PyResult<MetaObj<'py>> {
+    let py = m.py();
+    let kind: MetaKind = kind(m.getattr(intern!(py, "kind"))?.extract()?)?;
+    let (a, b) = if kind == MetaKind::None {
+        (None, None)
+    } else {
+        (
+            Some(m.getattr(intern!(py, "a"))?.cast_into::<PyBytes>()?),
+            Some(m.getattr(intern!(py, "b"))?.cast_into::<PyBytes>()?),
+        )
+    };
+    Ok(MetaObj {
+        epoch: m.getattr(intern!(py, "epoch"))?.extract()?,
+        epoch_id: m.getattr(intern!(py, "epoch_id"))?.extract()?,
+        kind,
+        a,
+        b,
+    })
+}
+
+fn kv_obj<'py>(t: KvTuple<'py>) -> PyResult<KvObj<'py>> {
+    let (name, kind_code, owner, uid, geometry, tokens, digest, flags, runs, table) = t;
+    let runs = runs
+        .into_iter()
+        .map(|(layer, kind, offset, heads, pages, hashes, payload)| {
+            Ok(RunObj {
+                layer,
+                kind,
+                offset,
+                heads: PyUntypedBuffer::get(&heads)?,
+                pages: PyUntypedBuffer::get(&pages)?,
+                hashes: PyUntypedBuffer::get(&hashes)?,
+                payload: PyUntypedBuffer::get(&payload)?,
+            })
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    Ok(KvObj {
+        name,
+        kind: kind(kind_code)?,
+        owner,
+        uid,
+        geometry: geometry.map(|(code, layers, kv_heads, head_dim, page_tokens)| Geometry {
+            code,
+            layers,
+            kv_heads,
+            head_dim,
+            page_tokens,
+        }),
+        tokens,
+        digest,
+        flags,
+        runs,
+        table: table.map(|t| PyUntypedBuffer::get(&t)).transpose()?,
+    })
+}
+
+/// Encode a frame (see ``hybridsync.sync.frame.encode_frame``).
+///
+/// ``entries`` are objects with the attributes of ``Entry`` (edits with
+/// ``version`` and ``raw``), ``meta`` one with those of ``MetaBlock``;
+/// ``kv`` holds ``(name, kind, owner, uid, geometry, tokens, digest, flags,
+/// runs, table)`` tuples, ``geometry`` as ``(format_code, layers, kv_heads,
+/// head_dim, page_tokens)``, each run as ``(layer, kind, offset, heads,
+/// pages, hashes, payload)`` with little-endian ``u32``/``u32``/``u64``
+/// buffers, ``table`` a little-endian ``u64`` buffer or ``None``. A negative
+/// ``compress_threshold`` never compresses.
+#[pyfunction]
+#[pyo3(signature = (sender, epoch, seq, reply, resume, entries, meta, kv, *, compress_threshold=1024, level=3))]
+#[allow(clippy::too_many_arguments)]
+pub fn encode_frame<'py>(
+    py: Python<'py>,
+    sender: &Bound<'py, PyString>,
+    epoch: u64,
+    seq: u64,
+    reply: bool,
+    resume: bool,
+    entries: &Bound<'py, PyAny>,
+    meta: Option<&Bound<'py, PyAny>>,
+    kv: Vec<KvTuple<'py>>,
+    compress_threshold: i64,
+    level: i32,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let entry_objs = entries
+        .try_iter()?
+        .map(|e| entry_obj(&e?))
+        .collect::<PyResult<Vec<_>>>()?;
+    let meta_obj = meta.map(meta_obj).transpose()?;
+    let kv_objs = kv.into_iter().map(kv_obj).collect::<PyResult<Vec<_>>>()?;
+
+    let mut size = 0usize;
+    let mut frame_entries = Vec::with_capacity(entry_objs.len());
+    for o in &entry_objs {
+        let mut e = Entry::bare(o.name.to_str()?, o.kind);
+        e.ack = o.ack;
+        e.local = o.local;
+        e.checksum = o.checksum;
+        e.edits = o
+            .edits
+            .iter()
+            .map(|(version, raw)| frame::Edit {
+                version: *version,
+                raw: raw.as_bytes(),
+                patch: None,
+            })
+            .collect();
+        if let Some(t) = &o.text {
+            e.text = t.to_str()?;
+        }
+        size = size
+            .saturating_add(e.text.len())
+            .saturating_add(e.edits.iter().map(|x| x.raw.len()).sum());
+        frame_entries.push(e);
+    }
+    let meta = meta_obj.as_ref().map(|m| MetaBlock {
+        epoch: m.epoch,
+        epoch_id: m.epoch_id,
+        kind: m.kind,
+        a: m.a.as_ref().map_or(&[][..], |a| a.as_bytes()),
+        b: m.b.as_ref().map_or(&[][..], |b| b.as_bytes()),
+    });
+    if let Some(m) = &meta {
+        size = size.saturating_add(m.a.len()).saturating_add(m.b.len());
+    }
+    let mut frame_kv = Vec::with_capacity(kv_objs.len());
+    for o in &kv_objs {
+        let runs = o
+            .runs
+            .iter()
+            .map(|r| {
+                Ok(KvRun {
+                    layer: r.layer,
+                    kind: r.kind,
+                    offset: r.offset,
+                    heads: bytes_of(&r.heads, "heads")?,
+                    pages: bytes_of(&r.pages, "pages")?,
+                    hashes: bytes_of(&r.hashes, "hashes")?,
+                    payload: bytes_of(&r.payload, "payload")?,
+                })
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        size = size.saturating_add(runs.iter().map(|r| r.payload.len()).sum());
+        frame_kv.push(KvEntry {
+            name: o.name.to_str()?,
+            kind: o.kind,
+            owner: o.owner.to_str()?,
+            uid: o.uid,
+            geometry: o.geometry,
+            tokens: o.tokens,
+            digest: o.digest,
+            flags: o.flags,
+            runs,
+            table: o.table.as_ref().map(|t| bytes_of(t, "table")).transpose()?,
+        });
+    }
+    let frame = Frame {
+        sender: sender.to_str()?,
+        epoch,
+        seq,
+        reply,
+        resume,
+        entries: frame_entries,
+        meta,
+        kv: frame_kv,
+    };
+    let opts = EncodeOptions {
+        compress_threshold: usize::try_from(compress_threshold).ok(),
+        level,
+    };
+    let out = maybe_detach(py, size, || frame::encode_frame(&frame, &opts)).map_err(CoreError)?;
+    Ok(PyBytes::new(py, &out))
+}
+
+// The Python signature spells the defaults out.
+const _: () = assert!(frame::DEFAULT_MAX_BYTES == 67108864);
+const _: () = assert!(frame::DEFAULT_MAX_KV_BYTES == 68719476736);
+
+/// Byte offset of `part` inside `data` (both from the same buffer).
+fn offset_in(data: &[u8], part: &[u8]) -> usize {
+    (part.as_ptr() as usize).wrapping_sub(data.as_ptr() as usize)
+}
+
+/// Decode and validate a frame (see ``hybridsync.sync.frame.decode_frame``).
+///
+/// Returns ``(sender, epoch, seq, reply, resume, entries, meta, kv)``:
+/// entries as ``(name, kind, ack, local, edits, checksum, text)`` with edits
+/// as ``(version, Patch, raw)``; ``meta`` as ``(epoch, kind, a, b,
+/// epoch_id)`` or ``None``; KV entries as ``(name, kind, owner, uid,
+/// geometry, tokens, digest, flags, runs, table)`` with ``geometry`` as
+/// ``(format_code, layers, kv_heads, head_dim, page_tokens)`` or ``None``,
+/// each run as ``(layer, kind, offset, pages, heads_at, pages_at, hashes_at,
+/// payload_at, payload_len)`` and ``table`` as ``(table_at, count)`` or
+/// ``None``: the ``*_at`` are byte offsets into ``data``.
+///
+/// Raises:
+///     DecodeError: malformed, truncated, unknown version, bad patch or KV page.
+///     LimitExceededError: over ``max_bytes`` (compressed or not), or a KV
+///         cache over ``max_kv_bytes``.
+#[pyfunction]
+// The defaults are `frame::DEFAULT_MAX_BYTES` and `frame::DEFAULT_MAX_KV_BYTES`.
+#[pyo3(signature = (data, *, max_bytes=67108864, max_kv_bytes=68719476736))]
+pub fn decode_frame<'py>(
+    py: Python<'py>,
+    data: &Bound<'py, PyBytes>,
+    max_bytes: u64,
+    max_kv_bytes: u64,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let bytes = data.as_bytes();
+    let limits = Limits {
+        max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
+        max_kv_bytes,
+    };
+    let mut scratch = Vec::new();
+    let size = bytes.len();
+    let scratch = &mut scratch;
+    let decoded = if size >= DETACH_THRESHOLD {
+        py.detach(move || frame::decode_frame(bytes, &limits, scratch))
+    } else {
+        frame::decode_frame(bytes, &limits, scratch)
+    };
+    let f = decoded.map_err(CoreError)?;
+
+    let entries = PyList::empty(py);
+    for e in f.entries {
+        let edits = e
+            .edits
+            .into_iter()
+            .map(|x| {
+                let patch = Patch(x.patch.unwrap_or_default());
+                (x.version, Py::new(py, patch)?, PyBytes::new(py, x.raw)).into_bound_py_any(py)
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        let t = (
+            PyString::new(py, e.name),
+            e.kind as u8,
+            e.ack,
+            e.local,
+            PyTuple::new(py, edits)?,
+            e.checksum,
+            PyString::new(py, e.text),
+        );
+        entries.append(t)?;
+    }
+    let meta = match f.meta {
+        Some(m) => (
+            m.epoch,
+            m.kind as u8,
+            PyBytes::new(py, m.a),
+            PyBytes::new(py, m.b),
+            m.epoch_id,
+        )
+            .into_bound_py_any(py)?,
+        None => py.None().into_bound(py),
+    };
+    let kv = PyList::empty(py);
+    for k in f.kv {
+        let geometry = k
+            .geometry
+            .map(|g| (g.code, g.layers, g.kv_heads, g.head_dim, g.page_tokens));
+        let runs = k
+            .runs
+            .iter()
+            .map(|r| {
+                (
+                    r.layer,
+                    r.kind,
+                    r.offset,
+                    r.len(),
+                    offset_in(bytes, r.heads),
+                    offset_in(bytes, r.pages),
+                    offset_in(bytes, r.hashes),
+                    offset_in(bytes, r.payload),
+                    r.payload.len(),
+                )
+            })
+            .collect::<Vec<_>>();
+        let table = k.table.map(|t| (offset_in(bytes, t), t.len() / 8));
+        let t = (
+            PyString::new(py, k.name),
+            k.kind as u8,
+            PyString::new(py, k.owner),
+            k.uid,
+            geometry,
+            k.tokens,
+            k.digest,
+            k.flags,
+            runs,
+            table,
+        );
+        kv.append(t)?;
+    }
+    PyTuple::new(
+        py,
+        [
+            PyString::new(py, f.sender).into_any(),
+            f.epoch.into_bound_py_any(py)?,
+            f.seq.into_bound_py_any(py)?,
+            f.reply.into_bound_py_any(py)?,
+            f.resume.into_bound_py_any(py)?,
+            entries.into_any(),
+            meta,
+            kv.into_any(),
+        ],
+    )
+}

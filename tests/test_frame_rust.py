@@ -1,0 +1,420 @@
+"""The frame codec of the Rust core (``_core.encode_frame``/``decode_frame``)
+against the Python reference codec (``hybridsync.frame``).
+
+Frames built by either encoder are byte-identical (zstd-compressed bodies
+included) and decode to the same frame with either decoder; corrupted or
+random bytes make both decoders fail alike, and only with
+``hybridsync.errors`` errors."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import pytest
+import xxhash
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hybridsync import _core
+from hybridsync import frame as F
+from hybridsync.errors import DecodeError, HybridSyncError, LimitExceededError
+from textcases import examples
+
+FUZZ = settings(max_examples=examples(300), deadline=timedelta(minutes=1))
+
+U64 = st.integers(0, (1 << 64) - 1)
+#: Format codes of the wire and the (fmt, scale_type) they stand for.
+FMT_CODES = {("q4_0", "f16"): 1, ("q8_0", "f16"): 2, ("f16", "f16"): 6}
+FMT_CODES.update({("mlx4", t): 3 + i for i, t in enumerate(("f16", "bf16", "f32"))})
+FMT_NAMES = {v: k for k, v in FMT_CODES.items()}
+GROUP = {"q4_0": 32, "q8_0": 32, "f16": 1, "mlx4": 64}
+
+
+# -- the Rust codec, shaped as the Python one ------------------------------------
+
+
+def _kv_tuple(e: F.KVEntry) -> Any:
+    g = e.geometry
+    geometry = None
+    if g is not None:
+        code = FMT_CODES[(g.fmt, g.scale_type if g.fmt == "mlx4" else "f16")]
+        geometry = (code, g.layers, g.kv_heads, g.head_dim, g.page_tokens)
+    runs = [
+        (
+            r.layer,
+            r.kind,
+            r.offset,
+            np.ascontiguousarray(r.heads.astype("<u4", copy=False)),
+            np.ascontiguousarray(r.pages.astype("<u4", copy=False)),
+            np.ascontiguousarray(r.hashes.astype("<u8", copy=False)),
+            r.payload,
+        )
+        for r in e.runs
+    ]
+    table = None if e.table is None else np.ascontiguousarray(e.table.astype("<u8", copy=False))
+    return (e.name, e.kind, e.owner, e.uid, geometry, e.tokens, e.digest, e.flags, runs, table)
+
+
+def rust_encode(frame: F.Frame, *, compress_threshold: int = 1024, level: int = 3) -> bytes:
+    return _core.encode_frame(
+        frame.sender,
+        frame.epoch,
+        frame.seq,
+        frame.reply,
+        frame.resume,
+        frame.entries,
+        frame.meta,
+        [_kv_tuple(e) for e in frame.kv],
+        compress_threshold=compress_threshold,
+        level=level,
+    )
+
+
+def rust_decode(data: bytes, *, max_bytes: int = 64 << 20, max_kv_bytes: int = 1 << 36) -> F.Frame:
+    sender, epoch, seq, reply, resume, entries, meta, kv = _core.decode_frame(
+        data, max_bytes=max_bytes, max_kv_bytes=max_kv_bytes
+    )
+    view = memoryview(data)
+    kv_entries = []
+    for name, kind, owner, uid, geo, tokens, digest, flags, runs, table in kv:
+        if geo is None:
+            kv_entries.append(F.KVEntry(name, F.KVKind(kind), owner, uid))
+            continue
+        code, layers, heads, dim, page = geo
+        fmt, scale = FMT_NAMES[code]
+        g = F.Geometry(layers, heads, dim, fmt, page, scale)
+        arr = None
+        if table is not None:
+            at, count = table
+            pages = -(-tokens // page)
+            arr = np.frombuffer(view[at : at + 8 * count], "<u8").astype(np.uint64)
+            arr = arr.reshape(layers, 2, heads, pages)
+        kv_runs = tuple(
+            F.KVRun(
+                layer,
+                rkind,
+                np.frombuffer(view[h : h + 4 * n], "<u4").astype(np.uint32),
+                np.frombuffer(view[p : p + 4 * n], "<u4").astype(np.uint32),
+                np.frombuffer(view[x : x + 8 * n], "<u8").astype(np.uint64),
+                view[at : at + size],
+                offset,
+            )
+            for layer, rkind, offset, n, h, p, x, at, size in runs
+        )
+        kv_entries.append(
+            F.KVEntry(name, F.KVKind(kind), owner, uid, g, tokens, digest, flags, kv_runs, arr)
+        )
+    return F.Frame(
+        sender,
+        epoch,
+        seq,
+        reply,
+        tuple(
+            F.Entry(n, F.Kind(k), a, lo, tuple(F.Edit(*e) for e in ed), c, t)
+            for n, k, a, lo, ed, c, t in entries
+        ),
+        None if meta is None else F.MetaBlock(meta[0], F.MetaKind(meta[1]), *meta[2:]),
+        tuple(kv_entries),
+        resume,
+    )
+
+
+def norm(frame: F.Frame) -> Any:
+    """A frame as plain comparable values (numpy arrays and views as bytes)."""
+    kv = tuple(
+        (
+            e.name,
+            int(e.kind),
+            e.owner,
+            e.uid,
+            e.geometry,
+            e.tokens,
+            e.digest,
+            e.flags,
+            tuple(
+                (
+                    r.layer,
+                    r.kind,
+                    r.offset,
+                    r.heads.astype("<u4").tobytes(),
+                    r.pages.astype("<u4").tobytes(),
+                    r.hashes.astype("<u8").tobytes(),
+                    bytes(r.payload),
+                )
+                for r in e.runs
+            ),
+            None if e.table is None else (e.table.shape, e.table.astype("<u8").tobytes()),
+        )
+        for e in frame.kv
+    )
+    entries = tuple(
+        (
+            e.name,
+            int(e.kind),
+            e.ack,
+            e.local,
+            tuple((d.version, d.raw, d.patch) for d in e.edits),
+            e.checksum,
+            e.text,
+        )
+        for e in frame.entries
+    )
+    return (
+        frame.sender,
+        frame.epoch,
+        frame.seq,
+        frame.reply,
+        frame.resume,
+        entries,
+        frame.meta,
+        kv,
+    )
+
+
+def outcome(decode: Any, data: bytes, **limits: int) -> Any:
+    """``("ok", frame)`` or ``("error", class)``; any other exception escapes."""
+    try:
+        return ("ok", norm(decode(data, **limits)))
+    except HybridSyncError as exc:
+        return ("error", type(exc))
+
+
+def resign(data: bytes) -> bytes:
+    body = data[:-8]
+    return body + xxhash.xxh3_64_intdigest(body).to_bytes(8, "little")
+
+
+# -- strategies ----------------------------------------------------------------------
+
+
+@st.composite
+def edits_of(draw: st.DrawFn) -> tuple[int, tuple[F.Edit, ...]]:
+    versions = sorted(draw(st.sets(st.integers(0, 1 << 40), max_size=3)))
+    out = []
+    for v in versions:
+        a, b = draw(st.text(max_size=30)), draw(st.text(max_size=30))
+        patch = _core.make_patch(a, b)
+        out.append(F.Edit(v, patch, patch.to_bytes()))
+    local = (versions[-1] + 1 if versions else 0) + draw(st.integers(0, 1 << 20))
+    return local, tuple(out)
+
+
+@st.composite
+def entries(draw: st.DrawFn, name: str) -> F.Entry:
+    kind = draw(st.sampled_from(F.Kind))
+    if kind == F.Kind.EDITS:
+        local, edits = draw(edits_of())
+        return F.Entry(name, kind, draw(U64), local, edits, draw(U64))
+    if kind == F.Kind.FULL:
+        return F.Entry(name, kind, draw(U64), draw(U64), text=draw(st.text(max_size=200)))
+    return F.Entry(name, kind)
+
+
+@st.composite
+def metas(draw: st.DrawFn) -> F.MetaBlock:
+    kind = draw(st.sampled_from(F.MetaKind))
+    a = b = b""
+    if kind != F.MetaKind.NONE:
+        a, b = draw(st.binary(max_size=60)), draw(st.binary(max_size=60))
+    return F.MetaBlock(draw(U64), kind, a, b, draw(U64))
+
+
+@st.composite
+def kv_entries(draw: st.DrawFn, name: str) -> F.KVEntry:
+    kind = draw(st.sampled_from(F.KVKind))
+    owner = draw(st.text(min_size=1, max_size=8))
+    uid = draw(U64)
+    if kind == F.KVKind.DELETE:
+        return F.KVEntry(name, kind, owner, uid)
+    fmt, scale = draw(st.sampled_from(sorted(FMT_CODES)))
+    layers, heads, page = draw(st.integers(1, 2)), draw(st.integers(1, 2)), draw(st.integers(1, 4))
+    g = F.Geometry(layers, heads, GROUP[fmt] * 2, fmt, page, scale)
+    rb = g.row_bytes
+    tokens = draw(st.integers(0, 10))
+    pages = -(-tokens // page)
+    digest = draw(U64)
+    if kind == F.KVKind.HAVE:
+        table = None
+        if draw(st.booleans()):
+            n = layers * 2 * heads * pages
+            table = np.array(draw(st.lists(U64, min_size=n, max_size=n)), np.uint64)
+            table = table.reshape(layers, 2, heads, pages)
+        return F.KVEntry(name, kind, owner, uid, g, tokens, digest, table=table)
+    runs = []
+    for layer in range(layers):
+        for kv_kind in (0, 1):
+            if not pages or not draw(st.booleans()):
+                continue
+            chosen = draw(st.sets(st.tuples(st.integers(0, heads - 1), st.integers(0, pages - 1))))
+            whole = sorted(chosen)
+            # Tails of one row in: of the pages with more than one row in use.
+            tails = [hp for hp in whole if min(page, tokens - hp[1] * page) > 1]
+            tails = [hp for hp in tails if draw(st.booleans())]
+            whole = [hp for hp in whole if hp not in tails]
+            for offset, chosen_pages in ((0, whole), (1, tails)):
+                if not chosen_pages and offset:
+                    continue
+                payload = bytearray()
+                hashes = []
+                for _head, p in chosen_pages:
+                    rows = min(page, tokens - p * page) - offset
+                    data = draw(st.binary(min_size=rows * rb, max_size=rows * rb))
+                    payload += data
+                    hashes.append(_core.kv_page_hash(data) if offset == 0 else draw(U64))
+                runs.append(
+                    F.KVRun(
+                        layer,
+                        kv_kind,
+                        np.array([h for h, _ in chosen_pages], np.uint32),
+                        np.array([p for _, p in chosen_pages], np.uint32),
+                        np.array(hashes, np.uint64),
+                        bytes(payload),
+                        offset,
+                    )
+                )
+    flags = draw(st.sampled_from([0, F.KV_COMPLETE, F.KV_PROBE, F.KV_COMPLETE | F.KV_PROBE]))
+    return F.KVEntry(name, kind, owner, uid, g, tokens, digest, flags, tuple(runs))
+
+
+@st.composite
+def frames(draw: st.DrawFn) -> F.Frame:
+    names = draw(st.lists(st.text(max_size=16), unique=True, max_size=6))
+    kv_names = draw(st.lists(st.text(min_size=1, max_size=8), unique=True, max_size=2))
+    return F.Frame(
+        draw(st.text(max_size=12)),
+        draw(U64),
+        draw(U64),
+        draw(st.booleans()),
+        tuple(draw(entries(n)) for n in names),
+        draw(st.none() | metas()),
+        tuple(draw(kv_entries(n)) for n in kv_names),
+        draw(st.booleans()),
+    )
+
+
+THRESHOLDS = st.sampled_from([-1, 0, 64, 1024])
+
+
+# -- tests -------------------------------------------------------------------------
+
+
+@FUZZ
+@given(frames(), THRESHOLDS)
+def test_encoders_agree_and_decoders_agree(frame: F.Frame, threshold: int) -> None:
+    py = F.encode_frame(frame, compress_threshold=threshold)
+    rs = rust_encode(frame, compress_threshold=threshold)
+    assert rs == py
+    assert norm(rust_decode(py)) == norm(frame)
+    assert norm(F.decode_frame(rs)) == norm(frame)
+
+
+def test_large_bodies_compress_identically() -> None:
+    text = "".join(f"line {i}: the quick brown fox\n" for i in range(2000))
+    frame = F.Frame("a", 1, 2, False, (F.Entry("doc", F.Kind.FULL, 0, 1, text=text),))
+    for level in (1, 3, 9):
+        py = F.encode_frame(frame, level=level)
+        assert py[5] & F.FLAG_COMPRESSED
+        assert rust_encode(frame, level=level) == py
+        assert norm(rust_decode(py)) == norm(frame)
+
+
+def _mutate(data: bytes, changes: list[tuple[int, int]]) -> bytes:
+    out = bytearray(data)
+    span = len(out) - 14
+    for at, byte in changes:
+        if span > 0:
+            out[6 + at % span] = byte
+    return resign(bytes(out))
+
+
+@FUZZ
+@given(
+    frames(),
+    THRESHOLDS,
+    st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(0, 255)), min_size=1, max_size=4),
+)
+def test_decoders_agree_on_corrupted_frames(
+    frame: F.Frame, threshold: int, changes: list[tuple[int, int]]
+) -> None:
+    data = _mutate(F.encode_frame(frame, compress_threshold=threshold), changes)
+    assert outcome(rust_decode, data) == outcome(F.decode_frame, data)
+    # Truncated or extended, the checksum fails.
+    assert outcome(rust_decode, data[:-1]) == ("error", DecodeError)
+    assert outcome(rust_decode, data + b"\0") == ("error", DecodeError)
+
+
+@FUZZ
+@given(st.integers(0, 255), st.binary(max_size=300))
+def test_signed_garbage_raises_only_library_errors(flags: int, body: bytes) -> None:
+    data = resign(b"HSYN\x01" + bytes([flags]) + body + bytes(8))
+    assert outcome(rust_decode, data) == outcome(F.decode_frame, data)
+
+
+@FUZZ
+@given(st.binary(max_size=64))
+def test_random_bytes_raise_decode_error(data: bytes) -> None:
+    with pytest.raises(DecodeError):
+        _core.decode_frame(data)
+
+
+@FUZZ
+@given(frames(), st.integers(0, 4096), st.integers(0, 1 << 12))
+def test_limits_agree(frame: F.Frame, max_bytes: int, max_kv_bytes: int) -> None:
+    data = F.encode_frame(frame, compress_threshold=64)
+    limits = {"max_bytes": max_bytes, "max_kv_bytes": max_kv_bytes}
+    assert outcome(rust_decode, data, **limits) == outcome(F.decode_frame, data, **limits)
+
+
+def test_defects_and_their_errors() -> None:
+    frame = F.Frame("alice", 1, 2, True, (F.Entry("doc", F.Kind.DELETE),))
+    data = rust_encode(frame)
+    assert norm(rust_decode(data)) == norm(frame)
+    with pytest.raises(DecodeError, match="protocol version 2"):
+        _core.decode_frame(resign(data[:4] + b"\x02" + data[5:]))
+    with pytest.raises(DecodeError, match="magic"):
+        _core.decode_frame(b"XSYN" + data[4:])
+    with pytest.raises(DecodeError, match="checksum"):
+        _core.decode_frame(data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(LimitExceededError):
+        _core.decode_frame(data, max_bytes=len(data) - 1)
+    # A patch that does not parse fails the whole frame.
+    bad = F.Frame(
+        "a",
+        0,
+        0,
+        False,
+        (F.Entry("d", F.Kind.EDITS, 0, 2, (F.Edit(1, _core.make_patch("a", "b"), b"\xff"),)),),
+    )
+    with pytest.raises(DecodeError):
+        _core.decode_frame(rust_encode(bad))
+    with pytest.raises(DecodeError):
+        F.decode_frame(F.encode_frame(bad))
+
+
+def test_large_frames_decode_without_the_gil() -> None:
+    # Above the detach threshold both ways; the results stay the same.
+    pages = np.arange(64, dtype=np.uint32)
+    g = F.Geometry(1, 1, 64, "f16", 4, "f16")
+    payload = bytes(range(256)) * (64 * 4 * g.row_bytes // 256)
+    hashes = np.array(
+        [
+            _core.kv_page_hash(payload[i * 4 * g.row_bytes : (i + 1) * 4 * g.row_bytes])
+            for i in range(64)
+        ],
+        np.uint64,
+    )
+    run = F.KVRun(0, 0, np.zeros(64, np.uint32), pages, hashes, payload)
+    kv = F.KVEntry("c", F.KVKind.PAGES, "o", 1, g, 256, 7, F.KV_COMPLETE, (run,))
+    frame = F.Frame(
+        "a", 0, 0, False, (F.Entry("d", F.Kind.FULL, 0, 1, text="x" * 10000),), kv=(kv,)
+    )
+    data = F.encode_frame(frame)
+    assert len(data) > 10000
+    assert rust_encode(frame) == data
+    back = rust_decode(data)
+    assert norm(back) == norm(frame)
+    # The payload is a view into the frame, not a copy.
+    assert isinstance(back.kv[0].runs[0].payload, memoryview)
+    assert back.kv[0].runs[0].payload.obj is data
