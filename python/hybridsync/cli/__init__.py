@@ -8,6 +8,7 @@
     hybridsync join ws://hub-host:8765 --id rack-2 --serve 0.0.0.0:8766   # a hub of hubs
     hybridsync status ws://127.0.0.1:8765                # per-link metrics of that hub
     hybridsync demo                                      # a live swarm on loopback
+    hybridsync mcp --join ws://hub-host:8765 --data mem.db   # an MCP memory server on a replica
 
 **Secrets** come from an environment variable (``--secret-env``, default
 ``HYBRIDSYNC_SECRET``) or a file (``--secret-file``), never from the command
@@ -39,6 +40,7 @@ import click
 from hybridsync.bench.cli import bench
 from hybridsync.cli.demo import demo
 from hybridsync.cli.keys import keygen, load_secret
+from hybridsync.cli.mcp import mcp
 from hybridsync.cli.mirror import FolderMirror
 from hybridsync.cli.node import join, serve
 from hybridsync.cli.status import find_status_file, status, status_dir
@@ -56,5 +58,5 @@ def main() -> None:
     """
 
 
-for command in (serve, join, status, keygen, demo, bench):
+for command in (serve, join, status, keygen, demo, bench, mcp):
     main.add_command(command)
