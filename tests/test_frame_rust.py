@@ -8,6 +8,7 @@ random bytes make both decoders fail alike, and only with
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 from typing import Any
 
@@ -119,6 +120,26 @@ def rust_decode(data: bytes, *, max_bytes: int = 64 << 20, max_kv_bytes: int = 1
         tuple(kv_entries),
         resume,
     )
+
+
+def _by_code(kinds: Any) -> tuple[Any, ...]:
+    members = {int(k): k for k in kinds}
+    return tuple(members.get(code) for code in range(max(members) + 1))
+
+
+TYPES = (F.Frame, F.Entry, F.Edit, F.MetaBlock, _by_code(F.Kind), _by_code(F.MetaKind))
+
+
+def rust_decode_as(
+    data: bytes, *, max_bytes: int = 64 << 20, max_kv_bytes: int = 1 << 36
+) -> F.Frame:
+    """``decode_frame_as``: the dataclasses built in Rust (KV entries as tuples,
+    turned into objects by the tuple path above)."""
+    frame, kv = _core.decode_frame_as(data, TYPES, max_bytes=max_bytes, max_kv_bytes=max_kv_bytes)
+    assert type(frame) is F.Frame
+    if kv:
+        frame = dataclasses.replace(frame, kv=rust_decode(data, max_kv_bytes=max_kv_bytes).kv)
+    return frame
 
 
 def norm(frame: F.Frame) -> Any:
@@ -307,6 +328,7 @@ def test_encoders_agree_and_decoders_agree(frame: F.Frame, threshold: int) -> No
     rs = rust_encode(frame, compress_threshold=threshold)
     assert rs == py
     assert norm(rust_decode(py)) == norm(frame)
+    assert norm(rust_decode_as(py)) == norm(frame)
     assert norm(F.decode_frame(rs)) == norm(frame)
 
 
@@ -339,7 +361,9 @@ def test_decoders_agree_on_corrupted_frames(
     frame: F.Frame, threshold: int, changes: list[tuple[int, int]]
 ) -> None:
     data = _mutate(F.encode_frame(frame, compress_threshold=threshold), changes)
-    assert outcome(rust_decode, data) == outcome(F.decode_frame, data)
+    expected = outcome(F.decode_frame, data)
+    assert outcome(rust_decode, data) == expected
+    assert outcome(rust_decode_as, data) == expected
     # Truncated or extended, the checksum fails.
     assert outcome(rust_decode, data[:-1]) == ("error", DecodeError)
     assert outcome(rust_decode, data + b"\0") == ("error", DecodeError)
@@ -364,7 +388,9 @@ def test_random_bytes_raise_decode_error(data: bytes) -> None:
 def test_limits_agree(frame: F.Frame, max_bytes: int, max_kv_bytes: int) -> None:
     data = F.encode_frame(frame, compress_threshold=64)
     limits = {"max_bytes": max_bytes, "max_kv_bytes": max_kv_bytes}
-    assert outcome(rust_decode, data, **limits) == outcome(F.decode_frame, data, **limits)
+    expected = outcome(F.decode_frame, data, **limits)
+    assert outcome(rust_decode, data, **limits) == expected
+    assert outcome(rust_decode_as, data, **limits) == expected
 
 
 def test_defects_and_their_errors() -> None:
@@ -418,3 +444,29 @@ def test_large_frames_decode_without_the_gil() -> None:
     # The payload is a view into the frame, not a copy.
     assert isinstance(back.kv[0].runs[0].payload, memoryview)
     assert back.kv[0].runs[0].payload.obj is data
+
+
+def test_objects_built_in_rust_are_ordinary_dataclasses() -> None:
+    patch = _core.make_patch("hello", "hello world")
+    frame = F.Frame(
+        "alice",
+        3,
+        4,
+        True,
+        (
+            F.Entry("a", F.Kind.EDITS, 1, 9, (F.Edit(7, patch, patch.to_bytes()),), 5),
+            F.Entry("b", F.Kind.FULL, 2, 3, text="text"),
+            F.Entry("c", F.Kind.RESYNC),
+        ),
+        F.MetaBlock(5, F.MetaKind.UPDATE, b"sv", b"update", 11),
+        resume=True,
+    )
+    back = rust_decode_as(rust_encode(frame))
+    assert back == frame
+    assert hash(back) == hash(frame)
+    assert repr(back) == repr(frame)
+    assert back.entries[0].kind is F.Kind.EDITS
+    assert back.meta is not None and back.meta.kind is F.MetaKind.UPDATE
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        back.seq = 5  # type: ignore[misc]
+    assert dataclasses.replace(back, seq=5).seq == 5

@@ -18,6 +18,7 @@ __all__ = [
     "__version__",
     "apply_patch",
     "decode_frame",
+    "decode_frame_as",
     "diff",
     "encode_frame",
     "kv_dequantize",
@@ -252,3 +253,10 @@ def decode_frame(
     _MetaOut | None,
     list[_KVEntryOut],
 ]: ...
+def decode_frame_as(
+    data: bytes,
+    types: tuple[type, type, type, type, tuple[Any, ...], tuple[Any, ...]],
+    *,
+    max_bytes: int = 67108864,
+    max_kv_bytes: int = 68719476736,
+) -> tuple[Any, list[_KVEntryOut]]: ...

@@ -6,6 +6,7 @@
 //! are read in place), and decoding returns plain tuples, with patches
 //! already parsed into `Patch` objects and KV arrays and payloads as byte
 //! offsets into the frame (so the caller slices them without a copy).
+//! :func:`decode_frame_as` builds the caller's frame dataclasses directly.
 //! Frames of 4 KiB or more are encoded and decoded without the GIL.
 
 use hybridsync_core::frame::{
@@ -15,7 +16,8 @@ use hybridsync_core::frame::{
 use hybridsync_core::Error;
 use pyo3::buffer::PyUntypedBuffer;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple, PyType};
 use pyo3::{intern, IntoPyObjectExt};
 
 use crate::{invalid, maybe_detach, CoreError, Patch, DETACH_THRESHOLD};
@@ -315,80 +317,33 @@ fn offset_in(data: &[u8], part: &[u8]) -> usize {
     (part.as_ptr() as usize).wrapping_sub(data.as_ptr() as usize)
 }
 
-/// Decode and validate a frame (see ``hybridsync.sync.frame.decode_frame``).
-///
-/// Returns ``(sender, epoch, seq, reply, resume, entries, meta, kv)``:
-/// entries as ``(name, kind, ack, local, edits, checksum, text)`` with edits
-/// as ``(version, Patch, raw)``; ``meta`` as ``(epoch, kind, a, b,
-/// epoch_id)`` or ``None``; KV entries as ``(name, kind, owner, uid,
-/// geometry, tokens, digest, flags, runs, table)`` with ``geometry`` as
-/// ``(format_code, layers, kv_heads, head_dim, page_tokens)`` or ``None``,
-/// each run as ``(layer, kind, offset, pages, heads_at, pages_at, hashes_at,
-/// payload_at, payload_len)`` and ``table`` as ``(table_at, count)`` or
-/// ``None``: the ``*_at`` are byte offsets into ``data``.
-///
-/// Raises:
-///     DecodeError: malformed, truncated, unknown version, bad patch or KV page.
-///     LimitExceededError: over ``max_bytes`` (compressed or not), or a KV
-///         cache over ``max_kv_bytes``.
-#[pyfunction]
-// The defaults are `frame::DEFAULT_MAX_BYTES` and `frame::DEFAULT_MAX_KV_BYTES`.
-#[pyo3(signature = (data, *, max_bytes=67108864, max_kv_bytes=68719476736))]
-pub fn decode_frame<'py>(
-    py: Python<'py>,
-    data: &Bound<'py, PyBytes>,
+fn run_decode<'a>(
+    py: Python<'_>,
+    bytes: &'a [u8],
     max_bytes: u64,
     max_kv_bytes: u64,
-) -> PyResult<Bound<'py, PyTuple>> {
-    let bytes = data.as_bytes();
+    scratch: &'a mut Vec<u8>,
+) -> PyResult<Frame<'a>> {
     let limits = Limits {
         max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
         max_kv_bytes,
     };
-    let mut scratch = Vec::new();
-    let size = bytes.len();
-    let scratch = &mut scratch;
-    let decoded = if size >= DETACH_THRESHOLD {
+    let decoded = if bytes.len() >= DETACH_THRESHOLD {
         py.detach(move || frame::decode_frame(bytes, &limits, scratch))
     } else {
         frame::decode_frame(bytes, &limits, scratch)
     };
-    let f = decoded.map_err(CoreError)?;
+    Ok(decoded.map_err(CoreError)?)
+}
 
-    let entries = PyList::empty(py);
-    for e in f.entries {
-        let edits = e
-            .edits
-            .into_iter()
-            .map(|x| {
-                let patch = Patch(x.patch.unwrap_or_default());
-                (x.version, Py::new(py, patch)?, PyBytes::new(py, x.raw)).into_bound_py_any(py)
-            })
-            .collect::<PyResult<Vec<_>>>()?;
-        let t = (
-            PyString::new(py, e.name),
-            e.kind as u8,
-            e.ack,
-            e.local,
-            PyTuple::new(py, edits)?,
-            e.checksum,
-            PyString::new(py, e.text),
-        );
-        entries.append(t)?;
-    }
-    let meta = match f.meta {
-        Some(m) => (
-            m.epoch,
-            m.kind as u8,
-            PyBytes::new(py, m.a),
-            PyBytes::new(py, m.b),
-            m.epoch_id,
-        )
-            .into_bound_py_any(py)?,
-        None => py.None().into_bound(py),
-    };
-    let kv = PyList::empty(py);
-    for k in f.kv {
+/// The KV entries as tuples, arrays and payloads as offsets into `bytes`.
+fn kv_list<'py>(
+    py: Python<'py>,
+    bytes: &[u8],
+    kv: Vec<KvEntry<'_>>,
+) -> PyResult<Bound<'py, PyList>> {
+    let out = PyList::empty(py);
+    for k in kv {
         let geometry = k
             .geometry
             .map(|g| (g.code, g.layers, g.kv_heads, g.head_dim, g.page_tokens));
@@ -422,8 +377,73 @@ pub fn decode_frame<'py>(
             runs,
             table,
         );
-        kv.append(t)?;
+        out.append(t)?;
     }
+    Ok(out)
+}
+
+/// Decode and validate a frame (see ``hybridsync.sync.frame.decode_frame``).
+///
+/// Returns ``(sender, epoch, seq, reply, resume, entries, meta, kv)``:
+/// entries as ``(name, kind, ack, local, edits, checksum, text)`` with edits
+/// as ``(version, Patch, raw)``; ``meta`` as ``(epoch, kind, a, b,
+/// epoch_id)`` or ``None``; KV entries as ``(name, kind, owner, uid,
+/// geometry, tokens, digest, flags, runs, table)`` with ``geometry`` as
+/// ``(format_code, layers, kv_heads, head_dim, page_tokens)`` or ``None``,
+/// each run as ``(layer, kind, offset, pages, heads_at, pages_at, hashes_at,
+/// payload_at, payload_len)`` and ``table`` as ``(table_at, count)`` or
+/// ``None``: the ``*_at`` are byte offsets into ``data``.
+///
+/// Raises:
+///     DecodeError: malformed, truncated, unknown version, bad patch or KV page.
+///     LimitExceededError: over ``max_bytes`` (compressed or not), or a KV
+///         cache over ``max_kv_bytes``.
+#[pyfunction]
+// The defaults are `frame::DEFAULT_MAX_BYTES` and `frame::DEFAULT_MAX_KV_BYTES`.
+#[pyo3(signature = (data, *, max_bytes=67108864, max_kv_bytes=68719476736))]
+pub fn decode_frame<'py>(
+    py: Python<'py>,
+    data: &Bound<'py, PyBytes>,
+    max_bytes: u64,
+    max_kv_bytes: u64,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let bytes = data.as_bytes();
+    let mut scratch = Vec::new();
+    let f = run_decode(py, bytes, max_bytes, max_kv_bytes, &mut scratch)?;
+
+    let entries = PyList::empty(py);
+    for e in f.entries {
+        let edits = e
+            .edits
+            .into_iter()
+            .map(|x| {
+                let patch = Patch(x.patch.unwrap_or_default());
+                (x.version, Py::new(py, patch)?, PyBytes::new(py, x.raw)).into_bound_py_any(py)
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        let t = (
+            PyString::new(py, e.name),
+            e.kind as u8,
+            e.ack,
+            e.local,
+            PyTuple::new(py, edits)?,
+            e.checksum,
+            PyString::new(py, e.text),
+        );
+        entries.append(t)?;
+    }
+    let meta = match f.meta {
+        Some(m) => (
+            m.epoch,
+            m.kind as u8,
+            PyBytes::new(py, m.a),
+            PyBytes::new(py, m.b),
+            m.epoch_id,
+        )
+            .into_bound_py_any(py)?,
+        None => py.None().into_bound(py),
+    };
+    let kv = kv_list(py, bytes, f.kv)?;
     PyTuple::new(
         py,
         [
@@ -438,3 +458,149 @@ pub fn decode_frame<'py>(
         ],
     )
 }
+
+/// A new instance of a plain class with the given attributes, made without
+/// running its ``__init__`` (``object.__new__`` and its instance dict).
+fn instance<'py>(
+    cls: &Bound<'py, PyType>,
+    fields: &[(&Bound<'py, PyString>, Bound<'py, PyAny>)],
+) -> PyResult<Bound<'py, PyAny>> {
+    static OBJECT_NEW: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let py = cls.py();
+    let new = OBJECT_NEW.get_or_try_init(py, || {
+        Ok::<_, PyErr>(
+            py.import("builtins")?
+                .getattr("object")?
+                .getattr("__new__")?
+                .unbind(),
+        )
+    })?;
+    let obj = new.bind(py).call1((cls,))?;
+    let dict = obj
+        .getattr(intern!(py, "__dict__"))?
+        .cast_into::<PyDict>()?;
+    for (name, value) in fields {
+        dict.set_item(*name, value)?;
+    }
+    Ok(obj)
+}
+
+/// The member of `kinds` for wire code `code`.
+fn member<'py>(kinds: &Bound<'py, PyTuple>, code: u8) -> PyResult<Bound<'py, PyAny>> {
+    kinds.get_item(usize::from(code))
+}
+
+/// Decode and validate a frame into instances of the caller's frame classes.
+///
+/// ``types`` is ``(Frame, Entry, Edit, MetaBlock, kinds, meta_kinds)``: four
+/// dataclasses with the fields of ``hybridsync.sync.frame``'s (plain, no
+/// ``__slots__``, no ``__post_init__``: instances are made without calling
+/// ``__init__``) and two tuples of enum members indexed by wire code. Returns
+/// ``(frame, kv)``: the frame with ``kv=()`` and the KV entries as
+/// :func:`decode_frame` returns them. Raises as :func:`decode_frame` does.
+#[pyfunction]
+#[pyo3(signature = (data, types, *, max_bytes=67108864, max_kv_bytes=68719476736))]
+pub fn decode_frame_as<'py>(
+    py: Python<'py>,
+    data: &Bound<'py, PyBytes>,
+    types: &Bound<'py, PyTuple>,
+    max_bytes: u64,
+    max_kv_bytes: u64,
+) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyList>)> {
+    let (frame_cls, entry_cls, edit_cls, meta_cls, kinds, meta_kinds): FrameTypes<'py> =
+        types.extract()?;
+    let bytes = data.as_bytes();
+    let mut scratch = Vec::new();
+    let f = run_decode(py, bytes, max_bytes, max_kv_bytes, &mut scratch)?;
+
+    let (k_name, k_kind) = (intern!(py, "name"), intern!(py, "kind"));
+    let (k_ack, k_local) = (intern!(py, "ack"), intern!(py, "local"));
+    let (k_edits, k_checksum, k_text) = (
+        intern!(py, "edits"),
+        intern!(py, "checksum"),
+        intern!(py, "text"),
+    );
+    let (k_version, k_patch, k_raw) = (
+        intern!(py, "version"),
+        intern!(py, "patch"),
+        intern!(py, "raw"),
+    );
+    let empty = PyTuple::empty(py).into_any();
+    let mut entries = Vec::with_capacity(f.entries.len());
+    for e in f.entries {
+        let edits = if e.edits.is_empty() {
+            empty.clone()
+        } else {
+            let edits = e
+                .edits
+                .into_iter()
+                .map(|x| {
+                    let patch = Patch(x.patch.unwrap_or_default());
+                    instance(
+                        &edit_cls,
+                        &[
+                            (k_version, x.version.into_bound_py_any(py)?),
+                            (k_patch, Py::new(py, patch)?.into_bound(py).into_any()),
+                            (k_raw, PyBytes::new(py, x.raw).into_any()),
+                        ],
+                    )
+                })
+                .collect::<PyResult<Vec<_>>>()?;
+            PyTuple::new(py, edits)?.into_any()
+        };
+        entries.push(instance(
+            &entry_cls,
+            &[
+                (k_name, PyString::new(py, e.name).into_any()),
+                (k_kind, member(&kinds, e.kind as u8)?),
+                (k_ack, e.ack.into_bound_py_any(py)?),
+                (k_local, e.local.into_bound_py_any(py)?),
+                (k_edits, edits),
+                (k_checksum, e.checksum.into_bound_py_any(py)?),
+                (k_text, PyString::new(py, e.text).into_any()),
+            ],
+        )?);
+    }
+    let meta = match f.meta {
+        Some(m) => instance(
+            &meta_cls,
+            &[
+                (intern!(py, "epoch"), m.epoch.into_bound_py_any(py)?),
+                (k_kind, member(&meta_kinds, m.kind as u8)?),
+                (intern!(py, "a"), PyBytes::new(py, m.a).into_any()),
+                (intern!(py, "b"), PyBytes::new(py, m.b).into_any()),
+                (intern!(py, "epoch_id"), m.epoch_id.into_bound_py_any(py)?),
+            ],
+        )?,
+        None => py.None().into_bound(py),
+    };
+    let frame = instance(
+        &frame_cls,
+        &[
+            (
+                intern!(py, "sender"),
+                PyString::new(py, f.sender).into_any(),
+            ),
+            (intern!(py, "epoch"), f.epoch.into_bound_py_any(py)?),
+            (intern!(py, "seq"), f.seq.into_bound_py_any(py)?),
+            (intern!(py, "reply"), f.reply.into_bound_py_any(py)?),
+            (
+                intern!(py, "entries"),
+                PyTuple::new(py, entries)?.into_any(),
+            ),
+            (intern!(py, "meta"), meta),
+            (intern!(py, "kv"), empty),
+            (intern!(py, "resume"), f.resume.into_bound_py_any(py)?),
+        ],
+    )?;
+    Ok((frame, kv_list(py, bytes, f.kv)?))
+}
+
+type FrameTypes<'py> = (
+    Bound<'py, PyType>,
+    Bound<'py, PyType>,
+    Bound<'py, PyType>,
+    Bound<'py, PyType>,
+    Bound<'py, PyTuple>,
+    Bound<'py, PyTuple>,
+);

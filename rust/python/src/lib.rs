@@ -558,5 +558,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(kv::kv_page_hash, m)?)?;
     m.add_function(wrap_pyfunction!(frame::encode_frame, m)?)?;
     m.add_function(wrap_pyfunction!(frame::decode_frame, m)?)?;
+    m.add_function(wrap_pyfunction!(frame::decode_frame_as, m)?)?;
     Ok(())
 }
