@@ -14,7 +14,7 @@
 
 use std::collections::HashSet;
 
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 use crate::error::{Error, Result};
 use crate::kv::{self, Float, Format, PageLayout};
@@ -531,6 +531,30 @@ fn write_body(out: &mut Vec<u8>, frame: &Frame<'_>) {
 /// Fails ([`Error::InvalidArgument`]) on a KV entry without geometry or with
 /// index and hash arrays of mismatched lengths, or on a bad zstd level.
 pub fn encode_frame(frame: &Frame<'_>, opts: &EncodeOptions) -> Result<Vec<u8>> {
+    let prepared = prepare_frame(frame, opts)?;
+    let mut out = vec![0u8; prepared.len()];
+    prepared.write_into(&mut out)?;
+    Ok(out)
+}
+
+/// A frame with its body encoded (and compressed) and its size known, to be
+/// written straight into a buffer of that size: KV pages are copied once,
+/// from where they lie into the frame.
+#[derive(Debug)]
+pub struct PreparedFrame<'f, 'a> {
+    kv: &'f [KvEntry<'a>],
+    flags: u8,
+    kv_len: usize,
+    body: Vec<u8>,
+}
+
+/// Encode what precedes the KV pages' copy: the body (compressed as
+/// [`encode_frame`] does) and the KV section's size. Fails as
+/// [`encode_frame`] does.
+pub fn prepare_frame<'f, 'a>(
+    frame: &'f Frame<'a>,
+    opts: &EncodeOptions,
+) -> Result<PreparedFrame<'f, 'a>> {
     let mut flags = 0u8;
     if frame.reply {
         flags |= FLAG_REPLY;
@@ -548,34 +572,138 @@ pub fn encode_frame(frame: &Frame<'_>, opts: &EncodeOptions) -> Result<Vec<u8>> 
         write_kv(&mut counter, &frame.kv)?;
         kv_len = counter.0;
     }
-    let mut out = Vec::with_capacity(HEADER_LEN + kv_len + 10 + 64 + CHECKSUM_LEN);
-    out.extend_from_slice(MAGIC);
-    out.push(PROTOCOL_VERSION);
-    out.push(flags);
-    if !frame.kv.is_empty() {
-        out.uint(kv_len as u64);
-        write_kv(&mut out, &frame.kv)?;
-    }
-    let body_start = out.len();
-    write_body(&mut out, frame);
+    let mut body = Vec::with_capacity(64);
+    write_body(&mut body, frame);
     if let Some(threshold) = opts.compress_threshold {
-        let body = out.get(body_start..).unwrap_or_default();
         if body.len() >= threshold {
-            let packed = zstd::bulk::compress(body, opts.level)
+            let packed = zstd::bulk::compress(&body, opts.level)
                 .map_err(|e| Error::invalid(format!("zstd compression failed: {e}")))?;
             if packed.len() < body.len() {
-                out.truncate(body_start);
-                out.extend_from_slice(&packed);
+                body = packed;
                 flags |= FLAG_COMPRESSED;
-                if let Some(f) = out.get_mut(HEADER_LEN - 1) {
-                    *f = flags;
-                }
             }
         }
     }
-    let checksum = xxh3_64(&out);
-    out.extend_from_slice(&checksum.to_le_bytes());
-    Ok(out)
+    Ok(PreparedFrame {
+        kv: &frame.kv,
+        flags,
+        kv_len,
+        body,
+    })
+}
+
+/// Writes into a slice; a write past its end sets `overflow` and is dropped.
+/// The checksum streams along: large parts (KV pages) are hashed chunk by
+/// chunk right after their copy, while in cache; small writes are hashed
+/// from the slice in one go before the next large part, or at the end.
+struct SliceSink<'b> {
+    buf: &'b mut [u8],
+    pos: usize,
+    hashed: usize,
+    hasher: Xxh3,
+    overflow: bool,
+}
+
+/// Parts at least this large are copied and hashed chunk by chunk.
+const CHUNK: usize = 64 << 10;
+
+impl SliceSink<'_> {
+    fn catch_up(&mut self) {
+        if let Some(pending) = self.buf.get(self.hashed..self.pos) {
+            self.hasher.update(pending);
+        }
+        self.hashed = self.pos;
+    }
+
+    /// Bytes written, and the xxh3-64 of them.
+    fn finish(mut self) -> (usize, u64) {
+        self.catch_up();
+        (self.pos, self.hasher.digest())
+    }
+}
+
+impl Sink for SliceSink<'_> {
+    fn put(&mut self, bytes: &[u8]) {
+        let end = self.pos.saturating_add(bytes.len());
+        if end > self.buf.len() {
+            self.overflow = true;
+            return;
+        }
+        if bytes.len() >= CHUNK {
+            self.catch_up();
+        }
+        let Some(dst) = self.buf.get_mut(self.pos..end) else {
+            self.overflow = true;
+            return;
+        };
+        if bytes.len() < CHUNK {
+            dst.copy_from_slice(bytes);
+        } else {
+            for (d, s) in dst.chunks_mut(CHUNK).zip(bytes.chunks(CHUNK)) {
+                d.copy_from_slice(s);
+                self.hasher.update(s);
+            }
+            self.hashed = end;
+        }
+        self.pos = end;
+    }
+    fn byte(&mut self, b: u8) {
+        self.put(&[b]);
+    }
+}
+
+impl PreparedFrame<'_, '_> {
+    /// The frame's size in bytes.
+    pub fn len(&self) -> usize {
+        let mut n = Counter(HEADER_LEN + CHECKSUM_LEN);
+        if !self.kv.is_empty() {
+            n.uint(self.kv_len as u64);
+            n.0 = n.0.saturating_add(self.kv_len);
+        }
+        n.0.saturating_add(self.body.len())
+    }
+
+    /// Never: a frame holds at least its header and checksum.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Write the frame into `out`, which must be [`PreparedFrame::len`] bytes.
+    pub fn write_into(&self, out: &mut [u8]) -> Result<()> {
+        let total = out.len();
+        if total != self.len() {
+            return Err(Error::invalid(format!(
+                "a frame of {} bytes does not fit a buffer of {total}",
+                self.len()
+            )));
+        }
+        let mut sink = SliceSink {
+            buf: out,
+            pos: 0,
+            hashed: 0,
+            hasher: Xxh3::new(),
+            overflow: false,
+        };
+        sink.put(MAGIC);
+        sink.byte(PROTOCOL_VERSION);
+        sink.byte(self.flags);
+        if !self.kv.is_empty() {
+            sink.uint(self.kv_len as u64);
+            write_kv(&mut sink, self.kv)?;
+        }
+        sink.put(&self.body);
+        let overflow = sink.overflow;
+        let (signed, checksum) = sink.finish();
+        match (overflow, out.get_mut(signed..)) {
+            (false, Some(tail)) if tail.len() == CHECKSUM_LEN => {
+                tail.copy_from_slice(&checksum.to_le_bytes());
+                Ok(())
+            }
+            _ => Err(Error::invalid(
+                "the KV section changed size while the frame was written",
+            )),
+        }
+    }
 }
 
 // -- decoding ----------------------------------------------------------------
@@ -1503,6 +1631,93 @@ mod tests {
             meta: None,
             kv: Vec::new(),
         }
+    }
+
+    #[test]
+    fn prepared_frames_write_into_their_size_only() {
+        let mut m = small();
+        m.kv.push(KvModel {
+            name: "c".into(),
+            kind: KvKind::Have,
+            owner: "o".into(),
+            uid: 1,
+            geometry: Geometry {
+                code: 6,
+                layers: 1,
+                kv_heads: 1,
+                head_dim: 2,
+                page_tokens: 2,
+            },
+            tokens: 3,
+            digest: 2,
+            flags: 0,
+            runs: Vec::new(),
+            table: Some(le64(&[1, 2, 3, 4])),
+        });
+        let frame = m.frame();
+        let opts = EncodeOptions::default();
+        let whole = encode_frame(&frame, &opts).unwrap();
+        let prepared = prepare_frame(&frame, &opts).unwrap();
+        assert_eq!(prepared.len(), whole.len());
+        let mut out = vec![0xaa; whole.len()];
+        prepared.write_into(&mut out).unwrap();
+        assert_eq!(out, whole);
+        for n in [0, whole.len() - 1, whole.len() + 1] {
+            let mut out = vec![0; n];
+            assert!(matches!(
+                prepared.write_into(&mut out),
+                Err(Error::InvalidArgument(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn large_pages_hash_as_they_are_copied() {
+        // Pages of 128 KiB (and a last one of 64 KiB): copied and hashed in chunks.
+        let geometry = Geometry {
+            code: 6,
+            layers: 1,
+            kv_heads: 1,
+            head_dim: 4096,
+            page_tokens: 16,
+        };
+        let rows = [16usize, 16, 8];
+        let pages: Vec<Vec<u8>> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (0..r * 8192).map(|j| (j * 31 + i) as u8).collect())
+            .collect();
+        let hashes: Vec<u64> = pages.iter().map(|p| kv::page_hash(p)).collect();
+        let mut m = small();
+        m.kv.push(KvModel {
+            name: "big".into(),
+            kind: KvKind::Pages,
+            owner: "o".into(),
+            uid: 3,
+            geometry,
+            tokens: 40,
+            digest: 1,
+            flags: KV_COMPLETE,
+            runs: vec![(
+                0,
+                1,
+                0,
+                le32(&[0, 0, 0]),
+                le32(&[0, 1, 2]),
+                le64(&hashes),
+                pages.concat(),
+            )],
+            table: None,
+        });
+        let frame = m.frame();
+        let bytes = encode_frame(&frame, &EncodeOptions::default()).unwrap();
+        let n = bytes.len() - CHECKSUM_LEN;
+        assert_eq!(bytes[n..], xxh3_64(&bytes[..n]).to_le_bytes());
+        let mut scratch = Vec::new();
+        assert_eq!(
+            decode_frame(&bytes, &Limits::default(), &mut scratch).unwrap(),
+            frame
+        );
     }
 
     #[test]

@@ -304,8 +304,13 @@ pub fn encode_frame<'py>(
         compress_threshold: usize::try_from(compress_threshold).ok(),
         level,
     };
-    let out = maybe_detach(py, size, || frame::encode_frame(&frame, &opts)).map_err(CoreError)?;
-    Ok(PyBytes::new(py, &out))
+    // The body first (compressed when due), then the frame written straight
+    // into the new bytes object: KV pages are copied once.
+    let prepared =
+        maybe_detach(py, size, || frame::prepare_frame(&frame, &opts)).map_err(CoreError)?;
+    PyBytes::new_with(py, prepared.len(), |out| {
+        maybe_detach(py, size, || prepared.write_into(out)).map_err(|e| CoreError(e).into())
+    })
 }
 
 // The Python signature spells the defaults out.
