@@ -77,6 +77,15 @@ def test_the_channels_do_not_load_the_layers_above() -> None:
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
+def test_the_metadata_channel_leaves_epochs_to_the_sync_layer() -> None:
+    from hybridsync.sync.epochs import EpochMeta
+
+    memory = hybridsync.Memory("m")
+    assert type(memory.meta) is EpochMeta and isinstance(memory.meta, meta.Meta)
+    for name in ("cross", "maybe_compact", "merge_foreign", "apply_late", "frozen_state"):
+        assert hasattr(EpochMeta, name) and not hasattr(meta.Meta, name), name
+
+
 def test_events_module_names_what_it_exports() -> None:
     for name in events.__all__:
         assert hasattr(events, name)

@@ -14,9 +14,10 @@ from hybridsync.channels.checks import check_encodable
 from hybridsync.channels.documents import TextDocuments
 from hybridsync.channels.events import ChangeBus, EventStream, Origin
 from hybridsync.channels.kv import KVCaches
-from hybridsync.channels.meta import CompactionPolicy, Meta, canonical_json
+from hybridsync.channels.meta import CompactionPolicy, canonical_json
 from hybridsync.errors import InvalidArgumentError
 from hybridsync.store import Store
+from hybridsync.sync.epochs import EpochMeta
 from hybridsync.sync.link import Link, LinkWatch
 
 __all__ = ["Memory", "TextDocuments"]
@@ -74,6 +75,8 @@ class Memory:
         #: Where the channels announce their changes: to the links and the
         #: store at once, and to observers once per change set.
         self.changes = ChangeBus()
+        self._links: tuple[Link, ...] = ()
+        self._links_version = 0
         self.text = TextDocuments(replica_id, self.changes)
         if incarnation is not None and not (
             isinstance(incarnation, int) and 0 <= incarnation < 1 << 64
@@ -81,7 +84,7 @@ class Memory:
             raise InvalidArgumentError(
                 f"incarnation must be an int in 0 .. 2**64-1, got {incarnation!r}"
             )
-        self.meta = Meta(
+        self.meta = EpochMeta(
             replica_id,
             self.changes,
             compaction or CompactionPolicy(),
@@ -163,7 +166,10 @@ class Memory:
     @property
     def links(self) -> tuple[Link, ...]:
         """The links attached to this replica."""
-        return tuple(w.link for w in self.changes.listeners if isinstance(w, LinkWatch))
+        if self._links_version != self.changes.listeners_version:
+            self._links = tuple(w.link for w in self.changes.listeners if isinstance(w, LinkWatch))
+            self._links_version = self.changes.listeners_version
+        return self._links
 
     def saved_link_state(
         self, role: str, peer_id: str

@@ -311,6 +311,8 @@ class ChangeBus:
 
     def __init__(self) -> None:
         self.listeners: list[ChangeListener] = []
+        #: Changes each time a listener is added or removed.
+        self.listeners_version = 0
         self._observers: list[_Observer] = []
         #: The latest observer failures, oldest first.
         self.errors: deque[ObserverError] = deque(maxlen=MAX_ERRORS)
@@ -334,11 +336,13 @@ class ChangeBus:
     def add_listener(self, listener: ChangeListener) -> None:
         """Hear of every change at once (see :class:`ChangeListener`)."""
         self.listeners.append(listener)
+        self.listeners_version += 1
 
     def remove_listener(self, listener: ChangeListener) -> None:
         """Stop hearing of changes (no error if not registered)."""
         with contextlib.suppress(ValueError):
             self.listeners.remove(listener)
+            self.listeners_version += 1
 
     # -- observers
 
@@ -483,6 +487,8 @@ class ChangeBus:
     # -- delivery
 
     def _flush(self) -> None:
+        if not self._pending and not self._queue:
+            return  # nothing observed changed (the common case without observers)
         pending, self._pending = self._pending, _Pending()
         if pending:
             self._queue.extend(self._events(pending))

@@ -17,6 +17,12 @@ form, so nothing is lost and nothing is applied twice: each replica logs its
 own writes tagged with the Yjs clock they produced, and the new epoch comes
 with the old document's final state vector, which says exactly which of them
 the root integrated.
+
+This module is the channel: values, path proxies, one document per epoch,
+the log of own writes, observers. The epoch machinery of the sync protocol
+(epoch ids and lineages, compaction, crossing, late updates, merges of a
+foreign document) is :class:`hybridsync.sync.epochs.EpochMeta`, the class
+of ``memory.meta``.
 """
 
 from __future__ import annotations
@@ -44,23 +50,12 @@ Path = tuple[str | int, ...]
 #: A value-level write: (kind, container path, key or index, value).
 Op = tuple[str, Path, str | int | None, Any]
 
-_ROOT = "meta"
+ROOT_KEY = "meta"
 _CLOCK = "clock"
 _MAX_DEPTH = 64
 _EXACT_FLOAT = 1 << 53
-#: Frozen state vectors kept to move lagging replicas across epochs.
-_EPOCH_HISTORY = 256
 #: Own latest dict writes remembered for a crossing after a merge.
 _LATEST_KEYS = 4096
-#: An epoch id is a lineage tag (40 bits, random per replica incarnation that
-#: starts epochs) above a 24-bit epoch counter.
-_COUNTER_BITS = 24
-_COUNTER_MASK = (1 << _COUNTER_BITS) - 1
-#: Lineage tags remembered (with the highest counter seen under each).
-_LINEAGE_TAGS = 64
-#: Documents of the epochs a root ended most recently, kept to integrate
-#: updates that arrive for them late (a request that crossed a compaction).
-_ENDED_DOCS = 4
 
 
 @dataclass(frozen=True)
@@ -156,22 +151,22 @@ def _check_str(s: str) -> None:
             raise InvalidArgumentError("metadata strings cannot hold lone surrogates") from None
 
 
-def _prelim(value: Value) -> Any:
+def prelim_value(value: Value) -> Any:
     """A checked value as pycrdt content (containers become shared types)."""
     if isinstance(value, dict):
-        return Map({k: _prelim(v) for k, v in value.items()})
+        return Map({k: prelim_value(v) for k, v in value.items()})
     if isinstance(value, list):
-        return Array([_prelim(v) for v in value])
+        return Array([prelim_value(v) for v in value])
     return value
 
 
-def _plain(value: Any) -> Value:
+def plain_value(value: Any) -> Value:
     """A stored value as plain Python. Numbers follow JSON: integral values
     within +-2**53 read back as int."""
     if isinstance(value, (Map, dict)):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain_value(v) for k, v in value.items()}
     if isinstance(value, (Array, list)):
-        return [_plain(v) for v in value]
+        return [plain_value(v) for v in value]
     if isinstance(value, float) and value.is_integer() and abs(value) < _EXACT_FLOAT:
         return int(value)
     if value is None or isinstance(value, (bool, int, float, str)):
@@ -186,7 +181,7 @@ def canonical_json(value: Value) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _apply_change(
+def apply_change(
     node: Map[Any], before: dict[str, Value], after: dict[str, Value], ops: list[Op]
 ) -> None:
     """Write on ``node`` what changed from ``before`` to ``after`` (a late
@@ -200,11 +195,11 @@ def _apply_change(
             continue
         ours = node.get(key)
         if isinstance(value, dict) and isinstance(old, dict) and isinstance(ours, Map):
-            _apply_change(ours, old, value, ops)
+            apply_change(ours, old, value, ops)
         elif isinstance(value, list) and isinstance(old, list) and isinstance(ours, Array):
             _apply_list_change(ours, old, value, ops)
-        elif not (key in node and canonical_json(_plain(ours)) == canonical_json(value)):
-            node[key] = _prelim(value)
+        elif not (key in node and canonical_json(plain_value(ours)) == canonical_json(value)):
+            node[key] = prelim_value(value)
             ops.append(("set", (), key, value))
     for key in before:
         if key not in after and key in node:
@@ -217,7 +212,7 @@ def _apply_list_change(
 ) -> None:
     old = Counter(canonical_json(v) for v in before)
     want = Counter(canonical_json(v) for v in after)
-    ours = [canonical_json(_plain(v)) for v in node]
+    ours = [canonical_json(plain_value(v)) for v in node]
     for k in (old - want).elements():  # removed: by value
         if k in ours:
             j = ours.index(k)
@@ -229,7 +224,7 @@ def _apply_list_change(
         k = canonical_json(v)
         if have[k] >= want[k] or old[k] >= want[k]:
             continue  # not added, or our list holds as many already
-        node.append(_prelim(v))
+        node.append(prelim_value(v))
         have[k] += 1
         old[k] += 1
         ops.append(("insert", (), len(node) - 1, v))
@@ -302,7 +297,7 @@ def merge_state_vectors(a: bytes | None, b: bytes) -> bytes:
     return encode_state_vector(merged)
 
 
-def _client_id(replica_id: str, epoch_id: int, salt: int) -> int:
+def crdt_client_id(replica_id: str, epoch_id: int, salt: int) -> int:
     """A CRDT client id unique to (replica incarnation, epoch), within
     JavaScript's 53 bits. ``salt`` is random per :class:`Meta` instance: a
     restarted replica (or a restarted root building an epoch base again)
@@ -360,7 +355,7 @@ class MetaMap(_LiveMapping):
 
     def to_py(self) -> dict[str, Value]:
         """The dict as plain Python values."""
-        out = _plain(self._node())
+        out = plain_value(self._node())
         assert isinstance(out, dict)
         return out
 
@@ -408,7 +403,7 @@ class MetaList:
 
     def to_py(self) -> list[Value]:
         """The list as plain Python values."""
-        out = _plain(self._node())
+        out = plain_value(self._node())
         assert isinstance(out, list)
         return out
 
@@ -437,14 +432,9 @@ class Meta(_LiveMapping):
         changes: ChangeBus,
         policy: CompactionPolicy,
         incarnation: int | None = None,
-        *,
-        is_root: Callable[[], bool] = lambda: True,
     ) -> None:
         self.replica_id = replica_id
         self._changes = changes
-        #: Whether this replica is the root of its link tree now (it owns
-        #: compaction and remembers ended epochs).
-        self._is_root = is_root
         #: The origin observers see for the writes of the current _write().
         self._event_origin = Origin.LOCAL
         self.policy = policy
@@ -462,273 +452,45 @@ class Meta(_LiveMapping):
         #: server that merged our document by value keeps its own plain
         #: values; those of ours still current in our document go again.
         self._latest: dict[tuple[Path, str], tuple[bool, Value]] = {}
-        #: Ended epochs we left by a MERGE (our clients on them get MERGE too).
-        self._via_merge: set[int] = set()
-        #: Root: the documents of the last epochs it ended (not saved).
-        self._ended: dict[int, Doc[Any]] = {}
-        #: Frozen state vectors of ended epochs (epoch -> encoded state vector).
-        self._frozen: dict[int, bytes] = {}
         self._changed = True  # since the last compaction check
         self._client = 0
         self._salt = secrets.randbits(64) if incarnation is None else incarnation
         self._estimate = 0
         self._base_size = 0
-        #: Own clock acknowledged by the upstream this epoch, per own client id.
-        self._delivered: dict[int, int] = {}
-        #: Lineage tags of the epochs this replica held -> (lowest, highest counter).
-        self._lineage: dict[int, tuple[int, int]] = {}
-        self._tag = self._draw_tag()
         # Every replica starts on an epoch 0 of its own: the first exchange
         # with an upstream moves it onto the upstream's epoch.
-        self._start_epoch(0, self._tag << _COUNTER_BITS, b"")
+        self._start_epoch(0, self._first_epoch_id(), b"")
 
-    # -- epochs
+    # -- epochs: generations of the document (the sync layer decides when
+    # -- to start one: hybridsync.sync.epochs)
+
+    def _first_epoch_id(self) -> int:
+        """The id of the epoch 0 this replica starts on."""
+        return 0
+
+    def _next_epoch_id(self) -> int:
+        """The id of the epoch this replica would start next."""
+        return self.epoch_id + 1
 
     def _start_epoch(self, epoch: int, epoch_id: int, base: bytes) -> None:
-        self._delivered = {}
-        tag, counter = epoch_id >> _COUNTER_BITS, epoch_id & _COUNTER_MASK
-        lo, hi = self._lineage.pop(tag, (counter, counter))
-        self._lineage[tag] = (min(lo, counter), max(hi, counter))
-        while len(self._lineage) > _LINEAGE_TAGS:
-            del self._lineage[next(iter(self._lineage))]
+        """Start a new document (epoch ``epoch``, id ``epoch_id``) from
+        ``base`` (an update holding the whole document, or empty)."""
         self.epoch = epoch
         self.epoch_id = epoch_id
         self.base = base
-        self._client = _client_id(self.replica_id, epoch_id, self._salt)
+        self._client = crdt_client_id(self.replica_id, epoch_id, self._salt)
         self._doc: Doc[Any] = Doc(client_id=self._client)
         if base:
             self._doc.apply_update(base)
-        self._root = self._doc.get(_ROOT, type=Map)
+        self._root = self._doc.get(ROOT_KEY, type=Map)
         self._clock = self._doc.get(_CLOCK, type=Map)
         self.base_state = self._doc.get_state()
         self._base_size = len(base)
         self.metrics.epoch = epoch
 
-    def _draw_tag(self, n: int = 0) -> int:
-        """A lineage tag for epochs this incarnation starts (40 bits, not 0)."""
-        key = f"{self.replica_id}\x00tag\x00{self._salt}\x00{n}"
-        return (xxhash.xxh64_intdigest(key.encode()) >> _COUNTER_BITS) or 1
-
-    def _next_epoch_id(self) -> int:
-        """The id of the epoch this replica starts next (as the root): our
-        incarnation's tag above the counter after the current epoch's."""
-        counter = (self.epoch_id & _COUNTER_MASK) + 1
-        attempt = 0
-        while counter > _COUNTER_MASK or self._lineage.get(self._tag, (0, -1))[1] >= counter:
-            # The counter ran out, or the tag came back: a fresh tag.
-            attempt += 1
-            self._tag = self._draw_tag(self.epoch_id + attempt)
-            counter = 1
-        return (self._tag << _COUNTER_BITS) | counter
-
-    def forgotten(self, epoch_id: int) -> bool:
-        """True, on the root, for an ended epoch it held whose frozen state it
-        no longer keeps (the peer was away for longer): what the root
-        acknowledged on it, it integrated. (A hub may have acknowledged
-        writes it never passed on: it merges such a peer's document.)"""
-        tag, counter = epoch_id >> _COUNTER_BITS, epoch_id & _COUNTER_MASK
-        lo, hi = self._lineage.get(tag, (1, 0))
-        return (
-            self._is_root()
-            and epoch_id != self.epoch_id
-            and epoch_id not in self._frozen
-            and lo <= counter <= hi
-        )
-
-    def ahead(self, epoch_id: int) -> bool:
-        """True for a later epoch of a lineage we carry (our upstream moved
-        on and we have not heard yet): a hub waits to cross instead of
-        merging a client on it by value."""
-        tag, counter = epoch_id >> _COUNTER_BITS, epoch_id & _COUNTER_MASK
-        return tag in self._lineage and counter > self._lineage[tag][1]
-
     def has_pending_writes(self) -> bool:
         """True while own writes are not known to be integrated by the root."""
         return bool(self._pending)
-
-    def own_clients(self) -> set[int]:
-        """The CRDT client ids of this replica's logged writes and current one."""
-        return {c for c, _, _ in self._pending} | {self._client}
-
-    def note_delivered(self, state: bytes) -> None:
-        """Our upstream acknowledged a frame that carried ``state`` (a state
-        vector of the current epoch)."""
-        sv = decode_state_vector(state)
-        for client in self.own_clients():
-            clock = sv.get(client, 0)
-            if clock > self._delivered.get(client, 0):
-                self._delivered[client] = clock
-
-    def frozen_state(self, epoch_id: int) -> bytes | None:
-        """What the current epoch holds of an ended epoch of this lineage (its
-        final state vector), or None if ``epoch_id`` is not one of them."""
-        return self._frozen.get(epoch_id)
-
-    def maybe_compact(self) -> bool:
-        """Run the compaction pass: start a new epoch when the policy says so.
-        Only the root of the link tree calls it. Returns True if it compacted."""
-        if not self._changed:
-            return False
-        self._changed = False
-        live = self.to_py()
-        encoded = len(self._doc.get_update())
-        clients = len(decode_state_vector(self._doc.get_state()))
-        self._measure(encoded, len(canonical_json(live)), clients)
-        p = self.policy
-        if not p.enabled:
-            return False
-        if encoded <= p.max_ratio * self.metrics.live_bytes + p.slack_bytes and (
-            clients <= p.max_clients
-        ):
-            return False
-        if encoded <= self._base_size + 64 and clients <= p.max_clients:
-            return False  # nothing to gain: the history is the base already
-        self._frozen[self.epoch_id] = self._doc.get_state()
-        self._ended[self.epoch_id] = self._doc
-        while len(self._ended) > _ENDED_DOCS:
-            del self._ended[next(iter(self._ended))]
-        self._trim_history()
-        epoch_id = self._next_epoch_id()
-        builder_id = _client_id(self.replica_id, epoch_id, self._salt ^ 1)
-        builder: Doc[Any] = Doc(client_id=builder_id)
-        root = builder.get(_ROOT, type=Map)
-        with builder.transaction():
-            for k, v in live.items():
-                root[k] = _prelim(v)
-        self._start_epoch(self.epoch + 1, epoch_id, builder.get_update())
-        self._pending.clear()  # the root integrated everything it wrote
-        self.metrics.compactions += 1
-        self._measure(len(self._doc.get_update()), self.metrics.live_bytes, 1)
-        self._changes.meta_changed(Origin.LOCAL)
-        return True
-
-    def _trim_history(self) -> None:
-        while len(self._frozen) > _EPOCH_HISTORY:
-            del self._frozen[next(iter(self._frozen))]
-        self._via_merge &= self._frozen.keys()
-
-    def apply_late(self, epoch_id: int, update: bytes, origin: Origin = Origin.LOCAL) -> bool:
-        """Root: integrate an update of an epoch it ended recently (a request
-        built before the peer heard of the compaction). The update goes into
-        that epoch's kept document; what it changed there (value level) is
-        written on the current epoch, and the epoch's frozen state grows to
-        cover it, so the peer re-applies none of it. False when the epoch's
-        document is no longer kept (the peer re-applies its own writes).
-        Raises DecodeError (nothing changes) if the update does not decode."""
-        doc = self._ended.get(epoch_id)
-        if doc is None:
-            return False
-        before_state = doc.get_state()
-        before = _plain(doc.get(_ROOT, type=Map))
-        scratch: Doc[Any] = Doc()
-        try:
-            scratch.apply_update(doc.get_update())
-            scratch.apply_update(update)
-        except ValueError as exc:
-            raise DecodeError(f"invalid metadata update: {exc}") from exc
-        doc.apply_update(update)
-        if doc.get_state() == before_state:
-            return True
-        after = _plain(doc.get(_ROOT, type=Map))
-        assert isinstance(before, dict) and isinstance(after, dict)
-        with self._writing_for(origin), self._write() as ops:
-            written: list[Op] = []
-            _apply_change(self._root, before, after, written)
-            if written:
-                ops.append(("merge", (), None, after))
-            self.metrics.late_writes += len(written)
-        self._frozen[epoch_id] = doc.get_state()
-        self._changed = True
-        return True
-
-    def left_by_merge(self, epoch_id: int) -> bool:
-        """True for an ended epoch we left because our upstream merged our
-        document by value: our clients on it move by MERGE too (so that their
-        own latest values win again over the merged ones)."""
-        return epoch_id in self._via_merge
-
-    def cross(
-        self,
-        epoch: int,
-        epoch_id: int,
-        document: bytes,
-        frozen_state: bytes,
-        *,
-        merged: bool = False,
-        origin: Origin = Origin.LOCAL,
-    ) -> int:
-        """Move to the upstream's epoch ``epoch_id`` (``document``: its whole
-        document), re-applying the own writes that ``frozen_state`` (what
-        that document holds of our current epoch) does not cover, and with
-        ``merged`` (the upstream merged our document by value) our own dict
-        writes too. ``origin``: the link the document came through (it
-        holds it; our other links have news). Returns how many logged own
-        writes ``frozen_state`` did not cover (written again here).
-        Raises DecodeError (nothing changes) if the document or the state is bad."""
-        frozen = decode_state_vector(frozen_state)
-        probe: Doc[Any] = Doc()
-        try:
-            probe.apply_update(document)
-        except ValueError as exc:
-            raise DecodeError(f"invalid epoch document: {exc}") from exc
-        # Without a frozen state (the upstream no longer keeps it: we were
-        # away for longer), what our upstream acknowledged counts as
-        # integrated: it was, by a replica of this lineage.
-        integrated = frozen if frozen_state else self._delivered
-        keep = [op for client, end, op in self._pending if end > integrated.get(client, 0)]
-        # After a merge: our latest dict writes still current in our document
-        # go again over the merged values (a container merges into the one
-        # there instead of replacing what others put in it since).
-        overlays = self._current_latest() if merged else []
-        self._frozen[self.epoch_id] = frozen_state
-        if merged:
-            self._via_merge.add(self.epoch_id)
-        self._trim_history()
-        self._start_epoch(epoch, epoch_id, document)
-        self._pending = []
-        self.metrics.crossings += 1
-        if keep or overlays:
-            with self._write() as ops:
-                for op in keep:
-                    if self._replay(op):
-                        ops.append(op)
-                for op in overlays:
-                    self._overlay(op, ops)
-                self.metrics.rebased_writes += len(ops)
-        self._changed = True
-        self._changes.meta_changed(origin)
-        return len(keep)
-
-    def merge_foreign(self, update: bytes, state: bytes, origin: Origin = Origin.LOCAL) -> bool:
-        """Fold in a downstream replica's whole document of an epoch that is
-        not of this lineage (this replica restarted without its state, or the
-        peer comes from another tree): no shared history tells what is new, so
-        the values merge. Keys we lack are set, dicts merge key by key, lists
-        gain the values they lack (compared by value, counted, so nothing we
-        hold is doubled); where both hold a different plain value, ours stays.
-        The merge is our own write (logged, so it survives our own crossings).
-        Returns False, changing nothing, when ``update`` is not the whole
-        document that ``state`` describes; raises DecodeError if it does not
-        decode."""
-        scratch: Doc[Any] = Doc()
-        try:
-            scratch.apply_update(update)
-        except ValueError as exc:
-            raise DecodeError(f"invalid metadata update: {exc}") from exc
-        if decode_state_vector(scratch.get_state()) != decode_state_vector(state):
-            return False
-        theirs = _plain(scratch.get(_ROOT, type=Map))
-        assert isinstance(theirs, dict)
-        with self._writing_for(origin), self._write() as ops:
-            written: list[Op] = []
-            self._merge_map(self._root, (), theirs, written)
-            if written:
-                # Logged as one merge: replayed (after a crossing of our own)
-                # it merges again, so it never replaces or doubles anything.
-                ops.append(("merge", (), None, theirs))
-            self.metrics.merged_writes += len(written)
-        self._changed = True
-        return True
 
     def _note_latest(self, path: Path, key: str, deleted: bool, value: Value) -> None:
         if any(isinstance(part, int) for part in path):
@@ -739,89 +501,6 @@ class Meta(_LiveMapping):
         if len(self._latest) > _LATEST_KEYS:
             del self._latest[next(iter(self._latest))]
 
-    def _current_latest(self) -> list[Op]:
-        """Our latest dict writes that the document still shows (as ops);
-        the others (superseded by someone since) are forgotten."""
-        out: list[Op] = []
-        for (path, key), (deleted, value) in list(self._latest.items()):
-            try:
-                node = self._resolve(path)
-            except KeyError:
-                node = None
-            current = isinstance(node, Map) and (
-                key not in node
-                if deleted
-                else key in node and canonical_json(_plain(node[key])) == canonical_json(value)
-            )
-            if current:
-                out.append(("del", path, key, None) if deleted else ("set", path, key, value))
-            else:
-                del self._latest[path, key]
-        return out
-
-    def _overlay(self, op: Op, ops: list[Op]) -> None:
-        """Write an own dict write again over a merged value: a plain value
-        or a deletion as it was; a dict or list into the container that
-        holds the key (our values win, list values are added if missing)."""
-        kind, path, key, value = op
-        try:
-            node = self._resolve(path)
-        except KeyError:
-            return
-        if not isinstance(node, Map) or not isinstance(key, str):
-            return
-        if kind == "del":
-            if key in node:
-                del node[key]
-                ops.append(op)
-            return
-        self._merge_map(node, path, {key: value}, ops, overwrite=True)
-
-    def _merge_map(
-        self,
-        node: Map[Any],
-        path: Path,
-        theirs: dict[str, Value],
-        ops: list[Op],
-        *,
-        overwrite: bool = False,
-    ) -> None:
-        """Merge ``theirs`` into ``node``; where both hold a different plain
-        value (or different kinds of value), ours stays unless ``overwrite``."""
-        for key, value in theirs.items():
-            if key not in node:
-                node[key] = _prelim(value)
-                ops.append(("set", path, key, value))
-                continue
-            ours = node[key]
-            if isinstance(ours, Map) and isinstance(value, dict):
-                self._merge_map(ours, (*path, key), value, ops, overwrite=overwrite)
-            elif isinstance(ours, Array) and isinstance(value, list):
-                self._merge_list(ours, (*path, key), value, ops)
-            elif overwrite and (
-                isinstance(ours, (Map, Array))
-                or canonical_json(_plain(ours)) != canonical_json(value)
-            ):
-                node[key] = _prelim(value)
-                ops.append(("set", path, key, value))
-
-    @staticmethod
-    def _merge_list(node: Array[Any], path: Path, theirs: list[Value], ops: list[Op]) -> None:
-        ours = [canonical_json(_plain(v)) for v in node]
-        unmatched = Counter(ours)
-        pos = 0  # insert after the last value of theirs found in ours
-        for value in theirs:
-            k = canonical_json(value)
-            if unmatched[k] > 0:
-                unmatched[k] -= 1
-                if k in ours[pos:]:
-                    pos = ours.index(k, pos) + 1
-                continue
-            node.insert(pos, _prelim(value))
-            ops.append(("insert", path, pos, value))
-            ours.insert(pos, k)
-            pos += 1
-
     # -- persistence (hybridsync.store)
 
     def _saved(self) -> dict[str, Any]:
@@ -829,13 +508,9 @@ class Meta(_LiveMapping):
         return {
             "epoch": self.epoch,
             "epoch_id": self.epoch_id,
-            "frozen": [[k, v] for k, v in self._frozen.items()],
             "pending": [[c, e, k, list(p), key, v] for c, e, (k, p, key, v) in self._pending],
             "ticks": self._ticks,
             "latest": [[list(p), k, d, v] for (p, k), (d, v) in self._latest.items()],
-            "delivered": dict(self._delivered),
-            "lineage": [[t, lo, hi] for t, (lo, hi) in self._lineage.items()],
-            "via_merge": sorted(self._via_merge),
         }
 
     def _restore(self, saved: dict[str, Any], base: bytes, updates: list[bytes]) -> None:
@@ -850,18 +525,11 @@ class Meta(_LiveMapping):
         self._start_epoch(int(saved["epoch"]), int(epoch_id), base)
         for update in updates:
             self._doc.apply_update(update)
-        frozen = saved["frozen"] if "epoch_id" in saved else []
-        self._frozen = {int(k): bytes(v) for k, v in frozen}
         self._pending = [
             (int(c), int(e), (str(k), tuple(p), key, v)) for c, e, k, p, key, v in saved["pending"]
         ]
         self._pending_limit = 2 * len(self._pending) + 256
         self._ticks = int(saved["ticks"])
-        self._delivered = {int(k): int(v) for k, v in saved.get("delivered", {}).items()}
-        for tag, lo, hi in saved.get("lineage", []):
-            old_lo, old_hi = self._lineage.pop(int(tag), (int(lo), int(hi)))
-            self._lineage[int(tag)] = (min(old_lo, int(lo)), max(old_hi, int(hi)))
-        self._via_merge = {int(e) for e in saved.get("via_merge", [])} & self._frozen.keys()
         self._latest = {(tuple(p), str(k)): (bool(d), v) for p, k, d, v in saved.get("latest", [])}
         self._changed = True
 
@@ -888,16 +556,6 @@ class Meta(_LiveMapping):
         self._changed = True
         self._changes.meta_changed(origin)
         self._estimate += len(update)
-        p = self.policy
-        if (
-            self._is_root()
-            and p.enabled
-            and self._estimate > p.max_ratio * self.metrics.live_bytes + p.slack_bytes
-        ):
-            # Check right away (the estimate, last measured size plus the
-            # updates since, bounds the state): a root integrating many peers'
-            # updates in one cycle stays bounded between them too.
-            self.maybe_compact()
 
     def _measure(self, encoded: int, live: int, clients: int) -> None:
         self._estimate = encoded
@@ -1015,7 +673,7 @@ class Meta(_LiveMapping):
             return MetaMap(self, path)
         if isinstance(value, Array):
             return MetaList(self, path)
-        return _plain(value)
+        return plain_value(value)
 
     def _set(self, path: Path, key: str, value: Any) -> None:
         if not isinstance(key, str):
@@ -1024,7 +682,7 @@ class Meta(_LiveMapping):
         checked = _check(value)
         node = self._resolve(path)
         with self._write() as ops:
-            node[key] = _prelim(checked)
+            node[key] = prelim_value(checked)
             ops.append(("set", path, key, checked))
         self._note_latest(path, key, False, checked)
 
@@ -1042,7 +700,7 @@ class Meta(_LiveMapping):
         node = self._resolve(path)
         i = _index(index, len(node))
         with self._write() as ops:
-            node[i] = _prelim(checked)
+            node[i] = prelim_value(checked)
             ops.append(("lset", path, i, checked))
 
     def _list_insert(self, path: Path, index: int, value: Any) -> None:
@@ -1052,57 +710,16 @@ class Meta(_LiveMapping):
             raise InvalidArgumentError(f"list indices are int, got {type(index).__name__}")
         i = max(0, min(index + len(node) if index < 0 else index, len(node)))
         with self._write() as ops:
-            node.insert(i, _prelim(checked))
+            node.insert(i, prelim_value(checked))
             ops.append(("insert", path, i, checked))
 
     def _list_delete(self, path: Path, index: int) -> None:
         node = self._resolve(path)
         i = _index(index, len(node))
-        old = _plain(node[i])
+        old = plain_value(node[i])
         with self._write() as ops:
             del node[i]
             ops.append(("ldel", path, i, [old]))  # the value, to find it again
-
-    def _replay(self, op: Op) -> bool:
-        """Re-apply a logged write on the current document (value level);
-        False when its container no longer exists."""
-        kind, path, key, value = op
-        try:
-            node = self._resolve(path)
-        except KeyError:
-            return False
-        if kind == "merge":
-            if not isinstance(node, Map) or not isinstance(value, dict):
-                return False
-            self._merge_map(node, path, value, [])
-            return True
-        if kind in ("set", "del"):
-            if not isinstance(node, Map) or not isinstance(key, str):
-                return False
-            if kind == "set":
-                node[key] = _prelim(value)
-            elif key in node:
-                del node[key]
-            return True
-        if not isinstance(node, Array) or not isinstance(key, int):
-            return False
-        n = len(node)
-        if kind == "insert":
-            node.insert(min(key, n), _prelim(value))
-        elif kind == "lset" and n:
-            node[min(key, n - 1)] = _prelim(value)
-        elif kind == "ldel" and n:
-            at = min(key, n - 1)
-            if isinstance(value, list) and len(value) == 1:
-                # Delete the value that was deleted: the one nearest to its
-                # old index (a merge may have moved it); gone already: nothing.
-                want = canonical_json(value[0])
-                found = [j for j in range(n) if canonical_json(_plain(node[j])) == want]
-                if not found:
-                    return True
-                at = min(found, key=lambda j: abs(j - key))
-            del node[at]
-        return True
 
     # -- the mapping
 
@@ -1126,7 +743,7 @@ class Meta(_LiveMapping):
 
     def to_py(self) -> dict[str, Value]:
         """The whole metadata as plain Python values."""
-        out = _plain(self._root)
+        out = plain_value(self._root)
         assert isinstance(out, dict)
         return out
 

@@ -163,7 +163,7 @@ def lossy_swarm(console: Console, rounds: int, seed: int) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m hybridsync.demo", description=__doc__)
     parser.add_argument("--trace", default="seph-blog1", help="editing trace to replay")
     parser.add_argument("--every", type=int, default=500, help="transactions per sync step")
     parser.add_argument("--rounds", type=int, default=60, help="rounds of swarm edits")

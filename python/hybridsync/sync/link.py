@@ -28,9 +28,10 @@ from hybridsync.channels.checks import check_encodable
 from hybridsync.channels.documents import TextDocuments
 from hybridsync.channels.events import ChangeBus, Origin
 from hybridsync.channels.kv import KVCaches
-from hybridsync.channels.meta import Meta, decode_state_vector, merge_state_vectors
+from hybridsync.channels.meta import decode_state_vector, merge_state_vectors
 from hybridsync.channels.text import Patch, apply_patch, common_lines, make_patch, merge3
 from hybridsync.errors import InvalidArgumentError, ProtocolError
+from hybridsync.sync.epochs import EpochMeta
 from hybridsync.sync.frame import (
     Edit,
     Entry,
@@ -145,7 +146,7 @@ class Replica(Protocol):
     def text(self) -> TextDocuments: ...
 
     @property
-    def meta(self) -> Meta: ...
+    def meta(self) -> EpochMeta: ...
 
     @property
     def kv(self) -> KVCaches: ...
@@ -306,6 +307,7 @@ class Link:
         self.peer_incarnation: bytes | None = None
         self._peer_resumed: set[str] = set()  # documents to merge as if new
         self._watch = LinkWatch(self)
+        self._origin: Origin | None = None
         if memory.durable:
             if any(link.role == role and link.peer_id == peer_id for link in memory.links):
                 raise InvalidArgumentError(
@@ -420,7 +422,10 @@ class Link:
     @property
     def origin(self) -> Origin:
         """The origin of the changes this link applies (remote, from its peer)."""
-        return Origin("remote", self.peer_id, self)
+        origin = self._origin
+        if origin is None or origin.peer != self.peer_id:
+            origin = self._origin = Origin("remote", self.peer_id, self)
+        return origin
 
     @property
     def idle(self) -> bool:
