@@ -470,3 +470,27 @@ def test_objects_built_in_rust_are_ordinary_dataclasses() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         back.seq = 5  # type: ignore[misc]
     assert dataclasses.replace(back, seq=5).seq == 5
+
+
+def test_edits_and_metadata_accept_any_bytes_like() -> None:
+    patch = _core.make_patch("a", "ab")
+    raw = patch.to_bytes()
+    frame = F.Frame(
+        "s",
+        0,
+        0,
+        False,
+        (F.Entry("d", F.Kind.EDITS, 0, 2, (F.Edit(1, patch, raw),)),),
+        F.MetaBlock(1, F.MetaKind.UPDATE, b"sv", b"up", 2),
+    )
+    expected = F.encode_frame(frame)
+    for wrap in (bytearray, memoryview, lambda b: np.frombuffer(b, np.uint8)):
+        loose = F.Frame(
+            "s",
+            0,
+            0,
+            False,
+            (F.Entry("d", F.Kind.EDITS, 0, 2, (F.Edit(1, patch, wrap(raw)),)),),  # type: ignore[arg-type]
+            F.MetaBlock(1, F.MetaKind.UPDATE, wrap(b"sv"), wrap(b"up"), 2),  # type: ignore[arg-type]
+        )
+        assert rust_encode(loose) == expected

@@ -36,6 +36,33 @@ fn bytes_of<'a>(buf: &'a PyUntypedBuffer, what: &str) -> PyResult<&'a [u8]> {
     Ok(unsafe { std::slice::from_raw_parts(buf.buf_ptr() as *const u8, len) })
 }
 
+/// Bytes from Python: a `bytes` object (read in place), or any other
+/// C-contiguous buffer (bytearray, memoryview, numpy array).
+enum Blob<'py> {
+    Bytes(Bound<'py, PyBytes>),
+    Buffer(PyUntypedBuffer),
+}
+
+impl<'py> Blob<'py> {
+    fn new(obj: Bound<'py, PyAny>) -> PyResult<Self> {
+        match obj.cast_into::<PyBytes>() {
+            Ok(b) => Ok(Blob::Bytes(b)),
+            Err(e) => Ok(Blob::Buffer(PyUntypedBuffer::get(&e.into_inner())?)),
+        }
+    }
+
+    fn as_bytes(&self) -> PyResult<&[u8]> {
+        match self {
+            Blob::Bytes(b) => Ok(b.as_bytes()),
+            Blob::Buffer(b) => bytes_of(b, "bytes"),
+        }
+    }
+}
+
+fn opt_bytes<'a>(b: &'a Option<Blob<'_>>) -> PyResult<&'a [u8]> {
+    b.as_ref().map_or(Ok(&[][..]), |b| b.as_bytes())
+}
+
 fn kind<T: TryFrom<u8, Error = Error>>(v: u8) -> PyResult<T> {
     T::try_from(v).map_err(|e| CoreError(e).into())
 }
@@ -46,7 +73,7 @@ struct EntryObj<'py> {
     kind: Kind,
     ack: u64,
     local: u64,
-    edits: Vec<(u64, Bound<'py, PyBytes>)>,
+    edits: Vec<(u64, Blob<'py>)>,
     checksum: u64,
     text: Option<Bound<'py, PyString>>,
 }
@@ -55,8 +82,8 @@ struct MetaObj<'py> {
     epoch: u64,
     epoch_id: u64,
     kind: MetaKind,
-    a: Option<Bound<'py, PyBytes>>,
-    b: Option<Bound<'py, PyBytes>>,
+    a: Option<Blob<'py>>,
+    b: Option<Blob<'py>>,
 }
 
 struct RunObj {
@@ -126,7 +153,7 @@ fn entry_obj<'py>(e: &Bound<'py, PyAny>) -> PyResult<EntryObj<'py>> {
         for edit in e.getattr(intern!(py, "edits"))?.try_iter()? {
             let edit = edit?;
             let version: u64 = edit.getattr(intern!(py, "version"))?.extract()?;
-            let raw = edit.getattr(intern!(py, "raw"))?.cast_into::<PyBytes>()?;
+            let raw = Blob::new(edit.getattr(intern!(py, "raw"))?)?;
             obj.edits.push((version, raw));
         }
         obj.checksum = e.getattr(intern!(py, "checksum"))?.extract()?;
@@ -143,8 +170,8 @@ fn meta_obj<'py>(m: &Bound<'py, PyAny>) -> PyResult<MetaObj<'py>> {
         (None, None)
     } else {
         (
-            Some(m.getattr(intern!(py, "a"))?.cast_into::<PyBytes>()?),
-            Some(m.getattr(intern!(py, "b"))?.cast_into::<PyBytes>()?),
+            Some(Blob::new(m.getattr(intern!(py, "a"))?)?),
+            Some(Blob::new(m.getattr(intern!(py, "b"))?)?),
         )
     };
     Ok(MetaObj {
@@ -235,12 +262,14 @@ pub fn encode_frame<'py>(
         e.edits = o
             .edits
             .iter()
-            .map(|(version, raw)| frame::Edit {
-                version: *version,
-                raw: raw.as_bytes(),
-                patch: None,
+            .map(|(version, raw)| {
+                Ok(frame::Edit {
+                    version: *version,
+                    raw: raw.as_bytes()?,
+                    patch: None,
+                })
             })
-            .collect();
+            .collect::<PyResult<_>>()?;
         if let Some(t) = &o.text {
             e.text = t.to_str()?;
         }
@@ -249,13 +278,16 @@ pub fn encode_frame<'py>(
             .saturating_add(e.edits.iter().map(|x| x.raw.len()).sum());
         frame_entries.push(e);
     }
-    let meta = meta_obj.as_ref().map(|m| MetaBlock {
-        epoch: m.epoch,
-        epoch_id: m.epoch_id,
-        kind: m.kind,
-        a: m.a.as_ref().map_or(&[][..], |a| a.as_bytes()),
-        b: m.b.as_ref().map_or(&[][..], |b| b.as_bytes()),
-    });
+    let meta = match &meta_obj {
+        Some(m) => Some(MetaBlock {
+            epoch: m.epoch,
+            epoch_id: m.epoch_id,
+            kind: m.kind,
+            a: opt_bytes(&m.a)?,
+            b: opt_bytes(&m.b)?,
+        }),
+        None => None,
+    };
     if let Some(m) = &meta {
         size = size.saturating_add(m.a.len()).saturating_add(m.b.len());
     }
