@@ -256,7 +256,18 @@ async def tool_latency(n: int, warmup: int, workdir: Path) -> dict[str, Any]:
     rows = []
     for tool in TOOLS:
         rows.append({"tool": tool, **{w: summary(v) for w, v in times[tool].items()}})
-    return {"calls_per_tool": n, "warmup": warmup, "graph": sizes, "rows": rows}
+    # create_entities grows the graph by one entity per call: its first and last tenth
+    # say how a write's cost moves with the graph's size.
+    k = max(1, n // 10)
+    growth = {
+        "tool": "create_entities",
+        "calls": k,
+        "entities_before_first": [warmup, warmup + k - 1],
+        "entities_before_last": [warmup + n - k, warmup + n - 1],
+        "first": {w: summary(v[:k]) for w, v in times["create_entities"].items()},
+        "last": {w: summary(v[-k:]) for w, v in times["create_entities"].items()},
+    }
+    return {"calls_per_tool": n, "warmup": warmup, "graph": sizes, "rows": rows, "growth": growth}
 
 
 # --------------------------------------------------------------------------- 2 + 3. propagation
@@ -610,6 +621,24 @@ def render(env: dict[str, Any], data: dict[str, Any]) -> str:
             f"| `{r['tool']}` | {_cell(r['mcp_memory'])} | {_cell(r['mcp_data'])} "
             f"| {_ms(dm, 'p50')} / {_ms(dm, 'p99')} | {_ms(dd, 'p50')} / {_ms(dd, 'p99')} |"
         )
+    gr = tools["growth"]
+    a, b = gr["entities_before_first"], gr["entities_before_last"]
+    out += [
+        "",
+        f"How a write's cost moves with the graph's size: `create_entities` p50 over its first "
+        f"{gr['calls']} calls (graph of {a[0]}-{a[1]} entities) → its last {gr['calls']} "
+        f"(graph of {b[0]}-{b[1]} entities): "
+        + "; ".join(
+            f"{label} {_ms(gr['first'][w], 'p50')} → {_ms(gr['last'][w], 'p50')}"
+            for w, label in (
+                ("mcp_memory", "MCP memory"),
+                ("mcp_data", "MCP --data"),
+                ("direct_memory", "in process, memory"),
+                ("direct_data", "in process, file"),
+            )
+        )
+        + " ms.",
+    ]
     out += [
         "",
         f"## 2 and 3. Write on A, visible on B ({prop['writes']} writes of each kind, "
