@@ -9,6 +9,8 @@ export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 # Real editing traces used by the demo, tests and benchmarks.
 export HYBRIDSYNC_TRACES ?= $(abspath ../shared/data/editing-traces)
+# Every committed version of four PEPs (whole-document rewrites), for the benchmarks.
+export HYBRIDSYNC_REVISIONS ?= $(abspath ../shared/data/revisions)
 
 RUST_SOURCES := $(shell find rust -name '*.rs' -o -name Cargo.toml) Cargo.toml pyproject.toml
 
@@ -72,12 +74,12 @@ test-llama: build ## llama.cpp end to end (builds llama-cpp-python from source: 
 	$(BIN)/pytest tests/test_kv_llama_cpp.py
 
 .PHONY: bench
-bench: build ## hybridsync vs pycrdt and Loro over a lossy network (benches/results/bench, README)
-	$(PY) -m pip install --quiet "loro>=1.0"
+bench: build ## hybridsync vs pycrdt and Loro driven fairly (benches/BASELINES.md) over a faulty network
+	$(PY) -m pip install --quiet "loro>=1.0" "fast-diff-match-patch>=2.1"
 	$(BIN)/hybridsync bench --jobs 2 --cpu-budget 300
 
 .PHONY: bench-all
-bench-all: bench bench-text bench-sync bench-meta bench-kv bench-ttft bench-store ## Every benchmark (results in benches/results/)
+bench-all: bench bench-text bench-sync bench-meta bench-small bench-kv bench-ttft bench-store bench-runtimes ## Every benchmark (results in benches/results/)
 
 .PHONY: bench-text
 bench-text: build ## Text kernels vs diff-match-patch (C++) and diff-match-patch (Python)
@@ -91,6 +93,15 @@ bench-meta: build ## Structured metadata vs pycrdt and Loro: storm and task boar
 .PHONY: bench-sync
 bench-sync: build ## The sync engine vs pycrdt: wire bytes and CPU per cycle
 	$(PY) benches/bench_sync.py
+
+.PHONY: bench-small
+bench-small: build ## The tax of one small write to one of N docs, keys or KV pages, vs pycrdt and Loro
+	$(PY) -m pip install --quiet "loro>=1.0"
+	$(PY) benches/bench_small.py
+
+.PHONY: bench-runtimes
+bench-runtimes: build ## Agent runtimes: MCP tool-call latency, write on one MCP server to notification on another
+	$(PY) benches/bench_runtimes.py
 
 .PHONY: bench-store
 bench-store: build ## Durable replicas: cycle time with/without persistence, KV page rows vs files
@@ -106,9 +117,9 @@ bench-ttft: build ## Time to first token: restore a mirrored Q4 cache vs re-pref
 
 FUZZ_SECONDS ?= 60
 .PHONY: fuzz
-fuzz: ## Fuzz the Rust patch decoders, apply and the KV kernels (cargo-fuzz, FUZZ_SECONDS per target)
+fuzz: ## Fuzz the Rust patch and frame decoders, apply and the KV kernels (cargo-fuzz, FUZZ_SECONDS per target)
 	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-	for t in patch_from_bytes patch_from_text patch_text_to_bytes apply_patch kv_pages; do \
+	for t in patch_from_bytes patch_from_text patch_text_to_bytes apply_patch kv_pages frame_decode; do \
 		RUSTC_BOOTSTRAP=1 cargo fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
 	done
 

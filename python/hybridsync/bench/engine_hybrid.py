@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 import xxhash
 
+from hybridsync import KVCache, Memory
 from hybridsync.bench.core import (
     Engine,
     KVAppend,
@@ -33,8 +34,6 @@ from hybridsync.bench.core import (
     TextReplace,
     kv_rows,
 )
-from hybridsync.kv import KVCache
-from hybridsync.memory import Memory
 from hybridsync.sim import Network
 
 __all__ = ["HybridEngine", "kv_digest_of", "state_bytes_of"]
