@@ -14,13 +14,15 @@ relative to the working directory.
 from __future__ import annotations
 
 import gzip
-import json
 import os
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from hybridsync.errors import InvalidArgumentError
+from hybridsync._json import loads as loads_json
+from hybridsync.errors import DecodeError, InvalidArgumentError, LimitExceededError
 
 __all__ = ["Trace", "load_trace", "trace_names", "traces_dir"]
 
@@ -82,17 +84,79 @@ def apply_splices(text: str, splices: tuple[Splice, ...]) -> str:
     return text
 
 
+#: Trace JSON is an object of arrays of objects of arrays of arrays.
+_MAX_DEPTH = 8
+#: Decompressed bytes allowed per compressed byte (editing traces compress
+#: about 10:1), plus a floor for small files: a damaged or hostile file
+#: cannot expand into more memory than its size justifies.
+_MAX_RATIO = 100
+_MIN_LIMIT = 1 << 20
+
+
+def _read_gzip(path: Path) -> bytes:
+    try:
+        size = path.stat().st_size
+        limit = _MIN_LIMIT + _MAX_RATIO * size
+        with gzip.open(path, "rb") as fh:
+            raw = fh.read(limit + 1)
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise DecodeError(f"editing trace {path}: not a readable gzip file: {exc}") from None
+    if len(raw) > limit:
+        raise LimitExceededError(
+            f"editing trace {path}: decompresses to more than {limit} bytes "
+            f"({_MAX_RATIO}x its {size} compressed bytes): refusing it"
+        )
+    return raw
+
+
+def _uint(x: object) -> bool:
+    return type(x) is int and x >= 0
+
+
+def _parse(name: str, raw: Any, where: str) -> Trace:
+    if not isinstance(raw, dict):
+        raise DecodeError(f"{where}: the trace is not a JSON object")
+    start, end, txns = raw.get("startContent"), raw.get("endContent"), raw.get("txns")
+    if not isinstance(start, str) or not isinstance(end, str):
+        raise DecodeError(f"{where}: startContent and endContent must be strings")
+    if not isinstance(txns, list):
+        raise DecodeError(f"{where}: txns must be an array")
+    out = []
+    for i, txn in enumerate(txns):
+        patches = txn.get("patches") if isinstance(txn, dict) else None
+        if not isinstance(patches, list):
+            raise DecodeError(f"{where}: transaction {i} has no patches array")
+        splices = []
+        for p in patches:
+            if not (
+                isinstance(p, list)
+                and len(p) == 3
+                and _uint(p[0])
+                and _uint(p[1])
+                and isinstance(p[2], str)
+            ):
+                raise DecodeError(
+                    f"{where}: transaction {i} holds {p!r:.80}, not [position, deleted, text]"
+                )
+            splices.append((p[0], p[1], p[2]))
+        out.append(tuple(splices))
+    return Trace(name=name, start=start, end=end, txns=tuple(out))
+
+
 def load_trace(name: str) -> Trace:
-    """Load ``<name>.json.gz`` from :func:`traces_dir`."""
+    """Load ``<name>.json.gz`` from :func:`traces_dir`.
+
+    A missing file raises FileNotFoundError; a damaged one (not gzip, not
+    UTF-8 JSON, nested too deeply, of the wrong shape, or decompressing to
+    far more than its size justifies) a :class:`~hybridsync.errors.DecodeError`
+    or :class:`~hybridsync.errors.LimitExceededError`.
+    """
     path = traces_dir() / f"{name}.json.gz"
     if not path.is_file():
         raise FileNotFoundError(
             f"editing trace {name!r} not found at {path}; set HYBRIDSYNC_TRACES to the folder "
             "holding the editing-traces *.json.gz files"
         )
-    with gzip.open(path, "rt", encoding="utf-8") as fh:
-        raw = json.load(fh)
-    txns = tuple(
-        tuple((int(p[0]), int(p[1]), str(p[2])) for p in txn["patches"]) for txn in raw["txns"]
-    )
-    return Trace(name=name, start=raw["startContent"], end=raw["endContent"], txns=txns)
+    where = f"editing trace {path}"
+    raw = loads_json(_read_gzip(path), where, max_depth=_MAX_DEPTH)
+    return _parse(name, raw, where)

@@ -29,6 +29,7 @@ verify on restore; it depends on the model) is detected, kept in
 
 from __future__ import annotations
 
+import operator
 import struct
 from dataclasses import dataclass
 
@@ -80,6 +81,20 @@ def from_llama_state(
     from the model: the payload only knows row sizes)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise InvalidArgumentError(f"state data is bytes, got {type(data).__name__}")
+    try:
+        kv_heads, head_dim, page_tokens = (
+            operator.index(v) for v in (kv_heads, head_dim, page_tokens)
+        )
+    except TypeError:
+        raise InvalidArgumentError(
+            f"kv_heads, head_dim and page_tokens are ints, got {kv_heads!r}, {head_dim!r}, "
+            f"{page_tokens!r}"
+        ) from None
+    if min(kv_heads, head_dim, page_tokens) <= 0:
+        raise InvalidArgumentError(
+            f"kv_heads, head_dim and page_tokens must be positive, got {kv_heads}, {head_dim}, "
+            f"{page_tokens}"
+        )
     data = bytes(data)
     first: HybridSyncError | None = None
     for prefix in (0, 8):  # without, then with the 64-bit prefix
@@ -100,6 +115,11 @@ def _parse(
     if n_stream != 1:
         raise InvalidArgumentError(f"{n_stream} KV streams: only a unified cache (1) is supported")
     (cells,) = r.unpack("I")
+    if cells * 12 > len(r.data) - r.pos:
+        raise DecodeError(
+            f"llama.cpp state declares {cells} cells; its {len(r.data) - r.pos} remaining "
+            "bytes cannot hold them"
+        )
     seq_ids = set()
     for i in range(cells):
         pos, n_seq = r.unpack("iI")

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from hybridsync.channels.kv import KVCache
-from hybridsync.errors import InvalidArgumentError
+from hybridsync.channels.kvfile import read_safetensors
+from hybridsync.errors import DecodeError, HybridSyncError, InvalidArgumentError
 
 __all__ = ["from_mlx_lm", "load_prompt_cache", "save_prompt_cache", "to_mlx_lm"]
 
@@ -116,12 +117,66 @@ def to_mlx_lm(cache: KVCache) -> list[Any]:
     return out
 
 
+#: Components of a flattened prompt-cache key ("layer.keys.part", "2.4.1").
+_MAX_KEY_PARTS = 8
+
+
+def _check_prompt_cache(path: Path) -> None:
+    """Validate what mlx-lm's loader trusts, before it runs.
+
+    The safetensors container (header size, nesting, dtypes, shapes, offsets
+    within the file) is checked by :func:`read_safetensors`; then the key
+    names, which ``tree_unflatten`` turns into nested lists (an index of
+    ``10**9`` would allocate a billion-entry list; a thousand dots recurse a
+    thousand levels), and the layer classes the file names (only
+    ``QuantizedKVCache`` imports).
+    """
+    if path.suffix != ".safetensors":
+        raise InvalidArgumentError(f"{path}: mlx-lm prompt caches are .safetensors files")
+    entries, meta, _ = read_safetensors(path)
+    count = len(entries) + len(meta)
+    for key in (*entries, *meta):
+        parts = key.split(".")
+        if len(parts) > _MAX_KEY_PARTS:
+            raise DecodeError(f"{path}: key {key[:80]!r} is nested more than {_MAX_KEY_PARTS} deep")
+        for part in parts:
+            try:
+                index = int(part)
+            except ValueError:
+                continue
+            if abs(index) > count:
+                raise DecodeError(
+                    f"{path}: key {key[:80]!r} names index {index} among only {count} entries"
+                )
+    for key, value in meta.items():
+        if key.startswith("1.") and value != "QuantizedKVCache":
+            raise InvalidArgumentError(
+                f"{path}: layer {key[2:]} holds a {value[:40]!r}, not a QuantizedKVCache "
+                "(convert with cache.to_quantized(group_size=64, bits=4))"
+            )
+
+
 def load_prompt_cache(path: str | Path, *, page_tokens: int = 256) -> KVCache:
-    """Read an mlx-lm ``save_prompt_cache`` file of ``QuantizedKVCache`` layers."""
+    """Read an mlx-lm ``save_prompt_cache`` file of ``QuantizedKVCache`` layers.
+
+    A malformed, truncated or foreign file raises a
+    :class:`~hybridsync.errors.HybridSyncError` (mostly
+    :class:`~hybridsync.errors.DecodeError`), checked before mlx reads it.
+    """
     from mlx_lm.models import cache as mlx_cache
 
-    loaded: Any = getattr(mlx_cache, "load_prompt_cache")(str(path))  # noqa: B009 (untyped)
-    return from_mlx_lm(loaded, page_tokens=page_tokens)
+    path = Path(path)
+    _check_prompt_cache(path)
+    try:
+        loaded: Any = getattr(mlx_cache, "load_prompt_cache")(str(path))  # noqa: B009 (untyped)
+    except Exception as exc:  # mlx and mlx-lm raise many unrelated types
+        raise DecodeError(f"{path}: not a readable mlx-lm prompt cache: {exc}") from exc
+    try:
+        return from_mlx_lm(loaded, page_tokens=page_tokens)
+    except HybridSyncError:
+        raise
+    except Exception as exc:  # layers of unexpected shapes or types
+        raise DecodeError(f"{path}: malformed mlx-lm prompt cache: {exc}") from exc
 
 
 def save_prompt_cache(

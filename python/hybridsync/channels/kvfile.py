@@ -20,6 +20,11 @@ Metadata (strings): ``format`` = ``hybridsync.kv``, ``version``, the geometry,
 ``tokens`` and ``digest`` (the page-table digest, hex). Loading recomputes
 the page hashes and refuses a file whose digest does not match
 (:class:`~hybridsync.errors.DecodeError`): a corrupted file is never served.
+Before that, everything the header declares (its length and JSON nesting,
+every tensor's dtype, shape and byte range, the token count) is checked
+against the file's size before anything is allocated: a damaged file raises
+:class:`~hybridsync.errors.DecodeError` naming what is wrong, in memory and
+time proportional to its size.
 mlx4 files without hybridsync metadata (written by other tools in the same
 layout) load with the geometry read from the tensor shapes.
 """
@@ -27,16 +32,20 @@ layout) load with the geometry read from the tensor shapes.
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 import re
 import secrets
+import stat
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from hybridsync._json import loads as loads_json
 from hybridsync.channels.kv import KVCache, mlx4_parts
 from hybridsync.errors import DecodeError, HybridSyncError
 
@@ -47,8 +56,6 @@ FILE_VERSION = "1"
 BLOCK_TOKENS = 256
 _DTYPES = {"f16": "F16", "bf16": "BF16", "f32": "F32"}
 _SCALE_OF = {v: k for k, v in _DTYPES.items()}
-_SIZES = {"U8": 1, "U32": 4, "F16": 2, "BF16": 2, "F32": 4}
-_MAX_HEADER = 100 << 20
 
 
 def _tensors(cache: KVCache) -> list[tuple[str, str, list[int], np.ndarray]]:
@@ -121,83 +128,181 @@ def save_cache(cache: KVCache, path: Any) -> None:
         os.close(dirfd)
 
 
-def _read(path: Path) -> tuple[dict[str, Any], dict[str, str], memoryview]:
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
+#: Bytes per element of the safetensors dtypes (the loader validates any
+#: tensor it is given, also those it does not use).
+_ITEM = {
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E5M2": 1,
+    "F8_E4M3": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
+    "C64": 8,
+}
+_MAX_HEADER = 100 << 20
+#: A safetensors header is an object of objects of arrays of integers.
+_MAX_DEPTH = 4
+_MAX_DIMS = 16
+_DECIMAL = re.compile(r"[0-9]{1,12}")
+_HEX64 = re.compile(r"[0-9a-f]{1,16}")
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One validated header entry: its dtype, shape and byte range in the body."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+    @property
+    def byte_shape(self) -> tuple[int, ...]:
+        """The shape with the last axis counted in bytes."""
+        item = _ITEM[self.dtype]
+        return (*self.shape[:-1], self.shape[-1] * item) if self.shape else (item,)
+
+
+def _uint(x: object) -> bool:
+    return type(x) is int and x >= 0
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str], memoryview]:
+    """The validated tensor index, metadata and body of a safetensors file.
+
+    Everything the header declares is checked against the file before anything
+    is allocated: the header fits the file, its JSON is at most
+    ``_MAX_DEPTH`` levels deep, every tensor has a known dtype, a shape of
+    non-negative integers and a byte range inside the body of exactly the
+    size its shape needs; metadata maps strings to strings. Anything else
+    raises :class:`DecodeError`.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except IsADirectoryError:
+        raise DecodeError(f"{path}: a directory, not a safetensors file") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise DecodeError(f"{path}: not a regular file")
+        size = st.st_size
         if size < 8:
             raise DecodeError(f"{path}: not a safetensors file ({size} bytes)")
-        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+        data = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    finally:
+        os.close(fd)
     view = memoryview(data)
     (n,) = struct.unpack_from("<Q", view)
     if n > min(_MAX_HEADER, size - 8):
-        raise DecodeError(f"{path}: header length {n} does not fit the file")
-    try:
-        header = json.loads(bytes(view[8 : 8 + n]))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DecodeError(f"{path}: corrupt safetensors header: {exc}") from None
+        raise DecodeError(f"{path}: header length {n} does not fit the file of {size} bytes")
+    header = loads_json(bytes(view[8 : 8 + n]), f"{path}: safetensors header", max_depth=_MAX_DEPTH)
     if not isinstance(header, dict):
-        raise DecodeError(f"{path}: corrupt safetensors header")
-    meta = header.pop("__metadata__", {}) or {}
-    return header, meta, view[8 + n :]
+        raise DecodeError(f"{path}: the safetensors header is not a JSON object")
+    body = view[8 + n :]
+    meta = header.pop("__metadata__", None)
+    if meta is None:
+        meta = {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise DecodeError(f"{path}: __metadata__ is not an object of strings")
+    entries: dict[str, Tensor] = {}
+    for name, info in header.items():
+        if not isinstance(info, dict):
+            raise DecodeError(f"{path}: tensor {name!r}: its header entry is not an object")
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if not isinstance(dtype, str) or dtype not in _ITEM:
+            raise DecodeError(f"{path}: tensor {name!r} has unsupported dtype {dtype!r}")
+        if not isinstance(shape, list) or len(shape) > _MAX_DIMS or not all(map(_uint, shape)):
+            raise DecodeError(
+                f"{path}: tensor {name!r}: shape {shape!r} is not a list of at most "
+                f"{_MAX_DIMS} non-negative integers"
+            )
+        if not isinstance(offsets, list) or len(offsets) != 2 or not all(map(_uint, offsets)):
+            raise DecodeError(
+                f"{path}: tensor {name!r}: data_offsets {offsets!r} is not [begin, end]"
+            )
+        begin, end = offsets
+        if not begin <= end <= len(body):
+            raise DecodeError(
+                f"{path}: tensor {name!r}: bytes {begin}..{end} lie outside the "
+                f"{len(body)}-byte body (truncated file or corrupt header)"
+            )
+        if end - begin != math.prod(shape) * _ITEM[dtype]:
+            raise DecodeError(
+                f"{path}: tensor {name!r}: shape {shape} of {dtype} does not fit its "
+                f"{end - begin} bytes"
+            )
+        entries[name] = Tensor(dtype, tuple(shape), begin, end)
+    return entries, meta, body
 
 
-def _tensor(header: dict[str, Any], body: memoryview, name: str, path: Path) -> np.ndarray:
-    info = header.get(name)
-    if not isinstance(info, dict):
+def _rows(
+    entries: dict[str, Tensor], body: memoryview, name: str, want: tuple[int, int, int], path: Path
+) -> np.ndarray:
+    """Tensor ``name`` as uint8 rows of shape ``want`` (heads, tokens, bytes)."""
+    t = entries.get(name)
+    if t is None:
         raise DecodeError(f"{path}: tensor {name!r} is missing")
-    try:
-        dtype, shape = info["dtype"], [int(x) for x in info["shape"]]
-        begin, end = (int(x) for x in info["data_offsets"])
-    except (KeyError, TypeError, ValueError):
-        raise DecodeError(f"{path}: tensor {name!r} has a corrupt header entry") from None
-    if dtype not in _SIZES:
-        raise DecodeError(f"{path}: tensor {name!r} has unsupported dtype {dtype}")
-    want = int(np.prod(shape, dtype=np.int64)) * _SIZES[dtype]
-    if not 0 <= begin <= end <= len(body) or end - begin != want:
-        raise DecodeError(f"{path}: tensor {name!r} lies outside the file or has the wrong size")
-    arr = np.frombuffer(body[begin:end], dtype=np.uint8)
-    return arr.reshape(*shape, _SIZES[dtype]) if shape else arr
+    if t.byte_shape[-3:] != want or t.end - t.begin != math.prod(want):
+        raise DecodeError(
+            f"{path}: tensor {name!r} has shape {list(t.shape)} ({t.dtype}); "
+            f"expected {want[0]} heads x {want[1]} tokens x {want[2]} bytes"
+        )
+    return np.frombuffer(body[t.begin : t.end], dtype=np.uint8).reshape(want)
 
 
 def _int(meta: dict[str, str], key: str, path: Path) -> int:
-    try:
-        return int(meta[key])
-    except (KeyError, ValueError):
-        raise DecodeError(f"{path}: metadata {key!r} is missing or not an integer") from None
+    value = meta.get(key)
+    if value is None or not _DECIMAL.fullmatch(value):
+        raise DecodeError(f"{path}: metadata {key!r} is missing or not a decimal integer")
+    return int(value)
 
 
-def _infer_mlx4(header: dict[str, Any], path: Path) -> dict[str, str]:
+def _infer_mlx4(entries: dict[str, Tensor], path: Path) -> dict[str, str]:
     """Geometry of an mlx4 file without hybridsync metadata."""
-    pat = re.compile(r"L(\d+)_B(\d+)_([KV])_(weights|scales|biases)$")
-    found = [m for m in map(pat.match, header) if m]
+    pat = re.compile(r"L([0-9]{1,6})_B([0-9]{1,6})_([KV])_(weights|scales|biases)")
+    found = [m for m in map(pat.fullmatch, entries) if m]
     if not found:
         raise DecodeError(f"{path}: neither hybridsync metadata nor the L*_B*_* mlx4 layout")
     layers = 1 + max(int(m.group(1)) for m in found)
     blocks = 1 + max(int(m.group(2)) for m in found)
-    w = header["L0_B0_K_weights"]
-    s = header["L0_B0_K_scales"]
-    shape = w["shape"][-3:]
-    tokens = sum(header[f"L0_B{b}_K_weights"]["shape"][-2] for b in range(blocks))
+    w = entries.get("L0_B0_K_weights")
+    s = entries.get("L0_B0_K_scales")
+    if w is None or s is None or len(w.shape) < 3:
+        raise DecodeError(f"{path}: an incomplete or malformed L*_B*_* mlx4 layout")
+    tokens = 0
+    for b in range(blocks):
+        t = entries.get(f"L0_B{b}_K_weights")
+        if t is None or len(t.shape) < 3:
+            raise DecodeError(f"{path}: mlx4 block {b} of layer 0 is missing or malformed")
+        tokens += t.shape[-2]
     return {
         "fmt": "mlx4",
-        "scale_type": _SCALE_OF.get(s["dtype"], "?"),
+        "scale_type": _SCALE_OF.get(s.dtype, "?"),
         "layers": str(layers),
-        "kv_heads": str(shape[0]),
-        "head_dim": str(shape[2] * 8),
+        "kv_heads": str(w.shape[-3]),
+        "head_dim": str(w.shape[-1] * 8),
         "page_tokens": str(BLOCK_TOKENS),
         "tokens": str(tokens),
     }
 
 
 def load_cache(path: Any) -> KVCache:
-    """Read a cache file; raises DecodeError for a malformed or corrupted file."""
+    """Read a cache file. A malformed, truncated or corrupted file raises
+    :class:`DecodeError` (naming what is wrong); memory and time stay
+    proportional to the file's size whatever its header declares."""
     path = Path(path)
-    header, meta, body = _read(path)
+    entries, meta, body = read_safetensors(path)
     if meta.get("format") != FILE_FORMAT:
-        try:
-            meta = _infer_mlx4(header, path)
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError):
-            raise DecodeError(f"{path}: an incomplete or malformed L*_B*_* mlx4 layout") from None
+        meta = _infer_mlx4(entries, path)
     elif meta.get("version") != FILE_VERSION:
         raise DecodeError(f"{path}: cache file version {meta.get('version')!r} is not supported")
     try:
@@ -209,51 +314,53 @@ def load_cache(path: Any) -> KVCache:
             _int(meta, "page_tokens", path),
             scale_type=meta.get("scale_type", "f16"),
         )
+    except DecodeError:
+        raise
     except HybridSyncError as exc:
         raise DecodeError(f"{path}: bad cache geometry: {exc}") from None
     g = cache.geometry
     tokens = _int(meta, "tokens", path)
     rb = cache.row_bytes
+    need = g.layers * 2 * g.kv_heads * tokens * rb
+    if need > len(body):
+        raise DecodeError(
+            f"{path}: {tokens} tokens of this geometry need {need} bytes; the file holds "
+            f"{len(body)}"
+        )
     rows = []
     for layer in range(g.layers):
         both = []
         for tag in "KV":
             if g.fmt != "mlx4":
-                t = _tensor(header, body, f"L{layer}_{tag}", path)
-                if t.shape[:2] != (g.kv_heads, tokens) or t.size != g.kv_heads * tokens * rb:
-                    raise DecodeError(f"{path}: tensor L{layer}_{tag} has the wrong shape")
-                both.append(t.reshape(g.kv_heads, tokens, rb))
+                want = (g.kv_heads, tokens, rb)
+                both.append(_rows(entries, body, f"L{layer}_{tag}", want, path))
                 continue
             parts = []
             for b, start in enumerate(range(0, tokens, BLOCK_TOKENS)):
                 n = min(BLOCK_TOKENS, tokens - start)
-                block = []
-                for part, cols in (
-                    ("weights", g.head_dim // 2),
-                    ("scales", rb // 2 - g.head_dim // 4),
-                    ("biases", rb // 2 - g.head_dim // 4),
-                ):
-                    t = _tensor(header, body, f"L{layer}_B{b}_{tag}_{part}", path)
-                    t = t.reshape(*t.shape[:-2], -1) if t.ndim >= 2 else t
-                    if t.shape[-3:] != (g.kv_heads, n, cols):
-                        raise DecodeError(
-                            f"{path}: tensor L{layer}_B{b}_{tag}_{part} has the wrong shape"
-                        )
-                    block.append(t.reshape(g.kv_heads, n, cols))
+                block = [
+                    _rows(entries, body, f"L{layer}_B{b}_{tag}_{part}", (g.kv_heads, n, cols), path)
+                    for part, cols in (
+                        ("weights", g.head_dim // 2),
+                        ("scales", rb // 2 - g.head_dim // 4),
+                        ("biases", rb // 2 - g.head_dim // 4),
+                    )
+                ]
                 parts.append(np.concatenate(block, axis=-1))
             both.append(
                 np.concatenate(parts, axis=1) if parts else np.zeros((g.kv_heads, 0, rb), np.uint8)
             )
         rows.append(both)
+    uid = meta.get("uid", "0")
+    if not _HEX64.fullmatch(uid):
+        raise DecodeError(f"{path}: metadata 'uid' is not a 64-bit hexadecimal number")
     if tokens:
-        keys = np.stack([r[0] for r in rows])
-        values = np.stack([r[1] for r in rows])
-        cache.append_quantized(keys, values)
-    try:
-        cache.uid = int(meta.get("uid", "0"), 16)
-    except ValueError:
-        raise DecodeError(f"{path}: metadata 'uid' is not hexadecimal") from None
-    want = meta.get("digest")
-    if want is not None and f"{cache.digest():016x}" != want:
+        try:
+            cache.append_quantized(np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows]))
+        except HybridSyncError as exc:
+            raise DecodeError(f"{path}: the cache rows do not load: {exc}") from None
+    cache.uid = int(uid, 16)
+    want_digest = meta.get("digest")
+    if want_digest is not None and f"{cache.digest():016x}" != want_digest:
         raise DecodeError(f"{path}: page digest mismatch: the file is corrupted")
     return cache

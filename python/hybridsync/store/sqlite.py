@@ -33,7 +33,12 @@ import xxhash
 
 from hybridsync.channels.events import ChangeBus, Origin
 from hybridsync.channels.kv import Geometry, KVCache
-from hybridsync.errors import CorruptionError, InvalidArgumentError, StorageError
+from hybridsync.errors import (
+    CorruptionError,
+    HybridSyncError,
+    InvalidArgumentError,
+    StorageError,
+)
 from hybridsync.sync.link import Link, Replica
 
 __all__ = ["Store"]
@@ -64,15 +69,30 @@ CREATE TABLE IF NOT EXISTS link_docs (
 """
 
 
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
 def _sum(*parts: bytes | str) -> int:
     """xxh3-64 of length-prefixed parts, as a signed 64-bit SQLite integer."""
     h = xxhash.xxh3_64()
     for part in parts:
-        data = part.encode() if isinstance(part, str) else part
+        if isinstance(part, str):
+            data = part.encode()
+        elif isinstance(part, bytes):
+            data = part
+        else:  # a damaged file: NULL or a number where a key or content belongs
+            raise CorruptionError(
+                f"a row holds a {type(part).__name__} where bytes or text belong: "
+                "the replica file is damaged"
+            )
         h.update(len(data).to_bytes(8, "little"))
         h.update(data)
     v = h.intdigest()
     return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def _uint(x: object) -> bool:
+    return type(x) is int and x >= 0
 
 
 def _pack(value: Any) -> bytes:
@@ -107,6 +127,7 @@ class Store:
         self.bytes_written = 0
         if self.path.is_dir():
             raise InvalidArgumentError(f"{self.path} is a directory; give a file path")
+        self._check_header()
         try:
             # isolation_level=None: transactions are explicit (BEGIN ... COMMIT).
             # Any thread may save (the network layer's loop thread does);
@@ -114,6 +135,18 @@ class Store:
             self._db = sqlite3.connect(
                 self.path, isolation_level=None, timeout=0, check_same_thread=False
             )
+            # Read before anything is written: a file that is not a database
+            # fails here, and another application's database is left as it is.
+            tables = {
+                name
+                for (name,) in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+            if tables and "info" not in tables:
+                self._db.close()
+                raise StorageError(
+                    f"{self.path} is an SQLite database of another application (tables "
+                    f"{', '.join(sorted(tables)[:5])}), not a hybridsync replica file"
+                )
             # Larger pages: KV page rows are megabytes; 16 KiB pages cut the
             # overflow-page bookkeeping 4x (takes effect when the file is created).
             self._db.execute("PRAGMA page_size=16384")
@@ -161,7 +194,10 @@ class Store:
             self._db.execute("COMMIT")
             #: Identifies the replica's history across reopenings (the hub
             #: handshake shows it: peers resume their links while it holds).
-            self.incarnation = bytes(info["incarnation"])
+            incarnation = info.get("incarnation")
+            if not isinstance(incarnation, bytes) or not 0 < len(incarnation) <= 64:
+                raise CorruptionError(f"{self.path}: the replica's incarnation is malformed")
+            self.incarnation = incarnation
         except BaseException:
             self._db.close()
             raise
@@ -185,6 +221,28 @@ class Store:
         self._unsaved_text: set[str] = set()
         self._unsaved_kv: dict[str, int] = {}
         self._changes: ChangeBus | None = None
+
+    def _check_header(self) -> None:
+        """Refuse an existing file that does not start as an SQLite database:
+        SQLite would take a file of a few bytes (a truncated replica) for an
+        empty one and overwrite it."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        except FileNotFoundError:
+            return  # a new replica
+        except OSError as exc:
+            raise StorageError(f"cannot open {self.path}: {exc.strerror}") from None
+        try:
+            magic = os.read(fd, len(_SQLITE_MAGIC))
+        except OSError as exc:
+            raise StorageError(f"cannot read {self.path}: {exc.strerror}") from None
+        finally:
+            os.close(fd)
+        if magic and magic != _SQLITE_MAGIC:
+            raise CorruptionError(
+                f"{self.path} is not a replica file: it does not start with the SQLite header "
+                f"(a truncated or foreign file; {len(magic)}+ bytes)"
+            )
 
     # -- what changed ------------------------------------------------------------
 
@@ -240,14 +298,44 @@ class Store:
 
     def load(self, memory: Replica) -> None:
         """Fill a fresh replica from the file, and from then on hear of its
-        changes (to save them). Raises CorruptionError."""
+        changes (to save them). Raises CorruptionError.
+
+        Every row is checksummed, so rows of the wrong shape come only from a
+        file written by something else: whatever they make fail is reported
+        as CorruptionError too, and no row can make the replica allocate more
+        than the file holds (a KV cache's token count is checked against its
+        page bytes on disk before any buffer is reserved). The replica is
+        meant to be dropped when this raises (``Memory`` does)."""
+        try:
+            self._load(memory)
+        except StorageError:
+            raise
+        except HybridSyncError as exc:  # a stored geometry or value the channels refuse
+            raise CorruptionError(f"{self.path}: a stored value is refused: {exc}") from None
+        except (
+            KeyError,
+            TypeError,
+            ValueError,
+            IndexError,
+            AttributeError,
+            OverflowError,
+            RecursionError,
+        ) as exc:
+            raise CorruptionError(
+                f"{self.path}: a row of the replica file is malformed ({type(exc).__name__}: {exc})"
+            ) from None
+
+    def _load(self, memory: Replica) -> None:
         self._changes = memory.changes
         memory.changes.add_listener(self)
         docs = memory.text._docs
         for name, body, s in self._rows("SELECT name, body, sum FROM text ORDER BY name"):
             if _sum("text", name, body) != s:
                 raise CorruptionError(f"{self.path}: checksum mismatch in text document {name!r}")
-            docs[name] = body.decode()
+            try:
+                docs[name] = body.decode()
+            except UnicodeDecodeError:
+                raise CorruptionError(f"{self.path}: text document {name!r} is not UTF-8") from None
             self._text_sums[name] = s
         self._text_sums_committed = dict(self._text_sums)
         info = self._info()
@@ -263,8 +351,10 @@ class Store:
                 updates.append(bytes(data))
             try:
                 memory.meta._restore(saved, bytes(info.get("meta_base", b"")), updates)
-            except (ValueError, KeyError, TypeError) as exc:
-                raise CorruptionError(f"{self.path}: metadata does not reload: {exc}") from None
+            except Exception as exc:  # pycrdt raises ValueError and RuntimeError
+                raise CorruptionError(
+                    f"{self.path}: metadata does not reload ({type(exc).__name__}: {exc})"
+                ) from None
             self._meta_epoch = memory.meta.epoch_id
             self._meta_state = memory.meta.state()
             self._meta_rows = len(updates)
@@ -282,7 +372,16 @@ class Store:
             cache = KVCache(
                 g.layers, g.kv_heads, g.head_dim, g.fmt, g.page_tokens, scale_type=g.scale_type
             )
-            tokens = int(h["tokens"])
+            tokens = h["tokens"]
+            ((stored,),) = self._rows(
+                "SELECT coalesce(sum(length(data)), 0) FROM kv_pages WHERE name = ?", name
+            )
+            need = g.layers * 2 * g.kv_heads * cache.row_bytes * tokens if _uint(tokens) else -1
+            if not 0 <= need <= stored:
+                raise CorruptionError(
+                    f"{self.path}: KV cache {name!r} declares {tokens!r} tokens; its pages on "
+                    f"disk hold {stored} bytes"
+                )
             cache._reserve(tokens)
             cache._tokens = tokens
             pt = g.page_tokens
