@@ -534,9 +534,6 @@ def test_damaged_metadata_updates_raise_only_hybridsync_errors(update: bytes) ->
         m.meta.apply_remote(update, Origin("remote", "peer"))
     except HybridSyncError:
         assert m.digest() == digest
-    except RuntimeError as exc:  # the known gap: see the strict xfail below
-        assert "Cannot apply update" in str(exc)
-        assert m.digest() == digest
 
 
 #: A damaged update (found by the property above) that pycrdt refuses with
@@ -548,11 +545,6 @@ PYCRDT_RUNTIME_ERROR = bytes.fromhex(
 )
 
 
-@pytest.mark.xfail(
-    raises=RuntimeError,
-    strict=True,
-    reason="EpochMeta.apply_remote (channels/meta.py) wraps pycrdt's ValueError only",
-)
 def test_a_metadata_update_pycrdt_refuses_with_runtime_error_is_a_decode_error() -> None:
     m = Memory("a")
     m.meta["mine"] = 1

@@ -551,7 +551,7 @@ class Meta(_LiveMapping):
         """Integrate an update of the current epoch from a peer."""
         try:
             self._doc.apply_update(update)
-        except ValueError as exc:
+        except (ValueError, RuntimeError) as exc:  # pycrdt refuses damaged updates with either
             raise DecodeError(f"invalid metadata update: {exc}") from exc
         self._changed = True
         self._changes.meta_changed(origin)
