@@ -65,7 +65,6 @@ import os
 import signal
 import socket
 import ssl as ssl_module
-import stat
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -86,6 +85,7 @@ from hybridsync.integrations.graph import (
     KnowledgeGraph,
     validate_name,
 )
+from hybridsync.net import secrets as secrets_
 
 __all__ = ["MemoryServer", "build_parser", "main"]
 
@@ -97,7 +97,6 @@ MAX_DOCUMENT_CHARS = 4 * 1024 * 1024
 MAX_ITEMS = 10_000
 #: The reference server's limit on search queries.
 SEARCH_QUERY_MAX_LENGTH = 2048
-MIN_SECRET_BYTES = 16
 #: The reference server's resource: the whole graph.
 GRAPH_URI = "memory://knowledge-graph"
 ENTITY_PREFIX = "memory://entity/"
@@ -986,27 +985,10 @@ class UsageError(Exception):
 
 def load_secret(secret_env: str, secret_file: Path | None) -> bytes:
     """The swarm's secret, read as ``hybridsync serve`` and ``join`` read it."""
-    if secret_file is not None:
-        try:
-            info = secret_file.stat()
-            data = secret_file.read_bytes().strip()
-        except OSError as exc:
-            raise UsageError(f"cannot read the secret file {secret_file}: {exc.strerror}") from None
-        if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            log.warning("the secret file %s is readable by other users (chmod 600 it)", secret_file)
-        where = f"the secret file {secret_file}"
-    else:
-        value = os.environ.get(secret_env, "")
-        if not value.strip():
-            raise UsageError(
-                f"no secret: set the environment variable {secret_env} or use --secret-file "
-                "(a secret is never taken from the command line; `hybridsync keygen` makes one)"
-            )
-        data = value.strip().encode()
-        where = f"${secret_env}"
-    if len(data) < MIN_SECRET_BYTES:
-        raise UsageError(f"the secret in {where} is too short: at least {MIN_SECRET_BYTES} bytes")
-    return data
+    try:
+        return secrets_.load_secret(secret_env, secret_file)
+    except secrets_.SecretError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def default_replica_id(data: Path | None) -> str:
