@@ -147,6 +147,44 @@ def _ratio_cell(hyb: dict[str, Any], other: dict[str, Any], key: str) -> str:
     return f"**{text}**" if r < 1.0 else text
 
 
+def _cpu_runs(results: Sequence[dict[str, Any]]) -> str:
+    """How CPU was taken: one run, or the best of several."""
+    runs = max((len(r.get("cpu_s_runs") or [None]) for r in results), default=1)
+    return "one run per cell" if runs <= 1 else f"the best of {runs} runs"
+
+
+def instructions_table(payload: dict[str, Any]) -> list[str]:
+    """Markdown lines: per workload and engine, the instructions of the cells
+    without faults, and hybridsync / the best baseline (empty when none was
+    counted)."""
+    results: list[dict[str, Any]] = payload["results"]
+    by = _by(results)
+    engines = _engines(results)
+    baselines = [e for e in engines if e != "hybridsync"]
+    rows = [
+        w
+        for w in _workloads(results)
+        if any((r := by.get((w, 0.0, e))) and r.get("instructions") for e in engines)
+    ]
+    if not rows:
+        return []
+    lines = [
+        "| workload | " + " | ".join(f"{e} (M)" for e in engines) + " | hybridsync / best |",
+        "|---|" + "---|" * (len(engines) + 1),
+    ]
+    for w in rows:
+        cells = []
+        for e in engines:
+            r = by.get((w, 0.0, e))
+            value = None if r is None else r.get("instructions")
+            cells.append(NONE if value is None else f"{value / 1e6:,.1f}")
+        hyb = by.get((w, 0.0, "hybridsync"))
+        others = [o for b in baselines if (o := by.get((w, 0.0, b))) is not None]
+        ratio = _best_cell(hyb, others, "instructions") if hyb and others else NONE
+        lines.append(f"| {w} | " + " | ".join(cells) + f" | {ratio} |")
+    return lines
+
+
 def _instructions(r: dict[str, Any]) -> str:
     value = r.get("instructions")
     if value is None:
@@ -211,8 +249,9 @@ def markdown(payload: dict[str, Any]) -> str:
         "generator. The CRDTs run over an acknowledged, ordered channel with hybridsync's "
         "retransmission timer (`benches/BASELINES.md`). Wire bytes and messages count "
         "everything a replica sent (retransmissions, polls, acknowledgements and framing "
-        "included). CPU is process time spent applying transactions and running ticks (the "
-        "best of the repeats); instructions count the same region (a hardware counter, or "
+        "included). CPU is process time spent applying transactions and running ticks ("
+        + _cpu_runs(results)
+        + "); instructions count the same region (a hardware counter, or "
         "callgrind on the workload's quick form: see the column's source). Peak RSS is the "
         "cell's own high-water mark above its interpreter baseline (each cell runs in a fresh "
         "process). State is `Engine.state_bytes()` of the largest replica, each engine's "
@@ -279,6 +318,17 @@ def markdown(payload: dict[str, Any]) -> str:
             )
         if skipped:
             lines.append("")
+    counted = instructions_table(payload)
+    if counted:
+        lines += [
+            "## Instructions",
+            "",
+            "Instructions of the timed region in the cells without faults (millions; "
+            "see each cell's source in the tables above).",
+            "",
+            *counted,
+            "",
+        ]
     lines += ["## Checks", ""]
     bad = [r for r in results if r.get("status") != "ok" or not r.get("correct")]
     ok = len(results) - len(bad)
@@ -436,6 +486,7 @@ def readme_section(payload: dict[str, Any], out: Path) -> str:
         lines += ["Only hybridsync ran: no ratios to report.", ""]
     workloads = _workloads(results)
     sources = {r.get("instructions_cell") for r in results if r.get("instructions") is not None}
+    metrics = [m for m in README_METRICS if m[0] != "instructions" or sources]
     for title, prefix in FAMILIES if baselines else ():
         rows = [w for w in workloads if w.startswith(prefix)]
         if not rows:
@@ -443,8 +494,8 @@ def readme_section(payload: dict[str, Any], out: Path) -> str:
         lines += [
             f"**{title}**: hybridsync / the best baseline on each metric",
             "",
-            "| workload | faults | " + " | ".join(label for _, label in README_METRICS) + " |",
-            "|---|---|" + "---|" * len(README_METRICS),
+            "| workload | faults | " + " | ".join(label for _, label in metrics) + " |",
+            "|---|---|" + "---|" * len(metrics),
         ]
         for w in rows:
             for loss in _losses(results):
@@ -452,7 +503,7 @@ def readme_section(payload: dict[str, Any], out: Path) -> str:
                 others = [o for b in baselines if (o := by.get((w, loss, b))) is not None]
                 if hyb is None or not others:
                     continue
-                cells = [_best_cell(hyb, others, key) for key, _ in README_METRICS]
+                cells = [_best_cell(hyb, others, key) for key, _ in metrics]
                 lines.append(f"| {w} | {loss:.0%} | " + " | ".join(cells) + " |")
         lines.append("")
     state_rows = [w for w in workloads if any(by.get((w, 0.0, e)) for e in engines)]
@@ -493,7 +544,7 @@ def readme_section(payload: dict[str, Any], out: Path) -> str:
     )
     lines.append(
         "Ratios are hybridsync / baseline (below 1.00x hybridsync uses less; the best "
-        f"baseline is chosen per metric); CPU is the best of the repeats; {counted}. "
+        f"baseline is chosen per metric); CPU: {_cpu_runs(results)}; {counted}. "
         f"{len(results) - len(bad)} of {len(results)} cells ended with every replica equal "
         "(and, for sequential runs, the trace's or the history's final text; for KV caches, "
         "the expected bytes)"
