@@ -1,5 +1,7 @@
-"""The frame codec of the Rust core (``_core.encode_frame``/``decode_frame``)
-against the Python reference codec (``hybridsync.frame``).
+"""The frame codec of the Rust core (``_core.encode_frame``/``decode_frame``/
+``decode_frame_as``, behind ``hybridsync.frame.encode_frame``/``decode_frame``)
+against the Python reference codec (``hybridsync.frame._py_encode_frame``/
+``_py_decode_frame``).
 
 Frames built by either encoder are byte-identical (zstd-compressed bodies
 included) and decode to the same frame with either decoder; corrupted or
@@ -22,6 +24,10 @@ from hybridsync import _core
 from hybridsync import frame as F
 from hybridsync.errors import DecodeError, HybridSyncError, LimitExceededError
 from textcases import examples
+
+#: The Python reference codec.
+PY_ENCODE = F._py_encode_frame
+PY_DECODE = F._py_decode_frame
 
 FUZZ = settings(max_examples=examples(300), deadline=timedelta(minutes=1))
 
@@ -324,19 +330,21 @@ THRESHOLDS = st.sampled_from([-1, 0, 64, 1024])
 @FUZZ
 @given(frames(), THRESHOLDS)
 def test_encoders_agree_and_decoders_agree(frame: F.Frame, threshold: int) -> None:
-    py = F.encode_frame(frame, compress_threshold=threshold)
+    py = PY_ENCODE(frame, compress_threshold=threshold)
     rs = rust_encode(frame, compress_threshold=threshold)
     assert rs == py
+    assert F.encode_frame(frame, compress_threshold=threshold) == py
+    assert norm(F.decode_frame(py)) == norm(frame)
     assert norm(rust_decode(py)) == norm(frame)
     assert norm(rust_decode_as(py)) == norm(frame)
-    assert norm(F.decode_frame(rs)) == norm(frame)
+    assert norm(PY_DECODE(rs)) == norm(frame)
 
 
 def test_large_bodies_compress_identically() -> None:
     text = "".join(f"line {i}: the quick brown fox\n" for i in range(2000))
     frame = F.Frame("a", 1, 2, False, (F.Entry("doc", F.Kind.FULL, 0, 1, text=text),))
     for level in (1, 3, 9):
-        py = F.encode_frame(frame, level=level)
+        py = PY_ENCODE(frame, level=level)
         assert py[5] & F.FLAG_COMPRESSED
         assert rust_encode(frame, level=level) == py
         assert norm(rust_decode(py)) == norm(frame)
@@ -360,10 +368,11 @@ def _mutate(data: bytes, changes: list[tuple[int, int]]) -> bytes:
 def test_decoders_agree_on_corrupted_frames(
     frame: F.Frame, threshold: int, changes: list[tuple[int, int]]
 ) -> None:
-    data = _mutate(F.encode_frame(frame, compress_threshold=threshold), changes)
-    expected = outcome(F.decode_frame, data)
+    data = _mutate(PY_ENCODE(frame, compress_threshold=threshold), changes)
+    expected = outcome(PY_DECODE, data)
     assert outcome(rust_decode, data) == expected
     assert outcome(rust_decode_as, data) == expected
+    assert outcome(F.decode_frame, data) == expected
     # Truncated or extended, the checksum fails.
     assert outcome(rust_decode, data[:-1]) == ("error", DecodeError)
     assert outcome(rust_decode, data + b"\0") == ("error", DecodeError)
@@ -373,7 +382,7 @@ def test_decoders_agree_on_corrupted_frames(
 @given(st.integers(0, 255), st.binary(max_size=300))
 def test_signed_garbage_raises_only_library_errors(flags: int, body: bytes) -> None:
     data = resign(b"HSYN\x01" + bytes([flags]) + body + bytes(8))
-    assert outcome(rust_decode, data) == outcome(F.decode_frame, data)
+    assert outcome(rust_decode, data) == outcome(PY_DECODE, data)
 
 
 @FUZZ
@@ -386,11 +395,12 @@ def test_random_bytes_raise_decode_error(data: bytes) -> None:
 @FUZZ
 @given(frames(), st.integers(0, 4096), st.integers(0, 1 << 12))
 def test_limits_agree(frame: F.Frame, max_bytes: int, max_kv_bytes: int) -> None:
-    data = F.encode_frame(frame, compress_threshold=64)
+    data = PY_ENCODE(frame, compress_threshold=64)
     limits = {"max_bytes": max_bytes, "max_kv_bytes": max_kv_bytes}
-    expected = outcome(F.decode_frame, data, **limits)
+    expected = outcome(PY_DECODE, data, **limits)
     assert outcome(rust_decode, data, **limits) == expected
     assert outcome(rust_decode_as, data, **limits) == expected
+    assert outcome(F.decode_frame, data, **limits) == expected
 
 
 def test_defects_and_their_errors() -> None:
@@ -416,7 +426,7 @@ def test_defects_and_their_errors() -> None:
     with pytest.raises(DecodeError):
         _core.decode_frame(rust_encode(bad))
     with pytest.raises(DecodeError):
-        F.decode_frame(F.encode_frame(bad))
+        PY_DECODE(PY_ENCODE(bad))
 
 
 def test_large_frames_decode_without_the_gil() -> None:
@@ -436,7 +446,7 @@ def test_large_frames_decode_without_the_gil() -> None:
     frame = F.Frame(
         "a", 0, 0, False, (F.Entry("d", F.Kind.FULL, 0, 1, text="x" * 10000),), kv=(kv,)
     )
-    data = F.encode_frame(frame)
+    data = PY_ENCODE(frame)
     assert len(data) > 10000
     assert rust_encode(frame) == data
     back = rust_decode(data)
@@ -483,7 +493,7 @@ def test_edits_and_metadata_accept_any_bytes_like() -> None:
         (F.Entry("d", F.Kind.EDITS, 0, 2, (F.Edit(1, patch, raw),)),),
         F.MetaBlock(1, F.MetaKind.UPDATE, b"sv", b"up", 2),
     )
-    expected = F.encode_frame(frame)
+    expected = PY_ENCODE(frame)
     for wrap in (bytearray, memoryview, lambda b: np.frombuffer(b, np.uint8)):
         loose = F.Frame(
             "s",
@@ -494,3 +504,19 @@ def test_edits_and_metadata_accept_any_bytes_like() -> None:
             F.MetaBlock(1, F.MetaKind.UPDATE, wrap(b"sv"), wrap(b"up"), 2),  # type: ignore[arg-type]
         )
         assert rust_encode(loose) == expected
+
+
+def test_the_frame_module_runs_the_rust_codec() -> None:
+    frame = F.Frame("a", 1, 2, False, (F.Entry("doc", F.Kind.FULL, 0, 1, text="x"),))
+    data = F.encode_frame(frame)
+    assert data == PY_ENCODE(frame)
+    for form in (data, bytearray(data), memoryview(data)):
+        assert F.decode_frame(form) == frame
+    with pytest.raises(DecodeError, match="a frame is bytes"):
+        F.decode_frame("text")  # type: ignore[arg-type]
+    with pytest.raises(LimitExceededError):
+        F.decode_frame(data, max_bytes=-1)
+    # A KV entry without geometry is refused by the encoder.
+    kv = F.KVEntry("c", F.KVKind.HAVE, "o")
+    with pytest.raises(HybridSyncError):
+        F.encode_frame(dataclasses.replace(frame, kv=(kv,)))

@@ -1,13 +1,17 @@
 """The wire format of a link: one frame per exchange.
 
-The byte layout is specified in ``docs/protocol.md``; this module is its only
-implementation. Decoding is strict and pure: a frame is fully decoded (every
-patch included) before anything is applied, and any defect raises
+The byte layout is specified in ``docs/protocol.md``. :func:`encode_frame` and
+:func:`decode_frame` run the codec of the Rust core (``hybridsync_core::frame``);
+``_py_encode_frame`` and ``_py_decode_frame`` are its Python reference, byte for
+byte the same (tests/test_frame_rust.py checks them against each other).
+Decoding is strict and pure: a frame is fully decoded (every patch included)
+before anything is applied, and any defect raises
 :class:`~hybridsync.errors.DecodeError`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import struct
 from dataclasses import dataclass, field
@@ -16,6 +20,7 @@ import numpy as np
 import xxhash
 import zstandard
 
+from hybridsync import _core
 from hybridsync._core import kv_verify_pages
 from hybridsync.channels.kv import Geometry
 from hybridsync.channels.text import Patch
@@ -255,7 +260,7 @@ def _encode_kv(entries: tuple[KVEntry, ...]) -> list[bytes | memoryview]:
     return parts
 
 
-def encode_frame(frame: Frame, *, compress_threshold: int = 1024, level: int = 3) -> bytes:
+def _py_encode_frame(frame: Frame, *, compress_threshold: int = 1024, level: int = 3) -> bytes:
     """Encode a frame; bodies of ``compress_threshold`` bytes or more are
     zstd-compressed when that makes them smaller. KV pages travel in their own
     section, never compressed (quantized data does not compress)."""
@@ -514,7 +519,9 @@ def _decode_kv(data: bytes | memoryview, max_kv_bytes: int) -> tuple[KVEntry, ..
     return tuple(out)
 
 
-def decode_frame(data: bytes, *, max_bytes: int = 64 << 20, max_kv_bytes: int = 1 << 36) -> Frame:
+def _py_decode_frame(
+    data: bytes, *, max_bytes: int = 64 << 20, max_kv_bytes: int = 1 << 36
+) -> Frame:
     """Decode and validate a frame. Raises DecodeError (malformed, truncated,
     unknown version, a KV page whose hash does not match) or
     LimitExceededError (over ``max_bytes``, compressed or not, or a KV cache
@@ -618,3 +625,134 @@ def decode_frame(data: bytes, *, max_bytes: int = 64 << 20, max_kv_bytes: int = 
         kv,
         bool(flags & FLAG_RESUME),
     )
+
+
+# -- the codec: the Rust core ----------------------------------------------------
+#
+# ``encode_frame``/``decode_frame`` run ``hybridsync_core::frame``, which writes
+# and accepts exactly what the Python functions above (``_py_encode_frame``,
+# ``_py_decode_frame``: the reference, kept for the tests) write and accept,
+# with the same errors; tests/test_frame_rust.py checks the two against each
+# other. The Rust decoder builds the dataclasses below without running their
+# ``__init__``: they stay plain (no ``__slots__``, no ``__post_init__``), and
+# their fields are checked here at import.
+
+_FIELDS: dict[type, tuple[str, ...]] = {
+    Frame: ("sender", "epoch", "seq", "reply", "entries", "meta", "kv", "resume"),
+    Entry: ("name", "kind", "ack", "local", "edits", "checksum", "text"),
+    Edit: ("version", "patch", "raw"),
+    MetaBlock: ("epoch", "kind", "a", "b", "epoch_id"),
+}
+for _cls, _names in _FIELDS.items():
+    if (
+        tuple(f.name for f in dataclasses.fields(_cls)) != _names
+        or "__slots__" in vars(_cls)
+        or hasattr(_cls, "__post_init__")
+    ):
+        raise RuntimeError(f"{_cls.__name__} no longer matches the Rust frame decoder")
+
+
+def _by_code(kinds: type[enum.IntEnum]) -> tuple[object, ...]:
+    members = {int(k): k for k in kinds}
+    return tuple(members.get(code) for code in range(max(members) + 1))
+
+
+_TYPES = (Frame, Entry, Edit, MetaBlock, _by_code(Kind), _by_code(MetaKind))
+_KV_KINDS = _by_code(KVKind)
+_U64_MAX = (1 << 64) - 1
+
+
+def _kv_tuple(e: KVEntry) -> _core._KVEntryIn:
+    g = e.geometry
+    geometry = None
+    if g is not None:
+        code = _FMT_CODES[(g.fmt, g.scale_type if g.fmt == "mlx4" else "f16")]
+        geometry = (code, g.layers, g.kv_heads, g.head_dim, g.page_tokens)
+    runs = [
+        (
+            r.layer,
+            r.kind,
+            r.offset,
+            np.ascontiguousarray(r.heads.astype("<u4", copy=False)),
+            np.ascontiguousarray(r.pages.astype("<u4", copy=False)),
+            np.ascontiguousarray(r.hashes.astype("<u8", copy=False)),
+            r.payload,
+        )
+        for r in e.runs
+    ]
+    table = None if e.table is None else np.ascontiguousarray(e.table.astype("<u8", copy=False))
+    return (e.name, e.kind, e.owner, e.uid, geometry, e.tokens, e.digest, e.flags, runs, table)
+
+
+def _kv_entries(data: bytes, kv: list[_core._KVEntryOut]) -> tuple[KVEntry, ...]:
+    view = memoryview(data)
+    out = []
+    for name, code, owner, uid, geo, tokens, digest, flags, runs, table in kv:
+        kind = KVKind(code)
+        if geo is None:
+            out.append(KVEntry(name, kind, owner, uid))
+            continue
+        fmt_code, layers, heads, dim, page = geo
+        fmt, scale = _FMT_NAMES[fmt_code]
+        g = Geometry(layers, heads, dim, fmt, page, scale)
+        arr = None
+        if table is not None:
+            at, count = table
+            arr = np.frombuffer(view[at : at + 8 * count], "<u8").astype(np.uint64)
+            arr = arr.reshape(layers, 2, heads, -(-tokens // page))
+        kv_runs = tuple(
+            KVRun(
+                layer,
+                rkind,
+                np.frombuffer(view[h : h + 4 * n], "<u4").astype(np.uint32),
+                np.frombuffer(view[p : p + 4 * n], "<u4").astype(np.uint32),
+                np.frombuffer(view[x : x + 8 * n], "<u8").astype(np.uint64),
+                view[at : at + size],
+                offset,
+            )
+            for layer, rkind, offset, n, h, p, x, at, size in runs
+        )
+        out.append(KVEntry(name, kind, owner, uid, g, tokens, digest, flags, kv_runs, arr))
+    return tuple(out)
+
+
+def encode_frame(frame: Frame, *, compress_threshold: int = 1024, level: int = 3) -> bytes:
+    """Encode a frame; bodies of ``compress_threshold`` bytes or more are
+    zstd-compressed when that makes them smaller. KV pages travel in their own
+    section, never compressed (quantized data does not compress)."""
+    kv = [_kv_tuple(e) for e in frame.kv] if frame.kv else []
+    return _core.encode_frame(
+        frame.sender,
+        frame.epoch,
+        frame.seq,
+        frame.reply,
+        frame.resume,
+        frame.entries,
+        frame.meta,
+        kv,
+        compress_threshold=max(-1, min(compress_threshold, _U64_MAX >> 1)),
+        level=level,
+    )
+
+
+def decode_frame(data: bytes, *, max_bytes: int = 64 << 20, max_kv_bytes: int = 1 << 36) -> Frame:
+    """Decode and validate a frame. Raises DecodeError (malformed, truncated,
+    unknown version, a KV page whose hash does not match) or
+    LimitExceededError (over ``max_bytes``, compressed or not, or a KV cache
+    over ``max_kv_bytes``)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise DecodeError(f"a frame is bytes, got {type(data).__name__}")
+    if type(data) is not bytes:
+        data = bytes(data)
+    if max_bytes < 0:
+        raise LimitExceededError(f"frame of {len(data)} bytes exceeds the limit of {max_bytes}")
+    frame: Frame
+    frame, kv = _core.decode_frame_as(
+        data,
+        _TYPES,
+        max_bytes=min(max_bytes, _U64_MAX),
+        max_kv_bytes=max(0, min(max_kv_bytes, _U64_MAX)),
+    )
+    if kv:
+        frame = dataclasses.replace(frame, kv=_kv_entries(data, kv))
+    return frame
