@@ -55,7 +55,7 @@ lint: build ## ruff, mypy --strict, stubtest, import layers (lint-imports), acti
 	$(BIN)/ruff format --check python tests benches
 	$(BIN)/mypy
 	$(PY) -m mypy.stubtest hybridsync._core
-	$(BIN)/lint-imports
+	$(BIN)/lint-imports --no-cache
 	$(MAKE) --no-print-directory lint-workflows
 
 .PHONY: lint-workflows

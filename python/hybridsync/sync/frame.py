@@ -15,16 +15,21 @@ import dataclasses
 import enum
 import struct
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import xxhash
 import zstandard
 
-from hybridsync import _core
+from hybridsync._core import decode_frame_as as _rust_decode_frame_as
+from hybridsync._core import encode_frame as _rust_encode_frame
 from hybridsync._core import kv_verify_pages
 from hybridsync.channels.kv import Geometry
 from hybridsync.channels.text import Patch
 from hybridsync.errors import DecodeError, HybridSyncError, LimitExceededError
+
+if TYPE_CHECKING:  # the stub's names for the Rust codec's KV tuples
+    from hybridsync._core import _KVEntryIn, _KVEntryOut
 
 __all__ = [
     "MAGIC",
@@ -662,7 +667,7 @@ _KV_KINDS = _by_code(KVKind)
 _U64_MAX = (1 << 64) - 1
 
 
-def _kv_tuple(e: KVEntry) -> _core._KVEntryIn:
+def _kv_tuple(e: KVEntry) -> _KVEntryIn:
     g = e.geometry
     geometry = None
     if g is not None:
@@ -684,7 +689,7 @@ def _kv_tuple(e: KVEntry) -> _core._KVEntryIn:
     return (e.name, e.kind, e.owner, e.uid, geometry, e.tokens, e.digest, e.flags, runs, table)
 
 
-def _kv_entries(data: bytes, kv: list[_core._KVEntryOut]) -> tuple[KVEntry, ...]:
+def _kv_entries(data: bytes, kv: list[_KVEntryOut]) -> tuple[KVEntry, ...]:
     view = memoryview(data)
     out = []
     for name, code, owner, uid, geo, tokens, digest, flags, runs, table in kv:
@@ -721,7 +726,7 @@ def encode_frame(frame: Frame, *, compress_threshold: int = 1024, level: int = 3
     zstd-compressed when that makes them smaller. KV pages travel in their own
     section, never compressed (quantized data does not compress)."""
     kv = [_kv_tuple(e) for e in frame.kv] if frame.kv else []
-    return _core.encode_frame(
+    return _rust_encode_frame(
         frame.sender,
         frame.epoch,
         frame.seq,
@@ -747,7 +752,7 @@ def decode_frame(data: bytes, *, max_bytes: int = 64 << 20, max_kv_bytes: int = 
     if max_bytes < 0:
         raise LimitExceededError(f"frame of {len(data)} bytes exceeds the limit of {max_bytes}")
     frame: Frame
-    frame, kv = _core.decode_frame_as(
+    frame, kv = _rust_decode_frame_as(
         data,
         _TYPES,
         max_bytes=min(max_bytes, _U64_MAX),
