@@ -475,7 +475,8 @@ def readme_section(payload: dict[str, Any], out: Path) -> str:
     baselines = [e for e in engines if e != "hybridsync"]
     rel = out.as_posix()
     lines = [
-        f"`{payload['command']}` (`make bench`; `--quick` checks correctness only). Machine: "
+        f"`{payload['command']}` (`make bench` runs the suite with its defaults; `--quick` checks "
+        f"correctness only). Machine: "
         f"{_machine_line(payload['machine'])}. Full tables: `{rel}/bench.md`, raw data "
         f"`{rel}/bench.json`, plots `{rel}/state_over_time.png` and `{rel}/wire_vs_loss.png`.",
         "",
