@@ -46,7 +46,7 @@ from hybridsync.integrations.graph import GraphError, KnowledgeGraph
 from hybridsync.integrations.mcp import build_parser, main
 from hybridsync.net import FaultProxy
 
-HANG_GUARD = 120.0
+HANG_GUARD = 600.0
 SECRET = secrets.token_urlsafe(32)
 
 # -- in process: the graph's semantics --------------------------------------------------
@@ -522,7 +522,7 @@ async def converge(sessions: list[ClientSession], model: Model) -> Any:
     deadline = loop.time() + HANG_GUARD
     while True:
         for s in sessions:
-            assert (await call(s, "sync_memory", timeout=30))["synced"]
+            assert (await call(s, "sync_memory", timeout=300))["synced"]
         graphs = [await call(s, "read_graph") for s in sessions]
         docs = [
             {n: (await call(s, "read_document", name=n))["text"] for n in model.documents}

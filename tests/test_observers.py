@@ -502,15 +502,15 @@ def test_events_async_iterator_over_the_websocket_transport() -> None:
                     node, hub.url, secret=secret, period=(0.02, 0.5), backoff=(0.02, 0.5)
                 ) as session,
             ):
-                await session.wait_connected(30)
+                await session.wait_connected(300)
                 node.text["plan"] = "1. ship\n"
                 node.meta["owner"] = "node"
-                await session.sync(timeout=30)
+                await session.sync(timeout=300)
                 got: list[Any] = []
-                deadline = time.monotonic() + 30
+                deadline = time.monotonic() + 300
                 while {type(e) for e in got} != {TextEvent, MetaEvent}:
                     assert time.monotonic() < deadline, got
-                    got.append(await asyncio.wait_for(events.__anext__(), 30))
+                    got.append(await asyncio.wait_for(events.__anext__(), 300))
                 text = next(e for e in got if isinstance(e, TextEvent))
                 assert text.new == "1. ship\n" and text.origin.peer == "node"
                 assert text.origin.link in hub_memory.links
@@ -520,10 +520,10 @@ def test_events_async_iterator_over_the_websocket_transport() -> None:
                 node_events: list[TextEvent] = []
                 node.text.observe(None, node_events.append)
                 hub_memory.text["reply"] = "ok"
-                local = await asyncio.wait_for(events.__anext__(), 30)
+                local = await asyncio.wait_for(events.__anext__(), 300)
                 assert isinstance(local, TextEvent) and local.origin.local
-                await session.sync(timeout=30)
-                deadline = time.monotonic() + 30
+                await session.sync(timeout=300)
+                deadline = time.monotonic() + 300
                 while not node_events:
                     assert time.monotonic() < deadline
                     await asyncio.sleep(0.02)
