@@ -7,9 +7,12 @@ is its own. What a cell measures:
 - ``wire_bytes``, ``messages``: the engine's counters after the run: every
   message a replica sent (retransmissions, polls and acknowledgements
   included, before loss).
-- ``cpu_s``: :func:`time.process_time` spent inside :meth:`Engine.apply` and
-  :meth:`Engine.tick` only (not in convergence checks, state sampling or the
-  correctness checks, which are the bench's work, not the protocol's).
+- ``cpu_s``: :func:`time.process_time` spent building the engine (replicas,
+  links, the CRDTs' connection handshake) and inside :meth:`Engine.apply` and
+  :meth:`Engine.tick` only (not in :meth:`Engine.prepare`, convergence checks,
+  state sampling or the correctness checks, which are the bench's work, not the
+  protocol's); ``instructions``: the same region counted (see
+  :mod:`hybridsync.bench.instructions`).
 - ``rss_peak_bytes``: ``getrusage(RUSAGE_SELF).ru_maxrss`` at the end of the
   run; ``rss_baseline_bytes``: the same measured just before the engine is
   built, with the interpreter, the libraries and the workload script loaded
