@@ -105,6 +105,7 @@ Writes ``small.md``, ``small.json`` and ``small.png`` (``small-quick.*`` with
 
 from __future__ import annotations
 
+import abc
 import argparse
 import ctypes
 import dataclasses
@@ -336,21 +337,21 @@ class Model:
 # --------------------------------------------------------------------------- engines
 
 
-class Engine:
+class Engine(abc.ABC):
     name = ""
 
-    def write(self, op: Any) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def write(self, op: Any) -> None: ...
 
+    @abc.abstractmethod
     def sync(self) -> list[int]:
         """Messages until both sides are quiet; returns their sizes (both directions)."""
-        raise NotImplementedError
 
-    def check(self, op: Any, model: Model, cycle: int = 0) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def check(self, op: Any, model: Model, cycle: int = 0) -> None: ...
 
-    def check_all(self, model: Model) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def check_all(self, model: Model) -> None: ...
 
 
 class Hybrid(Engine):

@@ -43,25 +43,8 @@ GROUP = {"q4_0": 32, "q8_0": 32, "f16": 1, "mlx4": 64}
 
 
 def _kv_tuple(e: F.KVEntry) -> Any:
-    g = e.geometry
-    geometry = None
-    if g is not None:
-        code = FMT_CODES[(g.fmt, g.scale_type if g.fmt == "mlx4" else "f16")]
-        geometry = (code, g.layers, g.kv_heads, g.head_dim, g.page_tokens)
-    runs = [
-        (
-            r.layer,
-            r.kind,
-            r.offset,
-            np.ascontiguousarray(r.heads.astype("<u4", copy=False)),
-            np.ascontiguousarray(r.pages.astype("<u4", copy=False)),
-            np.ascontiguousarray(r.hashes.astype("<u8", copy=False)),
-            r.payload,
-        )
-        for r in e.runs
-    ]
-    table = None if e.table is None else np.ascontiguousarray(e.table.astype("<u8", copy=False))
-    return (e.name, e.kind, e.owner, e.uid, geometry, e.tokens, e.digest, e.flags, runs, table)
+    """A KV entry as the Rust encoder takes it (the frame module's own conversion)."""
+    return F._kv_tuple(e)
 
 
 def rust_encode(frame: F.Frame, *, compress_threshold: int = 1024, level: int = 3) -> bytes:
