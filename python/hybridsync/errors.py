@@ -16,6 +16,7 @@ __all__ = [
     "DecodeError",
     "HandshakeError",
     "HybridSyncError",
+    "IncompatibleCacheError",
     "InvalidArgumentError",
     "LimitExceededError",
     "OwnershipError",
@@ -84,3 +85,17 @@ class CorruptionError(StorageError, DecodeError):
     """A durable replica's file failed a checksum or does not decode: it is
     never served. Restore the file from a backup (or remove it and let the
     replica resync from its peers)."""
+
+
+class IncompatibleCacheError(HybridSyncError, ValueError):
+    """A KV cache cannot be restored into this runtime context: the context
+    differs from the one that wrote the cache in a field the restore must
+    match (``field``: the model fingerprint, the cache type, the rotation of
+    quantized caches, a positional parameter, the state format). Restoring it
+    anyway would give wrong logits without an error; nothing was changed."""
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        #: The record field that differs (empty when the runtime refused the
+        #: bytes without saying why).
+        self.field = field

@@ -25,20 +25,39 @@ Import needs the cells to be positions ``0 .. n-1`` of one sequence, in order
 reproduces the bytes exactly. The 64-bit prefix recent builds write (and
 verify on restore; it depends on the model) is detected, kept in
 :class:`LlamaState` and written back.
+
+With llama-cpp-python, :func:`export_sequence` reads a ``Llama`` context's
+sequence straight into a :class:`KVCache` and :func:`restore_sequence` writes
+one back (use these rather than ``Llama.save_state``, which also copies the
+whole logits array).
 """
 
 from __future__ import annotations
 
+import ctypes
 import operator
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from hybridsync.channels.kv import KVCache
-from hybridsync.errors import DecodeError, HybridSyncError, InvalidArgumentError
+from hybridsync.errors import (
+    DecodeError,
+    HybridSyncError,
+    IncompatibleCacheError,
+    InvalidArgumentError,
+)
 
-__all__ = ["LlamaState", "from_llama_state", "to_llama_state"]
+__all__ = [
+    "LlamaState",
+    "export_sequence",
+    "from_llama_state",
+    "model_geometry",
+    "restore_sequence",
+    "to_llama_state",
+]
 
 _TYPES = {1: "f16", 2: "q4_0", 8: "q8_0"}
 _TYPE_IDS = {v: k for k, v in _TYPES.items()}
@@ -213,3 +232,110 @@ def to_llama_state(
             parts.append(struct.pack("<iQ", t, rb))
             parts.append(np.ascontiguousarray(q.transpose(1, 0, 2)).tobytes())
     return b"".join(parts)
+
+
+# -- llama-cpp-python contexts ---------------------------------------------------
+
+
+def _lib() -> Any:
+    import llama_cpp
+
+    return llama_cpp
+
+
+def _ctx(llm: Any) -> Any:
+    try:
+        return llm._ctx.ctx
+    except AttributeError:
+        raise InvalidArgumentError(
+            f"a llama_cpp.Llama with a context is needed, got {type(llm).__name__}"
+        ) from None
+
+
+def model_geometry(llm: Any) -> tuple[int, int, int]:
+    """``(layers, kv_heads, head_dim)`` of a ``llama_cpp.Llama``'s model."""
+    lib = _lib()
+    model = llm.model
+    layers = int(lib.llama_model_n_layer(model))
+    kv_heads = int(lib.llama_model_n_head_kv(model))
+    arch = llm.metadata.get("general.architecture", "llama")
+    key_length = llm.metadata.get(f"{arch}.attention.key_length")
+    if key_length is not None:
+        head_dim = int(key_length)
+    else:
+        head_dim = int(lib.llama_model_n_embd(model)) // int(lib.llama_model_n_head(model))
+    return layers, kv_heads, head_dim
+
+
+def export_sequence(
+    llm: Any, *, seq_id: int = 0, page_tokens: int = 256
+) -> tuple[KVCache, LlamaState]:
+    """Sequence ``seq_id`` of a ``llama_cpp.Llama`` context as a
+    :class:`KVCache` (``llama_state_seq_get_data``: the cache rows only)."""
+    lib = _lib()
+    ctx = _ctx(llm)
+    size = int(lib.llama_state_seq_get_size(ctx, seq_id))
+    buf = (ctypes.c_uint8 * size)()
+    n = int(lib.llama_state_seq_get_data(ctx, buf, size, seq_id))
+    if n <= 0:
+        raise InvalidArgumentError(f"llama.cpp wrote no state for sequence {seq_id}")
+    _, kv_heads, head_dim = model_geometry(llm)
+    return from_llama_state(
+        bytes(memoryview(buf)[:n]), kv_heads=kv_heads, head_dim=head_dim, page_tokens=page_tokens
+    )
+
+
+def _context_prefix(llm: Any, seq_id: int) -> bytes:
+    """The bytes this context writes before ``n_stream`` (its builds' 64-bit
+    prefix, or none), read from the state of a sequence it holds no cells of."""
+    lib = _lib()
+    ctx = _ctx(llm)
+    lib.llama_memory_seq_rm(lib.llama_get_memory(ctx), seq_id, -1, -1)
+    size = int(lib.llama_state_seq_get_size(ctx, seq_id))
+    buf = (ctypes.c_uint8 * size)()
+    n = int(lib.llama_state_seq_get_data(ctx, buf, size, seq_id))
+    data = bytes(memoryview(buf)[:n])
+    for prefix in (0, 8):
+        if data[prefix:] == struct.pack("<II", 1, 0):
+            return data[:prefix]
+    raise DecodeError(f"unexpected empty sequence state from llama.cpp: {data.hex()}")
+
+
+def restore_sequence(
+    llm: Any, cache: KVCache, state: LlamaState | None = None, *, seq_id: int = 0
+) -> None:
+    """Write ``cache`` into sequence ``seq_id`` of a ``llama_cpp.Llama``
+    context (``llama_state_seq_set_data``) and set the wrapper's token count,
+    so that the next ``llm.eval`` continues after the cache's last token.
+
+    Raises :class:`IncompatibleCacheError` where llama.cpp refuses the bytes
+    (it only logs why).
+    """
+    if not isinstance(cache, KVCache):
+        raise InvalidArgumentError(f"cache must be a KVCache, got {type(cache).__name__}")
+    if not cache.ready:
+        raise InvalidArgumentError("the mirror is partial: its last pages have not arrived")
+    lib = _lib()
+    ctx = _ctx(llm)
+    if cache.tokens > int(llm.n_ctx()):
+        raise IncompatibleCacheError(
+            f"the cache holds {cache.tokens} tokens; the context has room for {llm.n_ctx()}",
+            "n_ctx",
+        )
+    layers, kv_heads, head_dim = model_geometry(llm)
+    if (cache.layers, cache.kv_heads, cache.head_dim) != (layers, kv_heads, head_dim):
+        raise IncompatibleCacheError(
+            f"the cache is {cache.layers} layers x {cache.kv_heads} heads x {cache.head_dim}; "
+            f"the model is {layers} x {kv_heads} x {head_dim}",
+            "geometry",
+        )
+    prefix = state.prefix if state is not None else _context_prefix(llm, seq_id)
+    v_trans = state.v_trans if state is not None else False
+    data = to_llama_state(cache, seq_id=seq_id, v_trans=v_trans, prefix=prefix)
+    src = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+    if int(lib.llama_state_seq_set_data(ctx, src, len(data), seq_id)) != len(data):
+        raise IncompatibleCacheError(
+            "llama.cpp refused the state (a cache type, the model or the state format "
+            "differs from the context's)"
+        )
+    llm.n_tokens = cache.tokens
