@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -27,12 +24,10 @@ import pytest
 
 pytest.importorskip("nats")
 
-from hybridsync import Memory  # noqa: E402
-from hybridsync.errors import AuthenticationError  # noqa: E402
-from hybridsync.kv import KVCache  # noqa: E402
-from hybridsync.net.nats import (  # noqa: E402
-    NatsHub,
-    NatsSession,
+from hybridsync import Memory
+from hybridsync.errors import AuthenticationError
+from hybridsync.kv import KVCache
+from hybridsync.net.nats import (
     connect_nats,
     open_nats,
     serve_nats,
@@ -171,7 +166,7 @@ def test_hub_and_nodes_converge_over_nats(nats_server: NatsServer) -> None:
                 nodes = [Memory(f"agent-{i}") for i in range(3)]
                 sessions = [
                     await connect_nats(m, nc, hubs=["hub"], secret=SECRET, **FAST).start()
-                    for m, nc in zip(nodes, node_ncs)
+                    for m, nc in zip(nodes, node_ncs, strict=True)
                 ]
                 try:
                     for i, m in enumerate(nodes):
@@ -188,7 +183,9 @@ def test_hub_and_nodes_converge_over_nats(nats_server: NatsServer) -> None:
                     for i in range(3):
                         assert brief.count(f"- step by agent {i}\n") == 1
                         assert nodes[0].meta[f"status/{i}"] == {"state": "busy", "n": i}
-                        assert same_kv(nodes[(i + 1) % 3].kv[f"cache/{i}"], nodes[i].kv[f"cache/{i}"])
+                        assert same_kv(
+                            nodes[(i + 1) % 3].kv[f"cache/{i}"], nodes[i].kv[f"cache/{i}"]
+                        )
                     assert hub.connected == [f"agent-{i}" for i in range(3)]
                     status = sessions[0].status()
                     assert status.connected and status.peer_id == "hub"
@@ -198,6 +195,118 @@ def test_hub_and_nodes_converge_over_nats(nats_server: NatsServer) -> None:
                         await s.close()
         finally:
             for nc in [hub_nc, *node_ncs]:
+                await nc.close()
+
+    run(main())
+
+
+def test_frames_above_max_payload_travel_in_parts(small_server: NatsServer) -> None:
+    """A server with a 16 KiB max_payload: a 300 KB document and a KV cache of
+    hundreds of KB go up in parts and come down in parts, nothing refused."""
+
+    async def main() -> None:
+        ncs = [await open_nats(small_server.url) for _ in range(3)]
+        assert ncs[0].max_payload == 16 * 1024
+        hub_memory = Memory("hub")
+        nodes = [Memory("a"), Memory("b")]
+        try:
+            async with serve_nats(hub_memory, ncs[0], secret=SECRET) as hub:
+                sessions = [
+                    await connect_nats(m, nc, hubs=["hub"], secret=SECRET, **FAST).start()
+                    for m, nc in zip(nodes, ncs[1:], strict=True)
+                ]
+                try:
+                    big = "".join(f"line {i}: {secrets.token_hex(16)}\n" for i in range(7000))
+                    nodes[0].text["big"] = big
+                    nodes[0].kv["pages"] = kv_cache(7, tokens=512, page_tokens=64)
+                    await wait_until(lambda: converged(hub_memory, *nodes), what="convergence")
+                    assert nodes[1].text["big"] == big
+                    assert same_kv(nodes[1].kv["pages"], nodes[0].kv["pages"])
+                    assert hub.parted_messages >= 2  # a request up and a reply down
+                    assert hub.errors_sent == 0
+                finally:
+                    for s in sessions:
+                        await s.close()
+        finally:
+            for nc in ncs:
+                await nc.close()
+
+    run(main())
+
+
+def test_bad_input_over_nats_is_refused_and_the_hub_keeps_serving(
+    nats_server: NatsServer,
+) -> None:
+    async def main() -> None:
+        hub_nc = await open_nats(nats_server.url)
+        raw = await open_nats(nats_server.url)
+        good_nc = await open_nats(nats_server.url)
+        bad_nc = await open_nats(nats_server.url)
+        hub_memory = Memory("hub")
+        good = Memory("good")
+        captured: list[bytes] = []
+        subject = "hybridsync.default.hub.hub.c"
+
+        async def snoop(msg: Any) -> None:
+            if not msg.headers and len(msg.data) > 41:
+                captured.append(bytes(msg.data))
+
+        snooper = await raw.subscribe(f"{subject}.*", cb=snoop)
+
+        async def ask(token: str, data: bytes, headers: dict[str, str] | None = None) -> str:
+            reply = await raw.request(f"{subject}.{token}", data, timeout=GUARD, headers=headers)
+            return (reply.headers or {}).get("Hs-Err", "")
+
+        try:
+            async with serve_nats(hub_memory, hub_nc, secret=SECRET, max_frame_bytes=65536) as hub:
+                session = await connect_nats(
+                    good, good_nc, hubs=["hub"], secret=SECRET, **FAST
+                ).start()
+                good.text["doc"] = "before\n"
+                await session.sync(timeout=GUARD)
+                await wait_until(lambda: bool(captured), what="a captured request")
+                before = hub_memory.digest()
+                token = secrets.token_hex(16)
+                # Garbage: no connection, a bad token, a bad HELLO, parts out of order.
+                assert await ask(token, secrets.token_bytes(100)) == "unknown"
+                assert await ask("not-a-token", b"x", {"Hs-Op": "hello"}) == "handshake"
+                assert await ask(token, secrets.token_bytes(80), {"Hs-Op": "hello"}) == "handshake"
+                assert await ask(token, secrets.token_bytes(5000), {"Hs-Op": "hello"}) == "size"
+                # Replayed, and tampered, on the good node's own connection.
+                replay = captured[0]
+                live = session._conn.ws.token  # type: ignore[union-attr]
+                assert await ask(live, replay) == "rejected"
+                tampered = bytearray(captured[-1])
+                tampered[12] ^= 1
+                assert await ask(live, bytes(tampered)) == "rejected"
+                # Oversized: one message, and a message in parts.
+                assert await ask(live, b"\0" * 70_000) == "size"
+                for i in range(3):
+                    err = await ask(live, b"\0" * 30_000, {"Hs-Part": f"{i}/4"})
+                assert err == "size"
+                assert await ask(live, b"", {"Hs-Part": "3/4"}) == "refused"
+                assert hub_memory.digest() == before
+                assert good.digest() == before
+                # Wrong credentials: a node with another secret stops with the error.
+                other = Memory("intruder")
+                other.text["doc"] = "overwritten\n"
+                intruder = await connect_nats(
+                    other, bad_nc, hubs=["hub"], secret=secrets.token_bytes(32), **FAST
+                ).start()
+                with pytest.raises(AuthenticationError):
+                    await intruder.wait_connected(timeout=GUARD)
+                await intruder.close()
+                assert hub.handshakes_failed >= 3
+                assert hub.errors_sent >= 9
+                # The hub still serves the good node, whose link never broke.
+                good.text["doc"] = "before\nafter\n"
+                await session.sync(timeout=GUARD)
+                assert hub_memory.text["doc"] == "before\nafter\n"
+                assert "intruder" not in hub.peers
+                await session.close()
+        finally:
+            await snooper.unsubscribe()
+            for nc in (hub_nc, raw, good_nc, bad_nc):
                 await nc.close()
 
     run(main())

@@ -374,6 +374,7 @@ class NatsHub(Hub):
         headers = msg.headers or {}
         where = f"nats:{token[:8]}"
         if not _CONN.fullmatch(token):
+            self._handshakes_failed += 1
             await self._error(msg, "handshake", "bad connection token", where)
             return
         loop = asyncio.get_running_loop()
@@ -411,6 +412,7 @@ class NatsHub(Hub):
             await self._error(msg, "handshake", "connection token in use", where)
             return
         if len(msg.data) > MAX_HANDSHAKE_MESSAGE:
+            self._handshakes_failed += 1
             await self._error(msg, "size", "handshake message too long", where)
             return
         hs = ServerHandshake(self._secret, self.memory.replica_id, incarnation_of(self.memory))
