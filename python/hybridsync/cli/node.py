@@ -23,6 +23,7 @@ from rich.logging import RichHandler
 
 from hybridsync.cli.keys import _secret_options, load_secret
 from hybridsync.cli.mirror import FolderMirror
+from hybridsync.cli.nats import NatsOptions, nats_click_options, parse_nats_options
 from hybridsync.cli.status import (
     STATUS_FORMAT,
     default_status_file,
@@ -99,6 +100,8 @@ class _NodeOptions:
     scan_interval: float = 0.25
     live: bool = True
     exit_sync_timeout: float = 5.0
+    nats: NatsOptions | None = None
+    serve_nats: bool = False
 
 
 def _snapshot(
@@ -121,6 +124,7 @@ def _snapshot(
         "updated": time.time(),
         "listening": hub.url if hub is not None else None,
         "upstream": safe_url(session.url) if session is not None else None,
+        "upstream_hub": getattr(session, "current_hub", None),
         "mirror": str(options.folder) if options.folder is not None else None,
         "digest": memory.digest(),
         "documents": len(memory.text),
@@ -161,8 +165,10 @@ async def _run_node_with(memory: Memory, options: _NodeOptions, console: Console
             loop.add_signal_handler(signum, stop.set)
     started = time.time()
     async with contextlib.AsyncExitStack() as stack:
-        hub = None
-        session = None
+        hub: Any = None
+        session: Any = None
+        if options.nats is not None:
+            hub, session = await _start_nats(memory, options, options.nats, stack)
         if options.serve is not None:
             host, port = options.serve
             try:
@@ -188,7 +194,8 @@ async def _run_node_with(memory: Memory, options: _NodeOptions, console: Console
         status_path: Path | None = None
         if options.write_status:
             status_path = options.status_file or default_status_file(
-                port=hub.port if hub is not None else None, replica_id=memory.replica_id
+                port=hub.port if hub is not None and hub.port else None,
+                replica_id=memory.replica_id,
             )
             click.echo(f"hybridsync: status file {status_path}")
         sys.stdout.flush()
@@ -252,6 +259,39 @@ async def _run_node_with(memory: Memory, options: _NodeOptions, console: Console
                     status_path.unlink()
     click.echo(f"hybridsync: replica {memory.replica_id!r} stopped (digest {memory.digest()})")
     return 0
+
+
+async def _start_nats(
+    memory: Memory, options: _NodeOptions, nats: NatsOptions, stack: contextlib.AsyncExitStack
+) -> tuple[Any, Any]:
+    """The NATS side of ``serve --nats`` and ``join --nats``: a hub on the
+    swarm's subjects (serve), and a link upward to the first live hub of the
+    list (join; serve: of the hubs listed before this one)."""
+    from hybridsync.net.nats import connect_nats, open_nats, serve_nats
+
+    try:
+        nc = await open_nats(nats.servers, name=memory.replica_id, creds=nats.creds, tls=nats.tls)
+    except OSError as exc:
+        raise click.ClickException(str(exc)) from None
+    stack.push_async_callback(nc.close)
+    hub = None
+    upstream = nats.hubs
+    if options.serve_nats:
+        hub = await stack.enter_async_context(
+            serve_nats(memory, nc, secret=options.secret, swarm=nats.swarm)
+        )
+        click.echo(f"hybridsync: replica {memory.replica_id!r} serving on NATS {hub.url}")
+        upstream = nats.hubs[: nats.hubs.index(memory.replica_id)]
+    session = None
+    if upstream:
+        session = await stack.enter_async_context(
+            connect_nats(memory, nc, hubs=upstream, secret=options.secret, swarm=nats.swarm)
+        )
+        click.echo(
+            f"hybridsync: replica {memory.replica_id!r} joining the first live hub of "
+            f"{', '.join(upstream)} over NATS"
+        )
+    return hub, session
 
 
 def _run(coro_factory: Callable[[], Any]) -> int:
@@ -334,6 +374,7 @@ def _apply(decorators: list[Callable[[Any], Any]]) -> Callable[[Any], Any]:
     help="The certificate's private key (PEM), if not in --tls-cert.",
 )
 @_apply(_secret_options)
+@_apply(nats_click_options)
 @_apply(_common_node_options)
 def serve(
     host: str,
@@ -341,6 +382,13 @@ def serve(
     replica_id: str,
     tls_cert: Path | None,
     tls_key: Path | None,
+    nats_url: str | None,
+    swarm: str,
+    hubs: str | None,
+    nats_creds: Path | None,
+    nats_tls_ca: Path | None,
+    nats_tls_cert: Path | None,
+    nats_tls_key: Path | None,
     secret_env: str,
     secret_file: Path | None,
     data: Path | None,
@@ -356,13 +404,29 @@ def serve(
 
     Nodes connect with `hybridsync join ws://HOST:PORT`. `hybridsync status
     HOST:PORT` shows the hub's links from another terminal on this machine.
+    With --nats URL the hub serves on the swarm's NATS subjects instead
+    (nodes: `hybridsync join --nats URL --hubs ID`), and with --hubs it links
+    upward to the first live hub listed before its own id.
     """
     console = make_console()
     _setup_logging(console, verbose)
+    nats = parse_nats_options(
+        role="serve",
+        replica_id=replica_id,
+        nats_url=nats_url,
+        swarm=swarm,
+        hubs=hubs,
+        nats_creds=nats_creds,
+        nats_tls_ca=nats_tls_ca,
+        nats_tls_cert=nats_tls_cert,
+        nats_tls_key=nats_tls_key,
+    )
     options = _NodeOptions(
         replica_id=replica_id,
         secret=load_secret(secret_env, secret_file),
-        serve=(host, port),
+        serve=(host, port) if nats is None else None,
+        nats=nats,
+        serve_nats=nats is not None,
         server_ssl=_server_ssl(tls_cert, tls_key),
         folder=folder,
         data=data,
@@ -376,7 +440,7 @@ def serve(
 
 
 @click.command()
-@click.argument("url")
+@click.argument("url", required=False)
 @click.option(
     "--id",
     "replica_id",
@@ -414,9 +478,10 @@ def serve(
     help="On exit, wait this long for the hub to acknowledge the latest changes.",
 )
 @_apply(_secret_options)
+@_apply(nats_click_options)
 @_apply(_common_node_options)
 def join(
-    url: str,
+    url: str | None,
     replica_id: str | None,
     serve_at: str | None,
     hub_id: str | None,
@@ -424,6 +489,13 @@ def join(
     tls_cert: Path | None,
     tls_key: Path | None,
     exit_sync_timeout: float,
+    nats_url: str | None,
+    swarm: str,
+    hubs: str | None,
+    nats_creds: Path | None,
+    nats_tls_ca: Path | None,
+    nats_tls_cert: Path | None,
+    nats_tls_key: Path | None,
     secret_env: str,
     secret_file: Path | None,
     data: Path | None,
@@ -439,15 +511,32 @@ def join(
 
     The node reconnects after failures and keeps its link, so nothing is
     lost. On exit it waits for the hub to acknowledge its latest changes.
+    With --nats URL (and no URL argument) it joins the first live hub of
+    --hubs over NATS instead, and moves to the next one if that hub dies.
     """
     console = make_console()
     _setup_logging(console, verbose)
     if (tls_cert is not None or tls_key is not None) and serve_at is None:
         raise click.UsageError("--tls-cert/--tls-key only apply with --serve")
+    replica_id = replica_id or f"{socket.gethostname()}-{os.getpid()}"
+    nats = parse_nats_options(
+        role="join",
+        replica_id=replica_id,
+        nats_url=nats_url,
+        swarm=swarm,
+        hubs=hubs,
+        nats_creds=nats_creds,
+        nats_tls_ca=nats_tls_ca,
+        nats_tls_cert=nats_tls_cert,
+        nats_tls_key=nats_tls_key,
+    )
+    if (url is None) == (nats is None):
+        raise click.UsageError("give either the hub's URL or --nats URL (not both)")
     options = _NodeOptions(
-        replica_id=replica_id or f"{socket.gethostname()}-{os.getpid()}",
+        replica_id=replica_id,
         secret=load_secret(secret_env, secret_file),
-        url=_normalise_url(url),
+        url=_normalise_url(url) if url is not None else None,
+        nats=nats,
         serve=_parse_hostport(serve_at) if serve_at is not None else None,
         server_ssl=_server_ssl(tls_cert, tls_key),
         client_ssl=_client_ssl(tls_ca),

@@ -156,7 +156,8 @@ async def open_nats(
         logger.info("NATS: disconnected")
 
     async def on_reconnected() -> None:
-        logger.info("NATS: reconnected to %s", safe_url(str(nc.connected_url or "")))
+        server = nc.connected_url
+        logger.info("NATS: reconnected to %s", safe_url(server.geturl()) if server else "?")
 
     urls = [servers] if isinstance(servers, str) else list(servers)
     options: dict[str, Any] = {}
@@ -286,7 +287,9 @@ class NatsHub(Hub):
 
     @property
     def url(self) -> str:
-        return f"{safe_url(str(self.nc.connected_url or 'nats:'))}#{self.subject}"
+        server = self.nc.connected_url
+        where = safe_url(server.geturl()) if server is not None else "nats:"
+        return f"{where}#{self.subject}"
 
     async def start(self) -> NatsHub:
         if self._started:
