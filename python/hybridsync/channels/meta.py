@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 import xxhash
-from pycrdt import Array, Doc, Map
+from pycrdt import Array, Doc, Map, TransactionEvent
 
 from hybridsync.channels.events import ChangeBus, MetaEvent, Origin, Subscription, check_meta_path
 from hybridsync.errors import DecodeError, InvalidArgumentError, LimitExceededError
@@ -84,7 +84,9 @@ class CompactionPolicy:
 class MetaMetrics:
     """Size and compaction counters of a replica's metadata."""
 
-    #: Encoded CRDT state of the current epoch, in bytes (``len(get_update())``).
+    #: Encoded CRDT state of the current epoch, in bytes (``len(get_update())``),
+    #: as of the last measurement (the root's compaction checks measure when
+    #: due; :meth:`Meta.measure` measures now). The same for the next two.
     encoded_bytes: int = 0
     #: The live value as compact JSON, in bytes.
     live_bytes: int = 0
@@ -455,7 +457,12 @@ class Meta(_LiveMapping):
         self._changed = True  # since the last compaction check
         self._client = 0
         self._salt = secrets.randbits(64) if incarnation is None else incarnation
+        #: The encoded state as last measured plus the bytes of every update
+        #: integrated or written since (``_since``): an estimate from above
+        #: that costs nothing to keep (the compaction check measures only
+        #: when it says a measurement is due).
         self._estimate = 0
+        self._since = 0
         self._base_size = 0
         # Every replica starts on an epoch 0 of its own: the first exchange
         # with an upstream moves it onto the upstream's epoch.
@@ -486,6 +493,10 @@ class Meta(_LiveMapping):
         self._clock = self._doc.get(_CLOCK, type=Map)
         self.base_state = self._doc.get_state()
         self._base_size = len(base)
+        self._estimate, self._since = len(base), 0
+        # Every transaction's update (own writes and peers' updates alike)
+        # feeds the estimate: O(size of the change).
+        self._doc.observe(self._count_update)
         self.metrics.epoch = epoch
 
     def has_pending_writes(self) -> bool:
@@ -502,6 +513,29 @@ class Meta(_LiveMapping):
             del self._latest[next(iter(self._latest))]
 
     # -- persistence (hybridsync.store)
+
+    def saved_state(self) -> dict[str, Any]:
+        """What the store saves besides the document's updates and the
+        epoch's base (plain data; :meth:`restore_state` reloads it)."""
+        return self._saved()
+
+    def restore_state(self, saved: dict[str, Any], base: bytes, updates: list[bytes]) -> None:
+        """Reopening: reload :meth:`saved_state`, the epoch's base and the
+        document's updates into a fresh replica."""
+        self._restore(saved, base, updates)
+
+    def persist_key(self) -> tuple[Any, ...]:
+        """Changes whenever what the store saves would (cheap to compute)."""
+        return (
+            self.epoch_id,
+            self.state(),
+            len(self._pending),
+            self._ticks,
+            *self._persist_extra(),
+        )
+
+    def _persist_extra(self) -> tuple[Any, ...]:
+        return ()
 
     def _saved(self) -> dict[str, Any]:
         """Everything but the current epoch's document and base, as plain data."""
@@ -555,10 +589,14 @@ class Meta(_LiveMapping):
             raise DecodeError(f"invalid metadata update: {exc}") from exc
         self._changed = True
         self._changes.meta_changed(origin)
-        self._estimate += len(update)
+
+    def _count_update(self, event: TransactionEvent) -> None:
+        n = len(event.update)
+        self._estimate += n
+        self._since += n
 
     def _measure(self, encoded: int, live: int, clients: int) -> None:
-        self._estimate = encoded
+        self._estimate, self._since = encoded, 0
         m = self.metrics
         m.encoded_bytes, m.live_bytes, m.clients = encoded, live, clients
         m.max_encoded_bytes = max(m.max_encoded_bytes, encoded)

@@ -57,6 +57,21 @@ _LINEAGE_TAGS = 64
 #: Documents of the epochs a root ended most recently, kept to integrate
 #: updates that arrive for them late (a request that crossed a compaction).
 _ENDED_DOCS = 4
+#: The compaction check measures once the estimate grew by 1/_GROWTH of the
+#: last measurement, or by 1/_NEAR when it may pass the threshold.
+_GROWTH = 16
+_NEAR = 256
+
+
+def _sv_clients(state: bytes) -> int:
+    """The number of client ids in an encoded state vector (its first varint)."""
+    n = shift = 0
+    for b in state:
+        n |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return n
+        shift += 7
+    return n
 
 
 class EpochMeta(Meta):
@@ -161,25 +176,56 @@ class EpochMeta(Meta):
         final state vector), or None if ``epoch_id`` is not one of them."""
         return self._frozen.get(epoch_id)
 
+    def _measure_due(self) -> bool:
+        """True when the compaction check must measure the encoded state
+        (O(whole metadata)); otherwise the check costs O(clients). Due when
+        more client ids wrote in the epoch than the policy allows; or when the
+        estimate (last measured size plus the bytes of every update since, a
+        bound from above) passes both the threshold and the base's floor
+        (:meth:`_floor`) and has grown by 1/256 of the last measurement since;
+        or, whatever it says, once it has grown by 1/16. Measuring is thus
+        amortized over the bytes written."""
+        since, measured = self._since, self._estimate - self._since
+        if since <= 0:
+            return False
+        if _sv_clients(self._doc.get_state()) > self.policy.max_clients:
+            return True
+        if since * _GROWTH >= measured:
+            return True
+        return since * _NEAR >= measured and self._estimate > max(self._threshold(), self._floor())
+
+    def _threshold(self) -> float:
+        """The policy's threshold at the last measured live size."""
+        p = self.policy
+        return p.max_ratio * self.metrics.live_bytes + p.slack_bytes
+
+    def _floor(self) -> int:
+        """No compaction below this size: a fresh document of the live value
+        would be about the epoch's base (whose encoding alone may pass the
+        threshold); compacting again pays once the history grew by 1/8."""
+        return self._base_size + self._base_size // 8 + 64
+
     def maybe_compact(self) -> bool:
         """Run the compaction pass: start a new epoch when the policy says so.
-        Only the root of the link tree calls it. Returns True if it compacted."""
+        Only the root of the link tree calls it. Returns True if it compacted.
+        Costs O(size of the changes since the last pass), amortized: it
+        measures only when :meth:`_measure_due`, and reads the live value
+        only when the state passes the base's floor."""
         if not self._changed:
             return False
         self._changed = False
-        live = self.to_py()
+        p = self.policy
+        if not p.enabled or not self._measure_due():
+            return False
         encoded = len(self._doc.get_update())
         clients = len(decode_state_vector(self._doc.get_state()))
+        if encoded <= self._floor() and clients <= p.max_clients:
+            self._measure(encoded, self.metrics.live_bytes, clients)
+            return False
+        live = self.to_py()
         self._measure(encoded, len(canonical_json(live)), clients)
-        p = self.policy
-        if not p.enabled:
+        if encoded <= self._threshold() and clients <= p.max_clients:
             return False
-        if encoded <= p.max_ratio * self.metrics.live_bytes + p.slack_bytes and (
-            clients <= p.max_clients
-        ):
-            return False
-        if encoded <= self._base_size + 64 and clients <= p.max_clients:
-            return False  # nothing to gain: the history is the base already
         self._frozen[self.epoch_id] = self._doc.get_state()
         self._ended[self.epoch_id] = self._doc
         while len(self._ended) > _ENDED_DOCS:
@@ -457,18 +503,15 @@ class EpochMeta(Meta):
         """Integrate an update of the current epoch from a peer; a root
         checks the compaction policy right away."""
         super().apply_remote(update, origin)
-        p = self.policy
-        if (
-            self._is_root()
-            and p.enabled
-            and self._estimate > p.max_ratio * self.metrics.live_bytes + p.slack_bytes
-        ):
-            # Check right away (the estimate, last measured size plus the
-            # updates since, bounds the state): a root integrating many peers'
-            # updates in one cycle stays bounded between them too.
+        if self._is_root() and self.policy.enabled and self._measure_due():
+            # Check right away: a root integrating many peers' updates in one
+            # cycle stays bounded between them too.
             self.maybe_compact()
 
     # -- persistence (hybridsync.store)
+
+    def _persist_extra(self) -> tuple[Any, ...]:
+        return (tuple(sorted(self._delivered.items())),)
 
     def _saved(self) -> dict[str, Any]:
         saved = super()._saved()
