@@ -118,9 +118,9 @@ bench-ttft: build ## Time to first token: restore a mirrored Q4 cache vs re-pref
 
 FUZZ_SECONDS ?= 60
 .PHONY: fuzz
-fuzz: ## Fuzz the Rust patch and frame decoders, apply and the KV kernels (cargo-fuzz, FUZZ_SECONDS per target)
+fuzz: ## Fuzz the Rust patch, frame and audit-entry decoders, apply and the KV kernels (cargo-fuzz, FUZZ_SECONDS per target)
 	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-	for t in patch_from_bytes patch_from_text patch_text_to_bytes apply_patch kv_pages frame_decode; do \
+	for t in patch_from_bytes patch_from_text patch_text_to_bytes apply_patch kv_pages frame_decode audit_decode; do \
 		RUSTC_BOOTSTRAP=1 cargo fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
 	done
 

@@ -17,6 +17,13 @@ __all__ = [
     "Patch",
     "__version__",
     "apply_patch",
+    "audit_decode_entry",
+    "audit_entry",
+    "audit_entry_hash",
+    "audit_hash",
+    "audit_hash_parts",
+    "audit_head_message",
+    "audit_verify_chain",
     "decode_frame",
     "decode_frame_as",
     "diff",
@@ -260,3 +267,27 @@ def decode_frame_as(
     max_bytes: int = 67108864,
     max_kv_bytes: int = 68719476736,
 ) -> tuple[Any, list[_KVEntryOut]]: ...
+
+# -- the audit log (hybridsync.audit) --------------------------------------------
+
+def audit_hash(data: _Buf) -> bytes: ...
+def audit_hash_parts(parts: Sequence[_Buf]) -> bytes: ...
+def audit_entry(
+    seq: int,
+    time_ns: int,
+    channel: int,
+    kind: int,
+    origin: int,
+    subject: str,
+    writer: str,
+    via: str,
+    writer_seq: int,
+    content: bytes,
+    prev: bytes,
+) -> tuple[bytes, bytes]: ...
+def audit_decode_entry(
+    body: bytes,
+) -> tuple[int, int, int, int, int, str, str, str, int, bytes, bytes]: ...
+def audit_entry_hash(body: bytes) -> bytes: ...
+def audit_verify_chain(buf: bytes, first_seq: int, prev: bytes) -> tuple[int, bytes, str | None]: ...
+def audit_head_message(replica: str, seq: int, head: bytes, time_ns: int) -> bytes: ...

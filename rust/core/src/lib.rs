@@ -10,10 +10,13 @@
 //!   and page hashing, gathering and checked scattering.
 //! - [`frame`]: the wire format of a link (whole frames: header, entries,
 //!   metadata block, KV section, zstd body compression, checksum).
+//! - [`audit`]: the audit log's BLAKE3 hashing, entry encoding, hash-chain
+//!   verification and the signed head message.
 //! - [`Error`]: the one error type every fallible function returns.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod error;
 pub mod frame;
 pub mod kv;

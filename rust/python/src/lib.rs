@@ -22,6 +22,7 @@ use pyo3::prelude::*;
 use pyo3::types::string::PyStringData;
 use pyo3::types::{PyBytes, PyString, PyTuple, PyType};
 
+mod audit;
 mod frame;
 mod kv;
 
@@ -559,5 +560,12 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(frame::encode_frame, m)?)?;
     m.add_function(wrap_pyfunction!(frame::decode_frame, m)?)?;
     m.add_function(wrap_pyfunction!(frame::decode_frame_as, m)?)?;
+    m.add_function(wrap_pyfunction!(audit::audit_hash, m)?)?;
+    m.add_function(wrap_pyfunction!(audit::audit_hash_parts, m)?)?;
+    m.add_function(wrap_pyfunction!(audit::audit_entry, m)?)?;
+    m.add_function(wrap_pyfunction!(audit::audit_decode_entry, m)?)?;
+    m.add_function(wrap_pyfunction!(audit::audit_entry_hash, m)?)?;
+    m.add_function(wrap_pyfunction!(audit::audit_verify_chain, m)?)?;
+    m.add_function(wrap_pyfunction!(audit::audit_head_message, m)?)?;
     Ok(())
 }
