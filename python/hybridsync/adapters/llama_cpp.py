@@ -114,20 +114,25 @@ def from_llama_state(
             f"kv_heads, head_dim and page_tokens must be positive, got {kv_heads}, {head_dim}, "
             f"{page_tokens}"
         )
-    data = bytes(data)
+    parsed = _parse_any(bytes(data), kv_heads, head_dim)
+    cache = KVCache(len(parsed.keys), kv_heads, head_dim, parsed.fmt, page_tokens)
+    if parsed.cells:
+        cache.append_quantized(*parsed.rows(0))
+    return cache, parsed.state
+
+
+def _parse_any(data: bytes, kv_heads: int, head_dim: int) -> _Parsed:
     first: HybridSyncError | None = None
     for prefix in (0, 8):  # without, then with the 64-bit prefix
         try:
-            return _parse(data, prefix, kv_heads, head_dim, page_tokens)
+            return _parse(data, prefix, kv_heads, head_dim)
         except HybridSyncError as exc:
             first = first or exc
     assert first is not None
     raise first
 
 
-def _parse(
-    data: bytes, prefix: int, kv_heads: int, head_dim: int, page_tokens: int
-) -> tuple[KVCache, LlamaState]:
+def _parse(data: bytes, prefix: int, kv_heads: int, head_dim: int) -> _Parsed:
     r = _Reader(data)
     head = bytes(r.take(prefix))
     (n_stream,) = r.unpack("I")
@@ -194,12 +199,25 @@ def _parse(
         raise InvalidArgumentError(f"K cache is {kfmt}, V cache {vfmt}: a KVCache has one format")
     if r.pos != len(r.data):
         raise DecodeError(f"{len(r.data) - r.pos} trailing bytes after the llama.cpp state")
-    cache = KVCache(n_layer, kv_heads, head_dim, kfmt, page_tokens)
-    if cells:
-        cache.append_quantized(
-            np.ascontiguousarray(np.stack(keys)), np.ascontiguousarray(np.stack(values))
+    return _Parsed(
+        kfmt, cells, keys, values, LlamaState(seq_ids.pop() if seq_ids else 0, bool(v_trans), head)
+    )
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    fmt: str
+    cells: int
+    keys: list[np.ndarray]  # per layer [heads, cells, row_bytes] (views of the payload)
+    values: list[np.ndarray]
+    state: LlamaState
+
+    def rows(self, first: int) -> tuple[np.ndarray, np.ndarray]:
+        """Cells ``first ..`` as ``[layers, heads, n, row_bytes]`` arrays."""
+        return (
+            np.ascontiguousarray(np.stack([k[:, first:] for k in self.keys])),
+            np.ascontiguousarray(np.stack([v[:, first:] for v in self.values])),
         )
-    return cache, LlamaState(seq_ids.pop() if seq_ids else 0, bool(v_trans), head)
 
 
 def to_llama_state(
@@ -268,10 +286,18 @@ def model_geometry(llm: Any) -> tuple[int, int, int]:
 
 
 def export_sequence(
-    llm: Any, *, seq_id: int = 0, page_tokens: int = 256
+    llm: Any, *, seq_id: int = 0, page_tokens: int = 256, into: KVCache | None = None
 ) -> tuple[KVCache, LlamaState]:
     """Sequence ``seq_id`` of a ``llama_cpp.Llama`` context as a
-    :class:`KVCache` (``llama_state_seq_get_data``: the cache rows only)."""
+    :class:`KVCache` (``llama_state_seq_get_data``: the cache rows only).
+
+    ``into``: a cache this replica owns that already holds the sequence's
+    first ``into.tokens`` tokens (exported earlier from the same context):
+    only the tokens after them are appended to it (llama.cpp never rewrites
+    the rows of earlier tokens), so a mirror receives just the new rows. A
+    sequence shorter than ``into`` (the context dropped tokens) truncates it
+    first. Returns ``into`` itself then.
+    """
     lib = _lib()
     ctx = _ctx(llm)
     size = int(lib.llama_state_seq_get_size(ctx, seq_id))
@@ -280,9 +306,27 @@ def export_sequence(
     if n <= 0:
         raise InvalidArgumentError(f"llama.cpp wrote no state for sequence {seq_id}")
     _, kv_heads, head_dim = model_geometry(llm)
-    return from_llama_state(
-        bytes(memoryview(buf)[:n]), kv_heads=kv_heads, head_dim=head_dim, page_tokens=page_tokens
-    )
+    data = bytes(memoryview(buf)[:n])
+    if into is None:
+        return from_llama_state(data, kv_heads=kv_heads, head_dim=head_dim, page_tokens=page_tokens)
+    if not isinstance(into, KVCache):
+        raise InvalidArgumentError(f"into must be a KVCache, got {type(into).__name__}")
+    parsed = _parse_any(data, kv_heads, head_dim)
+    if (into.layers, into.kv_heads, into.head_dim, into.fmt) != (
+        len(parsed.keys),
+        kv_heads,
+        head_dim,
+        parsed.fmt,
+    ):
+        raise InvalidArgumentError(
+            f"into is a {into.fmt} cache of {into.layers}x{into.kv_heads}x{into.head_dim}; the "
+            f"sequence is {parsed.fmt}, {len(parsed.keys)}x{kv_heads}x{head_dim}"
+        )
+    if parsed.cells < into.tokens:
+        into.truncate(parsed.cells)
+    if parsed.cells > into.tokens:
+        into.append_quantized(*parsed.rows(into.tokens))
+    return into, parsed.state
 
 
 def _context_prefix(llm: Any, seq_id: int) -> bytes:
