@@ -4,6 +4,7 @@ none of the tools."""
 
 from __future__ import annotations
 
+import ast
 import importlib
 import os
 import subprocess
@@ -106,3 +107,70 @@ def test_import_contracts_hold() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 broken" in result.stdout
+
+
+# Core modules: one module reads another's objects only through their public
+# attributes. ``x._name`` is allowed only where ``x`` is ``self``/``cls`` or
+# ``_name`` is an attribute this module itself defines (its own classes'
+# privates, or module-level names it imports from a private module).
+CORE = ("channels", "sync", "store", "net")
+
+
+def _core_modules() -> list[Path]:
+    pkg = ROOT / "python" / "hybridsync"
+    files = [pkg / "memory.py"]
+    for layer in CORE:
+        files += sorted((pkg / layer).glob("*.py"))
+    return files
+
+
+def _own_privates(tree: ast.Module) -> set[str]:
+    own: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+            own.add(node.attr)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            own.add(node.name)
+        if isinstance(node, ast.ClassDef):
+            for item in node.body:
+                if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                    own.add(item.target.id)
+                elif isinstance(item, ast.Assign):
+                    own.update(t.id for t in item.targets if isinstance(t, ast.Name))
+            for item in ast.walk(node):
+                if isinstance(item, ast.Constant) and isinstance(item.value, str):
+                    own.add(item.value)  # __slots__ entries
+    return own
+
+
+def _reach_through(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    own = _own_privates(tree)
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute):
+            continue
+        attr = node.attr
+        if not attr.startswith("_") or attr.startswith("__") or attr in own:
+            continue
+        if isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"):
+            continue
+        found.append(f"{path.name}:{node.lineno}: .{attr}")
+    return found
+
+
+@pytest.mark.parametrize("path", _core_modules(), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_no_private_reach_through_between_modules(path: Path) -> None:
+    assert _reach_through(path) == []
+
+
+def test_the_reach_through_check_catches_a_private_read(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f(link):\n    return link._unsaved_header\n", encoding="utf-8")
+    assert _reach_through(bad) == ["bad.py:2: ._unsaved_header"]
+    good = tmp_path / "good.py"
+    good.write_text(
+        "class A:\n    def __init__(self):\n        self._x = 1\n\ndef f(a):\n    return a._x\n",
+        encoding="utf-8",
+    )
+    assert _reach_through(good) == []

@@ -171,6 +171,16 @@ class Memory:
             self._links_version = self.changes.listeners_version
         return self._links
 
+    @property
+    def incarnation(self) -> bytes | None:
+        """A durable replica's incarnation id, kept in its file (a replica
+        reopened is the same incarnation); None for an in-memory replica."""
+        return None if self._store is None else self._store.incarnation
+
+    def saved_links(self) -> list[tuple[str, str]]:
+        """(role, peer id) of every link a durable replica saved."""
+        return [] if self._store is None else self._store.stored_links()
+
     def saved_link_state(
         self, role: str, peer_id: str
     ) -> tuple[dict[str, Any], dict[str, list[Any]]] | None:
@@ -210,7 +220,7 @@ class Memory:
         """Deterministic content hash (xxh3-128, hex) of everything the replica
         holds: equal digests iff equal content."""
         h = xxhash.xxh3_128()
-        docs = self.text._docs
+        docs = self.text
         for name in sorted(docs):
             for part in (b"text", name.encode(), docs[name].encode()):
                 h.update(len(part).to_bytes(8, "little"))
@@ -219,7 +229,7 @@ class Memory:
         for part in (b"meta", meta):
             h.update(len(part).to_bytes(8, "little"))
             h.update(part)
-        caches = self.kv._caches
+        caches = self.kv
         for name in sorted(caches):
             c = caches[name]
             g = c.geometry
@@ -241,6 +251,6 @@ class Memory:
         first_token: int = 0,
     ) -> None:
         """Announce a change of KV cache ``name`` (as a local write would)."""
-        self.kv._announce(
+        self.kv.port.announce(
             name, first_page, source, Origin.LOCAL, reset=reset, first_token=first_token
         )

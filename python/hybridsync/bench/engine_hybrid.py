@@ -60,19 +60,10 @@ def _page_table_bytes(cache: KVCache) -> int:
 def state_bytes_of(memory: Memory) -> int:
     """What ``memory`` keeps to synchronise, in bytes (see :meth:`HybridEngine.state_bytes`)."""
     total = sum(len(text.encode()) for text in memory.text.values())
-    for link in memory.links:
-        for doc in link._docs.values():
-            total += len(doc.shadow.encode()) + len(doc.backup.encode())
     total += len(memory.meta.update_since(None))
-    caches = memory.kv._caches
-    for cache in caches.values():
+    for cache in memory.kv.values():
         total += cache.nbytes + _page_table_bytes(cache)
-    for link in memory.links:
-        for name, out in link._kv.out.items():
-            held = caches.get(name)
-            if held is not None and out.acked is not None:
-                total += _page_table_bytes(held)
-    return total
+    return total + sum(link.state_bytes() for link in memory.links)
 
 
 class HybridEngine(Engine):

@@ -69,6 +69,12 @@ class TextDocuments(MutableMapping[str, str]):
         self._docs[name] = value
         self._changes.text_changed(name, old, origin)
 
+    def restore(self, name: str, value: str) -> None:
+        """Reopening a durable replica: hold ``value`` as document ``name``
+        without announcing it (nothing changed; observers that want what a
+        replica holds ask for a replay)."""
+        self._docs[name] = value
+
     def remove(self, name: str, origin: Origin) -> None:
         """Delete document ``name`` if present, announcing it with ``origin``."""
         old = self._docs.pop(name, None)

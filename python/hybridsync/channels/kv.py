@@ -45,6 +45,7 @@ import numpy as np
 
 from hybridsync._core import (
     kv_dequantize,
+    kv_gather_pages,
     kv_hash_pages,
     kv_quantize,
     kv_row_bytes,
@@ -59,6 +60,7 @@ __all__ = [
     "KVCache",
     "KVCaches",
     "KVConflict",
+    "KVPort",
     "dequantize",
     "quantize",
 ]
@@ -290,6 +292,11 @@ class PageTable:
             self._sum = (self._sum - self._range_sum(pages, last)) & _MASK64
             self.hashes[..., pages:] = 0
 
+    def same_pages(self, other: PageTable) -> bool:
+        """True when both tables hold the same page hashes (their keyed sums
+        agree; token counts aside)."""
+        return self._sum == other._sum
+
     def digest(self) -> int:
         t = self.tokens * int(_M1) + 0x632BE59BD9B4E019
         return (self._sum + t) & 0xFFFFFFFFFFFFFFFF
@@ -444,6 +451,46 @@ class KVCache:
     def writable(self) -> bool:
         """False for mirrors of another replica's cache and superseded caches."""
         return not (self._mirror or self._superseded_by)
+
+    @property
+    def page_table(self) -> PageTable:
+        """The page-hash table as of the last :meth:`refresh` (links and the
+        store compare against it). Read it, do not modify it; ``copy()`` it
+        to keep it."""
+        return self._table
+
+    @property
+    def source(self) -> Any:
+        """Mirrors: the link part that fed the pages received last (None for
+        a cache this replica owns, or one restored from disk)."""
+        return self._source
+
+    def rows(self, t0: int, t1: int) -> np.ndarray:
+        """Rows ``t0 .. t1`` of every (layer, K|V, head): a copy, ``uint8``
+        shaped ``[layers, 2, kv_heads, t1 - t0, row_bytes]``."""
+        if not 0 <= t0 <= t1 <= self._tokens:
+            raise InvalidArgumentError(f"rows {t0}..{t1} outside 0..{self._tokens}")
+        return np.stack([np.stack([lay[0][:, t0:t1], lay[1][:, t0:t1]]) for lay in self._bufs])
+
+    def gather_pages(
+        self, layer: int, kind: int, heads: np.ndarray, pages: np.ndarray, offset: int
+    ) -> bytes:
+        """The rows of pages ``pages[i]`` of heads ``heads[i]`` of ``(layer,
+        K|V)``, each from row ``offset`` of its page on, back to back (what a
+        PAGES run carries)."""
+        buf = self._bufs[layer][kind]
+        payload: bytes = kv_gather_pages(
+            buf.reshape(-1),
+            self.kv_heads,
+            buf.shape[1],
+            self._row_bytes,
+            self.geometry.page_tokens,
+            self._tokens,
+            heads,
+            pages,
+            offset,
+        )
+        return payload
 
     def __repr__(self) -> str:
         g = self.geometry
@@ -789,6 +836,13 @@ class KVCaches(MutableMapping[str, KVCache]):
         self._deleted: dict[str, tuple[str, int]] = {}
         #: Ownership conflicts seen, oldest first.
         self.conflicts: list[KVConflict] = []
+        self._port = KVPort(self)
+
+    @property
+    def port(self) -> KVPort:
+        """What the sync and store layers do to these caches beyond the user
+        API (mirroring, applying pages, restoring from disk)."""
+        return self._port
 
     def __getitem__(self, name: str) -> KVCache:
         return self._caches[name]
@@ -908,3 +962,108 @@ class KVCaches(MutableMapping[str, KVCache]):
     def scan(self) -> int:
         """:meth:`KVCache.scan` on every cache; returns the pages that changed."""
         return sum(c.scan() for c in self._caches.values())
+
+
+class KVPort:
+    """The sync and store layers' access to a replica's caches
+    (``memory.kv.port``): what links do with another replica's caches
+    (mirror them, apply verified pages, drop deleted ones) and what the store
+    does when it reopens a replica. Agents use :class:`KVCaches` and
+    :class:`KVCache` instead."""
+
+    def __init__(self, caches: KVCaches) -> None:
+        self._kv = caches
+
+    # -- links
+
+    def deleted(self, name: str) -> tuple[str, int] | None:
+        """``(owner, uid)`` of the cache ``name`` deleted here last, or None."""
+        return self._kv._deleted.get(name)
+
+    def mirror(
+        self, name: str, owner: str, uid: int, g: Geometry, source: Any, origin: Origin
+    ) -> KVCache:
+        """A fresh read-only mirror of ``owner``'s cache ``uid`` (replacing
+        any copy), fed through the link part ``source``."""
+        return self._kv._mirror(name, owner, uid, g, source, origin)
+
+    def supersede(
+        self, name: str, winner: str, uid: int, g: Geometry, source: Any, origin: Origin
+    ) -> KVCache:
+        """Replace our same-named cache by a mirror of ``winner``'s (its
+        owner id sorts first); the old object turns read-only."""
+        return self._kv._supersede(name, winner, uid, g, source, origin)
+
+    def drop(self, name: str, source: Any, origin: Origin = Origin.LOCAL) -> None:
+        """Delete cache ``name`` (a deletion that arrived, or a mirror that
+        turned out to be of our own id)."""
+        self._kv._drop(name, source, origin)
+
+    @staticmethod
+    def follow(cache: KVCache, uid: int, source: Any) -> None:
+        """The owner's cache has a new incarnation ``uid``: the mirror keeps
+        its rows (page tables tell what differs) and follows it."""
+        cache.uid, cache._source = uid, source
+
+    @staticmethod
+    def apply(
+        cache: KVCache, e: Any, source: Any, origin: Origin, complete_digest: int | None
+    ) -> bool:
+        """Apply a decoded, hash-verified PAGES entry to the mirror ``cache``;
+        True when page tails did not complete its pages (divergence)."""
+        return cache._apply(e, source, origin, complete_digest)
+
+    def announce(
+        self,
+        name: str,
+        first_page: int,
+        source: Any,
+        origin: Origin,
+        *,
+        reset: bool = False,
+        first_token: int = 0,
+    ) -> None:
+        """Announce a change of cache ``name`` from ``first_page`` on."""
+        self._kv._announce(name, first_page, source, origin, reset=reset, first_token=first_token)
+
+    # -- the store
+
+    def deletions(self) -> dict[str, tuple[str, int]]:
+        """Every deletion remembered: name -> (owner, uid) (a copy)."""
+        return dict(self._kv._deleted)
+
+    def restore_deletions(self, deleted: dict[str, tuple[str, int]]) -> None:
+        """Reopening: the deletions remembered when the replica was saved."""
+        self._kv._deleted = dict(deleted)
+
+    @staticmethod
+    def blank(g: Geometry, tokens: int) -> KVCache:
+        """Reopening: an unattached cache of ``tokens`` zero rows, to be
+        filled with :meth:`put_rows` and attached with :meth:`attach`."""
+        cache = KVCache(
+            g.layers, g.kv_heads, g.head_dim, g.fmt, g.page_tokens, scale_type=g.scale_type
+        )
+        cache._reserve(tokens)
+        cache._tokens = tokens
+        cache._stale_from = 0
+        return cache
+
+    @staticmethod
+    def put_rows(cache: KVCache, t0: int, block: np.ndarray) -> None:
+        """Reopening: rows ``t0 ..`` of every (layer, K|V, head) from ``block``
+        (``uint8 [layers, 2, kv_heads, n, row_bytes]``), into a cache made
+        by :meth:`blank`."""
+        n = block.shape[3]
+        for li, layer in enumerate(cache._bufs):
+            layer[0][:, t0 : t0 + n] = block[li, 0]
+            layer[1][:, t0 : t0 + n] = block[li, 1]
+        cache._stale_from = 0
+
+    def attach(self, name: str, cache: KVCache, owner: str, uid: int) -> None:
+        """Reopening: hold ``cache`` as ``name`` again (owned, or a mirror
+        of ``owner``'s), without announcing it."""
+        kv = self._kv
+        cache._caches, cache._name, cache.owner = kv, name, owner
+        cache.uid = uid
+        cache._mirror = owner != kv.replica_id
+        kv._caches[name] = cache

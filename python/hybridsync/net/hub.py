@@ -68,8 +68,8 @@ def incarnation_of(memory: Memory) -> bytes:
     """The random incarnation id of a replica object (created on first use).
     A durable replica keeps its id in its file: reopened, it is the same
     incarnation (its links resume instead of starting over)."""
-    if memory._store is not None:
-        return memory._store.incarnation
+    if memory.incarnation is not None:
+        return memory.incarnation
     value = _incarnations.get(memory)
     if value is None:
         value = _incarnations[memory] = secrets.token_bytes(16)

@@ -203,10 +203,9 @@ class Session:
             # act as the root of the link tree (which compacts metadata) while
             # it is not connected yet.
             peer = self.hub_id or _PLACEHOLDER_PEER
-            store = self.memory._store
-            if store is not None and self.hub_id is None:
+            if self.memory.durable and self.hub_id is None:
                 # A durable replica resumes its saved link to the hub it knew.
-                saved = [p for role, p in store.stored_links() if role == "client"]
+                saved = [p for role, p in self.memory.saved_links() if role == "client"]
                 if len(saved) == 1:
                     peer = saved[0]
             self.link = Link(
@@ -447,9 +446,8 @@ class Session:
                     printable_id(server_id),
                 )
             else:
-                self.link._rename_peer(server_id)
-            self.link.peer_incarnation = hs.incarnation
-            self.link._unsaved_header = True
+                self.link.rename_peer(server_id)
+            self.link.set_peer_incarnation(hs.incarnation)
         self._incarnation = hs.incarnation
         conn = _Conn(ws, hs.channel())
         self._conn = conn

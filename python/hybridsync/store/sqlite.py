@@ -110,7 +110,8 @@ def _unpack(data: bytes, what: str) -> Any:
 def _page_fingerprints(cache: KVCache, first: int, last: int) -> list[int]:
     """One 64-bit fingerprint per page index (its hashes over every layer,
     K|V and head): equal fingerprints, equal page rows."""
-    table = cache._table.hashes
+    cache.refresh()
+    table = cache.page_table.hashes
     out = []
     for p in range(first, last):
         out.append(xxhash.xxh3_64_intdigest(np.ascontiguousarray(table[..., p]).tobytes()))
@@ -328,12 +329,12 @@ class Store:
     def _load(self, memory: Replica) -> None:
         self._changes = memory.changes
         memory.changes.add_listener(self)
-        docs = memory.text._docs
+        text = memory.text
         for name, body, s in self._rows("SELECT name, body, sum FROM text ORDER BY name"):
             if _sum("text", name, body) != s:
                 raise CorruptionError(f"{self.path}: checksum mismatch in text document {name!r}")
             try:
-                docs[name] = body.decode()
+                text.restore(name, body.decode())
             except UnicodeDecodeError:
                 raise CorruptionError(f"{self.path}: text document {name!r} is not UTF-8") from None
             self._text_sums[name] = s
@@ -350,7 +351,7 @@ class Store:
                     raise CorruptionError(f"{self.path}: checksum mismatch in metadata update {n}")
                 updates.append(bytes(data))
             try:
-                memory.meta._restore(saved, bytes(info.get("meta_base", b"")), updates)
+                memory.meta.restore_state(saved, bytes(info.get("meta_base", b"")), updates)
             except Exception as exc:  # pycrdt raises ValueError and RuntimeError
                 raise CorruptionError(
                     f"{self.path}: metadata does not reload ({type(exc).__name__}: {exc})"
@@ -358,32 +359,29 @@ class Store:
             self._meta_epoch = memory.meta.epoch_id
             self._meta_state = memory.meta.state()
             self._meta_rows = len(updates)
-            self._meta_saved = _pack(memory.meta._saved())
+            self._meta_saved = _pack(memory.meta.saved_state())
             self._meta_seen = self._meta_key(memory)
         deleted = info.get("kv_deleted", {})
-        memory.kv._deleted = {k: (str(o), int(u)) for k, (o, u) in deleted.items()}
+        port = memory.kv.port
+        port.restore_deletions({k: (str(o), int(u)) for k, (o, u) in deleted.items()})
         self._deleted_saved = _pack(deleted)
-        caches = memory.kv._caches
         for name, header, s in self._rows("SELECT name, header, sum FROM kv_caches ORDER BY name"):
             if _sum("kv", name, header) != s:
                 raise CorruptionError(f"{self.path}: checksum mismatch in KV cache {name!r}")
             h = _unpack(header, f"KV cache {name!r}")
             g = Geometry(*h["geometry"])
-            cache = KVCache(
-                g.layers, g.kv_heads, g.head_dim, g.fmt, g.page_tokens, scale_type=g.scale_type
-            )
+            g.check()
             tokens = h["tokens"]
             ((stored,),) = self._rows(
                 "SELECT coalesce(sum(length(data)), 0) FROM kv_pages WHERE name = ?", name
             )
-            need = g.layers * 2 * g.kv_heads * cache.row_bytes * tokens if _uint(tokens) else -1
+            need = g.layers * 2 * g.kv_heads * g.row_bytes * tokens if _uint(tokens) else -1
             if not 0 <= need <= stored:
                 raise CorruptionError(
                     f"{self.path}: KV cache {name!r} declares {tokens!r} tokens; its pages on "
                     f"disk hold {stored} bytes"
                 )
-            cache._reserve(tokens)
-            cache._tokens = tokens
+            cache = port.blank(g, tokens)
             pt = g.page_tokens
             rows = self._rows(
                 "SELECT page, part, data, sum FROM kv_pages WHERE name = ? ORDER BY page, part",
@@ -405,9 +403,7 @@ class Store:
                 block = np.frombuffer(data, np.uint8).reshape(
                     g.layers, 2, g.kv_heads, n, cache.row_bytes
                 )
-                for li, layer in enumerate(cache._bufs):
-                    layer[0][:, t0 : t0 + n] = block[li, 0]
-                    layer[1][:, t0 : t0 + n] = block[li, 1]
+                port.put_rows(cache, t0, block)
                 done.append(part + n)
             for page in range(cache.pages):
                 if ends.get(page, [0])[-1] != min(tokens, (page + 1) * pt) - page * pt:
@@ -416,15 +412,11 @@ class Store:
                     )
             if len(ends) != cache.pages:
                 raise CorruptionError(f"{self.path}: KV cache {name!r} has extra pages on disk")
-            cache._stale_from = 0
             if cache.digest() != int(h["digest"]):
                 raise CorruptionError(
                     f"{self.path}: KV cache {name!r} does not match its digest on reload"
                 )
-            cache._caches, cache._name, cache.owner = memory.kv, name, str(h["owner"])
-            cache.uid = int(h["uid"])
-            cache._mirror = cache.owner != memory.replica_id
-            caches[name] = cache
+            port.attach(name, cache, str(h["owner"]), int(h["uid"]))
             self._kv_prints[name] = _page_fingerprints(cache, 0, cache.pages)
             self._kv_parts[name] = {p: e[1:] for p, e in ends.items()}
             self._kv_headers[name] = bytes(header)
@@ -482,14 +474,7 @@ class Store:
     @staticmethod
     def _meta_key(memory: Replica) -> tuple[Any, ...]:
         """Changes whenever the metadata's saved form would."""
-        meta = memory.meta
-        return (
-            meta.epoch_id,
-            meta.state(),
-            len(meta._pending),
-            tuple(sorted(meta._delivered.items())),
-            meta._ticks,
-        )
+        return memory.meta.persist_key()
 
     def save(self, memory: Replica) -> None:
         """Write what changed since the last save, in one transaction."""
@@ -497,10 +482,7 @@ class Store:
             self._unsaved_text
             or self._unsaved_kv
             or self._meta_key(memory) != self._meta_seen
-            or any(
-                link._unsaved or link._unsaved_header or link._unsaved_reset
-                for link in memory.links
-            )
+            or any(link.unsaved for link in memory.links)
         ):
             return
         db = self._db
@@ -526,9 +508,7 @@ class Store:
         self._unsaved_text.clear()
         self._unsaved_kv.clear()
         for link in memory.links:
-            link._unsaved.clear()
-            link._unsaved_header = link._unsaved_reset = False
-            link._forget = None
+            link.mark_saved()
         self.saves += 1
 
     def _forget_saved(self, memory: Replica) -> None:
@@ -536,7 +516,7 @@ class Store:
         holds is unreliable. The next save rewrites the metadata and every
         KV cache from scratch (text and links are tracked by the replica and
         kept until a save commits)."""
-        for name in memory.kv._caches:
+        for name in memory.kv:
             self._unsaved_kv[name] = 0
         self._meta_epoch = -1
         self._meta_saved = b""
@@ -561,7 +541,7 @@ class Store:
         }
 
     def _save_text(self, memory: Replica) -> None:
-        docs = memory.text._docs
+        docs = memory.text
         for name in sorted(self._unsaved_text):
             body = docs.get(name)
             if body is None:
@@ -596,20 +576,22 @@ class Store:
             self._meta_rows += 1
             self.bytes_written += len(data)
         self._meta_epoch, self._meta_state = meta.epoch_id, state
-        saved = _pack(meta._saved())
+        state_saved = meta.saved_state()
+        saved = _pack(state_saved)
         if saved != self._meta_saved:
-            self._put_info("meta", meta._saved())
+            self._put_info("meta", state_saved)
             self._meta_saved = saved
         self._meta_seen = self._meta_key(memory)
 
     def _save_kv(self, memory: Replica) -> None:
         kv = memory.kv
-        deleted = _pack(kv._deleted)
+        deletions = kv.port.deletions()
+        deleted = _pack(deletions)
         if deleted != self._deleted_saved:
-            self._put_info("kv_deleted", kv._deleted)
+            self._put_info("kv_deleted", deletions)
             self._deleted_saved = deleted
         for name, first in sorted(self._unsaved_kv.items()):
-            cache = kv._caches.get(name)
+            cache = kv.get(name)
             if cache is None:
                 self._db.execute("DELETE FROM kv_caches WHERE name = ?", (name,))
                 self._db.execute("DELETE FROM kv_pages WHERE name = ?", (name,))
@@ -665,10 +647,7 @@ class Store:
                 held = parts[page] = []
                 start = 0
             t0, t1 = page * pt + start, page * pt + end
-            block = np.stack(
-                [np.stack([lay[0][:, t0:t1], lay[1][:, t0:t1]]) for lay in cache._bufs]
-            )
-            data = block.tobytes()
+            data = cache.rows(t0, t1).tobytes()
             self._db.execute(
                 "INSERT OR REPLACE INTO kv_pages VALUES (?, ?, ?, ?, ?)",
                 (name, page, start, data, _sum("kvpage", name, str(page), str(start), data)),
@@ -690,20 +669,21 @@ class Store:
 
     def _save_link(self, link: Link) -> None:
         role, peer = link.role, link.peer_id
-        if link._forget is not None:
-            self._db.execute("DELETE FROM links WHERE role = ? AND peer = ?", link._forget)
-            self._db.execute("DELETE FROM link_docs WHERE role = ? AND peer = ?", link._forget)
-        if link._unsaved_reset:
+        changes = link.unsaved_changes()
+        if changes.forget is not None:
+            self._db.execute("DELETE FROM links WHERE role = ? AND peer = ?", changes.forget)
+            self._db.execute("DELETE FROM link_docs WHERE role = ? AND peer = ?", changes.forget)
+        if changes.reset:
             self._db.execute("DELETE FROM links WHERE role = ? AND peer = ?", (role, peer))
             self._db.execute("DELETE FROM link_docs WHERE role = ? AND peer = ?", (role, peer))
-        if link._unsaved_header or link._unsaved or link._unsaved_reset:
-            header = _pack(link._saved_header())
+        if changes.header or changes.docs or changes.reset:
+            header = _pack(link.saved_header())
             self._db.execute(
                 "INSERT OR REPLACE INTO links VALUES (?, ?, ?, ?)",
                 (role, peer, header, _sum("link", role, peer, header)),
             )
-        for name in sorted(link._unsaved):
-            state = link._saved_doc(name)
+        for name in changes.docs:
+            state = link.saved_doc(name)
             if state is None:
                 self._db.execute(
                     "DELETE FROM link_docs WHERE role = ? AND peer = ? AND name = ?",

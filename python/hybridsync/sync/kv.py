@@ -22,8 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hybridsync._core import kv_gather_pages
-from hybridsync.channels.kv import KVCache, KVConflict, PageTable
+from hybridsync.channels.kv import KVCache, KVCaches, KVConflict, KVPort, PageTable
 from hybridsync.sync.frame import KV_COMPLETE, KV_PROBE, KVEntry, KVKind, KVRun
 
 if TYPE_CHECKING:
@@ -57,8 +56,12 @@ class KVChannel:
         self.restart()
 
     @property
-    def kv(self) -> dict[str, KVCache]:
-        return self.link.memory.kv._caches
+    def kv(self) -> KVCaches:
+        return self.link.memory.kv
+
+    @property
+    def port(self) -> KVPort:
+        return self.link.memory.kv.port
 
     def restart(self) -> None:
         """Forget everything about the peer: probe every cache again."""
@@ -71,11 +74,21 @@ class KVChannel:
     def idle(self) -> bool:
         return not (self.pending or self.haves or self.deletes)
 
+    def state_bytes(self) -> int:
+        """Bytes of the page tables kept of what the peer holds (8 per page
+        of every layer, K|V and head, for each cache it is known to hold)."""
+        total = 0
+        for name, o in self.out.items():
+            cache = self.kv.get(name)
+            if cache is not None and o.acked is not None:
+                total += 8 * cache.layers * 2 * cache.kv_heads * cache.pages
+        return total
+
     # -- local changes ----------------------------------------------------------
 
     def mark(self, name: str, first_page: int, reset: bool, first_token: int = 0) -> None:
         cache = self.kv.get(name)
-        if cache is not None and not cache.writable and cache._source is self:
+        if cache is not None and not cache.writable and cache.source is self:
             # A mirror changed towards its own source (a scan found rot): it
             # never sends pages upstream; a probe makes the owner's side
             # compare tables and send what differs.
@@ -121,7 +134,7 @@ class KVChannel:
                 self.pending.discard(name)
                 if o.probe is None:
                     cache.refresh()
-                    o.probe = cache._table.copy()
+                    o.probe = cache.page_table.copy()
                     out.append(self._pages_entry(name, cache, KV_COMPLETE | KV_PROBE, ()))
                     named.add(name)
                 continue
@@ -141,7 +154,7 @@ class KVChannel:
         self, name: str, cache: KVCache, flags: int, runs: tuple[KVRun, ...]
     ) -> KVEntry:
         assert cache.owner is not None
-        digest = cache._table.digest() if flags & KV_COMPLETE else 0
+        digest = cache.page_table.digest() if flags & KV_COMPLETE else 0
         return KVEntry(
             name,
             KVKind.PAGES,
@@ -166,7 +179,7 @@ class KVChannel:
         touched = o.dirty_token
         o.dirty_from = o.dirty_token = None
         acked = o.acked
-        mine = cache._table
+        mine = cache.page_table
         pages = cache.pages
         last = max(pages, first)
         acked.reserve(last)
@@ -176,7 +189,7 @@ class KVChannel:
         # Page-major order: earlier pages first when the budget runs out.
         idx = np.argwhere(send.transpose(3, 0, 1, 2))
         tokens_changed = acked.tokens != cache.tokens
-        if len(idx) == 0 and not tokens_changed and acked._sum == mine._sum:
+        if len(idx) == 0 and not tokens_changed and acked.same_pages(mine):
             return None, 0
         pt = cache.page_tokens
         held = acked.tokens
@@ -223,19 +236,8 @@ class KVChannel:
         layer, kind = int(chunk[0, 1]), int(chunk[0, 2])
         heads = chunk[:, 3].astype(np.uint32)
         pidx = (chunk[:, 0] + first).astype(np.uint32)
-        hashes = cache._table.hashes[layer, kind, heads, pidx]
-        buf = cache._bufs[layer][kind]
-        payload = kv_gather_pages(
-            buf.reshape(-1),
-            cache.kv_heads,
-            buf.shape[1],
-            cache.row_bytes,
-            cache.page_tokens,
-            cache.tokens,
-            heads,
-            pidx,
-            offset,
-        )
+        hashes = cache.page_table.hashes[layer, kind, heads, pidx]
+        payload = cache.gather_pages(layer, kind, heads, pidx, offset)
         return KVRun(layer, kind, heads, pidx, hashes, payload, offset)
 
     # -- receiving ----------------------------------------------------------------
@@ -252,7 +254,7 @@ class KVChannel:
                 return
             self.out.pop(e.name, None)
             self.pending.discard(e.name)
-            self.link.memory.kv._drop(e.name, self, self.link.origin)
+            self.port.drop(e.name, self, self.link.origin)
             return
         if e.kind == KVKind.HAVE:
             self._receive_have(e)
@@ -268,14 +270,14 @@ class KVChannel:
 
     def _receive_pages(self, e: KVEntry) -> None:
         memory = self.link.memory
-        caches = memory.kv
+        port = memory.kv.port
         assert e.geometry is not None
         cache = self.kv.get(e.name)
         if cache is not None and not cache.writable and cache.owner == memory.replica_id:
-            caches._drop(e.name, None)  # a mirror of our own id: not a cache we hold
+            port.drop(e.name, None)  # a mirror of our own id: not a cache we hold
             cache = None
         if cache is None and (
-            e.owner == memory.replica_id or caches._deleted.get(e.name) == (e.owner, e.uid)
+            e.owner == memory.replica_id or port.deleted(e.name) == (e.owner, e.uid)
         ):
             # Pages of a cache deleted here (by us, its owner, or a deletion
             # we relayed): the deletion travels back instead.
@@ -286,9 +288,7 @@ class KVChannel:
             assert ours is not None
             if e.owner < ours:
                 self._conflict(e.name, e.owner, ours)
-                cache = caches._supersede(
-                    e.name, e.owner, e.uid, e.geometry, self, self.link.origin
-                )
+                cache = port.supersede(e.name, e.owner, e.uid, e.geometry, self, self.link.origin)
                 self.out[e.name] = _Out()
             else:
                 self._conflict(e.name, ours, e.owner)
@@ -302,12 +302,12 @@ class KVChannel:
             self.mark(e.name, 0, reset=True)
             return
         elif cache is None or cache.geometry != e.geometry:
-            cache = caches._mirror(e.name, e.owner, e.uid, e.geometry, self, self.link.origin)
+            cache = port.mirror(e.name, e.owner, e.uid, e.geometry, self, self.link.origin)
             self.out[e.name] = _Out()
         elif cache.uid != e.uid:
             # The owner's cache of another incarnation (it re-created or
             # reloaded it): keep our rows, the page tables tell what differs.
-            cache.uid, cache._source = e.uid, self
+            port.follow(cache, e.uid, self)
         o = self.out.setdefault(e.name, _Out())
         o.probe = None
         o.dirty_from = None
@@ -316,22 +316,22 @@ class KVChannel:
             # The peer asks what we hold: change nothing, answer with our
             # digest, and our table unless it matches.
             cache.refresh()
-            o.acked = cache._table.copy()
-            self._have(e, cache, cache._table.digest() == e.digest)
+            o.acked = cache.page_table.copy()
+            self._have(e, cache, cache.page_table.digest() == e.digest)
             return
         complete = e.digest if e.flags & KV_COMPLETE else None
-        diverged = cache._apply(e, self, self.link.origin, complete)
+        diverged = port.apply(cache, e, self, self.link.origin, complete)
         if o.acked is None:
-            o.acked = cache._table.copy()
+            o.acked = cache.page_table.copy()
         else:
             o.acked.tokens = cache.tokens
             o.acked.cut(cache.pages)
             for r in e.runs:
                 o.acked.set_pages(r.layer, r.kind, r.heads, r.pages, r.hashes)
         self.link.metrics.kv_pages_received += sum(len(r.heads) for r in e.runs)
-        if diverged or (e.flags & KV_COMPLETE and cache._table.digest() != e.digest):
+        if diverged or (e.flags & KV_COMPLETE and cache.page_table.digest() != e.digest):
             self.link.metrics.kv_resyncs += 1
-            o.acked = cache._table.copy()
+            o.acked = cache.page_table.copy()
             self._have(e, cache, False)
 
     def _have(self, e: KVEntry, cache: KVCache, match: bool) -> None:
@@ -342,8 +342,8 @@ class KVChannel:
             cache.uid,
             cache.geometry,
             cache.tokens,
-            cache._table.digest(),
-            table=None if match else cache._table.hashes[..., : cache.pages].copy(),
+            cache.page_table.digest(),
+            table=None if match else cache.page_table.hashes[..., : cache.pages].copy(),
         )
 
     def _table_of(self, e: KVEntry) -> PageTable:

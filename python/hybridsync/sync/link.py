@@ -44,7 +44,7 @@ from hybridsync.sync.frame import (
 )
 from hybridsync.sync.kv import KVChannel
 
-__all__ = ["Link", "LinkMetrics", "LinkWatch", "Replica", "Role"]
+__all__ = ["Link", "LinkChanges", "LinkMetrics", "LinkWatch", "Replica", "Role"]
 
 Role = Literal["client", "server"]
 
@@ -134,6 +134,20 @@ class _Doc:
 
 def _checksum(text: str) -> int:
     return xxhash.xxh3_64_intdigest(text.encode())
+
+
+@dataclass(frozen=True)
+class LinkChanges:
+    """What a durable replica must save of a link (:meth:`Link.unsaved_changes`)."""
+
+    #: (role, peer) of a saved link to drop (the peer turned out to be another id).
+    forget: tuple[str, str] | None
+    #: Drop everything saved of this link first.
+    reset: bool
+    #: The header changed (:meth:`Link.saved_header`).
+    header: bool
+    #: Documents whose state changed (:meth:`Link.saved_doc`), sorted.
+    docs: tuple[str, ...]
 
 
 class Replica(Protocol):
@@ -339,7 +353,38 @@ class Link:
 
     # -- durability (hybridsync.store) ----------------------------------------
 
-    def _saved_header(self) -> dict[str, object]:
+    @property
+    def unsaved(self) -> bool:
+        """True when a durable replica has something of this link to save."""
+        return bool(self._unsaved or self._unsaved_header or self._unsaved_reset)
+
+    def unsaved_changes(self) -> LinkChanges:
+        """What changed of this link since the store last saved it."""
+        return LinkChanges(
+            self._forget, self._unsaved_reset, self._unsaved_header, tuple(sorted(self._unsaved))
+        )
+
+    def mark_saved(self) -> None:
+        """The store committed :meth:`unsaved_changes`."""
+        self._unsaved.clear()
+        self._unsaved_header = self._unsaved_reset = False
+        self._forget = None
+
+    def state_bytes(self) -> int:
+        """Bytes this link keeps about its peer: text shadows and backups
+        (UTF-8) and the page tables of the KV caches it mirrors."""
+        total = 0
+        for doc in self._docs.values():
+            total += len(doc.shadow.encode()) + len(doc.backup.encode())
+        return total + self._kv.state_bytes()
+
+    def set_peer_incarnation(self, incarnation: bytes | None) -> None:
+        """The transport's id of the peer's incarnation (saved with the link)."""
+        self.peer_incarnation = incarnation
+        self._unsaved_header = True
+
+    def saved_header(self) -> dict[str, object]:
+        """The link's state besides its documents, as plain data (the store saves it)."""
         return {
             "epoch": self._epoch,
             "seq": self._seq,
@@ -353,7 +398,7 @@ class Link:
             "reply_due": self._reply_due,
         }
 
-    def _rename_peer(self, peer_id: str) -> None:
+    def rename_peer(self, peer_id: str) -> None:
         """The peer turned out to be ``peer_id`` (a session learns its hub's
         id when it connects); a durable replica saves the link under it."""
         if peer_id == self.peer_id:
@@ -365,7 +410,8 @@ class Link:
             self._unsaved_header = True
         self.peer_id = peer_id
 
-    def _saved_doc(self, name: str) -> list[object] | None:
+    def saved_doc(self, name: str) -> list[object] | None:
+        """The link's state of document ``name`` as plain data (None: none held)."""
         doc = self._docs.get(name)
         if doc is None:
             return None
