@@ -109,19 +109,13 @@ def test_import_contracts_hold() -> None:
     assert "0 broken" in result.stdout
 
 
-# Core modules: one module reads another's objects only through their public
-# attributes. ``x._name`` is allowed only where ``x`` is ``self``/``cls`` or
-# ``_name`` is an attribute this module itself defines (its own classes'
-# privates, or module-level names it imports from a private module).
-CORE = ("channels", "sync", "store", "net")
+# One module reads another's objects only through their public attributes.
+# ``x._name`` is allowed only where ``x`` is ``self``/``cls`` or ``_name`` is
+# an attribute this module itself defines (its own classes' privates).
 
 
-def _core_modules() -> list[Path]:
-    pkg = ROOT / "python" / "hybridsync"
-    files = [pkg / "memory.py"]
-    for layer in CORE:
-        files += sorted((pkg / layer).glob("*.py"))
-    return files
+def _modules() -> list[Path]:
+    return sorted((ROOT / "python" / "hybridsync").rglob("*.py"))
 
 
 def _own_privates(tree: ast.Module) -> set[str]:
@@ -159,7 +153,7 @@ def _reach_through(path: Path) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("path", _core_modules(), ids=lambda p: f"{p.parent.name}/{p.name}")
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_no_private_reach_through_between_modules(path: Path) -> None:
     assert _reach_through(path) == []
 
