@@ -10,6 +10,7 @@ from typing import Any
 
 import xxhash
 
+from hybridsync.audit import AuditLog, AuditPolicy, audit_path
 from hybridsync.channels.checks import check_encodable
 from hybridsync.channels.documents import TextDocuments
 from hybridsync.channels.events import ChangeBus, EventStream, Origin
@@ -54,6 +55,11 @@ class Memory:
         fsync: durable replicas only: ``True`` (default) makes each save
             survive power loss; ``False`` survives process crashes
             (``kill -9``) only, and saves faster.
+        audit: the audit log (:mod:`hybridsync.audit`): ``None`` (default)
+            keeps one for durable replicas (in ``<path>.audit``) and none in
+            memory; ``True`` keeps one in any case (in memory for an
+            in-memory replica), ``False`` none; an
+            :class:`~hybridsync.audit.AuditPolicy` keeps one with that policy.
 
     A durable replica is a context manager (``with Memory("a", path=...) as
     memory:``); leaving it saves and closes the file.
@@ -67,6 +73,7 @@ class Memory:
         incarnation: int | None = None,
         path: str | os.PathLike[str] | None = None,
         fsync: bool = True,
+        audit: bool | AuditPolicy | None = None,
     ) -> None:
         if not isinstance(replica_id, str) or not replica_id:
             raise InvalidArgumentError("replica_id must be a non-empty str")
@@ -102,6 +109,22 @@ class Memory:
                 store.close()
                 raise
             self._store = store
+        policy = audit if isinstance(audit, AuditPolicy) else AuditPolicy()
+        #: The replica's audit log (:class:`hybridsync.audit.AuditLog`), or None.
+        self.audit: AuditLog | None = None
+        if (
+            (audit is None and path is not None)
+            or audit is True
+            or (isinstance(audit, AuditPolicy) and audit.enabled)
+        ):
+            try:
+                self.audit = AuditLog(
+                    self, None if path is None else audit_path(path), policy, fsync=fsync
+                )
+            except BaseException:
+                if self._store is not None:
+                    self._store.close()
+                raise
 
     # -- durability ----------------------------------------------------------
 
@@ -113,13 +136,19 @@ class Memory:
     def flush(self) -> None:
         """Save everything changed since the last save (durable replicas; a
         no-op in memory). Local writes are durable once this returns; a
-        frame a link hands out saves first as well."""
+        frame a link hands out saves first as well. The audit log commits
+        first (its entries never lag the saved state)."""
+        if self.audit is not None:
+            self.audit.commit()
         if self._store is not None:
             self._store.save(self)
 
     def close(self) -> None:
         """Save and close the replica's file (durable replicas). The object
         stays usable in memory; further changes are not saved."""
+        if self.audit is not None and self.audit.path is not None:
+            audit, self.audit = self.audit, None
+            audit.close()
         if self._store is not None:
             store = self._store
             store.save(self)

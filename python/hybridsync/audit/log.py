@@ -1,0 +1,735 @@
+"""A replica's audit log: one hash-chained entry per applied change, signed
+heads, and the heads and claims received from other replicas.
+
+The log listens to the replica's channels through the public observer API
+(:meth:`hybridsync.channels.events.ChangeBus.observe`): once per applied
+change set it appends
+
+- one entry per text document changed (its content hash: BLAKE3 of the new
+  text's UTF-8 bytes; 32 zero bytes for a deletion),
+- one entry per metadata value changed (BLAKE3 of the canonical JSON of the
+  new value; zero for a deletion), its subject the key path as a JSON list,
+- one entry per KV cache changed (BLAKE3 of the token range and the
+  quantized rows written: ``first_token .. tokens`` of every layer, keys
+  then values, head by head; zero for a deletion).
+
+Entries are encoded and hashed by the Rust core (:mod:`hybridsync._core`,
+``audit_*``); they are written to the log's SQLite file at the replica's
+commit points (:meth:`hybridsync.Memory.flush`, which every link runs before
+a frame leaves), before the replica's own store saves, in one transaction.
+
+**Signed heads.** At a commit point with at least ``sign_every`` new
+entries, the replica signs (Ed25519) its head: its id, the position and hash
+of its latest entry, the time, and the claims of the local writes since the
+previous head (subject and content hash of each). The head is kept in the
+log and published in the replicated metadata under the key
+``_hybridsync_audit/<replica id>``, so that it reaches every replica of the
+tree; each replica that sees a head verifies its signature and keeps it
+(``peer_heads``) with the claims (``claims``): the claims attribute a value
+that travelled through hubs to the replica that wrote it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from hybridsync._core import (
+    audit_decode_entry,
+    audit_entry,
+    audit_entry_hash,
+    audit_hash,
+    audit_hash_parts,
+    audit_head_message,
+)
+from hybridsync.audit.keys import (
+    KEY_ENV,
+    SigningKey,
+    load_signing_key,
+    new_signing_key,
+    public_key_bytes,
+    verify_signature,
+)
+from hybridsync.channels.events import KVEvent, MetaEvent, Origin, Subscription, TextEvent
+from hybridsync.errors import CorruptionError, InvalidArgumentError, StorageError
+
+__all__ = [
+    "CHANNELS",
+    "META_PREFIX",
+    "ZERO",
+    "AuditEntry",
+    "AuditError",
+    "AuditLog",
+    "AuditPolicy",
+    "Claim",
+    "SignedHead",
+    "audit_path",
+]
+
+log = logging.getLogger("hybridsync.audit")
+
+#: Channel codes of entries.
+CHANNELS: tuple[str, ...] = ("text", "meta", "kv")
+_KINDS: tuple[str, ...] = ("create", "update", "delete")
+_KIND_CODE = {"create": 0, "add": 0, "update": 1, "delete": 2}
+#: Metadata keys ``META_PREFIX + replica_id`` carry each replica's signed head.
+META_PREFIX = "_hybridsync_audit/"
+#: The hash of nothing: a deleted value's content, the first entry's ``prev``.
+ZERO = bytes(32)
+#: Claims carried by one head at most (the latest local writes win).
+MAX_CLAIMS = 1024
+_SCHEMA = 1
+
+
+class AuditError(CorruptionError):
+    """An audit log, a signed head or a claim fails verification (or cannot
+    be read): a :class:`~hybridsync.errors.CorruptionError`, so a
+    :class:`~hybridsync.errors.DecodeError` too."""
+
+
+def audit_path(store_path: str | os.PathLike[str]) -> Path:
+    """Where a durable replica at ``store_path`` keeps its audit log."""
+    return Path(os.fspath(store_path) + ".audit")
+
+
+@dataclass(frozen=True)
+class AuditPolicy:
+    """How a replica keeps its audit log.
+
+    Args:
+        enabled: ``False`` keeps no log.
+        sign_every: sign (and publish) the head at the first commit point
+            with at least this many entries since the last signed head.
+            Deterministic: counted in entries, never in time.
+        publish: publish signed heads (with their claims) in the replicated
+            metadata, so that other replicas keep them.
+        max_entries: keep at least this many entries; older ones are
+            pruned, but only up to a signed head, which becomes the log's
+            checkpoint (verification starts from it). ``None``: keep all.
+        key: the Ed25519 signing key. ``None``: from ``key_file``, else from
+            ``$HYBRIDSYNC_AUDIT_KEY`` when set, else a key generated once
+            and kept in the log file.
+        key_file: a file holding the key (see :mod:`hybridsync.audit.keys`).
+    """
+
+    enabled: bool = True
+    sign_every: int = 64
+    publish: bool = True
+    max_entries: int | None = None
+    key: SigningKey | None = None
+    key_file: str | os.PathLike[str] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.sign_every, int) or self.sign_every < 1:
+            raise InvalidArgumentError(f"sign_every must be an int >= 1, got {self.sign_every!r}")
+        if self.max_entries is not None and (
+            not isinstance(self.max_entries, int) or self.max_entries < 1
+        ):
+            raise InvalidArgumentError(
+                f"max_entries must be None or an int >= 1, got {self.max_entries!r}"
+            )
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One entry of an audit log (see :mod:`hybridsync.audit.log`)."""
+
+    seq: int
+    time_ns: int
+    channel: Literal["text", "meta", "kv"]
+    kind: Literal["create", "update", "delete"]
+    origin: Literal["local", "remote"]
+    subject: str
+    writer: str
+    via: str
+    writer_seq: int
+    content: bytes
+    prev: bytes
+    hash: bytes
+
+    @classmethod
+    def decode(cls, body: bytes, entry_hash: bytes) -> AuditEntry:
+        """Parse a body (raises :class:`~hybridsync.errors.DecodeError`)."""
+        seq, t, ch, kind, origin, subject, writer, via, wseq, content, prev = audit_decode_entry(
+            body
+        )
+        return cls(
+            seq,
+            t,
+            CHANNELS[ch],  # type: ignore[arg-type]
+            _KINDS[kind],  # type: ignore[arg-type]
+            "remote" if origin else "local",
+            subject,
+            writer,
+            via,
+            wseq,
+            content,
+            prev,
+            entry_hash,
+        )
+
+    def touches(self, channel: str, subject: str | Sequence[str]) -> bool:
+        """True when this entry changed ``subject`` of ``channel`` (for
+        metadata: a key path, matching the path, a value under it, or a
+        value above it that replaced it)."""
+        if channel != self.channel:
+            return False
+        if channel != "meta":
+            return self.subject == subject
+        want = (subject,) if isinstance(subject, str) else tuple(subject)
+        have = tuple(json.loads(self.subject))
+        n = min(len(want), len(have))
+        return want[:n] == have[:n]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "time_ns": self.time_ns,
+            "channel": self.channel,
+            "kind": self.kind,
+            "origin": self.origin,
+            "subject": json.loads(self.subject) if self.channel == "meta" else self.subject,
+            "writer": self.writer,
+            "via": self.via or None,
+            "writer_seq": self.writer_seq or None,
+            "content": self.content.hex(),
+            "hash": self.hash.hex(),
+        }
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A replica's signed statement that its entry ``seq`` wrote ``content``
+    to ``subject`` of ``channel``."""
+
+    channel: str
+    subject: str
+    seq: int
+    content: bytes
+
+    def value(self) -> list[Any]:
+        return [self.channel, self.subject, self.seq, self.content.hex()]
+
+
+def _claims_bytes(claims: Sequence[Claim]) -> bytes:
+    return json.dumps(
+        [c.value() for c in claims], separators=(",", ":"), ensure_ascii=False
+    ).encode()
+
+
+@dataclass(frozen=True)
+class SignedHead:
+    """A replica's signed log head: its entry ``seq`` hashes to ``head``."""
+
+    replica: str
+    seq: int
+    head: bytes
+    time_ns: int
+    key: bytes
+    signature: bytes
+    claims: tuple[Claim, ...] = field(default=())
+
+    def message(self) -> bytes:
+        """The bytes signed: the core's head message, then the BLAKE3 of the
+        claims' canonical JSON."""
+        return audit_head_message(self.replica, self.seq, self.head, self.time_ns) + audit_hash(
+            _claims_bytes(self.claims)
+        )
+
+    def valid(self) -> bool:
+        """True when the signature is the key's over :meth:`message`."""
+        try:
+            msg = self.message()
+        except (InvalidArgumentError, ValueError):
+            return False
+        return verify_signature(self.key, self.signature, msg)
+
+    def to_value(self) -> dict[str, Any]:
+        """As a metadata value (big numbers as decimal strings)."""
+        return {
+            "seq": self.seq,
+            "head": self.head.hex(),
+            "time": str(self.time_ns),
+            "key": self.key.hex(),
+            "sig": self.signature.hex(),
+            "claims": [c.value() for c in self.claims],
+        }
+
+    @classmethod
+    def from_value(cls, replica: str, value: Any) -> SignedHead:
+        """Parse a metadata value; :class:`AuditError` when malformed (the
+        signature is not checked here: see :meth:`valid`)."""
+        try:
+            if not isinstance(value, dict):
+                raise TypeError("not a dict")
+            claims_in = value.get("claims", [])
+            if not isinstance(claims_in, list) or len(claims_in) > MAX_CLAIMS:
+                raise TypeError("claims")
+            claims = []
+            for c in claims_in:
+                ch, subject, seq, content = c
+                if ch not in CHANNELS or not isinstance(subject, str):
+                    raise TypeError("claim")
+                claims.append(Claim(ch, subject, _int(seq), _hex(content, 32)))
+            return cls(
+                replica,
+                _int(value["seq"]),
+                _hex(value["head"], 32),
+                int(str(value["time"])),
+                _hex(value["key"], 32),
+                _hex(value["sig"], 64),
+                tuple(claims),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise AuditError(f"a malformed signed head for {replica!r}: {exc}") from None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"replica": self.replica, **self.to_value()}
+
+
+def _int(v: Any) -> int:
+    n = int(v)
+    if isinstance(v, bool) or n != v or not 0 <= n < 1 << 63:
+        raise ValueError(f"bad number {v!r}")
+    return n
+
+
+def _hex(v: Any, n: int) -> bytes:
+    if not isinstance(v, str):
+        raise TypeError("not hex")
+    b = bytes.fromhex(v)
+    if len(b) != n:
+        raise ValueError(f"expected {n} bytes")
+    return b
+
+
+_TABLES = """
+CREATE TABLE IF NOT EXISTS info (k TEXT PRIMARY KEY, v BLOB);
+CREATE TABLE IF NOT EXISTS entries (seq INTEGER PRIMARY KEY, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS heads (
+    seq INTEGER NOT NULL, time_ns INTEGER NOT NULL, head BLOB NOT NULL,
+    key BLOB NOT NULL, sig BLOB NOT NULL, claims BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS peer_heads (
+    replica TEXT NOT NULL, seq INTEGER NOT NULL, time_ns INTEGER NOT NULL,
+    head BLOB NOT NULL, key BLOB NOT NULL, sig BLOB NOT NULL, claims BLOB NOT NULL,
+    via TEXT NOT NULL, valid INTEGER NOT NULL,
+    PRIMARY KEY (replica, seq, head, sig)
+);
+CREATE TABLE IF NOT EXISTS claims (
+    channel TEXT NOT NULL, subject TEXT NOT NULL, content BLOB NOT NULL,
+    writer TEXT NOT NULL, seq INTEGER NOT NULL, head_seq INTEGER NOT NULL,
+    PRIMARY KEY (channel, subject, content, writer, seq)
+);
+"""
+
+
+class AuditLog:
+    """The audit log of ``memory`` (see the module documentation).
+
+    Args:
+        memory: the replica (a :class:`hybridsync.Memory`).
+        path: the log's SQLite file (created if missing); ``None``: in memory.
+        policy: see :class:`AuditPolicy`.
+        fsync: ``True``: each commit survives power loss; ``False``:
+            process crashes only.
+
+    Raises :class:`AuditError` when the file is not an audit log or belongs
+    to another replica, :class:`~hybridsync.errors.StorageError` when it
+    cannot be opened.
+    """
+
+    def __init__(
+        self,
+        memory: Any,
+        path: str | os.PathLike[str] | None = None,
+        policy: AuditPolicy | None = None,
+        *,
+        fsync: bool = True,
+    ) -> None:
+        self.memory = memory
+        self.replica_id: str = memory.replica_id
+        self.policy = policy or AuditPolicy()
+        self.path = None if path is None else Path(os.fspath(path))
+        self._lock = threading.RLock()
+        try:
+            self._db = sqlite3.connect(
+                ":memory:" if self.path is None else str(self.path),
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            if self.path is not None:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
+            self._db.executescript(_TABLES)
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(f"cannot open the audit log {self.path}: {exc}") from None
+        try:
+            self._open()
+        except BaseException:
+            self._db.close()
+            raise
+        self._pending: list[tuple[int, bytes]] = []
+        self._claims: dict[tuple[str, str], Claim] = {}
+        self._subs: list[Subscription] = []
+        changes = memory.changes
+        self._subs.append(changes.observe("text", None, self._on_text))
+        self._subs.append(changes.observe("meta", (), self._on_meta))
+        self._subs.append(changes.observe("kv", None, self._on_kv))
+        self.closed = False
+
+    # -- opening
+
+    def _info(self, key: str) -> Any:
+        row = self._db.execute("SELECT v FROM info WHERE k = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def _open(self) -> None:
+        with self._db:
+            schema = self._info("schema")
+            if schema is None:
+                self._db.execute("INSERT INTO info VALUES ('schema', ?)", (_SCHEMA,))
+                self._db.execute("INSERT INTO info VALUES ('replica', ?)", (self.replica_id,))
+            elif schema != _SCHEMA:
+                raise AuditError(f"{self.path}: unknown audit log schema {schema!r}")
+            owner = self._info("replica")
+            if owner != self.replica_id:
+                raise AuditError(
+                    f"{self.path} is the audit log of {owner!r}, not of {self.replica_id!r}"
+                )
+        self.key = self._signing_key()
+        self.public_key = public_key_bytes(self.key)
+        row = self._db.execute("SELECT seq, body FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
+        cp = self._checkpoint()
+        if row is not None:
+            self.seq, self.head = int(row[0]), audit_entry_hash(row[1])
+        else:
+            self.seq, self.head = cp
+        last = self._db.execute("SELECT MAX(seq) FROM heads").fetchone()[0]
+        self.signed_seq = int(last or 0)
+
+    def _signing_key(self) -> SigningKey:
+        p = self.policy
+        if p.key is not None:
+            return p.key
+        if p.key_file is not None:
+            return load_signing_key(KEY_ENV, p.key_file)
+        if os.environ.get(KEY_ENV, "").strip():
+            return load_signing_key(KEY_ENV)
+        stored = self._info("key")
+        if stored is not None:
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+            try:
+                return Ed25519PrivateKey.from_private_bytes(bytes(stored))
+            except ValueError:
+                raise AuditError(f"{self.path}: the stored signing key is malformed") from None
+        key = new_signing_key()
+        with self._db:
+            self._db.execute("INSERT INTO info VALUES ('key', ?)", (key.private_bytes_raw(),))
+        return key
+
+    def _checkpoint(self) -> tuple[int, bytes]:
+        seq = self._info("checkpoint_seq")
+        head = self._info("checkpoint_head")
+        return (int(seq or 0), bytes(head) if head is not None else ZERO)
+
+    # -- listening
+
+    def _append(
+        self,
+        channel: int,
+        kind: str,
+        origin: Origin,
+        subject: str,
+        content: bytes,
+        writer: str | None = None,
+    ) -> None:
+        remote = origin.kind == "remote"
+        via = (origin.peer or "") if remote else ""
+        if writer is None:
+            writer = self._claimed(channel, subject, content) if remote else None
+            writer = writer or (via if remote else self.replica_id)
+        seq = self.seq + 1
+        body, h = audit_entry(
+            seq,
+            time.time_ns(),
+            channel,
+            _KIND_CODE[kind],
+            int(remote),
+            subject,
+            writer,
+            via,
+            seq if not remote else 0,
+            content,
+            self.head,
+        )
+        self.seq, self.head = seq, h
+        self._pending.append((seq, body))
+        if not remote:
+            key = (CHANNELS[channel], subject)
+            self._claims.pop(key, None)
+            self._claims[key] = Claim(CHANNELS[channel], subject, seq, content)
+            if len(self._claims) > MAX_CLAIMS:
+                self._claims.pop(next(iter(self._claims)))
+
+    def _claimed(self, channel: int, subject: str, content: bytes) -> str | None:
+        """The writer of a claim received for this content, if any."""
+        row = self._db.execute(
+            "SELECT writer FROM claims WHERE channel = ? AND subject = ? AND content = ? "
+            "ORDER BY head_seq DESC LIMIT 1",
+            (CHANNELS[channel], subject, content),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def _after(self) -> None:
+        if self.path is None:
+            self.commit()
+
+    def _on_text(self, event: TextEvent) -> None:
+        if event.origin.kind == "restore":
+            return
+        with self._lock:
+            content = ZERO if event.new is None else audit_hash(event.new.encode())
+            self._append(0, event.kind, event.origin, event.name, content)
+            self._after()
+
+    def _on_meta(self, event: MetaEvent) -> None:
+        if event.origin.kind == "restore":
+            return
+        with self._lock:
+            heads: set[str] = set()
+            for change in event.changes:
+                top = change.path[0] if change.path else ""
+                if top.startswith(META_PREFIX):
+                    heads.add(top)
+                    continue
+                subject = json.dumps(list(change.path), ensure_ascii=False)
+                content = (
+                    ZERO
+                    if change.kind == "delete"
+                    else audit_hash(
+                        json.dumps(
+                            change.new, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+                        ).encode()
+                    )
+                )
+                self._append(1, change.kind, event.origin, subject, content)
+            if event.origin.kind == "remote":
+                for top in sorted(heads):
+                    self._receive_published(top, event.origin.peer or "")
+            self._after()
+
+    def _on_kv(self, event: KVEvent) -> None:
+        if event.origin.kind == "restore":
+            return
+        with self._lock:
+            content = ZERO
+            if event.kind != "delete":
+                content = self._kv_content(event.name, event.first_token)
+            self._append(2, event.kind, event.origin, event.name, content, writer=event.owner)
+            self._after()
+
+    def _kv_content(self, name: str, first: int) -> bytes:
+        cache = self.memory.kv.get(name)
+        if cache is None:
+            return ZERO
+        tokens = cache.tokens
+        first = min(first, tokens)
+        parts: list[Any] = [f"{cache.uid}:{first}:{tokens}".encode()]
+        for layer in range(cache.layers):
+            for kind in ("k", "v"):
+                rows = cache.quantized(layer, kind)
+                parts.extend(rows[h, first:tokens] for h in range(rows.shape[0]))
+        return audit_hash_parts(parts)
+
+    def _receive_published(self, top: str, via: str) -> None:
+        replica = top[len(META_PREFIX) :]
+        try:
+            value = self.memory.meta[top]
+        except KeyError:
+            return  # deleted
+        plain = value.to_py() if hasattr(value, "to_py") else value
+        try:
+            self.receive_head(SignedHead.from_value(replica, plain), via=via)
+        except AuditError as exc:
+            log.warning("%s: refused a signed head from %r: %s", self.replica_id, via, exc)
+
+    # -- heads
+
+    def receive_head(self, head: SignedHead, *, via: str = "") -> None:
+        """Keep a head another replica signed (and its claims). Raises
+        :class:`AuditError` for a forged head (the signature does not verify,
+        or it claims to be ours under another key); the head is recorded as
+        refused either way, so that ``hybridsync audit`` reports it."""
+        ok = head.valid() and not (head.replica == self.replica_id and head.key != self.public_key)
+        with self._lock, self._db:
+            self._db.execute(
+                "INSERT OR IGNORE INTO peer_heads VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    head.replica,
+                    head.seq,
+                    head.time_ns,
+                    head.head,
+                    head.key,
+                    head.signature,
+                    _claims_bytes(head.claims),
+                    via,
+                    int(ok),
+                ),
+            )
+            if ok and head.replica != self.replica_id:
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO claims VALUES (?, ?, ?, ?, ?, ?)",
+                    [
+                        (c.channel, c.subject, c.content, head.replica, c.seq, head.seq)
+                        for c in head.claims
+                    ],
+                )
+        if not ok:
+            raise AuditError(
+                f"a forged signed head for {head.replica!r} at entry {head.seq} (via {via!r}): "
+                "its signature does not verify"
+            )
+
+    def sign(self) -> SignedHead | None:
+        """Commit, sign the head now and publish it (``None`` when there is
+        no entry)."""
+        with self._lock:
+            self._write()
+            return self._sign()
+
+    def _sign(self, *, publish: bool = True) -> SignedHead | None:
+        if self.seq == 0 or self.seq == self.signed_seq:
+            return None
+        now = max(time.time_ns(), self._last_head_time() + 1)
+        claims = tuple(c for c in self._claims.values() if c.seq <= self.seq)
+        unsigned = SignedHead(
+            self.replica_id, self.seq, self.head, now, self.public_key, b"", claims
+        )
+        head = SignedHead(
+            self.replica_id,
+            self.seq,
+            self.head,
+            now,
+            self.public_key,
+            self.key.sign(unsigned.message()),
+            claims,
+        )
+        with self._db:
+            self._db.execute(
+                "INSERT INTO heads VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    head.seq,
+                    head.time_ns,
+                    head.head,
+                    head.key,
+                    head.signature,
+                    _claims_bytes(claims),
+                ),
+            )
+        self.signed_seq = self.seq
+        self._claims.clear()
+        if publish and self.policy.publish:
+            self._publish(head)
+        self._prune()
+        return head
+
+    def _last_head_time(self) -> int:
+        t = self._db.execute("SELECT MAX(time_ns) FROM heads").fetchone()[0]
+        return int(t or 0)
+
+    def _publish(self, head: SignedHead) -> None:
+        try:
+            self.memory.meta[META_PREFIX + self.replica_id] = head.to_value()
+        except Exception:
+            log.exception("%s: could not publish its signed head", self.replica_id)
+
+    def _prune(self) -> None:
+        keep = self.policy.max_entries
+        if keep is None:
+            return
+        row = self._db.execute(
+            "SELECT seq, head FROM heads WHERE seq <= ? ORDER BY seq DESC LIMIT 1",
+            (self.seq - keep,),
+        ).fetchone()
+        if row is None or int(row[0]) <= self._checkpoint()[0]:
+            return
+        seq, head = int(row[0]), bytes(row[1])
+        with self._db:
+            self._db.execute("DELETE FROM entries WHERE seq <= ?", (seq,))
+            self._db.execute("DELETE FROM heads WHERE seq < ?", (seq,))
+            self._db.execute("INSERT OR REPLACE INTO info VALUES ('checkpoint_seq', ?)", (seq,))
+            self._db.execute("INSERT OR REPLACE INTO info VALUES ('checkpoint_head', ?)", (head,))
+
+    # -- committing
+
+    def _write(self) -> None:
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        try:
+            with self._db:
+                self._db.executemany("INSERT INTO entries VALUES (?, ?)", pending)
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(f"cannot write the audit log {self.path}: {exc}") from None
+
+    def commit(self) -> None:
+        """Write the entries appended since the last commit (one
+        transaction), then sign and publish the head when the policy says."""
+        with self._lock:
+            if self.closed:
+                return
+            self._write()
+            if self.seq - self.signed_seq >= self.policy.sign_every:
+                self._sign()
+
+    def close(self) -> None:
+        """Commit, sign what is unsigned, stop listening and close the file."""
+        with self._lock:
+            if self.closed:
+                return
+            for sub in self._subs:
+                sub.close()
+            self._write()
+            # The replica is closing: its last head is kept, not published
+            # (the metadata would not be saved or sent any more).
+            self._sign(publish=False)
+            self.closed = True
+            self._db.close()
+
+    # -- reading
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The log's SQLite connection (for :mod:`hybridsync.audit.verify`)."""
+        return self._db
+
+    def entries(self) -> Iterator[AuditEntry]:
+        """The entries kept, oldest first (committing first)."""
+        from hybridsync.audit.verify import iter_entries
+
+        with self._lock:
+            self._write()
+            yield from iter_entries(self._db)
+
+    def heads(self) -> list[SignedHead]:
+        """This replica's signed heads kept, oldest first."""
+        from hybridsync.audit.verify import own_heads
+
+        return own_heads(self._db, self.replica_id)
+
+    def __repr__(self) -> str:
+        where = "in memory" if self.path is None else str(self.path)
+        return (
+            f"<AuditLog of {self.replica_id!r} ({where}): {self.seq} entries, "
+            f"signed to {self.signed_seq}>"
+        )

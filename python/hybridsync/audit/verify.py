@@ -1,0 +1,473 @@
+"""Verifying audit logs, cross-checking them, and asking who wrote what.
+
+What a verification proves (see docs/protocol.md, "Audit log"):
+
+- **chain**: every entry kept links to the one before it by hash, from the
+  log's checkpoint (32 zero bytes for a log never pruned) to its last entry,
+  with consecutive positions: no entry kept was edited, removed, inserted
+  or moved since the next one was appended;
+- **heads**: each signed head kept verifies under its Ed25519 key (one key
+  per log), heads come in strictly increasing position and time (an old
+  head replayed as a new one fails), and the entry at each head's position
+  hashes to the signed value: nothing up to the latest signed head changed
+  since it was signed, and the log was not cut below it;
+- **against** other replicas' logs: every head of this replica that they
+  received verifies and matches this log (a log rewritten or rolled back
+  after a peer saw its head fails), and no replica signed two different
+  heads at one position (equivocation: a replica showing two histories).
+
+Entries after the latest signed head are only as good as the chain: the
+replica can still rewrite them before it signs. Verification proves the log
+consistent with what was signed; it cannot prove that what a replica signed
+was true of its memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hybridsync._core import audit_entry_hash, audit_verify_chain
+from hybridsync.audit.log import (
+    CHANNELS,
+    ZERO,
+    AuditEntry,
+    AuditError,
+    AuditLog,
+    Claim,
+    SignedHead,
+    audit_path,
+)
+from hybridsync.errors import DecodeError, StorageError
+
+__all__ = [
+    "Attribution",
+    "AuditReport",
+    "Problem",
+    "attribute",
+    "find_equivocations",
+    "open_log",
+    "verify_log",
+]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One failed check: ``seq`` is the first entry it makes bad (None when
+    it concerns no entry of this log)."""
+
+    kind: str
+    seq: int | None
+    message: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "seq": self.seq, "message": self.message}
+
+
+@dataclass
+class AuditReport:
+    """The outcome of :func:`verify_log`."""
+
+    replica: str
+    path: str
+    entries: int = 0
+    first_seq: int = 0
+    last_seq: int = 0
+    signed_seq: int = 0
+    heads: int = 0
+    public_key: str | None = None
+    checked_against: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    #: Findings that do not make this log bad (forged heads it refused).
+    warnings: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def first_bad(self) -> int | None:
+        """The first entry a check failed on (None: none, or no entry named)."""
+        seqs = [p.seq for p in self.problems if p.seq is not None]
+        return min(seqs) if seqs else None
+
+    def raise_for_problems(self) -> None:
+        """Raise :class:`AuditError` naming the first bad entry, if any."""
+        if self.problems:
+            first = self.first_bad
+            where = f" (first bad entry: {first})" if first is not None else ""
+            raise AuditError(
+                f"the audit log of {self.replica!r} fails verification{where}: "
+                + "; ".join(p.message for p in self.problems)
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "replica": self.replica,
+            "path": self.path,
+            "ok": self.ok,
+            "first_bad": self.first_bad,
+            "entries": self.entries,
+            "first_seq": self.first_seq,
+            "last_seq": self.last_seq,
+            "signed_seq": self.signed_seq,
+            "heads": self.heads,
+            "public_key": self.public_key,
+            "checked_against": self.checked_against,
+            "problems": [p.to_json() for p in self.problems],
+            "warnings": [p.to_json() for p in self.warnings],
+        }
+
+
+# -- reading a log file --------------------------------------------------------
+
+
+def open_log(path: str | os.PathLike[str]) -> sqlite3.Connection:
+    """Open an audit log read-only: ``path`` is the log itself or the
+    durable replica's store (its log is ``<path>.audit``). Raises
+    :class:`~hybridsync.errors.StorageError` when there is none."""
+    p = Path(os.fspath(path))
+    if not p.name.endswith(".audit") and audit_path(p).exists():
+        p = audit_path(p)
+    if not p.is_file():
+        raise StorageError(f"no audit log at {p}")
+    try:
+        db = sqlite3.connect(f"file:{p}?mode=ro", uri=True, check_same_thread=False)
+        db.execute("SELECT v FROM info WHERE k = 'replica'").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise AuditError(f"{p} is not a readable audit log: {exc}") from None
+    return db
+
+
+def _connect(
+    log: AuditLog | sqlite3.Connection | str | os.PathLike[str],
+) -> tuple[sqlite3.Connection, str]:
+    if isinstance(log, AuditLog):
+        log.commit()
+        return log.db, str(log.path or "<memory>")
+    if isinstance(log, sqlite3.Connection):
+        return log, "<connection>"
+    return open_log(log), os.fspath(log)
+
+
+def _info(db: sqlite3.Connection, key: str) -> Any:
+    try:
+        row = db.execute("SELECT v FROM info WHERE k = ?", (key,)).fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise AuditError(f"the audit log cannot be read: {exc}") from None
+    return None if row is None else row[0]
+
+
+def _rows(db: sqlite3.Connection, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+    try:
+        return db.execute(sql, args).fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise AuditError(f"the audit log cannot be read: {exc}") from None
+
+
+def iter_entries(db: sqlite3.Connection) -> Iterator[AuditEntry]:
+    """Every entry kept, by position (raises :class:`AuditError` for one that
+    cannot be decoded)."""
+    for seq, body in _rows(db, "SELECT seq, body FROM entries ORDER BY seq"):
+        try:
+            yield AuditEntry.decode(bytes(body), audit_entry_hash(bytes(body)))
+        except (DecodeError, TypeError) as exc:
+            raise AuditError(f"audit entry {seq} is malformed: {exc}") from None
+
+
+def _head_row(replica: str, row: Sequence[Any]) -> SignedHead:
+    seq, t, head, key, sig, claims = row[:6]
+    try:
+        parsed = json.loads(bytes(claims))
+        return SignedHead(
+            replica,
+            int(seq),
+            bytes(head),
+            int(t),
+            bytes(key),
+            bytes(sig),
+            tuple(Claim(c[0], c[1], int(c[2]), bytes.fromhex(c[3])) for c in parsed),
+        )
+    except (ValueError, TypeError, IndexError, KeyError) as exc:
+        raise AuditError(f"a signed head of {replica!r} at {seq} is malformed: {exc}") from None
+
+
+def own_heads(db: sqlite3.Connection, replica: str) -> list[SignedHead]:
+    """A log's own signed heads, in the order they were signed."""
+    return [
+        _head_row(replica, r)
+        for r in _rows(db, "SELECT seq, time_ns, head, key, sig, claims FROM heads ORDER BY rowid")
+    ]
+
+
+def received_heads(db: sqlite3.Connection, *, valid: bool | None = True) -> list[SignedHead]:
+    """The heads of other replicas a log received (valid ones by default)."""
+    sql = "SELECT seq, time_ns, head, key, sig, claims, replica, valid FROM peer_heads"
+    out = []
+    for r in _rows(db, sql):
+        if valid is None or bool(r[7]) == valid:
+            out.append(_head_row(str(r[6]), r))
+    return out
+
+
+# -- verification --------------------------------------------------------------
+
+
+def verify_log(
+    log: AuditLog | str | os.PathLike[str],
+    *,
+    against: Sequence[AuditLog | str | os.PathLike[str]] = (),
+) -> AuditReport:
+    """Verify a replica's audit log (chain, signed heads, checkpoint) and
+    cross-check it against the heads the logs in ``against`` received.
+    Returns an :class:`AuditReport` (``report.ok``; ``report.first_bad``
+    names the first bad entry); raises :class:`AuditError` only when the log
+    cannot be read at all."""
+    db, where = _connect(log)
+    replica = _info(db, "replica")
+    if not isinstance(replica, str):
+        raise AuditError(f"{where} is not an audit log (no replica id)")
+    report = AuditReport(replica, where)
+    cp_seq_raw, cp_head_raw = _info(db, "checkpoint_seq"), _info(db, "checkpoint_head")
+    cp_seq = int(cp_seq_raw or 0)
+    cp_head = bytes(cp_head_raw) if cp_head_raw is not None else ZERO
+    rows = _rows(db, "SELECT seq, body FROM entries ORDER BY seq")
+    bodies = [bytes(b) for _, b in rows]
+    report.entries = len(bodies)
+    report.first_seq = cp_seq + 1
+    # The chain, in the core.
+    buf = bytearray()
+    for b in bodies:
+        n = len(b)
+        while True:
+            byte = n & 0x7F
+            n >>= 7
+            buf.append(byte | (0x80 if n else 0))
+            if not n:
+                break
+        buf += b
+    good, _head, error = audit_verify_chain(bytes(buf), cp_seq + 1, cp_head)
+    hashes: dict[int, bytes] = {cp_seq: cp_head}
+    for i in range(good):
+        hashes[cp_seq + 1 + i] = audit_entry_hash(bodies[i])
+    report.last_seq = cp_seq + good
+    if error is not None:
+        pos = cp_seq + 1 + good
+        # A link that does not match: the entry before it was altered (or
+        # this one's link was); otherwise this entry is missing or misplaced.
+        bad = pos - 1 if good and "previous-entry hash" in error else pos
+        report.problems.append(Problem("chain", bad, f"entry {pos}: {error}"))
+        report.last_seq = cp_seq + len(bodies)
+    # Own signed heads.
+    heads = own_heads(db, replica)
+    report.heads = len(heads)
+    key: bytes | None = None
+    prev: SignedHead | None = None
+    matched = cp_seq
+    cp_signed = cp_seq == 0
+    for h in heads:
+        if key is None:
+            key = h.key
+            report.public_key = key.hex()
+        if not h.valid():
+            report.problems.append(
+                Problem("signature", h.seq, f"the head signed at entry {h.seq} has a bad signature")
+            )
+            continue
+        if h.key != key:
+            report.problems.append(
+                Problem("signature", h.seq, f"the head at entry {h.seq} is signed by another key")
+            )
+            continue
+        if prev is not None and (h.seq <= prev.seq or h.time_ns <= prev.time_ns):
+            report.problems.append(
+                Problem(
+                    "replay",
+                    h.seq,
+                    f"the head at entry {h.seq} is not newer than the head before it "
+                    f"(entry {prev.seq}): an old head replayed",
+                )
+            )
+            continue
+        prev = h
+        if h.seq == cp_seq and h.head == cp_head:
+            cp_signed = True
+        if h.seq > report.last_seq and error is None:
+            report.problems.append(
+                Problem(
+                    "truncated",
+                    report.last_seq + 1,
+                    f"a signed head covers entry {h.seq} but the log ends at {report.last_seq}",
+                )
+            )
+            continue
+        have = hashes.get(h.seq)
+        if have is None:
+            continue  # below the checkpoint, or past a chain error already reported
+        if have != h.head:
+            report.problems.append(
+                Problem(
+                    "rewritten",
+                    matched + 1,
+                    f"entry {h.seq} does not hash to its signed head: entries "
+                    f"{matched + 1}..{h.seq} were rewritten after signing",
+                )
+            )
+            continue
+        matched = h.seq
+        report.signed_seq = h.seq
+    if not cp_signed:
+        report.problems.append(
+            Problem(
+                "checkpoint",
+                cp_seq + 1,
+                f"the checkpoint at entry {cp_seq} matches no signed head",
+            )
+        )
+    # Heads this log refused.
+    for h in received_heads(db, valid=False):
+        report.warnings.append(
+            Problem(
+                "forged-head",
+                None,
+                f"refused a head for {h.replica!r} at entry {h.seq}: bad signature",
+            )
+        )
+    # Cross-checks.
+    others = [_connect(o) for o in against]
+    for odb, owhere in others:
+        report.checked_against.append(owhere)
+        for h in received_heads(odb):
+            if h.replica != replica:
+                continue
+            if key is not None and h.key != key:
+                report.problems.append(
+                    Problem(
+                        "equivocation",
+                        None,
+                        f"{owhere} holds a head of {replica!r} at entry {h.seq} under another key",
+                    )
+                )
+                continue
+            if h.seq > report.last_seq:
+                report.problems.append(
+                    Problem(
+                        "truncated",
+                        report.last_seq + 1,
+                        f"{owhere} received a head of entry {h.seq}; this log ends at "
+                        f"{report.last_seq} (rolled back or cut)",
+                    )
+                )
+            elif h.seq in hashes and hashes[h.seq] != h.head:
+                report.problems.append(
+                    Problem(
+                        "equivocation",
+                        h.seq,
+                        f"{owhere} received a different head for entry {h.seq}: this log's "
+                        "history differs from what that replica was shown",
+                    )
+                )
+    for p in find_equivocations([db, *(o for o, _ in others)]):
+        if p not in report.problems:
+            report.problems.append(p)
+    return report
+
+
+def find_equivocations(logs: Sequence[AuditLog | sqlite3.Connection | str]) -> list[Problem]:
+    """Replicas that signed two different heads at one position, among every
+    head the given logs hold (their own and those received): each is proof
+    that the replica showed two histories."""
+    seen: dict[tuple[str, bytes, int], tuple[bytes, str]] = {}
+    out: list[Problem] = []
+    for log in logs:
+        db, where = _connect(log)
+        replica = _info(db, "replica")
+        heads = received_heads(db) + (own_heads(db, replica) if isinstance(replica, str) else [])
+        for h in heads:
+            if not h.valid():
+                continue
+            k = (h.replica, h.key, h.seq)
+            first = seen.setdefault(k, (h.head, where))
+            if first[0] != h.head:
+                p = Problem(
+                    "equivocation",
+                    None,
+                    f"{h.replica!r} signed two different heads for entry {h.seq} "
+                    f"(seen in {first[1]} and {where})",
+                )
+                if p not in out:
+                    out.append(p)
+    return out
+
+
+# -- attribution ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """Who wrote what an entry records: ``writer`` (``confirmed``: by the
+    writer's signed claim, or the entry is this replica's own signed write,
+    or a KV cache's owner), at the writer's entry ``writer_seq``."""
+
+    entry: AuditEntry
+    writer: str
+    writer_seq: int | None
+    confirmed: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.entry.to_json(),
+            "attributed_to": self.writer,
+            "attributed_seq": self.writer_seq,
+            "confirmed": self.confirmed,
+        }
+
+
+def attribute(
+    log: AuditLog | str | os.PathLike[str],
+    *,
+    doc: str | None = None,
+    key: str | Sequence[str] | None = None,
+    kv: str | None = None,
+) -> list[Attribution]:
+    """The entries that touched text document ``doc``, metadata path
+    ``key`` (a key, or a sequence of keys) or KV cache ``kv`` (any of them
+    when none is given), each attributed to the replica that wrote it: a
+    value that came through hubs goes to the writer whose signed claim
+    matches its content hash."""
+    db, _ = _connect(log)
+    replica = _info(db, "replica")
+    signed = _rows(db, "SELECT MAX(seq) FROM heads")[0][0] or 0
+    out = []
+    for e in iter_entries(db):
+        if (doc is not None or key is not None or kv is not None) and not (
+            (doc is not None and e.touches("text", doc))
+            or (key is not None and e.touches("meta", key))
+            or (kv is not None and e.touches("kv", kv))
+        ):
+            continue
+        if e.origin == "local":
+            out.append(Attribution(e, str(replica), e.seq, e.seq <= signed))
+            continue
+        if e.channel == "kv":
+            out.append(Attribution(e, e.writer, None, True))
+            continue
+        row = _rows(
+            db,
+            "SELECT writer, seq FROM claims WHERE channel = ? AND subject = ? AND content = ? "
+            "ORDER BY head_seq DESC LIMIT 1",
+            (e.channel, e.subject, e.content),
+        )
+        if row:
+            out.append(Attribution(e, str(row[0][0]), int(row[0][1]), True))
+        else:
+            out.append(Attribution(e, e.writer, None, False))
+    return out
+
+
+__all__ += ["CHANNELS", "iter_entries", "own_heads", "received_heads"]
