@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -33,8 +36,10 @@ from hybridsync.net.nats import (
     serve_nats,
 )
 
-SECRET = secrets.token_bytes(32)
-GUARD = 300.0
+#: The swarm's secret as the command line reads it (UTF-8 of an environment variable).
+SECRET_TEXT = secrets.token_hex(24)
+SECRET = SECRET_TEXT.encode()
+GUARD = float(os.environ.get("HYBRIDSYNC_TEST_GUARD", "300"))
 FAST: dict[str, Any] = {
     "period": (0.02, 0.5),
     "backoff": (0.02, 0.5),
@@ -310,3 +315,304 @@ def test_bad_input_over_nats_is_refused_and_the_hub_keeps_serving(
                 await nc.close()
 
     run(main())
+
+
+# -- processes: hubs from the command line, failover by kill -9 ------------------------------
+
+HERE = Path(__file__).resolve()
+
+
+def child_env(status_dir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["HYBRIDSYNC_SECRET"] = SECRET_TEXT
+    env["HYBRIDSYNC_STATUS_DIR"] = str(status_dir)
+    return env
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "hybridsync.cli", *args]
+
+
+def read_status(path: Path) -> dict[str, Any] | None:
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data
+
+
+def write_step(memory: Memory, who: str, step: int) -> str:
+    """One write to each channel: a line in the shared document and in the
+    writer's own log, a metadata key, a token appended to the writer's KV cache."""
+    line = f"{who} write {step}\n"
+    memory.text["shared"] = memory.text.get("shared", "") + line
+    memory.text[f"log/{who}"] = memory.text.get(f"log/{who}", "") + line
+    memory.meta[f"acks/{who}/{step}"] = step
+    if f"kv/{who}" not in memory.kv:
+        memory.kv[f"kv/{who}"] = KVCache(2, 2, 64, "q8_0", page_tokens=4)
+    rng = np.random.default_rng(step)
+    shape = (2, 2, 1, 64)
+    memory.kv[f"kv/{who}"].append(
+        rng.standard_normal(shape).astype(np.float32),
+        rng.standard_normal(shape).astype(np.float32),
+    )
+    return line
+
+
+class Worker:
+    """A node in its own process (this file run as a program): writes on
+    command, answers with the acknowledged write and its digest."""
+
+    def __init__(self, url: str, who: str, hubs: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HERE), "worker", url, who, hubs],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=child_env(Path("/nonexistent")),
+            text=True,
+        )
+
+    async def ask(self, command: str) -> str:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        line = await asyncio.to_thread(self.proc.stdout.readline)
+        if not line:
+            raise AssertionError(f"worker exited with {self.proc.wait()}")
+        return line.strip()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+async def worker_main(url: str, who: str, hubs: str) -> None:
+    memory = Memory(who)
+    nc = await open_nats(url)
+    session = await connect_nats(
+        memory, nc, hubs=hubs.split(","), secret=os.environ["HYBRIDSYNC_SECRET"].encode(), **FAST
+    ).start()
+    try:
+        while True:
+            line = await asyncio.to_thread(sys.stdin.readline)
+            if not line:
+                break
+            command, _, arg = line.strip().partition(" ")
+            if command == "write":
+                write_step(memory, who, int(arg))
+                await session.sync(timeout=GUARD)
+                print(f"acked {arg} {session.current_hub}", flush=True)
+            elif command == "digest":
+                print(f"{memory.digest()} {session.current_hub}", flush=True)
+    finally:
+        await session.close()
+        await nc.close()
+
+
+def test_hub_processes_fail_over_without_losing_or_doubling_writes(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """Two hub processes from the command line (h1 follows h0), three nodes
+    in this process, one worker process and one `hybridsync join --nats --dir`
+    process. Every node writes to text, metadata and a KV cache, then h0 is
+    killed with SIGKILL while writes go on: the nodes move to h1 (NATS tells
+    them h0 is gone), and at the end every replica is equal and holds every
+    acknowledged write exactly once."""
+    status_dir = tmp_path / "status"
+    env = child_env(status_dir)
+    procs: list[subprocess.Popen[bytes]] = []
+    hub_status = {h: tmp_path / f"{h}.json" for h in ("h0", "h1")}
+    cli_dir = tmp_path / "cli-node"
+    cli_dir.mkdir()
+    cli_status = tmp_path / "cli-node.json"
+
+    names: dict[int, str] = {}
+    killed: set[int] = set()
+
+    def start(args: list[str], name: str) -> subprocess.Popen[bytes]:
+        with (tmp_path / f"{name}.log").open("ab") as log:
+            proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+        procs.append(proc)
+        names[proc.pid] = name
+        return proc
+
+    def running(predicate: Callable[[], bool]) -> Callable[[], bool]:
+        """The predicate, failing at once if a process ended unexpectedly."""
+
+        def check() -> bool:
+            for proc in procs:
+                if proc.pid not in killed and proc.poll() is not None:
+                    name = names[proc.pid]
+                    log = (tmp_path / f"{name}.log").read_text()[-3000:]
+                    raise AssertionError(f"{name} exited with {proc.returncode}: {log}")
+            return predicate()
+
+        return check
+
+    def hub_args(hub: str) -> list[str]:
+        return cli(
+            "serve",
+            "--nats",
+            nats_server.url,
+            "--id",
+            hub,
+            "--hubs",
+            "h0,h1",
+            "--no-live",
+            "--status-interval",
+            "0.1",
+            "--status-file",
+            str(hub_status[hub]),
+        )
+
+    async def main() -> None:
+        hubs = {h: start(hub_args(h), h) for h in ("h0", "h1")}
+        await wait_until(
+            running(
+                lambda: (
+                    (read_status(hub_status["h1"]) or {}).get("upstream_hub") == "h0"
+                    and any(
+                        link["connected"] and link["role"] == "client"
+                        for link in (read_status(hub_status["h1"]) or {}).get("links", [])
+                    )
+                )
+            ),
+            what="h1 following h0",
+        )
+        start(
+            cli(
+                "join",
+                "--nats",
+                nats_server.url,
+                "--hubs",
+                "h0,h1",
+                "--id",
+                "cli-node",
+                "--dir",
+                str(cli_dir),
+                "--no-live",
+                "--scan-interval",
+                "0.05",
+                "--status-interval",
+                "0.1",
+                "--status-file",
+                str(cli_status),
+            ),
+            "cli-node",
+        )
+        worker = Worker(nats_server.url, "worker", "h0,h1")
+        ncs = [await open_nats(nats_server.url) for _ in range(3)]
+        nodes = [Memory(f"n{i}") for i in range(3)]
+        sessions = [
+            await connect_nats(m, nc, hubs=["h0", "h1"], secret=SECRET, **FAST).start()
+            for m, nc in zip(nodes, ncs, strict=True)
+        ]
+        cleanup.append(worker.stop)
+        acked: list[str] = []
+        cli_lines: list[str] = []
+
+        async def write_round(step: int) -> None:
+            for i, (m, s) in enumerate(zip(nodes, sessions, strict=True)):
+                line = write_step(m, f"n{i}", step)
+                await s.sync(timeout=GUARD)
+                acked.append(line)
+            reply = await worker.ask(f"write {step}")
+            assert reply.startswith(f"acked {step}"), reply
+            acked.append(f"worker write {step}\n")
+            cli_lines.append(f"cli-node write {step}\n")
+            (cli_dir / "cli.md").write_text("".join(cli_lines))
+
+        async def all_equal() -> bool:
+            digests = {m.digest() for m in nodes}
+            worker_digest = (await worker.ask("digest")).split()[0]
+            digests.add(worker_digest)
+            for path in (cli_status, *(hub_status[h] for h in live)):
+                status = read_status(path)
+                digests.add(status["digest"] if status else "?")
+            return len(digests) == 1
+
+        async def wait_equal(what: str) -> None:
+            deadline = time.monotonic() + GUARD
+            while not (running(lambda: True)() and await all_equal()):
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"timed out waiting for {what}")
+                await asyncio.sleep(0.1)
+
+        try:
+            live = ["h0", "h1"]
+            for step in range(3):
+                await write_round(step)
+            await wait_until(
+                lambda: nodes[0].text.get("cli.md", "") == "".join(cli_lines),
+                what="the command-line node's file at n0",
+            )
+            await wait_equal("every replica equal before the kill")
+            assert all(s.current_hub == "h0" for s in sessions)
+
+            killed.add(hubs["h0"].pid)
+            hubs["h0"].send_signal(signal.SIGKILL)
+            hubs["h0"].wait()
+            live = ["h1"]
+            for step in range(3, 6):
+                await write_round(step)  # acknowledged by whichever hub is alive
+            await wait_until(
+                lambda: all(s.current_hub == "h1" and s.connected for s in sessions),
+                what="the nodes on h1",
+            )
+            assert all(s.failovers == 1 for s in sessions)
+            assert (await worker.ask("digest")).split()[1] == "h1"
+            await wait_until(
+                lambda: (read_status(cli_status) or {}).get("upstream_hub") == "h1",
+                what="the command-line node on h1",
+            )
+            await wait_until(
+                lambda: nodes[0].text.get("cli.md", "") == "".join(cli_lines),
+                what="the command-line node's file at n0",
+            )
+            await wait_equal("every replica equal after the failover")
+            for m in nodes:
+                shared = m.text["shared"]
+                for line in acked:
+                    who = line.split()[0]
+                    assert shared.count(line) == 1, (line, shared)
+                    assert m.text[f"log/{who}"].count(line) == 1
+                    step = int(line.split()[-1])
+                    assert m.meta[f"acks/{who}/{step}"] == step
+                for who in ["n0", "n1", "n2", "worker"]:
+                    assert m.kv[f"kv/{who}"].tokens == 6
+                assert m.text["cli.md"] == "".join(cli_lines)
+        finally:
+            for s in sessions:
+                await s.close()
+            for nc in ncs:
+                await nc.close()
+
+    cleanup: list[Callable[[], None]] = []
+    try:
+        run(main())
+    finally:
+        for stop in cleanup:
+            stop()
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["worker"]:
+        asyncio.run(worker_main(*sys.argv[2:5]))
