@@ -779,6 +779,13 @@ class NatsSession(Session):
         state = "connected" if self.connected else ("failed" if self.error else "disconnected")
         return f"<NatsSession {self.memory.replica_id!r} -> {self.current_hub!r}: {state}>"
 
+    async def start(self) -> NatsSession:
+        await super().start()
+        return self
+
+    async def __aenter__(self) -> NatsSession:
+        return await self.start()
+
     def status(self) -> PeerStatus:
         status = super().status()
         if self.connected and self.current_hub is not None:
