@@ -236,12 +236,17 @@ class SignedHead:
     key: bytes
     signature: bytes
     claims: tuple[Claim, ...] = field(default=())
+    #: BLAKE3 of the hashes of the entries this head adds to the previous
+    #: one, concatenated (the log keeps them: they name an altered entry).
+    span: bytes = ZERO
 
     def message(self) -> bytes:
         """The bytes signed: the core's head message, then the BLAKE3 of the
-        claims' canonical JSON."""
-        return audit_head_message(self.replica, self.seq, self.head, self.time_ns) + audit_hash(
-            _claims_bytes(self.claims)
+        claims' canonical JSON, then :attr:`span`."""
+        return (
+            audit_head_message(self.replica, self.seq, self.head, self.time_ns)
+            + audit_hash(_claims_bytes(self.claims))
+            + self.span
         )
 
     def valid(self) -> bool:
@@ -261,6 +266,7 @@ class SignedHead:
             "key": self.key.hex(),
             "sig": self.signature.hex(),
             "claims": [c.value() for c in self.claims],
+            "span": self.span.hex(),
         }
 
     @classmethod
@@ -287,6 +293,7 @@ class SignedHead:
                 _hex(value["key"], 32),
                 _hex(value["sig"], 64),
                 tuple(claims),
+                _hex(value["span"], 32),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise AuditError(f"a malformed signed head for {replica!r}: {exc}") from None
@@ -316,12 +323,12 @@ CREATE TABLE IF NOT EXISTS info (k TEXT PRIMARY KEY, v BLOB);
 CREATE TABLE IF NOT EXISTS entries (seq INTEGER PRIMARY KEY, body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS heads (
     seq INTEGER NOT NULL, time_ns INTEGER NOT NULL, head BLOB NOT NULL,
-    key BLOB NOT NULL, sig BLOB NOT NULL, claims BLOB NOT NULL
+    key BLOB NOT NULL, sig BLOB NOT NULL, claims BLOB NOT NULL, span BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS peer_heads (
     replica TEXT NOT NULL, seq INTEGER NOT NULL, time_ns INTEGER NOT NULL,
     head BLOB NOT NULL, key BLOB NOT NULL, sig BLOB NOT NULL, claims BLOB NOT NULL,
-    via TEXT NOT NULL, valid INTEGER NOT NULL,
+    span BLOB NOT NULL, via TEXT NOT NULL, valid INTEGER NOT NULL,
     PRIMARY KEY (replica, seq, head, sig)
 );
 CREATE TABLE IF NOT EXISTS claims (
@@ -415,6 +422,13 @@ class AuditLog:
             self.seq, self.head = cp
         last = self._db.execute("SELECT MAX(seq) FROM heads").fetchone()[0]
         self.signed_seq = int(last or 0)
+        #: Hashes of the entries after the latest signed head.
+        self._span: list[bytes] = [
+            audit_entry_hash(bytes(b))
+            for (b,) in self._db.execute(
+                "SELECT body FROM entries WHERE seq > ? ORDER BY seq", (self.signed_seq,)
+            )
+        ]
 
     def _signing_key(self) -> SigningKey:
         p = self.policy
@@ -473,6 +487,7 @@ class AuditLog:
             self.head,
         )
         self.seq, self.head = seq, h
+        self._span.append(h)
         self._pending.append((seq, body))
         if not remote:
             key = (CHANNELS[channel], subject)
@@ -573,7 +588,7 @@ class AuditLog:
         ok = head.valid() and not (head.replica == self.replica_id and head.key != self.public_key)
         with self._lock, self._db:
             self._db.execute(
-                "INSERT OR IGNORE INTO peer_heads VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO peer_heads VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     head.replica,
                     head.seq,
@@ -582,6 +597,7 @@ class AuditLog:
                     head.key,
                     head.signature,
                     _claims_bytes(head.claims),
+                    head.span,
                     via,
                     int(ok),
                 ),
@@ -612,8 +628,16 @@ class AuditLog:
             return None
         now = max(time.time_ns(), self._last_head_time() + 1)
         claims = tuple(c for c in self._claims.values() if c.seq <= self.seq)
+        span = b"".join(self._span)
         unsigned = SignedHead(
-            self.replica_id, self.seq, self.head, now, self.public_key, b"", claims
+            self.replica_id,
+            self.seq,
+            self.head,
+            now,
+            self.public_key,
+            b"",
+            claims,
+            audit_hash(span),
         )
         head = SignedHead(
             self.replica_id,
@@ -623,10 +647,11 @@ class AuditLog:
             self.public_key,
             self.key.sign(unsigned.message()),
             claims,
+            unsigned.span,
         )
         with self._db:
             self._db.execute(
-                "INSERT INTO heads VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO heads VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     head.seq,
                     head.time_ns,
@@ -634,9 +659,11 @@ class AuditLog:
                     head.key,
                     head.signature,
                     _claims_bytes(claims),
+                    span,
                 ),
             )
         self.signed_seq = self.seq
+        self._span.clear()
         self._claims.clear()
         if publish and self.policy.publish:
             self._publish(head)

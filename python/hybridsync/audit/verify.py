@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hybridsync._core import audit_entry_hash, audit_verify_chain
+from hybridsync._core import audit_entry_hash, audit_hash, audit_verify_chain
 from hybridsync.audit.log import (
     CHANNELS,
     ZERO,
@@ -180,8 +180,10 @@ def iter_entries(db: sqlite3.Connection) -> Iterator[AuditEntry]:
             raise AuditError(f"audit entry {seq} is malformed: {exc}") from None
 
 
-def _head_row(replica: str, row: Sequence[Any]) -> SignedHead:
-    seq, t, head, key, sig, claims = row[:6]
+def _head_row(replica: str, row: Sequence[Any], *, blob: bool = False) -> SignedHead:
+    """A head from a table row; ``blob``: the row holds the span's entry
+    hashes themselves (a log's own heads), not their BLAKE3."""
+    seq, t, head, key, sig, claims, span = row[:7]
     try:
         parsed = json.loads(bytes(claims))
         return SignedHead(
@@ -192,6 +194,7 @@ def _head_row(replica: str, row: Sequence[Any]) -> SignedHead:
             bytes(key),
             bytes(sig),
             tuple(Claim(c[0], c[1], int(c[2]), bytes.fromhex(c[3])) for c in parsed),
+            audit_hash(bytes(span)) if blob else bytes(span),
         )
     except (ValueError, TypeError, IndexError, KeyError) as exc:
         raise AuditError(f"a signed head of {replica!r} at {seq} is malformed: {exc}") from None
@@ -199,19 +202,21 @@ def _head_row(replica: str, row: Sequence[Any]) -> SignedHead:
 
 def own_heads(db: sqlite3.Connection, replica: str) -> list[SignedHead]:
     """A log's own signed heads, in the order they were signed."""
-    return [
-        _head_row(replica, r)
-        for r in _rows(db, "SELECT seq, time_ns, head, key, sig, claims FROM heads ORDER BY rowid")
-    ]
+    return [h for h, _ in _own_heads(db, replica)]
+
+
+def _own_heads(db: sqlite3.Connection, replica: str) -> list[tuple[SignedHead, bytes]]:
+    rows = _rows(db, "SELECT seq, time_ns, head, key, sig, claims, span FROM heads ORDER BY rowid")
+    return [(_head_row(replica, r, blob=True), bytes(r[6])) for r in rows]
 
 
 def received_heads(db: sqlite3.Connection, *, valid: bool | None = True) -> list[SignedHead]:
     """The heads of other replicas a log received (valid ones by default)."""
-    sql = "SELECT seq, time_ns, head, key, sig, claims, replica, valid FROM peer_heads"
+    sql = "SELECT seq, time_ns, head, key, sig, claims, span, replica, valid FROM peer_heads"
     out = []
     for r in _rows(db, sql):
-        if valid is None or bool(r[7]) == valid:
-            out.append(_head_row(str(r[6]), r))
+        if valid is None or bool(r[8]) == valid:
+            out.append(_head_row(str(r[7]), r))
     return out
 
 
@@ -255,22 +260,20 @@ def verify_log(
     hashes: dict[int, bytes] = {cp_seq: cp_head}
     for i in range(good):
         hashes[cp_seq + 1 + i] = audit_entry_hash(bodies[i])
+    # Each body's hash at its position, whether the chain holds or not.
+    at = {cp_seq + 1 + i: audit_entry_hash(b) for i, b in enumerate(bodies)}
     report.last_seq = cp_seq + good
     if error is not None:
-        pos = cp_seq + 1 + good
-        # A link that does not match: the entry before it was altered (or
-        # this one's link was); otherwise this entry is missing or misplaced.
-        bad = pos - 1 if good and "previous-entry hash" in error else pos
-        report.problems.append(Problem("chain", bad, f"entry {pos}: {error}"))
         report.last_seq = cp_seq + len(bodies)
     # Own signed heads.
-    heads = own_heads(db, replica)
+    heads = _own_heads(db, replica)
     report.heads = len(heads)
     key: bytes | None = None
     prev: SignedHead | None = None
     matched = cp_seq
     cp_signed = cp_seq == 0
-    for h in heads:
+    confirmed: set[int] = {cp_seq}  # entries whose hash a signed span holds
+    for h, span in heads:
         if key is None:
             key = h.key
             report.public_key = key.hex()
@@ -294,9 +297,28 @@ def verify_log(
                 )
             )
             continue
+        start = prev.seq if prev is not None else h.seq - len(span) // 32
         prev = h
         if h.seq == cp_seq and h.head == cp_head:
             cp_signed = True
+        # The span (signed through its hash) names each altered entry.
+        altered = None
+        if len(span) == 32 * (h.seq - start):
+            for i in range(h.seq - start):
+                k = start + 1 + i
+                if k in at and at[k] != span[32 * i : 32 * i + 32]:
+                    altered = k
+                    break
+                confirmed.add(k)
+        if altered is not None:
+            report.problems.append(
+                Problem(
+                    "rewritten",
+                    altered,
+                    f"entry {altered} is not the entry the head at {h.seq} signed",
+                )
+            )
+            continue
         if h.seq > report.last_seq and error is None:
             report.problems.append(
                 Problem(
@@ -321,6 +343,15 @@ def verify_log(
             continue
         matched = h.seq
         report.signed_seq = h.seq
+    if error is not None:
+        pos = cp_seq + 1 + good
+        # A link that does not match: the entry before it was altered, unless
+        # a signed head vouches for that one (then this one's link was);
+        # otherwise this entry is missing or misplaced.
+        bad = pos
+        if "previous-entry hash" in error and pos - 1 not in confirmed:
+            bad = pos - 1
+        report.problems.insert(0, Problem("chain", bad, f"entry {pos}: {error}"))
     if not cp_signed:
         report.problems.append(
             Problem(

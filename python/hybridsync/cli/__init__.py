@@ -9,6 +9,7 @@
     hybridsync status ws://127.0.0.1:8765                # per-link metrics of that hub
     hybridsync demo                                      # a live swarm on loopback
     hybridsync mcp --join ws://hub-host:8765 --data mem.db   # an MCP memory server on a replica
+    hybridsync audit mem.db --doc plan.md                # verify the audit log; who wrote it
 
 **Secrets** come from an environment variable (``--secret-env``, default
 ``HYBRIDSYNC_SECRET``) or a file (``--secret-file``), never from the command
@@ -38,8 +39,9 @@ from __future__ import annotations
 import click
 
 from hybridsync.bench.cli import bench
+from hybridsync.cli.audit import audit, keygen
 from hybridsync.cli.demo import demo
-from hybridsync.cli.keys import keygen, load_secret
+from hybridsync.cli.keys import load_secret
 from hybridsync.cli.mcp import mcp
 from hybridsync.cli.mirror import FolderMirror
 from hybridsync.cli.node import join, serve
@@ -58,5 +60,5 @@ def main() -> None:
     """
 
 
-for command in (serve, join, status, keygen, demo, bench, mcp):
+for command in (serve, join, status, keygen, demo, bench, mcp, audit):
     main.add_command(command)

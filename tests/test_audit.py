@@ -1,0 +1,471 @@
+"""The audit log: entries for every applied change, verification that names
+the first bad entry after any tampering, signed heads, equivocation across
+replicas, attribution through a hub, and bad input that raises
+hybridsync.errors without stopping sync."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import random
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from hybridsync import KVCache, Link, Memory
+from hybridsync._core import audit_decode_entry, audit_entry, audit_entry_hash
+from hybridsync.audit import (
+    META_PREFIX,
+    AuditError,
+    AuditPolicy,
+    SignedHead,
+    SigningKeyError,
+    attribute,
+    audit_path,
+    find_equivocations,
+    load_signing_key,
+    verify_log,
+)
+from hybridsync.audit.keys import key_to_pem, key_to_text
+from hybridsync.cli import main
+from hybridsync.errors import HybridSyncError, StorageError
+
+
+def exchange(cl: Link, sv: Link) -> None:
+    frame = cl.outgoing()
+    assert frame is not None
+    sv.incoming(frame)
+    reply = sv.outgoing()
+    assert reply is not None
+    cl.incoming(reply)
+
+
+def settle(pairs: list[tuple[Link, Link]], rounds: int = 6) -> None:
+    for _ in range(rounds):
+        for cl, sv in pairs:
+            exchange(cl, sv)
+
+
+def kv_rows(rng: np.random.Generator, cache: KVCache, n: int) -> tuple[np.ndarray, np.ndarray]:
+    shape = (cache.layers, cache.kv_heads, n, cache.head_dim)
+    return (
+        rng.standard_normal(shape).astype(np.float32),
+        rng.standard_normal(shape).astype(np.float32),
+    )
+
+
+def durable_log(tmp_path: Path, n: int = 12, sign_every: int = 4) -> Path:
+    """A durable replica's store with ``n`` text and metadata writes, closed."""
+    path = tmp_path / "a.db"
+    with Memory("a", path=path, audit=AuditPolicy(sign_every=sign_every)) as m:
+        for i in range(n):
+            if i % 2:
+                m.text[f"doc{i % 3}"] = f"version {i}"
+            else:
+                m.meta[f"k{i % 4}"] = {"i": i}
+            m.flush()
+    return path
+
+
+def bodies(path: Path) -> list[tuple[int, bytes]]:
+    with sqlite3.connect(audit_path(path)) as db:
+        return [(int(s), bytes(b)) for s, b in db.execute("SELECT seq, body FROM entries")]
+
+
+def db_of(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(audit_path(path), isolation_level=None)
+
+
+# -- an untouched log ------------------------------------------------------------
+
+
+def test_every_change_appends_an_entry_and_the_untouched_log_verifies(tmp_path: Path) -> None:
+    path = durable_log(tmp_path, n=12)
+    report = verify_log(path)
+    assert report.ok, report.problems
+    assert report.entries == 12 and report.last_seq == 12
+    assert report.signed_seq == 12  # closing signs the tail
+    entries = list(attribute(path))
+    assert [a.entry.seq for a in entries] == list(range(1, 13))
+    assert {a.entry.channel for a in entries} == {"text", "meta"}
+    assert all(a.writer == "a" and a.confirmed for a in entries)
+    # The chain: each entry holds the hash of the one before it.
+    rows = bodies(path)
+    for (_, before), (_, after) in itertools.pairwise(rows):
+        assert audit_decode_entry(after)[10] == audit_entry_hash(before)
+    # Reopening continues the same chain.
+    with Memory("a", path=path, audit=AuditPolicy(sign_every=4)) as m:
+        m.text["doc0"] = "after reopening"
+    report = verify_log(path)
+    assert report.ok and report.last_seq == 13
+
+
+def test_the_log_is_on_for_durable_replicas_and_can_be_turned_off(tmp_path: Path) -> None:
+    with Memory("a", path=tmp_path / "on.db") as m:
+        assert m.audit is not None
+    assert audit_path(tmp_path / "on.db").exists()
+    with Memory("a", path=tmp_path / "off.db", audit=False) as m:
+        assert m.audit is None
+    assert not audit_path(tmp_path / "off.db").exists()
+    assert Memory("a").audit is None
+    assert Memory("a", audit=True).audit is not None
+
+
+def test_kv_writes_are_logged_with_their_owner_and_a_hash_of_the_rows() -> None:
+    rng = np.random.default_rng(1)
+    owner, mirror = Memory("w", audit=True), Memory("r", audit=True)
+    cl, sv = Link(mirror, "w", role="client", epoch=5), Link(owner, "r", role="server")
+    cache = KVCache(2, 2, 32, "q8_0", page_tokens=16)
+    owner.kv["ctx"] = cache
+    cache.append(*kv_rows(rng, cache, 40))
+    settle([(cl, sv)])
+    cache.append(*kv_rows(rng, cache, 3))
+    settle([(cl, sv)])
+    assert owner.audit is not None and mirror.audit is not None
+    own = [a for a in attribute(owner.audit, kv="ctx")]
+    seen = [a for a in attribute(mirror.audit, kv="ctx")]
+    assert len(own) == 3 and all(a.writer == "w" for a in own)
+    assert seen and all(a.writer == "w" and a.entry.via == "w" for a in seen)
+    # Different rows, different content hashes.
+    assert len({a.entry.content for a in own}) == 3
+
+
+# -- tampering -------------------------------------------------------------------
+
+
+def reencode(body: bytes, **changes: Any) -> bytes:
+    f: list[Any] = list(audit_decode_entry(body))
+    names = ["seq", "time_ns", "channel", "kind", "origin", "subject", "writer", "via"]
+    for k, v in changes.items():
+        f[names.index(k)] = v
+    new, _ = audit_entry(*f)
+    return new
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, 11])
+def test_editing_an_entry_names_it(tmp_path: Path, k: int) -> None:
+    path = durable_log(tmp_path)
+    rows = dict(bodies(path))
+    with db_of(path) as db:
+        db.execute(
+            "UPDATE entries SET body = ? WHERE seq = ?", (reencode(rows[k], writer="mallory"), k)
+        )
+    report = verify_log(path)
+    assert not report.ok and report.first_bad == k
+
+
+def test_editing_the_last_entry_is_caught_by_its_signed_head(tmp_path: Path) -> None:
+    path = durable_log(tmp_path)
+    rows = dict(bodies(path))
+    with db_of(path) as db:
+        db.execute("UPDATE entries SET body = ? WHERE seq = 12", (reencode(rows[12], via="x"),))
+    report = verify_log(path)
+    assert not report.ok and report.first_bad == 12
+    assert [p.kind for p in report.problems] == ["rewritten"]
+
+
+@pytest.mark.parametrize("k", [1, 6, 11])
+def test_deleting_an_entry_names_it(tmp_path: Path, k: int) -> None:
+    path = durable_log(tmp_path)
+    with db_of(path) as db:
+        db.execute("DELETE FROM entries WHERE seq = ?", (k,))
+    report = verify_log(path)
+    assert not report.ok and report.first_bad == k
+
+
+@pytest.mark.parametrize("k", [1, 4, 10])
+def test_reordering_entries_names_the_first_moved(tmp_path: Path, k: int) -> None:
+    path = durable_log(tmp_path)
+    rows = dict(bodies(path))
+    with db_of(path) as db:
+        db.execute("UPDATE entries SET body = ? WHERE seq = ?", (rows[k + 1], k))
+        db.execute("UPDATE entries SET body = ? WHERE seq = ?", (rows[k], k + 1))
+    report = verify_log(path)
+    assert not report.ok and report.first_bad == k
+
+
+@pytest.mark.parametrize("k", [1, 7, 12])
+def test_inserting_an_entry_names_it(tmp_path: Path, k: int) -> None:
+    """A forged entry slipped in at position k, linked to the entry before
+    it, the later ones renumbered."""
+    path = durable_log(tmp_path)
+    rows = dict(bodies(path))
+    prev = audit_entry_hash(rows[k - 1]) if k > 1 else bytes(32)
+    forged, _ = audit_entry(k, 1, 0, 1, 0, "doc0", "mallory", "", k, bytes(32), prev)
+    with db_of(path) as db:
+        db.execute("DELETE FROM entries")
+        shifted = [(s if s < k else s + 1, b) for s, b in rows.items()] + [(k, forged)]
+        db.executemany("INSERT INTO entries VALUES (?, ?)", shifted)
+    report = verify_log(path)
+    assert not report.ok and report.first_bad == k
+
+
+def test_truncating_the_log_is_caught(tmp_path: Path) -> None:
+    path = durable_log(tmp_path)
+    with db_of(path) as db:
+        db.execute("DELETE FROM entries WHERE seq > 9")
+    report = verify_log(path)
+    assert not report.ok and report.first_bad == 10
+    assert {p.kind for p in report.problems} == {"truncated"}
+
+
+def test_a_swapped_signature_is_caught(tmp_path: Path) -> None:
+    path = durable_log(tmp_path)
+    with db_of(path) as db:
+        (a, sa), (b, sb) = db.execute("SELECT rowid, sig FROM heads LIMIT 2").fetchall()
+        db.execute("UPDATE heads SET sig = ? WHERE rowid = ?", (sb, a))
+        db.execute("UPDATE heads SET sig = ? WHERE rowid = ?", (sa, b))
+        first = db.execute("SELECT seq FROM heads WHERE rowid = ?", (a,)).fetchone()[0]
+    report = verify_log(path)
+    assert not report.ok and report.first_bad == first
+    assert {p.kind for p in report.problems} == {"signature"}
+
+
+def test_a_replayed_old_head_is_caught(tmp_path: Path) -> None:
+    path = durable_log(tmp_path)
+    with db_of(path) as db:
+        old = db.execute("SELECT * FROM heads ORDER BY rowid LIMIT 1").fetchone()
+        db.execute(f"INSERT INTO heads VALUES ({', '.join('?' * len(old))})", old)
+    report = verify_log(path)
+    assert not report.ok and report.first_bad == old[0]
+    assert {p.kind for p in report.problems} == {"replay"}
+
+
+def test_a_rewritten_and_resigned_history_is_caught_by_a_peer(tmp_path: Path) -> None:
+    """The replica rewrites its own log (with its own key) after a peer kept
+    its head: the cross-check names the first entry that differs."""
+    key = Ed25519PrivateKey.generate()
+    policy = AuditPolicy(sign_every=1, key=key)
+    a = Memory("a", path=tmp_path / "a.db", audit=policy)
+    b = Memory("b", path=tmp_path / "b.db", audit=AuditPolicy(sign_every=1))
+    cl, sv = Link(b, "a", role="client", epoch=3), Link(a, "b", role="server")
+    a.text["plan"] = "the truth"
+    settle([(cl, sv)])
+    a.close()
+    b.close()
+    assert verify_log(tmp_path / "a.db", against=[tmp_path / "b.db"]).ok
+    # Rewrite a's history: a fresh log, another first entry, signed by a's key.
+    audit_path(tmp_path / "a.db").unlink()
+    with Memory("a", audit=policy) as forged_m:
+        forged_m.text["plan"] = "a lie"
+        assert forged_m.audit is not None
+        forged_m.audit.sign()
+        forged_m.audit.db.execute("VACUUM INTO ?", (str(audit_path(tmp_path / "a.db")),))
+    report = verify_log(tmp_path / "a.db", against=[tmp_path / "b.db"])
+    assert not report.ok
+    assert "equivocation" in {p.kind for p in report.problems}
+    assert report.first_bad == 1
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_tampering_is_caught_and_never_crashes(tmp_path: Path, seed: int) -> None:
+    """Random byte flips in random entries of a log signed entry by entry:
+    verification names the flipped entry; listing it raises AuditError (an
+    entry that no longer decodes) or lists it, never anything else."""
+    rng = random.Random(seed)
+    path = durable_log(tmp_path, n=10, sign_every=1)
+    rows = dict(bodies(path))
+    k = rng.randrange(1, 11)
+    body = bytearray(rows[k])
+    i = rng.randrange(len(body))
+    body[i] ^= 1 << rng.randrange(8)
+    with db_of(path) as db:
+        db.execute("UPDATE entries SET body = ? WHERE seq = ?", (bytes(body), k))
+    report = verify_log(path)
+    assert not report.ok
+    assert report.first_bad == k, report.problems
+    with contextlib.suppress(AuditError):
+        attribute(path)
+
+
+# -- pruning ---------------------------------------------------------------------
+
+
+def test_pruning_keeps_verifiability_from_a_signed_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "p.db"
+    with Memory("p", path=path, audit=AuditPolicy(sign_every=5, max_entries=10)) as m:
+        for i in range(40):
+            m.text["d"] = f"v{i}"
+            m.flush()
+    report = verify_log(path)
+    assert report.ok, report.problems
+    assert report.first_seq > 1 and report.entries < 20 and report.last_seq == 40
+    with db_of(path) as db:
+        db.execute("UPDATE info SET v = ? WHERE k = 'checkpoint_head'", (bytes(32),))
+    report = verify_log(path)
+    assert not report.ok and {p.kind for p in report.problems} >= {"checkpoint"}
+
+
+# -- heads across replicas -------------------------------------------------------
+
+
+def test_a_hub_forking_its_log_towards_two_leaves_is_caught() -> None:
+    """Two instances of hub "h" share its key but hold different histories;
+    leaf a syncs with one, leaf b with the other. Each leaf alone sees a
+    valid head; the heads meet in a cross-check and the fork is proven."""
+    key = Ed25519PrivateKey.generate()
+    h1 = Memory("h", audit=AuditPolicy(sign_every=1, key=key))
+    h2 = Memory("h", audit=AuditPolicy(sign_every=1, key=key))
+    a = Memory("a", audit=AuditPolicy(sign_every=1))
+    b = Memory("b", audit=AuditPolicy(sign_every=1))
+    h1.text["plan"] = "ship on monday"
+    h2.text["plan"] = "ship on friday"
+    pa = (Link(a, "h", role="client", epoch=7), Link(h1, "a", role="server"))
+    pb = (Link(b, "h", role="client", epoch=8), Link(h2, "b", role="server"))
+    settle([pa, pb])
+    assert a.audit and b.audit and h1.audit
+    assert verify_log(a.audit).ok and verify_log(b.audit).ok
+    forks = find_equivocations([a.audit, b.audit])
+    assert forks and all(p.kind == "equivocation" and "'h'" in p.message for p in forks)
+    report = verify_log(h1.audit, against=[b.audit])
+    assert not report.ok and "equivocation" in {p.kind for p in report.problems}
+    assert verify_log(h1.audit, against=[a.audit]).ok
+
+
+def test_attribution_end_to_end_three_agents_through_a_hub() -> None:
+    """Agents a, b, c write through hub h; every replica attributes each
+    value to the agent that wrote it (confirmed by the writer's signed
+    claim), not to the hub that relayed it."""
+    rng = np.random.default_rng(3)
+    policy = AuditPolicy(sign_every=1)
+    hub = Memory("h", audit=policy)
+    agents = {n: Memory(n, audit=policy) for n in "abc"}
+    pairs = [
+        (Link(m, "h", role="client", epoch=10 + i), Link(hub, n, role="server"))
+        for i, (n, m) in enumerate(agents.items())
+    ]
+    agents["a"].text["plan.md"] = "1. gather facts\n"
+    agents["b"].meta["tasks"] = {"t1": {"owner": "b", "status": "open"}}
+    cache = KVCache(1, 2, 32, "q4_0", page_tokens=8)
+    agents["c"].kv["ctx"] = cache
+    cache.append(*kv_rows(rng, cache, 12))
+    settle(pairs)
+    agents["c"].text["plan.md"] += "2. write the report\n"
+    settle(pairs)
+    expected_plan = "1. gather facts\n2. write the report\n"
+    for name, m in [*agents.items(), ("h", hub)]:
+        assert m.text["plan.md"] == expected_plan
+        assert m.audit is not None
+        assert verify_log(m.audit).ok
+        plan = attribute(m.audit, doc="plan.md")
+        assert [(r.writer, r.confirmed) for r in plan] == [("a", True), ("c", True)], name
+        tasks = attribute(m.audit, key="tasks")
+        assert tasks and {(r.writer, r.confirmed) for r in tasks} == {("b", True)}, name
+        ctx = attribute(m.audit, kv="ctx")
+        assert ctx and {r.writer for r in ctx} == {"c"}, name
+    leaf = attribute(agents["b"].audit, doc="plan.md")  # type: ignore[arg-type]
+    assert [r.entry.via for r in leaf] == ["h", "h"]
+    assert [r.writer_seq is not None and r.writer_seq > 0 for r in leaf] == [True, True]
+
+
+# -- bad input -------------------------------------------------------------------
+
+
+def test_forged_and_malformed_heads_are_refused_and_sync_goes_on() -> None:
+    hub = Memory("h", audit=AuditPolicy(sign_every=1))
+    a = Memory("a", audit=AuditPolicy(sign_every=1))
+    pair = (Link(a, "h", role="client", epoch=4), Link(hub, "a", role="server"))
+    a.text["x"] = "1"
+    settle([pair])
+    assert hub.audit is not None and a.audit is not None
+    good = a.audit.heads()[-1]
+    # Impersonating b: a's signature over a head that names b.
+    forged = SignedHead("b", good.seq, good.head, good.time_ns, good.key, good.signature)
+    a.meta[META_PREFIX + "b"] = forged.to_value()
+    a.meta[META_PREFIX + "c"] = "not a head"
+    a.text["x"] = "2"
+    settle([pair])
+    assert hub.text["x"] == "2"  # the hub kept syncing
+    report = verify_log(hub.audit)
+    assert report.ok and any("'b'" in w.message for w in report.warnings)
+    with pytest.raises(AuditError):
+        hub.audit.receive_head(forged, via="a")
+    with pytest.raises(AuditError):
+        SignedHead.from_value("c", {"seq": "x"})
+    assert issubclass(AuditError, HybridSyncError)
+
+
+def test_damaged_log_files_raise_hybridsync_errors(tmp_path: Path) -> None:
+    path = durable_log(tmp_path)
+    audit_path(path).write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StorageError):
+        verify_log(path)
+    with pytest.raises(StorageError):
+        Memory("a", path=path)
+    with pytest.raises(StorageError):
+        verify_log(tmp_path / "missing.db")
+    (tmp_path / "x").mkdir()
+    other = durable_log(tmp_path / "x")
+    # Another replica's log next to this replica's store.
+    audit_path(tmp_path / "b.db").write_bytes(audit_path(other).read_bytes())
+    with pytest.raises(AuditError):
+        Memory("b", path=tmp_path / "b.db")
+
+
+def test_keys_from_a_file_or_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = Ed25519PrivateKey.generate()
+    raw = key.public_key().public_bytes_raw()
+    pem = tmp_path / "k.pem"
+    pem.write_bytes(key_to_pem(key))
+    pem.chmod(0o600)
+    assert load_signing_key(key_file=pem).public_key().public_bytes_raw() == raw
+    monkeypatch.setenv("HYBRIDSYNC_AUDIT_KEY", key_to_text(key))
+    assert load_signing_key().public_key().public_bytes_raw() == raw
+    with Memory("a", audit=True) as m:
+        assert m.audit is not None and m.audit.public_key == raw
+    for bad in ("", "not base64 at all!", key_to_text(key)[:20]):
+        monkeypatch.setenv("HYBRIDSYNC_AUDIT_KEY", bad)
+        with pytest.raises(SigningKeyError) as info:
+            load_signing_key()
+        assert key_to_text(key) not in str(info.value)
+    (tmp_path / "big").write_bytes(b"x" * 5000)
+    with pytest.raises(SigningKeyError):
+        load_signing_key(key_file=tmp_path / "big")
+
+
+# -- the command line ------------------------------------------------------------
+
+
+def test_cli_audit_verifies_lists_and_fails_on_tampering(tmp_path: Path) -> None:
+    path = durable_log(tmp_path)
+    runner = CliRunner()
+    ok = runner.invoke(main, ["audit", str(path)])
+    assert ok.exit_code == 0, ok.output
+    assert "OK" in ok.output
+    listed = runner.invoke(main, ["audit", str(path), "--doc", "doc1", "--json"])
+    assert listed.exit_code == 0, listed.output
+    data = json.loads(listed.output)
+    assert data["report"]["ok"] and data["entries"]
+    assert all(e["subject"] == "doc1" and e["attributed_to"] == "a" for e in data["entries"])
+    keyed = json.loads(runner.invoke(main, ["audit", str(path), "--key", "k0", "--json"]).output)
+    assert keyed["entries"] and all(e["subject"][0] == "k0" for e in keyed["entries"])
+    with db_of(path) as db:
+        db.execute("DELETE FROM entries WHERE seq = 3")
+    bad = runner.invoke(main, ["audit", str(path), "--json"])
+    assert bad.exit_code == 1
+    assert json.loads(bad.output)["report"]["first_bad"] == 3
+    table = runner.invoke(main, ["audit", str(path)])
+    assert table.exit_code == 1 and "FAILED" in table.output
+
+
+def test_cli_keygen_signing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = CliRunner()
+    printed = runner.invoke(main, ["keygen", "--signing"])
+    assert printed.exit_code == 0
+    monkeypatch.setenv("HYBRIDSYNC_AUDIT_KEY", printed.output.strip())
+    load_signing_key()
+    out = tmp_path / "audit.pem"
+    assert runner.invoke(main, ["keygen", "--signing", "--out", str(out)]).exit_code == 0
+    assert out.stat().st_mode & 0o777 == 0o600
+    load_signing_key(key_file=out)
+    assert runner.invoke(main, ["keygen", "--signing", "--out", str(out)]).exit_code != 0
+    secret = runner.invoke(main, ["keygen"])  # the swarm secret, as before
+    assert secret.exit_code == 0 and len(secret.output.strip()) >= 43
