@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
@@ -60,13 +61,27 @@ def free_port() -> int:
 class NatsServer:
     """A real nats-server on a free loopback port (config file in a temp dir)."""
 
-    def __init__(self, root: Path, name: str = "n0", max_payload: int | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        name: str = "n0",
+        max_payload: int | None = None,
+        extra: str = "",
+        port: int | None = None,
+    ) -> None:
         self.root = root / name
         self.root.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        lines = [f"listen: 127.0.0.1:{self.port}", f"server_name: {name}"]
+        self.port = port or free_port()
+        self.http = free_port()
+        lines = [
+            f"listen: 127.0.0.1:{self.port}",
+            f"server_name: {name}",
+            f"http: 127.0.0.1:{self.http}",
+        ]
         if max_payload is not None:
             lines.append(f"max_payload: {max_payload}")
+        if extra:
+            lines.append(extra)
         self.config = self.root / "server.conf"
         self.config.write_text("\n".join(lines) + "\n")
         self.log = self.root / "server.log"
@@ -91,6 +106,17 @@ class NatsServer:
             if time.monotonic() > deadline:
                 raise AssertionError("nats-server did not start")
             time.sleep(0.02)
+
+    def monitor(self, endpoint: str) -> dict[str, Any]:
+        """The server's monitoring JSON (``varz``, ``routez``, ``leafz``...)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/{endpoint}", timeout=10) as r:
+            data: dict[str, Any] = json.loads(r.read())
+        return data
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
