@@ -31,12 +31,16 @@ that travelled through hubs to the replica that wrote it.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import os
 import sqlite3
+import struct
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,8 +62,9 @@ from hybridsync.audit.keys import (
     public_key_bytes,
     verify_signature,
 )
-from hybridsync.channels.events import KVEvent, MetaEvent, Origin, Subscription, TextEvent
-from hybridsync.errors import CorruptionError, InvalidArgumentError, StorageError
+from hybridsync.audit.segments import Segments
+from hybridsync.channels.events import KVEvent, MetaEvent, Origin, Subscription
+from hybridsync.errors import CorruptionError, DecodeError, InvalidArgumentError, StorageError
 
 __all__ = [
     "CHANNELS",
@@ -86,7 +91,14 @@ META_PREFIX = "_hybridsync_audit/"
 ZERO = bytes(32)
 #: Claims carried by one head at most (the latest local writes win).
 MAX_CLAIMS = 1024
+#: Longest signed head accepted from the metadata, in characters.
+MAX_HEAD_CHARS = 1 << 20
+_HEAD_FIXED = 1 + 16 + 32 + 32 + 64 + 32
+#: Claims received that the log remembers for attributing new entries.
+_RECENT_CLAIMS = 4096
 _SCHEMA = 1
+#: The log folder's SQLite file (heads, heads received, claims, settings).
+DB_NAME = "audit.sqlite"
 
 
 class AuditError(CorruptionError):
@@ -96,8 +108,33 @@ class AuditError(CorruptionError):
 
 
 def audit_path(store_path: str | os.PathLike[str]) -> Path:
-    """Where a durable replica at ``store_path`` keeps its audit log."""
+    """The folder where a durable replica at ``store_path`` keeps its audit
+    log (its segments and ``audit.sqlite``)."""
     return Path(os.fspath(store_path) + ".audit")
+
+
+class _TextListener:
+    """The log's ear on the text channel (a :class:`ChangeListener`)."""
+
+    def __init__(self, log: AuditLog) -> None:
+        self._log = log
+
+    def on_text_changed(self, name: str, origin: Origin) -> None:
+        self._log._guarded(self._log._on_text, name, origin)
+
+    def on_text_deleted(self, name: str, origin: Origin) -> None:
+        self._log._guarded(self._log._on_text, name, origin)
+
+    def on_meta_changed(self, origin: Origin) -> None:
+        pass
+
+    def on_kv_changed(
+        self, name: str, first_page: int, source: object, *, reset: bool, first_token: int
+    ) -> None:
+        pass
+
+    def on_kv_deleted(self, name: str, owner: str, uid: int, source: object) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -118,18 +155,26 @@ class AuditPolicy:
             ``$HYBRIDSYNC_AUDIT_KEY`` when set, else a key generated once
             and kept in the log file.
         key_file: a file holding the key (see :mod:`hybridsync.audit.keys`).
+        segment_entries: a new segment file starts after a signed head once
+            the current one holds this many entries (pruning removes whole
+            segments).
     """
 
     enabled: bool = True
-    sign_every: int = 64
+    sign_every: int = 1024
     publish: bool = True
     max_entries: int | None = None
     key: SigningKey | None = None
     key_file: str | os.PathLike[str] | None = None
+    segment_entries: int = 16384
 
     def __post_init__(self) -> None:
         if not isinstance(self.sign_every, int) or self.sign_every < 1:
             raise InvalidArgumentError(f"sign_every must be an int >= 1, got {self.sign_every!r}")
+        if not isinstance(self.segment_entries, int) or self.segment_entries < 1:
+            raise InvalidArgumentError(
+                f"segment_entries must be an int >= 1, got {self.segment_entries!r}"
+            )
         if self.max_entries is not None and (
             not isinstance(self.max_entries, int) or self.max_entries < 1
         ):
@@ -257,49 +302,67 @@ class SignedHead:
             return False
         return verify_signature(self.key, self.signature, msg)
 
-    def to_value(self) -> dict[str, Any]:
-        """As a metadata value (big numbers as decimal strings)."""
-        return {
-            "seq": self.seq,
-            "head": self.head.hex(),
-            "time": str(self.time_ns),
-            "key": self.key.hex(),
-            "sig": self.signature.hex(),
-            "claims": [c.value() for c in self.claims],
-            "span": self.span.hex(),
-        }
+    def to_value(self) -> str:
+        """As a metadata value: ``"h1:"`` and the URL-safe base64 of version
+        byte 1, seq and time (u64 little-endian), head, key, signature and
+        span, then the claims' canonical JSON."""
+        raw = (
+            b"\x01"
+            + struct.pack("<QQ", self.seq, self.time_ns)
+            + self.head
+            + self.key
+            + self.signature
+            + self.span
+            + _claims_bytes(self.claims)
+        )
+        return "h1:" + base64.urlsafe_b64encode(raw).decode()
 
     @classmethod
     def from_value(cls, replica: str, value: Any) -> SignedHead:
         """Parse a metadata value; :class:`AuditError` when malformed (the
         signature is not checked here: see :meth:`valid`)."""
         try:
-            if not isinstance(value, dict):
-                raise TypeError("not a dict")
-            claims_in = value.get("claims", [])
+            if not isinstance(value, str) or not value.startswith("h1:"):
+                raise TypeError("not a signed head")
+            if len(value) > MAX_HEAD_CHARS:
+                raise ValueError(f"longer than {MAX_HEAD_CHARS} characters")
+            raw = base64.urlsafe_b64decode(value[3:].encode())
+            if len(raw) < _HEAD_FIXED or raw[0] != 1:
+                raise ValueError("truncated, or an unknown version")
+            seq, t = struct.unpack_from("<QQ", raw, 1)
+            o = 17
+            head, key, sig, span = (
+                raw[o : o + 32],
+                raw[o + 32 : o + 64],
+                raw[o + 64 : o + 128],
+                raw[o + 128 : o + 160],
+            )
+            claims_in = json.loads(raw[_HEAD_FIXED:])
             if not isinstance(claims_in, list) or len(claims_in) > MAX_CLAIMS:
                 raise TypeError("claims")
             claims = []
             for c in claims_in:
-                ch, subject, seq, content = c
+                ch, subject, cseq, content = c
                 if ch not in CHANNELS or not isinstance(subject, str):
                     raise TypeError("claim")
-                claims.append(Claim(ch, subject, _int(seq), _hex(content, 32)))
-            return cls(
-                replica,
-                _int(value["seq"]),
-                _hex(value["head"], 32),
-                int(str(value["time"])),
-                _hex(value["key"], 32),
-                _hex(value["sig"], 64),
-                tuple(claims),
-                _hex(value["span"], 32),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
+                claims.append(Claim(ch, subject, _int(cseq), _hex(content, 32)))
+            if seq >= 1 << 63 or t >= 1 << 63:
+                raise ValueError("number out of range")
+            return cls(replica, seq, head, t, key, sig, tuple(claims), span)
+        except (TypeError, ValueError, binascii.Error, UnicodeDecodeError) as exc:
             raise AuditError(f"a malformed signed head for {replica!r}: {exc}") from None
 
     def to_json(self) -> dict[str, Any]:
-        return {"replica": self.replica, **self.to_value()}
+        return {
+            "replica": self.replica,
+            "seq": self.seq,
+            "head": self.head.hex(),
+            "time_ns": self.time_ns,
+            "key": self.key.hex(),
+            "signature": self.signature.hex(),
+            "span": self.span.hex(),
+            "claims": [c.value() for c in self.claims],
+        }
 
 
 def _int(v: Any) -> int:
@@ -320,7 +383,6 @@ def _hex(v: Any, n: int) -> bytes:
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS info (k TEXT PRIMARY KEY, v BLOB);
-CREATE TABLE IF NOT EXISTS entries (seq INTEGER PRIMARY KEY, body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS heads (
     seq INTEGER NOT NULL, time_ns INTEGER NOT NULL, head BLOB NOT NULL,
     key BLOB NOT NULL, sig BLOB NOT NULL, claims BLOB NOT NULL, span BLOB NOT NULL
@@ -366,29 +428,42 @@ class AuditLog:
         self.replica_id: str = memory.replica_id
         self.policy = policy or AuditPolicy()
         self.path = None if path is None else Path(os.fspath(path))
+        self.fsync = fsync
         self._lock = threading.RLock()
         try:
+            if self.path is not None:
+                self.path.mkdir(mode=0o700, exist_ok=True)
             self._db = sqlite3.connect(
-                ":memory:" if self.path is None else str(self.path),
+                ":memory:" if self.path is None else str(self.path / DB_NAME),
                 isolation_level=None,
                 check_same_thread=False,
             )
-            if self.path is not None:
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
-            self._db.executescript(_TABLES)
-        except sqlite3.DatabaseError as exc:
+        except (OSError, sqlite3.DatabaseError) as exc:
             raise StorageError(f"cannot open the audit log {self.path}: {exc}") from None
+        self.segments = Segments(self.path, roll_entries=self.policy.segment_entries)
         try:
+            try:
+                if self.path is not None:
+                    self._db.execute("PRAGMA journal_mode=WAL")
+                    # Entries are synced before each signed head (see _sign).
+                    self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.executescript(_TABLES)
+            except sqlite3.DatabaseError as exc:
+                raise StorageError(f"cannot open the audit log {self.path}: {exc}") from None
             self._open()
         except BaseException:
             self._db.close()
+            self.segments.close()
             raise
         self._pending: list[tuple[int, bytes]] = []
         self._claims: dict[tuple[str, str], Claim] = {}
+        self._docs: set[str] = set(memory.text)  # to tell a creation from an update
+        self._recent: OrderedDict[tuple[str, str, bytes], str] = OrderedDict()
         self._subs: list[Subscription] = []
         changes = memory.changes
-        self._subs.append(changes.observe("text", None, self._on_text))
+        # Text through a listener (no per-change diff, unlike text observers).
+        self._listener = _TextListener(self)
+        changes.add_listener(self._listener)
         self._subs.append(changes.observe("meta", (), self._on_meta))
         self._subs.append(changes.observe("kv", None, self._on_kv))
         self.closed = False
@@ -414,21 +489,26 @@ class AuditLog:
                 )
         self.key = self._signing_key()
         self.public_key = public_key_bytes(self.key)
-        row = self._db.execute("SELECT seq, body FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
-        cp = self._checkpoint()
-        if row is not None:
-            self.seq, self.head = int(row[0]), audit_entry_hash(row[1])
-        else:
-            self.seq, self.head = cp
+        tail = self.segments.open()
+        self.seq, self.head = self._checkpoint()
+        if tail:
+            try:
+                self.seq = audit_decode_entry(tail[-1])[0]
+            except DecodeError as exc:
+                raise AuditError(
+                    f"{self.path}: the last audit entry is malformed ({exc}); "
+                    "`hybridsync audit` tells which entries are damaged"
+                ) from None
+            self.head = audit_entry_hash(tail[-1])
         last = self._db.execute("SELECT MAX(seq) FROM heads").fetchone()[0]
         self.signed_seq = int(last or 0)
         #: Hashes of the entries after the latest signed head.
-        self._span: list[bytes] = [
-            audit_entry_hash(bytes(b))
-            for (b,) in self._db.execute(
-                "SELECT body FROM entries WHERE seq > ? ORDER BY seq", (self.signed_seq,)
-            )
-        ]
+        self._span: list[bytes] = []
+        if self.seq > self.signed_seq:
+            for first, records in self.segments.all_records():
+                for i, body in enumerate(records):
+                    if first + i > self.signed_seq:
+                        self._span.append(audit_entry_hash(body))
 
     def _signing_key(self) -> SigningKey:
         p = self.policy
@@ -497,35 +577,46 @@ class AuditLog:
                 self._claims.pop(next(iter(self._claims)))
 
     def _claimed(self, channel: int, subject: str, content: bytes) -> str | None:
-        """The writer of a claim received for this content, if any."""
-        row = self._db.execute(
-            "SELECT writer FROM claims WHERE channel = ? AND subject = ? AND content = ? "
-            "ORDER BY head_seq DESC LIMIT 1",
-            (CHANNELS[channel], subject, content),
-        ).fetchone()
-        return None if row is None else str(row[0])
+        """The writer of a recently received claim of this content, if any."""
+        return self._recent.get((CHANNELS[channel], subject, content))
+
+    def _guarded(self, fn: Any, *args: Any) -> None:
+        """Listeners never raise: a failure is logged (the change stands)."""
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("%s: the audit log failed to record a change", self.replica_id)
 
     def _after(self) -> None:
-        if self.path is None:
+        # A durable log signs at commit points only (what it signs is on
+        # disk); one in memory signs as soon as the policy says.
+        if self.path is None and self.seq - self.signed_seq >= self.policy.sign_every:
             self.commit()
 
-    def _on_text(self, event: TextEvent) -> None:
-        if event.origin.kind == "restore":
+    def _on_text(self, name: str, origin: Origin) -> None:
+        if origin.kind == "restore":
             return
         with self._lock:
-            content = ZERO if event.new is None else audit_hash(event.new.encode())
-            self._append(0, event.kind, event.origin, event.name, content)
+            new = self.memory.text.get(name)
+            if new is None:
+                self._docs.discard(name)
+                self._append(0, "delete", origin, name, ZERO)
+            else:
+                kind = "update" if name in self._docs else "create"
+                self._docs.add(name)
+                self._append(0, kind, origin, name, audit_hash(new.encode()))
             self._after()
 
     def _on_meta(self, event: MetaEvent) -> None:
         if event.origin.kind == "restore":
             return
         with self._lock:
-            heads: set[str] = set()
+            heads: dict[str, Any] = {}
             for change in event.changes:
                 top = change.path[0] if change.path else ""
                 if top.startswith(META_PREFIX):
-                    heads.add(top)
+                    if len(change.path) == 1 and change.kind != "delete":
+                        heads[top] = change.new
                     continue
                 subject = json.dumps(list(change.path), ensure_ascii=False)
                 content = (
@@ -540,7 +631,7 @@ class AuditLog:
                 self._append(1, change.kind, event.origin, subject, content)
             if event.origin.kind == "remote":
                 for top in sorted(heads):
-                    self._receive_published(top, event.origin.peer or "")
+                    self._receive_published(top, heads[top], event.origin.peer or "")
             self._after()
 
     def _on_kv(self, event: KVEvent) -> None:
@@ -566,15 +657,10 @@ class AuditLog:
                 parts.extend(rows[h, first:tokens] for h in range(rows.shape[0]))
         return audit_hash_parts(parts)
 
-    def _receive_published(self, top: str, via: str) -> None:
+    def _receive_published(self, top: str, value: Any, via: str) -> None:
         replica = top[len(META_PREFIX) :]
         try:
-            value = self.memory.meta[top]
-        except KeyError:
-            return  # deleted
-        plain = value.to_py() if hasattr(value, "to_py") else value
-        try:
-            self.receive_head(SignedHead.from_value(replica, plain), via=via)
+            self.receive_head(SignedHead.from_value(replica, value), via=via)
         except AuditError as exc:
             log.warning("%s: refused a signed head from %r: %s", self.replica_id, via, exc)
 
@@ -603,6 +689,11 @@ class AuditLog:
                 ),
             )
             if ok and head.replica != self.replica_id:
+                for c in head.claims:
+                    self._recent[(c.channel, c.subject, c.content)] = head.replica
+                    self._recent.move_to_end((c.channel, c.subject, c.content))
+                while len(self._recent) > _RECENT_CLAIMS:
+                    self._recent.popitem(last=False)
                 self._db.executemany(
                     "INSERT OR IGNORE INTO claims VALUES (?, ?, ?, ?, ?, ?)",
                     [
@@ -649,6 +740,9 @@ class AuditLog:
             claims,
             unsigned.span,
         )
+        if self.fsync:
+            self.segments.sync()  # never sign what a power loss could take back
+            self._db.execute("PRAGMA synchronous=FULL")
         with self._db:
             self._db.execute(
                 "INSERT INTO heads VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -662,7 +756,10 @@ class AuditLog:
                     span,
                 ),
             )
+        if self.fsync and self.path is not None:
+            self._db.execute("PRAGMA synchronous=NORMAL")
         self.signed_seq = self.seq
+        self.segments.roll(self.seq + 1)
         self._span.clear()
         self._claims.clear()
         if publish and self.policy.publish:
@@ -684,15 +781,20 @@ class AuditLog:
         keep = self.policy.max_entries
         if keep is None:
             return
-        row = self._db.execute(
-            "SELECT seq, head FROM heads WHERE seq <= ? ORDER BY seq DESC LIMIT 1",
-            (self.seq - keep,),
-        ).fetchone()
-        if row is None or int(row[0]) <= self._checkpoint()[0]:
+        # Segments start after signed heads: drop whole ones, the head before
+        # the first one kept becoming the checkpoint.
+        self.segments.prune(self.seq - keep)
+        first = self.segments.firsts()[0] if self.segments.firsts() else self.seq + 1
+        seq = first - 1
+        if seq <= self._checkpoint()[0]:
             return
-        seq, head = int(row[0]), bytes(row[1])
+        row = self._db.execute(
+            "SELECT head FROM heads WHERE seq = ? ORDER BY rowid DESC LIMIT 1", (seq,)
+        ).fetchone()
+        if row is None:
+            raise AuditError(f"{self.path}: no signed head at {seq}, where a segment ends")
+        head = bytes(row[0])
         with self._db:
-            self._db.execute("DELETE FROM entries WHERE seq <= ?", (seq,))
             self._db.execute("DELETE FROM heads WHERE seq < ?", (seq,))
             self._db.execute("INSERT OR REPLACE INTO info VALUES ('checkpoint_seq', ?)", (seq,))
             self._db.execute("INSERT OR REPLACE INTO info VALUES ('checkpoint_head', ?)", (head,))
@@ -703,15 +805,12 @@ class AuditLog:
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        try:
-            with self._db:
-                self._db.executemany("INSERT INTO entries VALUES (?, ?)", pending)
-        except sqlite3.DatabaseError as exc:
-            raise StorageError(f"cannot write the audit log {self.path}: {exc}") from None
+        self.segments.append(pending[0][0], [body for _, body in pending])
 
     def commit(self) -> None:
-        """Write the entries appended since the last commit (one
-        transaction), then sign and publish the head when the policy says."""
+        """Append the entries made since the last commit to the log's
+        segment (one write), then sign and publish the head when the policy
+        says."""
         with self._lock:
             if self.closed:
                 return
@@ -726,12 +825,14 @@ class AuditLog:
                 return
             for sub in self._subs:
                 sub.close()
+            self.memory.changes.remove_listener(self._listener)
             self._write()
             # The replica is closing: its last head is kept, not published
             # (the metadata would not be saved or sent any more).
             self._sign(publish=False)
             self.closed = True
             self._db.close()
+            self.segments.close()
 
     # -- reading
 
@@ -746,7 +847,7 @@ class AuditLog:
 
         with self._lock:
             self._write()
-            yield from iter_entries(self._db)
+            yield from iter_entries(self)
 
     def heads(self) -> list[SignedHead]:
         """This replica's signed heads kept, oldest first."""

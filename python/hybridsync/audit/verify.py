@@ -35,6 +35,7 @@ from typing import Any
 from hybridsync._core import audit_entry_hash, audit_hash, audit_verify_chain
 from hybridsync.audit.log import (
     CHANNELS,
+    DB_NAME,
     ZERO,
     AuditEntry,
     AuditError,
@@ -43,6 +44,7 @@ from hybridsync.audit.log import (
     SignedHead,
     audit_path,
 )
+from hybridsync.audit.segments import Segments, parse_records
 from hybridsync.errors import DecodeError, StorageError
 
 __all__ = [
@@ -127,32 +129,40 @@ class AuditReport:
 # -- reading a log file --------------------------------------------------------
 
 
-def open_log(path: str | os.PathLike[str]) -> sqlite3.Connection:
-    """Open an audit log read-only: ``path`` is the log itself or the
+@dataclass
+class LogFiles:
+    """An audit log opened for reading: its SQLite file and its segments."""
+
+    db: sqlite3.Connection
+    segments: Segments
+    where: str
+
+
+def open_log(path: str | os.PathLike[str]) -> LogFiles:
+    """Open an audit log read-only: ``path`` is the log's folder or the
     durable replica's store (its log is ``<path>.audit``). Raises
-    :class:`~hybridsync.errors.StorageError` when there is none."""
+    :class:`~hybridsync.errors.StorageError` when there is none,
+    :class:`AuditError` when it cannot be read."""
     p = Path(os.fspath(path))
-    if not p.name.endswith(".audit") and audit_path(p).exists():
+    if not p.is_dir() and audit_path(p).is_dir():
         p = audit_path(p)
-    if not p.is_file():
+    if not (p / DB_NAME).is_file():
         raise StorageError(f"no audit log at {p}")
     try:
-        db = sqlite3.connect(f"file:{p}?mode=ro", uri=True, check_same_thread=False)
+        db = sqlite3.connect(f"file:{p / DB_NAME}?mode=ro", uri=True, check_same_thread=False)
         db.execute("SELECT v FROM info WHERE k = 'replica'").fetchone()
     except sqlite3.DatabaseError as exc:
         raise AuditError(f"{p} is not a readable audit log: {exc}") from None
-    return db
+    return LogFiles(db, Segments(p), str(p))
 
 
-def _connect(
-    log: AuditLog | sqlite3.Connection | str | os.PathLike[str],
-) -> tuple[sqlite3.Connection, str]:
+def _connect(log: AuditLog | LogFiles | str | os.PathLike[str]) -> LogFiles:
+    if isinstance(log, LogFiles):
+        return log
     if isinstance(log, AuditLog):
         log.commit()
-        return log.db, str(log.path or "<memory>")
-    if isinstance(log, sqlite3.Connection):
-        return log, "<connection>"
-    return open_log(log), os.fspath(log)
+        return LogFiles(log.db, log.segments, str(log.path or "<memory>"))
+    return open_log(log)
 
 
 def _info(db: sqlite3.Connection, key: str) -> Any:
@@ -170,14 +180,16 @@ def _rows(db: sqlite3.Connection, sql: str, args: Sequence[Any] = ()) -> list[An
         raise AuditError(f"the audit log cannot be read: {exc}") from None
 
 
-def iter_entries(db: sqlite3.Connection) -> Iterator[AuditEntry]:
+def iter_entries(log: AuditLog | LogFiles | str | os.PathLike[str]) -> Iterator[AuditEntry]:
     """Every entry kept, by position (raises :class:`AuditError` for one that
     cannot be decoded)."""
-    for seq, body in _rows(db, "SELECT seq, body FROM entries ORDER BY seq"):
-        try:
-            yield AuditEntry.decode(bytes(body), audit_entry_hash(bytes(body)))
-        except (DecodeError, TypeError) as exc:
-            raise AuditError(f"audit entry {seq} is malformed: {exc}") from None
+    view = _connect(log)
+    for first, records in view.segments.all_records():
+        for i, body in enumerate(records):
+            try:
+                yield AuditEntry.decode(body, audit_entry_hash(body))
+            except (DecodeError, TypeError) as exc:
+                raise AuditError(f"audit entry {first + i} is malformed: {exc}") from None
 
 
 def _head_row(replica: str, row: Sequence[Any], *, blob: bool = False) -> SignedHead:
@@ -233,7 +245,8 @@ def verify_log(
     Returns an :class:`AuditReport` (``report.ok``; ``report.first_bad``
     names the first bad entry); raises :class:`AuditError` only when the log
     cannot be read at all."""
-    db, where = _connect(log)
+    view = _connect(log)
+    db, where = view.db, view.where
     replica = _info(db, "replica")
     if not isinstance(replica, str):
         raise AuditError(f"{where} is not an audit log (no replica id)")
@@ -241,22 +254,20 @@ def verify_log(
     cp_seq_raw, cp_head_raw = _info(db, "checkpoint_seq"), _info(db, "checkpoint_head")
     cp_seq = int(cp_seq_raw or 0)
     cp_head = bytes(cp_head_raw) if cp_head_raw is not None else ZERO
-    rows = _rows(db, "SELECT seq, body FROM entries ORDER BY seq")
-    bodies = [bytes(b) for _, b in rows]
+    first_kept, raw = view.segments.raw()
+    bodies, _ = parse_records(raw, where, lenient=True)
     report.entries = len(bodies)
     report.first_seq = cp_seq + 1
-    # The chain, in the core.
-    buf = bytearray()
-    for b in bodies:
-        n = len(b)
-        while True:
-            byte = n & 0x7F
-            n >>= 7
-            buf.append(byte | (0x80 if n else 0))
-            if not n:
-                break
-        buf += b
-    good, _head, error = audit_verify_chain(bytes(buf), cp_seq + 1, cp_head)
+    if bodies and first_kept != cp_seq + 1:
+        report.problems.append(
+            Problem(
+                "checkpoint",
+                cp_seq + 1,
+                f"the first segment starts at entry {first_kept}, the checkpoint is at {cp_seq}",
+            )
+        )
+    # The chain, in the core (a torn last record fails it too).
+    good, _head, error = audit_verify_chain(raw, cp_seq + 1, cp_head)
     hashes: dict[int, bytes] = {cp_seq: cp_head}
     for i in range(good):
         hashes[cp_seq + 1 + i] = audit_entry_hash(bodies[i])
@@ -371,7 +382,8 @@ def verify_log(
         )
     # Cross-checks.
     others = [_connect(o) for o in against]
-    for odb, owhere in others:
+    for other in others:
+        odb, owhere = other.db, other.where
         report.checked_against.append(owhere)
         for h in received_heads(odb):
             if h.replica != replica:
@@ -403,20 +415,23 @@ def verify_log(
                         "history differs from what that replica was shown",
                     )
                 )
-    for p in find_equivocations([db, *(o for o, _ in others)]):
+    for p in find_equivocations([view, *others]):
         if p not in report.problems:
             report.problems.append(p)
     return report
 
 
-def find_equivocations(logs: Sequence[AuditLog | sqlite3.Connection | str]) -> list[Problem]:
+def find_equivocations(
+    logs: Sequence[AuditLog | LogFiles | str | os.PathLike[str]],
+) -> list[Problem]:
     """Replicas that signed two different heads at one position, among every
     head the given logs hold (their own and those received): each is proof
     that the replica showed two histories."""
     seen: dict[tuple[str, bytes, int], tuple[bytes, str]] = {}
     out: list[Problem] = []
     for log in logs:
-        db, where = _connect(log)
+        view = _connect(log)
+        db, where = view.db, view.where
         replica = _info(db, "replica")
         heads = received_heads(db) + (own_heads(db, replica) if isinstance(replica, str) else [])
         for h in heads:
@@ -471,11 +486,12 @@ def attribute(
     when none is given), each attributed to the replica that wrote it: a
     value that came through hubs goes to the writer whose signed claim
     matches its content hash."""
-    db, _ = _connect(log)
+    view = _connect(log)
+    db = view.db
     replica = _info(db, "replica")
     signed = _rows(db, "SELECT MAX(seq) FROM heads")[0][0] or 0
     out = []
-    for e in iter_entries(db):
+    for e in iter_entries(view):
         if (doc is not None or key is not None or kv is not None) and not (
             (doc is not None and e.touches("text", doc))
             or (key is not None and e.touches("meta", key))

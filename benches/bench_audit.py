@@ -1,0 +1,251 @@
+#!/usr/bin/env python3
+"""What the audit log costs: sync cycles with and without it, side by side in one run.
+
+Every ratio is taken between configurations measured in the same process, interleaved: each
+round runs one step of every configuration, the order rotating from round to round, so that
+they share the machine's noise. CPU is ``time.process_time`` of the whole step (the edit or
+the KV append, then one cycle: ``f = client.outgoing(); server.incoming(f);
+r = server.outgoing(); client.incoming(r)``), both replicas of a pair together.
+
+1. **Edit cycle** (a real editing trace, ``seph-blog1``): one client/server pair per
+   configuration; each round applies the trace's next transaction to the client's document
+   and runs one cycle. Configurations: durable replicas (``fsync=False``, files in a fresh
+   temporary folder) without and with the audit log (its default policy: a signed head every
+   64 entries), and in-memory replicas without and with it (``audit=True``). Reported: CPU
+   per cycle, the ratio with/without, and the wire bytes: the share of the traffic that the
+   signed heads (published through the metadata) add.
+2. **Large KV cycle**: an in-memory owner and mirror of a q4_0 cache of 32 layers x 8 KV heads
+   x head_dim 128 holding about 1 GiB (``--quick``: 63 MiB), with and without the audit log;
+   each round appends 256 tokens (one new page per layer, K/V and head: 9.4 MB of rows) and
+   runs one cycle. The audit log hashes the new rows on both sides (BLAKE3).
+
+Usage::
+
+    python benches/bench_audit.py [--quick] [--out benches/results]
+
+It writes ``audit.md`` and ``audit.json`` (``audit-quick.*`` with ``--quick``) into
+``--out``. Absolute numbers depend on the machine and are never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hybridsync import KVCache, Link, Memory
+from hybridsync.traces import apply_splices, load_trace
+
+SEED = 20_261_207
+PAGE_TOKENS = 256
+GEOMETRY = (32, 8, 128)
+KV_PAGES, QUICK_KV_PAGES = 114, 7
+KV_ROUNDS, QUICK_KV_ROUNDS = 15, 4
+EDIT_ROUNDS, QUICK_EDIT_ROUNDS = 4000, 400
+TRACE = "seph-blog1"
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class Pair:
+    """A client/server pair of replicas and the CPU and bytes of its steps."""
+
+    def __init__(self, client: Memory, server: Memory, **link: Any) -> None:
+        self.client, self.server = client, server
+        self.cl = Link(client, server.replica_id, role="client", epoch=9, **link)
+        self.sv = Link(server, client.replica_id, role="server", **link)
+        self.cpu: list[float] = []
+        self.wire = 0
+
+    def cycle(self) -> None:
+        f = self.cl.outgoing()
+        assert f is not None
+        self.sv.incoming(f)
+        r = self.sv.outgoing()
+        assert r is not None
+        self.cl.incoming(r)
+        self.wire += len(f) + len(r)
+
+    def step(self, edit: Callable[[Pair], None]) -> None:
+        c0 = time.process_time()
+        edit(self)
+        self.cycle()
+        self.cpu.append(time.process_time() - c0)
+
+    def settle(self) -> None:
+        for _ in range(50):
+            if self.cl.idle and self.sv.idle:
+                return
+            self.cycle()
+
+
+def interleave(pairs: dict[str, Pair], n: int, edit: Callable[[int, Pair], None]) -> None:
+    names = list(pairs)
+    for i in range(n):
+        k = i % len(names)
+        for name in names[k:] + names[:k]:
+            pairs[name].step(lambda p, i=i: edit(i, p))  # type: ignore[misc]
+
+
+def edit_cycle(quick: bool, tmp: Path) -> dict[str, Any]:
+    trace = load_trace(TRACE)
+    n = min(QUICK_EDIT_ROUNDS if quick else EDIT_ROUNDS, len(trace.txns))
+    pairs = {
+        "durable": Pair(
+            Memory("c0", path=tmp / "c0.db", fsync=False, audit=False),
+            Memory("s0", path=tmp / "s0.db", fsync=False, audit=False),
+        ),
+        "durable + audit": Pair(
+            Memory("c1", path=tmp / "c1.db", fsync=False),
+            Memory("s1", path=tmp / "s1.db", fsync=False),
+        ),
+        "in memory": Pair(Memory("c2"), Memory("s2")),
+        "in memory + audit": Pair(Memory("c3", audit=True), Memory("s3", audit=True)),
+    }
+    for p in pairs.values():
+        p.client.text["blog.md"] = trace.start
+        p.settle()
+        p.wire = 0
+
+    def edit(i: int, p: Pair) -> None:
+        p.client.text["blog.md"] = apply_splices(p.client.text["blog.md"], trace.txns[i])
+
+    interleave(pairs, n, edit)
+    for p in pairs.values():
+        p.settle()
+        assert p.server.text["blog.md"] == p.client.text["blog.md"]
+    expected = trace.replay(n)
+    assert all(p.client.text["blog.md"] == expected for p in pairs.values())
+    rows = {name: _summary(p) for name, p in pairs.items()}
+    for base, audited in (("durable", "durable + audit"), ("in memory", "in memory + audit")):
+        rows[audited]["cpu_ratio"] = rows[audited]["cpu_total_s"] / rows[base]["cpu_total_s"]
+        rows[audited]["median_ratio"] = rows[audited]["cpu_median_us"] / rows[base]["cpu_median_us"]
+        rows[audited]["wire_ratio"] = rows[audited]["wire_bytes"] / rows[base]["wire_bytes"]
+    audited_log = pairs["durable + audit"].client.audit
+    assert audited_log is not None
+    for p in pairs.values():
+        p.client.close()
+        p.server.close()
+    return {"trace": TRACE, "cycles": n, "rows": rows, "entries": audited_log.seq}
+
+
+def kv_cycle(quick: bool) -> dict[str, Any]:
+    rng = np.random.default_rng(SEED)
+    layers, heads, dim = GEOMETRY
+    tokens = (QUICK_KV_PAGES if quick else KV_PAGES) * PAGE_TOKENS
+    n = QUICK_KV_ROUNDS if quick else KV_ROUNDS
+    link = {"kv_frame_bytes": 256 << 20, "max_frame_bytes": 1 << 31}
+    pairs: dict[str, Pair] = {}
+    for name, audit in (("KV", False), ("KV + audit", True)):
+        owner, mirror = Memory(f"o-{audit}", audit=audit), Memory(f"m-{audit}", audit=audit)
+        pairs[name] = Pair(owner, mirror, **link)
+        cache = KVCache(layers, heads, dim, "q4_0", PAGE_TOKENS)
+        rows = rng.integers(0, 256, (layers, heads, tokens, cache.row_bytes), np.uint8)
+        cache.append_quantized(rows, rows)
+        del rows
+        owner.kv["ctx"] = cache
+        pairs[name].settle()
+        pairs[name].wire = 0
+        log(f"  {name}: {cache.nbytes / (1 << 20):.0f} MiB mirrored")
+    rb = next(iter(pairs.values())).client.kv["ctx"].row_bytes
+    new = [rng.integers(0, 256, (layers, heads, PAGE_TOKENS, rb), np.uint8) for _ in range(2 * n)]
+
+    def edit(i: int, p: Pair) -> None:
+        p.client.kv["ctx"].append_quantized(new[2 * i], new[2 * i + 1])
+
+    gc.collect()
+    interleave(pairs, n, edit)
+    out = {name: _summary(p) for name, p in pairs.items()}
+    out["KV + audit"]["cpu_ratio"] = out["KV + audit"]["cpu_total_s"] / out["KV"]["cpu_total_s"]
+    out["KV + audit"]["median_ratio"] = (
+        out["KV + audit"]["cpu_median_us"] / out["KV"]["cpu_median_us"]
+    )
+    for p in pairs.values():
+        p.settle()
+        assert p.server.kv["ctx"].digest() == p.client.kv["ctx"].digest()
+    return {
+        "cache_mib": layers * 2 * heads * tokens * rb / (1 << 20),
+        "new_mb_per_cycle": layers * 2 * heads * PAGE_TOKENS * rb / 1e6,
+        "cycles": n,
+        "rows": out,
+    }
+
+
+def _summary(p: Pair) -> dict[str, Any]:
+    return {
+        "cpu_total_s": sum(p.cpu),
+        "cpu_median_us": statistics.median(p.cpu) * 1e6,
+        "wire_bytes": p.wire,
+    }
+
+
+def report(res: dict[str, Any], quick: bool) -> str:
+    e, k = res["edit"], res["kv"]
+    lines = [
+        f"# Audit log overhead{' (quick)' if quick else ''}",
+        "",
+        f"`python benches/bench_audit.py{' --quick' if quick else ''}`, {res['date']}.",
+        "",
+        f"## Edit cycle: {e['cycles']} transactions of `{e['trace']}`, one per cycle",
+        "",
+        "| configuration | CPU total (s) | median per cycle (us) | wire bytes "
+        "| CPU ratio (total / median) | wire ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in e["rows"].items():
+        ratio = (
+            f"{r['cpu_ratio']:.3f} / {r['median_ratio']:.3f}" if "cpu_ratio" in r else "1 (base)"
+        )
+        wire = f"{r['wire_ratio']:.4f}" if "wire_ratio" in r else "1 (base)"
+        lines.append(
+            f"| {name} | {r['cpu_total_s']:.3f} | {r['cpu_median_us']:.0f} | {r['wire_bytes']:,} "
+            f"| {ratio} | {wire} |"
+        )
+    lines += [
+        "",
+        f"## KV cycle: a {k['cache_mib']:.0f} MiB q4_0 cache, 256 new tokens "
+        f"({k['new_mb_per_cycle']:.1f} MB of rows) per cycle, {k['cycles']} cycles",
+        "",
+        "| configuration | CPU total (s) | median per cycle (us) | CPU ratio (total / median) |",
+        "|---|---|---|---|",
+    ]
+    for name, r in k["rows"].items():
+        ratio = (
+            f"{r['cpu_ratio']:.3f} / {r['median_ratio']:.3f}" if "cpu_ratio" in r else "1 (base)"
+        )
+        lines.append(f"| {name} | {r['cpu_total_s']:.3f} | {r['cpu_median_us']:.0f} | {ratio} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes (a few seconds)")
+    ap.add_argument("--out", type=Path, default=Path("benches/results"))
+    args = ap.parse_args()
+    res: dict[str, Any] = {"date": time.strftime("%Y-%m-%d", time.gmtime())}
+    with tempfile.TemporaryDirectory() as tmp:
+        log("edit cycle ...")
+        res["edit"] = edit_cycle(args.quick, Path(tmp))
+    log("KV cycle ...")
+    res["kv"] = kv_cycle(args.quick)
+    stem = "audit-quick" if args.quick else "audit"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{stem}.json").write_text(json.dumps(res, indent=2) + "\n")
+    md = report(res, args.quick)
+    (args.out / f"{stem}.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
