@@ -540,3 +540,122 @@ def test_events_refuses_unknown_channels() -> None:
             Memory("m").events("nope")
 
     asyncio.run(main())
+
+
+# -- metadata events compare only what changed ------------------------------------------
+
+_KEYS = st.sampled_from(["a", "b", "c"])
+_LEAF = st.one_of(st.integers(-3, 3), st.sampled_from(["x", "y"]), st.none())
+_VALUE = st.recursive(
+    _LEAF,
+    lambda inner: st.one_of(st.dictionaries(_KEYS, inner, max_size=3), st.lists(inner, max_size=3)),
+    max_leaves=6,
+)
+_OP = st.tuples(
+    st.integers(0, 1),  # replica
+    st.sampled_from(["set", "delete", "append", "sync"]),
+    st.lists(_KEYS, min_size=1, max_size=3),  # path
+    _VALUE,
+)
+
+
+def _meta_reference(old: Any, new: Any) -> list[MetaChange]:
+    """The changes a full comparison of two snapshots finds (sorted by path)."""
+    out: list[MetaChange] = []
+
+    def walk(path: tuple[str, ...], o: Any, n: Any) -> None:
+        if isinstance(o, dict) and isinstance(n, dict):
+            for k in sorted(o.keys() | n.keys()):
+                if k not in n:
+                    out.append(MetaChange((*path, k), "delete", o[k], None))
+                elif k not in o:
+                    out.append(MetaChange((*path, k), "add", None, n[k]))
+                else:
+                    walk((*path, k), o[k], n[k])
+        elif o != n or type(o) is not type(n):
+            out.append(MetaChange(path, "update", o, n))
+
+    walk((), old, new)
+    return sorted(out, key=lambda c: c.path)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(_OP, min_size=1, max_size=25))
+def test_meta_events_equal_a_full_comparison(ops: list[tuple[int, str, list[str], Any]]) -> None:
+    """Observers hear, for every change set, exactly the changes a comparison
+    of the whole metadata before and after finds, although only the paths
+    the change touched are compared; nested dicts, lists inside dicts and
+    dicts inside lists, local and remote writes alike. Events hold values
+    that later changes never alter."""
+    a, b, client, server = pair()
+    memories = (a, b)
+    seen = [a.meta.to_py(), b.meta.to_py()]
+    heard: list[list[tuple[MetaEvent, Any]]] = [[], []]
+
+    def watcher(i: int) -> Any:
+        def on_meta(e: MetaEvent) -> None:
+            now = memories[i].meta.to_py()
+            assert list(e.changes) == _meta_reference(seen[i], now)
+            seen[i] = now
+            heard[i].append((e, repr(e.changes)))
+
+        return on_meta
+
+    subs = [a.meta.observe(None, watcher(0)), b.meta.observe(None, watcher(1))]
+    for who, op, path, value in ops:
+        memory = memories[who]
+        if op == "sync":
+            settle(client, server, rounds=3)
+            continue
+        node: Any = memory.meta
+        for key in path[:-1]:
+            child = node.get(key) if hasattr(node, "get") else None
+            if child is None or not hasattr(child, "keys"):
+                node[key] = {}
+                child = node[key]
+            node = child
+        key = path[-1]
+        if op == "set":
+            node[key] = value
+        elif op == "delete" and key in node:
+            del node[key]
+        elif op == "append":
+            target = node.get(key)
+            if target is None or not hasattr(target, "append"):
+                node[key] = [value]
+            else:
+                target.append(value)
+    settle(client, server)
+    for i, memory in enumerate(memories):
+        assert seen[i] == memory.meta.to_py()
+        assert memory.observer_errors == []
+        for event, shown in heard[i]:
+            assert repr(event.changes) == shown  # nothing handed out changed since
+    assert a.meta.to_py() == b.meta.to_py()
+    for sub in subs:
+        sub.close()
+
+
+def test_meta_events_do_not_read_the_whole_metadata(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With an observer, a write compares only the paths it touched: the
+    whole metadata is not read again (local and remote writes alike)."""
+    a, b, client, server = pair()
+    for m in (a, b):
+        with m.meta.transaction():
+            m.meta["board"] = {f"task-{i}": {"owner": None} for i in range(200)}
+    settle(client, server)
+    heard: list[MetaEvent] = []
+    a.meta.observe("board", heard.append)
+    b.meta.observe(None, heard.append)
+
+    def whole(*_: Any) -> Any:
+        raise AssertionError("the whole metadata was read")
+
+    monkeypatch.setattr(a.meta, "to_py", whole)
+    monkeypatch.setattr(b.meta, "to_py", whole)
+    a.meta["board"]["task-7"]["owner"] = "agent-a"
+    settle(client, server)
+    assert [list(e.changes) for e in heard] == [
+        [MetaChange(("board", "task-7", "owner"), "update", None, "agent-a")]
+    ] * 2
+    assert heard[0].origin.local and heard[1].origin.remote

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import threading
 from collections import deque
@@ -244,6 +245,12 @@ class ChangeListener(Protocol):
 class _Valued(Protocol):
     def to_py(self) -> dict[str, Any]: ...
 
+    def watch_paths(self, on: bool) -> None: ...
+
+    def take_touched(self) -> set[tuple[str, ...]] | None: ...
+
+    def value_at(self, path: tuple[str, ...]) -> tuple[bool, Any]: ...
+
 
 # -- subscriptions ---------------------------------------------------------------
 
@@ -263,8 +270,7 @@ class Subscription:
 
     def close(self) -> None:
         """Stop delivering events to this observer."""
-        with contextlib.suppress(ValueError):
-            self._bus._observers.remove(self._observer)
+        self._bus.unobserve(self._observer)
 
     def __enter__(self) -> Subscription:
         return self
@@ -362,6 +368,8 @@ class ChangeBus:
             raise InvalidArgumentError(f"an observer must be callable, got {callback!r}")
         observer = _Observer(channel, target, callback, deep)
         if channel == "meta" and self._meta is not None and not self._observed("meta"):
+            self._meta.watch_paths(True)
+            self._meta.take_touched()
             self._meta_seen = self._meta.to_py()
         self._observers.append(observer)
         if replay:
@@ -404,6 +412,15 @@ class ChangeBus:
                         )
                     )
         return events
+
+    def unobserve(self, observer: _Observer) -> None:
+        """Drop ``observer`` (no error if it is gone already)."""
+        with contextlib.suppress(ValueError):
+            self._observers.remove(observer)
+            if observer.channel == "meta" and not self._observed("meta"):
+                self._meta_seen = None
+                if self._meta is not None:
+                    self._meta.watch_paths(False)
 
     def _observed(self, channel: str) -> bool:
         return any(o.channel == channel for o in self._observers)
@@ -514,10 +531,7 @@ class ChangeBus:
             )
             events.append(TextEvent(name, kind, old, new, text_delta(old or "", new or ""), origin))
         if p.meta is not None and self._meta is not None and self._meta_seen is not None:
-            now = self._meta.to_py()
-            changes: list[MetaChange] = []
-            _diff_values((), self._meta_seen, now, changes)
-            self._meta_seen = now if self._observed("meta") else None
+            changes = self._meta_changes(self._meta, self._meta_seen)
             if changes:
                 events.append(MetaEvent((), tuple(changes), p.meta))
         for name in sorted(p.kv):
@@ -539,6 +553,45 @@ class ChangeBus:
                     )
                 )
         return events
+
+    def _meta_changes(self, meta: _Valued, seen: dict[str, Any]) -> list[MetaChange]:
+        """What changed since ``seen`` (updated in place): only at the paths
+        the channel says were touched, everything when it cannot tell. The
+        snapshot never shares objects with the events handed out."""
+        touched = meta.take_touched()
+        changes: list[MetaChange] = []
+        if touched is not None:
+            # Outermost paths only (an enclosing value is compared whole).
+            paths = [
+                p for p in sorted(touched) if not any(p[:i] in touched for i in range(1, len(p)))
+            ]
+            found = [_at(seen, path[:-1]) if path else None for path in paths]
+            parents: list[dict[str, Any]] = [p for p in found if isinstance(p, dict)]
+            if len(parents) != len(paths):
+                # Not in the snapshot's shape (a parent the channel did not
+                # report): compare everything rather than guess.
+                touched = None
+                paths, parents = [], []
+            for path, parent in zip(paths, parents, strict=True):
+                key = path[-1]
+                had, old = key in parent, parent.get(key)
+                has, new = meta.value_at(path)
+                if had and not has:
+                    changes.append(MetaChange(path, "delete", old, None))
+                    del parent[key]
+                elif has and not had:
+                    changes.append(MetaChange(path, "add", None, new))
+                    parent[key] = copy.deepcopy(new)
+                elif has:
+                    _diff_values(path, old, new, changes)
+                    parent[key] = copy.deepcopy(new)
+        if touched is None:
+            now = meta.to_py()
+            changes = []
+            _diff_values((), self._meta_seen, now, changes)
+            self._meta_seen = copy.deepcopy(now)
+        changes.sort(key=lambda c: c.path)
+        return changes
 
     def _deliver(self, event: Event) -> None:
         for observer in list(self._observers):

@@ -34,6 +34,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from difflib import SequenceMatcher
 from typing import Any, Union
 
 import xxhash
@@ -103,6 +104,9 @@ class MetaMetrics:
     merged_writes: int = 0
     #: Values written from updates of an ended epoch that arrived late (root).
     late_writes: int = 0
+    #: Clients' documents of another lineage this replica took as its epoch
+    #: (a server restarted from nothing, instead of merging them by value).
+    adoptions: int = 0
     #: Largest encoded state seen (bytes).
     max_encoded_bytes: int = 0
 
@@ -212,6 +216,31 @@ def apply_change(
 def _apply_list_change(
     node: Array[Any], before: list[Value], after: list[Value], ops: list[Op]
 ) -> None:
+    # A dict changed in place (one for one, at its place in the list): the
+    # change goes into that dict of ours, which stays where it is.
+    bj = [canonical_json(v) for v in before]
+    aj = [canonical_json(v) for v in after]
+    ours = [canonical_json(plain_value(v)) for v in node]
+    changed_b: set[int] = set()
+    changed_a: set[int] = set()
+    for tag, i1, i2, j1, j2 in SequenceMatcher(None, bj, aj, autojunk=False).get_opcodes():
+        if tag != "replace" or i2 - i1 != j2 - j1:
+            continue
+        for i, j in zip(range(i1, i2), range(j1, j2), strict=True):
+            b, a = before[i], after[j]
+            found = [k for k, v in enumerate(ours) if v == bj[i]]
+            if not (isinstance(b, dict) and isinstance(a, dict) and found):
+                continue
+            at = min(found, key=lambda k, i=i: abs(k - i))  # type: ignore[misc]
+            target = node[at]
+            if isinstance(target, Map):
+                apply_change(target, b, a, ops)
+                ours[at] = aj[j]
+                changed_b.add(i)
+                changed_a.add(j)
+    if changed_b:
+        before = [v for i, v in enumerate(before) if i not in changed_b]
+        after = [v for j, v in enumerate(after) if j not in changed_a]
     old = Counter(canonical_json(v) for v in before)
     want = Counter(canonical_json(v) for v in after)
     ours = [canonical_json(plain_value(v)) for v in node]
@@ -233,6 +262,13 @@ def _apply_list_change(
 
 
 _MISSING = object()
+
+
+def _op_kind(op: Op) -> str:
+    """The kind of a logged write (that of the write an ``at`` op anchors)."""
+    if op[0] == "at" and isinstance(op[3], list) and op[3]:
+        return str(op[3][0])
+    return op[0]
 
 
 # -- state vectors -------------------------------------------------------------
@@ -464,6 +500,11 @@ class Meta(_LiveMapping):
         self._estimate = 0
         self._since = 0
         self._base_size = 0
+        #: While observed: the paths whose values changed since the last
+        #: take_touched() (None: unknown, compare everything).
+        self._watching = False
+        self._watch: Any = None  # the observe_deep subscription while watching
+        self._touched: set[tuple[str, ...]] | None = None
         # Every replica starts on an epoch 0 of its own: the first exchange
         # with an upstream moves it onto the upstream's epoch.
         self._start_epoch(0, self._first_epoch_id(), b"")
@@ -498,6 +539,55 @@ class Meta(_LiveMapping):
         # feeds the estimate: O(size of the change).
         self._doc.observe(self._count_update)
         self.metrics.epoch = epoch
+        if self._watching:
+            self._watch = self._root.observe_deep(self._note_paths)
+            self._touched = None  # a new document: compare everything once
+
+    # -- what changed, for observers (hybridsync.channels.events)
+
+    def watch_paths(self, on: bool) -> None:
+        """Record (``on``) or stop recording which paths change, so that
+        observers compare only those (O(size of the change), not O(state))."""
+        if on and not self._watching:
+            self._watch = self._root.observe_deep(self._note_paths)
+        elif not on and self._watching:
+            self._root.unobserve(self._watch)
+            self._watch = None
+        self._watching = on
+        self._touched = None
+
+    def take_touched(self) -> set[tuple[str, ...]] | None:
+        """The paths (from the root) whose values may have changed since the
+        last call; None when unknown (compare everything). Paths stop at the
+        first list: a change inside a list counts as a change of the list."""
+        touched = self._touched
+        self._touched = set()
+        return touched
+
+    def _note_paths(self, events: list[Any]) -> None:
+        if not self._watching or self._touched is None:
+            return
+        for event in events:
+            path = tuple(event.path)
+            keys = getattr(event, "keys", None)
+            targets = [(*path, k) for k in keys] if isinstance(keys, dict) else [path]
+            for target in targets:
+                parts: list[str] = []
+                for part in target:
+                    if not isinstance(part, str):
+                        break  # inside a list: the list holding it changed
+                    parts.append(part)
+                self._touched.add(tuple(parts))
+
+    def value_at(self, path: tuple[str, ...]) -> tuple[bool, Value]:
+        """``(True, value)`` of the value at ``path`` (keys from the root),
+        or ``(False, None)`` when there is none."""
+        node: Any = self._root
+        for key in path:
+            if not isinstance(node, Map) or key not in node:
+                return False, None
+            node = node[key]
+        return True, plain_value(node)
 
     def has_pending_writes(self) -> bool:
         """True while own writes are not known to be integrated by the root."""
@@ -662,7 +752,7 @@ class Meta(_LiveMapping):
         try:
             with self._doc.transaction(origin="local"):
                 yield self._txn_ops
-                if any(op[0] in ("del", "ldel") for op in self._txn_ops):
+                if any(_op_kind(op) in ("del", "ldel") for op in self._txn_ops):
                     # A deletion alone does not advance our clock; this write
                     # does, so each logged write has a clock to be acknowledged by.
                     self._ticks += 1
@@ -697,6 +787,22 @@ class Meta(_LiveMapping):
         self._pending = kept
         self._pending_limit = 2 * len(kept) + 256
 
+    def _logged(self, kind: str, path: Path, key: str | int, value: Any) -> Op:
+        """The op to log for a write at ``path``, before it is made. A path
+        through a list element is logged as an ``at`` op with each such
+        element's value as it was (canonical JSON): replayed on another
+        epoch, where the index may point elsewhere, the write goes to the
+        element holding that value nearest to its old index."""
+        if not any(isinstance(part, int) for part in path):
+            return (kind, path, key, value)
+        anchors: list[str] = []
+        node: Any = self._root
+        for part in path:
+            node = node[part]
+            if isinstance(part, int):
+                anchors.append(canonical_json(plain_value(node)).decode())
+        return ("at", path, key, [kind, anchors, value])
+
     def _resolve(self, path: Path) -> Any:
         node: Any = self._root
         for part in path:
@@ -720,8 +826,8 @@ class Meta(_LiveMapping):
         checked = _check(value)
         node = self._resolve(path)
         with self._write() as ops:
+            ops.append(self._logged("set", path, key, checked))
             node[key] = prelim_value(checked)
-            ops.append(("set", path, key, checked))
         self._note_latest(path, key, False, checked)
 
     def _delete(self, path: Path, key: str) -> None:
@@ -729,8 +835,8 @@ class Meta(_LiveMapping):
         if key not in node:
             raise KeyError(key)
         with self._write() as ops:
+            ops.append(self._logged("del", path, key, None))
             del node[key]
-            ops.append(("del", path, key, None))
         self._note_latest(path, key, True, None)
 
     def _list_set(self, path: Path, index: int, value: Any) -> None:
@@ -738,8 +844,8 @@ class Meta(_LiveMapping):
         node = self._resolve(path)
         i = _index(index, len(node))
         with self._write() as ops:
+            ops.append(self._logged("lset", path, i, checked))
             node[i] = prelim_value(checked)
-            ops.append(("lset", path, i, checked))
 
     def _list_insert(self, path: Path, index: int, value: Any) -> None:
         checked = _check(value)
@@ -748,16 +854,16 @@ class Meta(_LiveMapping):
             raise InvalidArgumentError(f"list indices are int, got {type(index).__name__}")
         i = max(0, min(index + len(node) if index < 0 else index, len(node)))
         with self._write() as ops:
+            ops.append(self._logged("insert", path, i, checked))
             node.insert(i, prelim_value(checked))
-            ops.append(("insert", path, i, checked))
 
     def _list_delete(self, path: Path, index: int) -> None:
         node = self._resolve(path)
         i = _index(index, len(node))
         old = plain_value(node[i])
         with self._write() as ops:
+            ops.append(self._logged("ldel", path, i, [old]))  # the value, to find it again
             del node[i]
-            ops.append(("ldel", path, i, [old]))  # the value, to find it again
 
     # -- the mapping
 
