@@ -44,6 +44,9 @@ from hybridsync.sync.frame import (
 )
 from hybridsync.sync.kv import KVChannel
 
+#: Sets of document names at most this large are rebuilt each cycle (see outgoing).
+_SMALL_SET = 64
+
 __all__ = ["Link", "LinkChanges", "LinkMetrics", "LinkWatch", "Replica", "Role"]
 
 Role = Literal["client", "server"]
@@ -542,6 +545,13 @@ class Link:
                 return None
             self._reply_due = self._resend_reply = False
         names = sorted(self._dirty | self._pending | self._deleted_acks | self._absent)
+        # A set keeps the table it grew to when its items go (a link's first
+        # exchange marks every document), and copying or iterating it costs
+        # that table's size: rebuilt small, a cycle costs O(documents changed).
+        if len(self._dirty) <= _SMALL_SET:
+            self._dirty = set(self._dirty)
+        if len(self._pending) <= _SMALL_SET:
+            self._pending = set(self._pending)
         if durable:
             self._unsaved.update(names)
             self._unsaved_header = True
