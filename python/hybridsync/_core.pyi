@@ -17,6 +17,7 @@ __all__ = [
     "Patch",
     "__version__",
     "apply_patch",
+    "audit_append",
     "audit_decode_entry",
     "audit_entry",
     "audit_entry_hash",
@@ -291,3 +292,8 @@ def audit_decode_entry(
 def audit_entry_hash(body: bytes) -> bytes: ...
 def audit_verify_chain(buf: bytes, first_seq: int, prev: bytes) -> tuple[int, bytes, str | None]: ...
 def audit_head_message(replica: str, seq: int, head: bytes, time_ns: int) -> bytes: ...
+def audit_append(
+    entries: Sequence[tuple[int, int, int, int, int, str, str | None, str, int, str | bytes]],
+    prev: bytes,
+    claims: dict[tuple[str, str, bytes], str],
+) -> tuple[bytes, list[tuple[bytes, bytes]]]: ...

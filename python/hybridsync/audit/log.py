@@ -47,8 +47,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hybridsync._core import (
+    audit_append,
     audit_decode_entry,
-    audit_entry,
     audit_entry_hash,
     audit_hash,
     audit_hash_parts,
@@ -111,6 +111,11 @@ def audit_path(store_path: str | os.PathLike[str]) -> Path:
     """The folder where a durable replica at ``store_path`` keeps its audit
     log (its segments and ``audit.sqlite``)."""
     return Path(os.fspath(store_path) + ".audit")
+
+
+#: An entry waiting for the next commit: (seq, time_ns, channel, kind, origin,
+#: subject, writer or None, via, writer_seq, text or content hash).
+_Pending = tuple[int, int, int, int, int, str, "str | None", str, int, "bytes | str"]
 
 
 class _TextListener:
@@ -455,7 +460,7 @@ class AuditLog:
             self._db.close()
             self.segments.close()
             raise
-        self._pending: list[tuple[int, bytes]] = []
+        self._pending: list[_Pending] = []
         self._claims: dict[tuple[str, str], Claim] = {}
         self._docs: set[str] = set(memory.text)  # to tell a creation from an update
         self._recent: OrderedDict[tuple[str, str, bytes], str] = OrderedDict()
@@ -544,41 +549,44 @@ class AuditLog:
         kind: str,
         origin: Origin,
         subject: str,
-        content: bytes,
+        content: bytes | str,
         writer: str | None = None,
     ) -> None:
-        remote = origin.kind == "remote"
-        via = (origin.peer or "") if remote else ""
-        if writer is None:
-            writer = self._claimed(channel, subject, content) if remote else None
-            writer = writer or (via if remote else self.replica_id)
-        seq = self.seq + 1
-        body, h = audit_entry(
-            seq,
-            time.time_ns(),
-            channel,
-            _KIND_CODE[kind],
-            int(remote),
-            subject,
-            writer,
-            via,
-            seq if not remote else 0,
-            content,
-            self.head,
-        )
-        self.seq, self.head = seq, h
-        self._span.append(h)
-        self._pending.append((seq, body))
-        if not remote:
-            key = (CHANNELS[channel], subject)
-            self._claims.pop(key, None)
-            self._claims[key] = Claim(CHANNELS[channel], subject, seq, content)
-            if len(self._claims) > MAX_CLAIMS:
-                self._claims.pop(next(iter(self._claims)))
-
-    def _claimed(self, channel: int, subject: str, content: bytes) -> str | None:
-        """The writer of a recently received claim of this content, if any."""
-        return self._recent.get((CHANNELS[channel], subject, content))
+        """Note an entry; it is encoded, hashed and chained at the next
+        commit (``content``: a text to hash then, or a content hash)."""
+        seq = self.seq = self.seq + 1
+        if origin.kind == "remote":
+            # writer None: the writer of a received claim of this content.
+            via = origin.peer or ""
+            self._pending.append(
+                (
+                    seq,
+                    time.time_ns(),
+                    channel,
+                    _KIND_CODE[kind],
+                    1,
+                    subject,
+                    writer,
+                    via,
+                    0,
+                    content,
+                )
+            )
+        else:
+            self._pending.append(
+                (
+                    seq,
+                    time.time_ns(),
+                    channel,
+                    _KIND_CODE[kind],
+                    0,
+                    subject,
+                    writer or self.replica_id,
+                    "",
+                    seq,
+                    content,
+                )
+            )
 
     def _guarded(self, fn: Any, *args: Any) -> None:
         """Listeners never raise: a failure is logged (the change stands)."""
@@ -604,7 +612,7 @@ class AuditLog:
             else:
                 kind = "update" if name in self._docs else "create"
                 self._docs.add(name)
-                self._append(0, kind, origin, name, audit_hash(new.encode()))
+                self._append(0, kind, origin, name, new)  # hashed at the commit
             self._after()
 
     def _on_meta(self, event: MetaEvent) -> None:
@@ -805,7 +813,17 @@ class AuditLog:
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        self.segments.append(pending[0][0], [body for _, body in pending])
+        records, hashes = audit_append(pending, self.head, self._recent)
+        self.segments.append_records(pending[0][0], records, len(pending))
+        self.head = hashes[-1][0]
+        self._span.extend(h for h, _ in hashes)
+        for entry, (_, content) in zip(pending, hashes, strict=True):
+            if entry[4] == 0:  # a local write: claimed in the next head
+                key = (CHANNELS[entry[2]], entry[5])
+                self._claims.pop(key, None)
+                self._claims[key] = Claim(key[0], key[1], entry[0], content)
+                if len(self._claims) > MAX_CLAIMS:
+                    self._claims.pop(next(iter(self._claims)))
 
     def commit(self) -> None:
         """Append the entries made since the last commit to the log's

@@ -151,9 +151,12 @@ class Segments:
 
     def append(self, first_seq: int, bodies: list[bytes]) -> None:
         """Append consecutive entries starting at ``first_seq``."""
-        if not bodies:
-            return
-        data = encode_records(bodies)
+        if bodies:
+            self.append_records(first_seq, encode_records(bodies), len(bodies))
+
+    def append_records(self, first_seq: int, data: bytes, count: int) -> None:
+        """Append ``count`` consecutive entries, already encoded as records,
+        starting at ``first_seq``."""
         if self._count == 0 and self._current != first_seq:
             self._start(first_seq)
         if self.folder is None:
@@ -162,12 +165,12 @@ class Segments:
             if self._fd is None:
                 self._fd = self._openfd(self._current)
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(self._fd, view) :]
+                done = os.write(self._fd, data)
+                while done < len(data):
+                    done += os.write(self._fd, data[done:])
             except OSError as exc:
                 raise StorageError(f"cannot write the audit log {self.folder}: {exc}") from None
-        self._count += len(bodies)
+        self._count += count
 
     def _openfd(self, first: int) -> int:
         assert self.folder is not None

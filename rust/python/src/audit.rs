@@ -1,15 +1,28 @@
 //! Bindings of the audit log's kernels (`hybridsync_core::audit`).
 //!
 //! Hashes cross as 32-byte `bytes`; content to hash may be any C-contiguous
-//! buffer (bytes, numpy arrays, memoryviews), read in place. Hashing large
-//! inputs and verifying chains run without the GIL.
+//! buffer (bytes, numpy arrays, memoryviews), read in place. Hashing inputs
+//! of 256 KiB or more and verifying chains that long run without the GIL.
 
 use hybridsync_core::audit::{self, Entry, Hash, HASH_LEN};
 use pyo3::buffer::PyUntypedBuffer;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use crate::{invalid, maybe_detach, CoreError};
+use crate::{invalid, CoreError};
+
+/// Inputs at least this large are hashed without the GIL (below it, giving
+/// the GIL up and taking it back costs more than the hashing: BLAKE3 runs at
+/// several GB/s).
+const HASH_DETACH_THRESHOLD: usize = 1 << 18;
+
+fn maybe_detach<T: Send>(py: Python<'_>, size: usize, f: impl FnOnce() -> T + Send) -> T {
+    if size >= HASH_DETACH_THRESHOLD {
+        py.detach(f)
+    } else {
+        f()
+    }
+}
 
 fn bytes_of<'a>(buf: &'a PyUntypedBuffer, what: &str) -> PyResult<&'a [u8]> {
     if !buf.is_c_contiguous() {
@@ -161,4 +174,87 @@ pub fn audit_head_message<'py>(
     let head = hash_arg(head, "head")?;
     let msg = audit::head_message(replica, seq, &head, time_ns).map_err(CoreError)?;
     Ok(PyBytes::new(py, &msg))
+}
+
+/// One pending entry: (seq, time_ns, channel, kind, origin, subject, writer,
+/// via, writer_seq, content), `content` a text (hashed here) or a 32-byte
+/// content hash; `writer` None: the writer of a claim in `claims` for this
+/// content, else `via`.
+type Pending<'py> = (
+    u64,
+    u64,
+    u8,
+    u8,
+    u8,
+    String,
+    Option<String>,
+    String,
+    u64,
+    Bound<'py, PyAny>,
+);
+
+const CHANNEL_NAMES: [&str; 3] = ["text", "meta", "kv"];
+
+/// Encode and chain a batch of entries after `prev`: returns the records
+/// (each body behind its varint length, as segment files hold them) and,
+/// per entry, its hash and its content hash. `claims` maps (channel name,
+/// subject, content hash) to the replica that claimed that write.
+#[pyfunction]
+#[allow(clippy::type_complexity)]
+pub fn audit_append<'py>(
+    py: Python<'py>,
+    entries: Vec<Pending<'py>>,
+    prev: &[u8],
+    claims: &Bound<'py, pyo3::types::PyDict>,
+) -> PyResult<(
+    Bound<'py, PyBytes>,
+    Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)>,
+)> {
+    let mut head = hash_arg(prev, "prev")?;
+    let mut records = Vec::with_capacity(entries.len() * 160);
+    let mut out = Vec::with_capacity(entries.len());
+    for (seq, time_ns, channel, kind, origin, subject, writer, via, writer_seq, content) in entries
+    {
+        let content: Hash = if let Ok(text) = content.cast::<pyo3::types::PyString>() {
+            let s = text.to_str()?;
+            maybe_detach(py, s.len(), || audit::content_hash(s.as_bytes()))
+        } else {
+            let b = content
+                .cast::<PyBytes>()
+                .map_err(|_| invalid("an entry's content is a str (hashed) or a 32-byte hash"))?;
+            hash_arg(b.as_bytes(), "content")?
+        };
+        let writer = match writer {
+            Some(w) => w,
+            None => {
+                let name = CHANNEL_NAMES
+                    .get(usize::from(channel))
+                    .ok_or_else(|| invalid(format!("unknown channel {channel}")))?;
+                let key = (*name, subject.as_str(), PyBytes::new(py, &content));
+                match claims.get_item(key)? {
+                    Some(w) => w.extract::<String>()?,
+                    None => via.clone(),
+                }
+            }
+        };
+        let e = Entry {
+            seq,
+            time_ns,
+            channel,
+            kind,
+            origin,
+            subject,
+            writer,
+            via,
+            writer_seq,
+            content,
+            prev: head,
+        };
+        let body = audit::encode_entry(&e).map_err(CoreError)?;
+        head = audit::entry_hash(&body);
+        hybridsync_core::varint::write_u64(&mut records, body.len() as u64);
+        records.extend_from_slice(&body);
+        out.push((PyBytes::new(py, &head), PyBytes::new(py, &content)));
+    }
+    Ok((PyBytes::new(py, &records), out))
 }
