@@ -94,6 +94,8 @@ MAX_CLAIMS = 1024
 #: Longest signed head accepted from the metadata, in characters.
 MAX_HEAD_CHARS = 1 << 20
 _HEAD_FIXED = 1 + 16 + 32 + 32 + 64 + 32
+#: Entries noted before they are encoded and written, at most.
+_MAX_PENDING = 256
 #: Claims received that the log remembers for attributing new entries.
 _RECENT_CLAIMS = 4096
 _SCHEMA = 1
@@ -597,9 +599,12 @@ class AuditLog:
 
     def _after(self) -> None:
         # A durable log signs at commit points only (what it signs is on
-        # disk); one in memory signs as soon as the policy says.
+        # disk); one in memory signs as soon as the policy says. Pending
+        # entries (which may hold whole texts) are bounded either way.
         if self.path is None and self.seq - self.signed_seq >= self.policy.sign_every:
             self.commit()
+        elif len(self._pending) >= _MAX_PENDING:
+            self._write()
 
     def _on_text(self, name: str, origin: Origin) -> None:
         if origin.kind == "restore":
