@@ -336,6 +336,63 @@ def test_a_hub_forking_its_log_towards_two_leaves_is_caught() -> None:
     assert verify_log(h1.audit, against=[a.audit]).ok
 
 
+def test_a_forked_hub_is_caught_in_band_when_the_leaves_heads_meet(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The leaves' signed heads carry the hub heads they saw (witnesses):
+    once leaf a's head reaches leaf b by any path, b's own log proves the
+    fork (two valid signatures of "h" for one entry), without either hub
+    log or a's log."""
+    key = Ed25519PrivateKey.generate()
+    h1 = Memory("h", audit=AuditPolicy(sign_every=1, key=key))
+    h2 = Memory("h", audit=AuditPolicy(sign_every=1, key=key))
+    a = Memory("a", audit=AuditPolicy(sign_every=1))
+    b = Memory("b", audit=AuditPolicy(sign_every=1))
+    h1.text["plan"] = "ship on monday"
+    h2.text["plan"] = "ship on friday"
+    pa = (Link(a, "h", role="client", epoch=7), Link(h1, "a", role="server"))
+    pb = (Link(b, "h", role="client", epoch=8), Link(h2, "b", role="server"))
+    settle([pa, pb])
+    a.text["note"] = "seen"
+    settle([pa, pb])
+    assert a.audit is not None and b.audit is not None
+    assert verify_log(b.audit).ok
+    head_of_a = a.audit.heads()[-1]
+    assert {w.replica for w in head_of_a.witness} == {"h"}
+    with caplog.at_level("WARNING", logger="hybridsync.audit"):
+        b.audit.receive_head(head_of_a, via="elsewhere")
+    assert any("equivocation" in r.message and "'h'" in r.message for r in caplog.records)
+    report = verify_log(b.audit)
+    assert not report.ok and any(
+        p.kind == "equivocation" and "'h'" in p.message for p in report.problems
+    )
+    # A forged witness (a's signature over a head of h that h never signed)
+    # is not taken for h's: it does not verify under h's key.
+    forged_h = SignedHead("h", 1, bytes(32), 1, key.public_key().public_bytes_raw(), bytes(64))
+    assert not forged_h.valid()
+
+
+def test_heads_round_trip_and_malformed_values_raise_audit_errors() -> None:
+    rng = random.Random(5)
+    a = Memory("a", audit=AuditPolicy(sign_every=1))
+    a.text["x"] = "1"
+    assert a.audit is not None
+    head = a.audit.heads()[-1]
+    again = SignedHead.from_value("a", head.to_value())
+    assert again == head and again.valid()
+    raw = head.to_value()
+    for _ in range(300):
+        chars = list(raw)
+        for _ in range(rng.randrange(1, 4)):
+            chars[rng.randrange(3, len(chars))] = rng.choice("AZaz09-_=!")
+        cut = "".join(chars)[: rng.randrange(3, len(raw) + 1)]
+        try:
+            parsed = SignedHead.from_value("a", cut)
+        except AuditError:
+            continue
+        assert parsed == head or not parsed.valid()
+
+
 def test_attribution_end_to_end_three_agents_through_a_hub() -> None:
     """Agents a, b, c write through hub h; every replica attributes each
     value to the agent that wrote it (confirmed by the writer's signed

@@ -91,6 +91,8 @@ META_PREFIX = "_hybridsync_audit/"
 ZERO = bytes(32)
 #: Claims carried by one head at most (the latest local writes win).
 MAX_CLAIMS = 1024
+#: Witnessed heads carried by one head at most (the latest win).
+MAX_WITNESS = 64
 #: Longest signed head accepted from the metadata, in characters.
 MAX_HEAD_CHARS = 1 << 20
 _HEAD_FIXED = 1 + 16 + 32 + 32 + 64 + 32
@@ -271,10 +273,102 @@ class Claim:
         return [self.channel, self.subject, self.seq, self.content.hex()]
 
 
-def _claims_bytes(claims: Sequence[Claim]) -> bytes:
-    return json.dumps(
-        [c.value() for c in claims], separators=(",", ":"), ensure_ascii=False
-    ).encode()
+class _Reader:
+    """Reads the binary tail of a head; every malformation is a ValueError."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = data, 0
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or self.pos + n > len(self.data):
+            raise ValueError("truncated")
+        out = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def uvarint(self) -> int:
+        n = shift = 0
+        while True:
+            b = self.take(1)[0]
+            n |= (b & 0x7F) << shift
+            if not b & 0x80:
+                if n >= 1 << 63:
+                    raise ValueError("number out of range")
+                return n
+            shift += 7
+            if shift > 63:
+                raise ValueError("varint too long")
+
+    def string(self, limit: int) -> str:
+        n = self.uvarint()
+        if n > limit:
+            raise ValueError("string too long")
+        return self.take(n).decode()
+
+
+def _uvarint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _string(s: str) -> bytes:
+    b = s.encode()
+    return _uvarint(len(b)) + b
+
+
+def _tail_bytes(claims: Sequence[Claim], witness: Sequence[SignedHead]) -> bytes:
+    """The claims and witnessed heads of a head, canonically encoded:
+    ``uvarint n``, per claim ``u8 channel, string subject, uvarint seq,
+    [32] content``; ``uvarint n``, per witnessed head ``string replica,
+    uvarint seq, uvarint time_ns, [32] head, [32] key, [64] signature,
+    [32] span, [32] tail digest``."""
+    out = [_uvarint(len(claims))]
+    for c in claims:
+        out += [bytes([CHANNELS.index(c.channel)]), _string(c.subject), _uvarint(c.seq), c.content]
+    out.append(_uvarint(len(witness)))
+    for w in witness:
+        out += [
+            _string(w.replica),
+            _uvarint(w.seq),
+            _uvarint(w.time_ns),
+            w.head,
+            w.key,
+            w.signature,
+            w.span,
+            w.tail_digest(),
+        ]
+    return b"".join(out)
+
+
+def parse_tail(data: bytes) -> tuple[tuple[Claim, ...], tuple[SignedHead, ...]]:
+    """The inverse of :func:`_tail_bytes` (ValueError when malformed)."""
+    r = _Reader(data)
+    claims = []
+    n = r.uvarint()
+    if n > MAX_CLAIMS:
+        raise ValueError("too many claims")
+    for _ in range(n):
+        ch = r.take(1)[0]
+        if ch >= len(CHANNELS):
+            raise ValueError("unknown channel")
+        claims.append(Claim(CHANNELS[ch], r.string(1 << 16), r.uvarint(), r.take(32)))
+    witness = []
+    n = r.uvarint()
+    if n > MAX_WITNESS:
+        raise ValueError("too many witnessed heads")
+    for _ in range(n):
+        replica = r.string(4096)
+        seq, t = r.uvarint(), r.uvarint()
+        head, key, sig, span, digest = r.take(32), r.take(32), r.take(64), r.take(32), r.take(32)
+        witness.append(SignedHead(replica, seq, head, t, key, sig, (), span, (), digest))
+    if r.pos != len(data):
+        raise ValueError("trailing bytes")
+    return tuple(claims), tuple(witness)
 
 
 @dataclass(frozen=True)
@@ -291,13 +385,27 @@ class SignedHead:
     #: BLAKE3 of the hashes of the entries this head adds to the previous
     #: one, concatenated (the log keeps them: they name an altered entry).
     span: bytes = ZERO
+    #: The latest heads of other replicas this replica had received when it
+    #: signed (so that a replica showing two histories is caught when the
+    #: heads of those who saw them meet).
+    witness: tuple[SignedHead, ...] = field(default=())
+    #: A witnessed head: the digest of its tail (its claims and witnesses
+    #: are not carried along).
+    digest: bytes | None = None
+
+    def tail(self) -> bytes:
+        """The claims and witnessed heads, encoded (:func:`_tail_bytes`)."""
+        return _tail_bytes(self.claims, self.witness)
+
+    def tail_digest(self) -> bytes:
+        return self.digest if self.digest is not None else audit_hash(self.tail())
 
     def message(self) -> bytes:
         """The bytes signed: the core's head message, then the BLAKE3 of the
-        claims' canonical JSON, then :attr:`span`."""
+        tail, then :attr:`span`."""
         return (
             audit_head_message(self.replica, self.seq, self.head, self.time_ns)
-            + audit_hash(_claims_bytes(self.claims))
+            + self.tail_digest()
             + self.span
         )
 
@@ -312,7 +420,7 @@ class SignedHead:
     def to_value(self) -> str:
         """As a metadata value: ``"h1:"`` and the URL-safe base64 of version
         byte 1, seq and time (u64 little-endian), head, key, signature and
-        span, then the claims' canonical JSON."""
+        span, then the tail."""
         raw = (
             b"\x01"
             + struct.pack("<QQ", self.seq, self.time_ns)
@@ -320,7 +428,7 @@ class SignedHead:
             + self.key
             + self.signature
             + self.span
-            + _claims_bytes(self.claims)
+            + self.tail()
         )
         return "h1:" + base64.urlsafe_b64encode(raw).decode()
 
@@ -337,6 +445,8 @@ class SignedHead:
             if len(raw) < _HEAD_FIXED or raw[0] != 1:
                 raise ValueError("truncated, or an unknown version")
             seq, t = struct.unpack_from("<QQ", raw, 1)
+            if seq >= 1 << 63 or t >= 1 << 63:
+                raise ValueError("number out of range")
             o = 17
             head, key, sig, span = (
                 raw[o : o + 32],
@@ -344,18 +454,8 @@ class SignedHead:
                 raw[o + 64 : o + 128],
                 raw[o + 128 : o + 160],
             )
-            claims_in = json.loads(raw[_HEAD_FIXED:])
-            if not isinstance(claims_in, list) or len(claims_in) > MAX_CLAIMS:
-                raise TypeError("claims")
-            claims = []
-            for c in claims_in:
-                ch, subject, cseq, content = c
-                if ch not in CHANNELS or not isinstance(subject, str):
-                    raise TypeError("claim")
-                claims.append(Claim(ch, subject, _int(cseq), _hex(content, 32)))
-            if seq >= 1 << 63 or t >= 1 << 63:
-                raise ValueError("number out of range")
-            return cls(replica, seq, head, t, key, sig, tuple(claims), span)
+            claims, witness = parse_tail(raw[_HEAD_FIXED:])
+            return cls(replica, seq, head, t, key, sig, claims, span, witness)
         except (TypeError, ValueError, binascii.Error, UnicodeDecodeError) as exc:
             raise AuditError(f"a malformed signed head for {replica!r}: {exc}") from None
 
@@ -369,6 +469,9 @@ class SignedHead:
             "signature": self.signature.hex(),
             "span": self.span.hex(),
             "claims": [c.value() for c in self.claims],
+            "witness": [
+                {"replica": w.replica, "seq": w.seq, "head": w.head.hex()} for w in self.witness
+            ],
         }
 
 
@@ -397,7 +500,7 @@ CREATE TABLE IF NOT EXISTS heads (
 CREATE TABLE IF NOT EXISTS peer_heads (
     replica TEXT NOT NULL, seq INTEGER NOT NULL, time_ns INTEGER NOT NULL,
     head BLOB NOT NULL, key BLOB NOT NULL, sig BLOB NOT NULL, claims BLOB NOT NULL,
-    span BLOB NOT NULL, via TEXT NOT NULL, valid INTEGER NOT NULL,
+    span BLOB NOT NULL, digest BLOB NOT NULL, via TEXT NOT NULL, valid INTEGER NOT NULL,
     PRIMARY KEY (replica, seq, head, sig)
 );
 CREATE TABLE IF NOT EXISTS claims (
@@ -466,6 +569,8 @@ class AuditLog:
         self._claims: dict[tuple[str, str], Claim] = {}
         self._docs: set[str] = set(memory.text)  # to tell a creation from an update
         self._recent: OrderedDict[tuple[str, str, bytes], str] = OrderedDict()
+        #: The latest head received from each other replica (witnessed in ours).
+        self._seen: dict[str, SignedHead] = {}
         self._subs: list[Subscription] = []
         changes = memory.changes
         # Text through a listener (no per-change diff, unlike text observers).
@@ -680,27 +785,17 @@ class AuditLog:
     # -- heads
 
     def receive_head(self, head: SignedHead, *, via: str = "") -> None:
-        """Keep a head another replica signed (and its claims). Raises
-        :class:`AuditError` for a forged head (the signature does not verify,
-        or it claims to be ours under another key); the head is recorded as
-        refused either way, so that ``hybridsync audit`` reports it."""
-        ok = head.valid() and not (head.replica == self.replica_id and head.key != self.public_key)
+        """Keep a head another replica signed, its claims, and the heads it
+        witnessed. Raises :class:`AuditError` for a forged head (the
+        signature does not verify, or it claims to be ours under another
+        key); the head is recorded as refused either way, so that
+        ``hybridsync audit`` reports it. Two heads of one replica for one
+        position (received, witnessed or our own) are an equivocation:
+        logged as a warning at once, and reported by ``hybridsync audit``."""
+        ok = self._acceptable(head)
+        found: list[str] = []
         with self._lock, self._db:
-            self._db.execute(
-                "INSERT OR IGNORE INTO peer_heads VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    head.replica,
-                    head.seq,
-                    head.time_ns,
-                    head.head,
-                    head.key,
-                    head.signature,
-                    _claims_bytes(head.claims),
-                    head.span,
-                    via,
-                    int(ok),
-                ),
-            )
+            found += self._keep(head, via, ok)
             if ok and head.replica != self.replica_id:
                 for c in head.claims:
                     self._recent[(c.channel, c.subject, c.content)] = head.replica
@@ -714,11 +809,77 @@ class AuditLog:
                         for c in head.claims
                     ],
                 )
+                for w in head.witness:
+                    found += self._keep(w, f"witnessed by {head.replica}", self._acceptable(w))
+                seen = self._seen.get(head.replica)
+                if seen is None or seen.seq < head.seq:
+                    self._seen[head.replica] = SignedHead(
+                        head.replica,
+                        head.seq,
+                        head.head,
+                        head.time_ns,
+                        head.key,
+                        head.signature,
+                        (),
+                        head.span,
+                        (),
+                        head.tail_digest(),
+                    )
+                    while len(self._seen) > MAX_WITNESS:
+                        del self._seen[min(self._seen, key=lambda r: self._seen[r].time_ns)]
+        for msg in found:
+            log.warning("%s: equivocation: %s", self.replica_id, msg)
         if not ok:
             raise AuditError(
                 f"a forged signed head for {head.replica!r} at entry {head.seq} (via {via!r}): "
                 "its signature does not verify"
             )
+
+    def _acceptable(self, head: SignedHead) -> bool:
+        return head.valid() and not (
+            head.replica == self.replica_id and head.key != self.public_key
+        )
+
+    def _keep(self, head: SignedHead, via: str, ok: bool) -> list[str]:
+        """Store a head received (or witnessed); returns the equivocations it
+        reveals."""
+        found = []
+        if ok:
+            rows = self._db.execute(
+                "SELECT head FROM peer_heads WHERE replica = ? AND key = ? AND seq = ? AND valid"
+                " UNION SELECT head FROM heads WHERE ? = ? AND key = ? AND seq = ?",
+                (
+                    head.replica,
+                    head.key,
+                    head.seq,
+                    head.replica,
+                    self.replica_id,
+                    head.key,
+                    head.seq,
+                ),
+            ).fetchall()
+            if any(bytes(r[0]) != head.head for r in rows):
+                found.append(
+                    f"{head.replica!r} signed two different heads for entry {head.seq} "
+                    f"(one of them {via or 'received'})"
+                )
+        self._db.execute(
+            "INSERT OR IGNORE INTO peer_heads VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                head.replica,
+                head.seq,
+                head.time_ns,
+                head.head,
+                head.key,
+                head.signature,
+                head.tail() if head.digest is None else b"",
+                head.span,
+                head.tail_digest(),
+                via,
+                int(ok),
+            ),
+        )
+        return found
 
     def sign(self) -> SignedHead | None:
         """Commit, sign the head now and publish it (``None`` when there is
@@ -732,6 +893,7 @@ class AuditLog:
             return None
         now = max(time.time_ns(), self._last_head_time() + 1)
         claims = tuple(c for c in self._claims.values() if c.seq <= self.seq)
+        witness = tuple(sorted(self._seen.values(), key=lambda h: (h.time_ns, h.replica)))
         span = b"".join(self._span)
         unsigned = SignedHead(
             self.replica_id,
@@ -742,6 +904,7 @@ class AuditLog:
             b"",
             claims,
             audit_hash(span),
+            witness,
         )
         head = SignedHead(
             self.replica_id,
@@ -752,6 +915,7 @@ class AuditLog:
             self.key.sign(unsigned.message()),
             claims,
             unsigned.span,
+            witness,
         )
         if self.fsync:
             self.segments.sync()  # never sign what a power loss could take back
@@ -765,7 +929,7 @@ class AuditLog:
                     head.head,
                     head.key,
                     head.signature,
-                    _claims_bytes(claims),
+                    head.tail(),
                     span,
                 ),
             )

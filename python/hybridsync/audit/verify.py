@@ -24,7 +24,6 @@ was true of its memory.
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -40,9 +39,9 @@ from hybridsync.audit.log import (
     AuditEntry,
     AuditError,
     AuditLog,
-    Claim,
     SignedHead,
     audit_path,
+    parse_tail,
 )
 from hybridsync.audit.segments import Segments, parse_records
 from hybridsync.errors import DecodeError, StorageError
@@ -192,12 +191,15 @@ def iter_entries(log: AuditLog | LogFiles | str | os.PathLike[str]) -> Iterator[
                 raise AuditError(f"audit entry {first + i} is malformed: {exc}") from None
 
 
-def _head_row(replica: str, row: Sequence[Any], *, blob: bool = False) -> SignedHead:
+def _head_row(
+    replica: str, row: Sequence[Any], *, blob: bool = False, digest: bytes | None = None
+) -> SignedHead:
     """A head from a table row; ``blob``: the row holds the span's entry
-    hashes themselves (a log's own heads), not their BLAKE3."""
-    seq, t, head, key, sig, claims, span = row[:7]
+    hashes themselves (a log's own heads), not their BLAKE3; ``digest``: the
+    tail's digest, for a witnessed head whose tail is not kept."""
+    seq, t, head, key, sig, tail, span = row[:7]
     try:
-        parsed = json.loads(bytes(claims))
+        claims, witness = parse_tail(bytes(tail)) if tail else ((), ())
         return SignedHead(
             replica,
             int(seq),
@@ -205,10 +207,12 @@ def _head_row(replica: str, row: Sequence[Any], *, blob: bool = False) -> Signed
             int(t),
             bytes(key),
             bytes(sig),
-            tuple(Claim(c[0], c[1], int(c[2]), bytes.fromhex(c[3])) for c in parsed),
+            claims,
             audit_hash(bytes(span)) if blob else bytes(span),
+            witness,
+            digest if not tail else None,
         )
-    except (ValueError, TypeError, IndexError, KeyError) as exc:
+    except (ValueError, TypeError) as exc:
         raise AuditError(f"a signed head of {replica!r} at {seq} is malformed: {exc}") from None
 
 
@@ -224,11 +228,13 @@ def _own_heads(db: sqlite3.Connection, replica: str) -> list[tuple[SignedHead, b
 
 def received_heads(db: sqlite3.Connection, *, valid: bool | None = True) -> list[SignedHead]:
     """The heads of other replicas a log received (valid ones by default)."""
-    sql = "SELECT seq, time_ns, head, key, sig, claims, span, replica, valid FROM peer_heads"
+    sql = (
+        "SELECT seq, time_ns, head, key, sig, claims, span, replica, valid, digest FROM peer_heads"
+    )
     out = []
     for r in _rows(db, sql):
         if valid is None or bool(r[8]) == valid:
-            out.append(_head_row(str(r[7]), r))
+            out.append(_head_row(str(r[7]), r, digest=bytes(r[9])))
     return out
 
 
