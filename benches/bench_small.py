@@ -30,7 +30,11 @@ How each engine is driven (in process; the messages are handed over directly):
   = s``, ``cache.append_quantized(k, v)``); a cycle then runs exchanges (``up.outgoing()``
   -> ``down.incoming()``, ``down.outgoing()`` -> ``up.incoming()``) until both links
   report ``idle``. Bytes: every frame of those exchanges, both directions. An idle cycle
-  is one exchange with nothing written (the client's poll and the server's answer).
+  is what a :class:`hybridsync.net.Session` does with nothing written: it is push-driven
+  (the default), so its client exchanges only when its link has something to say, awaits
+  a reply, or the hub would wake it (the hub's link is not idle); otherwise nothing is
+  sent. Liveness is the WebSocket keepalive (a ping and its pong, 16 bytes per 20 s),
+  which the CRDT transports need as much and which no engine is charged here.
 * ``pycrdt``: what a y-protocols user (pycrdt-websocket, y-websocket) does once connected:
   ``Doc.observe`` collects each transaction's incremental update
   (``TransactionEvent.update``); the flush sends ``create_update_message`` (SYNC_UPDATE) of
@@ -408,6 +412,8 @@ class Hybrid(Engine):
         return sizes
 
     def idle_cycle(self) -> list[int]:
+        if self.up.idle and not self.up.awaiting_reply and self.down.idle:
+            return []  # a push-driven session has nothing to say
         return self.exchange()
 
     def check(self, op: Any, model: Model, cycle: int = 0) -> None:

@@ -47,7 +47,7 @@ HOST = "127.0.0.1"
 GUARD = 300.0
 # Fast cycles and reconnections for tests.
 FAST: dict[str, Any] = {
-    "period": (0.02, 0.5),
+    "period": (0.02, None),  # the default: push-driven, no polling while idle
     "backoff": (0.02, 0.5),
     "reply_timeout": (0.2, 2.0),
     "handshake_timeout": 10.0,
@@ -224,6 +224,40 @@ def test_local_writes_and_hub_hints_cut_the_idle_period() -> None:
                     a.text["x"] = value  # no notify(): noticed by the local-change check
                     await wait_until(arrived, what="propagation")
                     assert sb.status().exchanges > exchanges
+            finally:
+                await close_all([sa, sb])
+
+    run(main())
+
+
+def test_an_idle_session_sends_nothing_until_there_is_something_to_say() -> None:
+    """Push-driven by default: once quiet, neither side sends a sync frame
+    (liveness is the WebSocket keepalive); a write on one node still reaches
+    the other at once, by the writer's local-change check and the hub's
+    wake-up. Polling every 20 ms, as a session with an idle period would,
+    fails the silence check."""
+
+    async def main() -> None:
+        hub_memory, a, b = Memory("hub"), Memory("a"), Memory("b")
+        async with serve(hub_memory, HOST, 0, secret=SECRET) as hub:
+            sa, sb = await start_nodes(hub.url, [a, b], period=(0.02, None))
+            try:
+                a.text["x"] = "0"
+                await wait_until(lambda: converged(hub_memory, a, b), what="first sync")
+                for value in ("1", "2"):
+                    await wait_until(
+                        lambda: sa.status().period is None and sb.status().period is None,
+                        what="both sessions idle",
+                    )
+                    sent = [s.status().link.bytes_sent for s in (sa, sb)]
+                    await asyncio.sleep(0.5)  # 25 polls' worth at the 20 ms minimum period
+                    assert [s.status().link.bytes_sent for s in (sa, sb)] == sent
+                    a.text["x"] = value
+
+                    def arrived(value: str = value) -> bool:
+                        return b.text.get("x") == value
+
+                    await wait_until(arrived, what="propagation")
             finally:
                 await close_all([sa, sb])
 

@@ -60,8 +60,9 @@ class PeerStatus:
     link: LinkMetrics = field(default_factory=LinkMetrics)
     #: Client only: requests sent again after a reply timeout.
     timeouts: int = 0
-    #: Client only: the current cycle period in seconds (adaptive).
-    period: float = 0.0
+    #: Client only: the current cycle period in seconds (adaptive); None
+    #: while idle and push-driven (no cycle until there is something to say).
+    period: float | None = 0.0
     #: Client only: the hub restarted without its state and was refilled.
     hub_restarts: int = 0
 

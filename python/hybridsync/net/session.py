@@ -5,11 +5,16 @@ the session and drives it over a WebSocket to the hub: reconnecting with
 exponential backoff, one frame in flight (a request, then its reply or a
 timeout and a retransmission), and an adaptive cycle period.
 
-Cycle policy:
+Cycle policy (push-driven by default):
 
 * after an exchange that carried changes (we sent some, the reply brought
   some, or the hub woke us), the next cycle starts after ``min_period``;
-  after a quiet one the period doubles, up to ``max_period``;
+  after a quiet one the session sends nothing until there is something to
+  say: a local change, a wake-up from the hub, :meth:`Session.sync`, or a
+  reconnection. An idle link costs no sync bytes at all; liveness is the
+  WebSocket keepalive (a ping and its pong, 16 bytes every ``keepalive``
+  seconds). With ``period=(min, max)`` the session also polls while idle,
+  the period doubling after each quiet exchange up to ``max``;
 * while waiting, the session checks every ``poll_interval`` whether the
   replica changed locally (:attr:`hybridsync.Link.idle`) and cycles if so;
   :meth:`Session.notify` cycles without waiting for that check;
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import ssl as ssl_module
 import time
@@ -104,6 +110,15 @@ def _pair(value: tuple[float, float], name: str) -> tuple[float, float]:
     return lo, hi
 
 
+def _period(value: tuple[float, float | None]) -> tuple[float, float]:
+    """``(min, max)`` seconds, ``max`` None for no polling while idle (infinite)."""
+    try:
+        lo, hi = value
+    except (TypeError, ValueError):
+        raise InvalidArgumentError("period must be a (min, max) pair of seconds") from None
+    return _pair((lo, math.inf if hi is None else hi), "period")
+
+
 class Session:
     """A node's connection to its hub. Use :func:`connect`; see it for the arguments."""
 
@@ -116,7 +131,7 @@ class Session:
         ssl: ssl_module.SSLContext | None = None,
         hub_id: str | None = None,
         max_frame_bytes: int = 16 << 20,
-        period: tuple[float, float] = (0.02, 1.0),
+        period: tuple[float, float | None] = (0.02, None),
         poll_interval: float | None = None,
         backoff: tuple[float, float] = (0.05, 5.0),
         reply_timeout: tuple[float, float] = (0.25, 8.0),
@@ -147,7 +162,7 @@ class Session:
         self.ssl = ssl if scheme == "wss" else None
         self.hub_id = hub_id
         self.max_frame_bytes = max_frame_bytes
-        self.min_period, self.max_period = _pair(period, "period")
+        self.min_period, self.max_period = _period(period)
         self.poll_interval = poll_interval if poll_interval is not None else self.min_period
         if not self.poll_interval > 0:
             raise InvalidArgumentError("poll_interval must be > 0")
@@ -317,7 +332,7 @@ class Session:
             last_exchange=self._last_exchange,
             rejected=self._rejected,
             timeouts=self._timeouts,
-            period=self._period,
+            period=None if self._period == math.inf else self._period,
             hub_restarts=self._hub_restarts,
         )
         if metrics is not None:
@@ -612,7 +627,12 @@ class Session:
             if sends == 1:
                 self._rtt_sample(loop.time() - started)
             active = had_changes or self._reply_busy or self._poked or forced
-            self._period = self.min_period if active else min(self._period * 2, self.max_period)
+            if active:
+                self._period = self.min_period
+            elif self.max_period == math.inf:
+                self._period = math.inf  # push-driven: nothing to say, nothing sent
+            else:
+                self._period = min(self._period * 2, self.max_period)
             await self._pause(conn, self._period)
 
     def _rtt_sample(self, rtt: float) -> None:
@@ -663,7 +683,7 @@ def connect(
     ssl: ssl_module.SSLContext | None = None,
     hub_id: str | None = None,
     max_frame_bytes: int = 16 << 20,
-    period: tuple[float, float] = (0.02, 1.0),
+    period: tuple[float, float | None] = (0.02, None),
     poll_interval: float | None = None,
     backoff: tuple[float, float] = (0.05, 5.0),
     reply_timeout: tuple[float, float] = (0.25, 8.0),
@@ -686,8 +706,10 @@ def connect(
             system's trust store with hostname checking).
         hub_id: refuse a hub with another replica id (default: any).
         max_frame_bytes: the largest sync frame accepted from the hub.
-        period: ``(min, max)`` seconds between cycles (adaptive: ``min`` after
-            activity, doubling up to ``max`` while idle).
+        period: ``(min, max)`` seconds between cycles: ``min`` after activity;
+            while idle, ``max=None`` (the default) sends nothing until a local
+            change, a wake-up from the hub or :meth:`Session.sync` (0 sync
+            bytes while idle); a number polls, the period doubling up to it.
         poll_interval: how often local changes are looked for while waiting
             (default ``period[0]``); :meth:`Session.notify` skips the wait.
         backoff: ``(initial, max)`` seconds between reconnection attempts.
