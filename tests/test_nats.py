@@ -642,3 +642,26 @@ def test_hub_processes_fail_over_without_losing_or_doubling_writes(
 if __name__ == "__main__":
     if sys.argv[1:2] == ["worker"]:
         asyncio.run(worker_main(*sys.argv[2:5]))
+
+
+def test_cli_nats_options_are_checked() -> None:
+    from click.testing import CliRunner
+
+    from hybridsync.cli import main
+
+    runner = CliRunner()
+    env = {"HYBRIDSYNC_SECRET": SECRET_TEXT}
+    cases = [
+        (["serve", "--hubs", "a,b"], "only apply with --nats"),
+        (["join", "ws://127.0.0.1:1", "--nats-creds", __file__], "only apply with --nats"),
+        (["join"], "either the hub's URL or --nats"),
+        (["join", "ws://127.0.0.1:1", "--nats", "nats://127.0.0.1:1"], "not both"),
+        (["serve", "--nats", "nats://x:1", "--id", "h2", "--hubs", "h0,h1"], "own id"),
+        (["join", "--nats", "nats://x:1", "--id", "n", "--hubs", "h0,n"], "own id"),
+        (["join", "--nats", "nats://x:1", "--hubs", "h0,h0"], "twice"),
+        (["join", "--nats", "nats://x:1", "--swarm", "a.b"], "swarm name"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(main, args, env=env)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output, (args, result.output)
