@@ -21,10 +21,11 @@ r = server.outgoing(); client.incoming(r)``), both replicas of a pair together.
 
 Usage::
 
-    python benches/bench_audit.py [--quick] [--out benches/results]
+    python benches/bench_audit.py [--quick] [--part edit|kv|all] [--out benches/results]
 
 It writes ``audit.md`` and ``audit.json`` (``audit-quick.*`` with ``--quick``) into
-``--out``. Absolute numbers depend on the machine and are never asserted.
+``--out`` (with ``--part``, ``audit-edit.*`` or ``audit-kv.*``). Absolute numbers depend on
+the machine and are never asserted.
 """
 
 from __future__ import annotations
@@ -190,13 +191,23 @@ def _summary(p: Pair) -> dict[str, Any]:
     }
 
 
-def report(res: dict[str, Any], quick: bool) -> str:
-    e, k = res["edit"], res["kv"]
+def report(res: dict[str, Any], quick: bool, part: str) -> str:
+    flags = (" --quick" if quick else "") + (f" --part {part}" if part != "all" else "")
     lines = [
         f"# Audit log overhead{' (quick)' if quick else ''}",
         "",
-        f"`python benches/bench_audit.py{' --quick' if quick else ''}`, {res['date']}.",
+        f"`python benches/bench_audit.py{flags}`, {res['date']}.",
         "",
+    ]
+    if "edit" in res:
+        lines += _edit_table(res["edit"])
+    if "kv" in res:
+        lines += _kv_table(res["kv"])
+    return "\n".join(lines) + "\n"
+
+
+def _edit_table(e: dict[str, Any]) -> list[str]:
+    lines = [
         f"## Edit cycle: {e['cycles']} transactions of `{e['trace']}`, one per cycle",
         "",
         "| configuration | CPU total (s) | median per cycle (us) | wire bytes "
@@ -212,8 +223,11 @@ def report(res: dict[str, Any], quick: bool) -> str:
             f"| {name} | {r['cpu_total_s']:.3f} | {r['cpu_median_us']:.0f} | {r['wire_bytes']:,} "
             f"| {ratio} | {wire} |"
         )
-    lines += [
-        "",
+    return [*lines, ""]
+
+
+def _kv_table(k: dict[str, Any]) -> list[str]:
+    lines = [
         f"## KV cycle: a {k['cache_mib']:.0f} MiB q4_0 cache, 256 new tokens "
         f"({k['new_mb_per_cycle']:.1f} MB of rows) per cycle, {k['cycles']} cycles",
         "",
@@ -225,24 +239,29 @@ def report(res: dict[str, Any], quick: bool) -> str:
             f"{r['cpu_ratio']:.3f} / {r['median_ratio']:.3f}" if "cpu_ratio" in r else "1 (base)"
         )
         lines.append(f"| {name} | {r['cpu_total_s']:.3f} | {r['cpu_median_us']:.0f} | {ratio} |")
-    return "\n".join(lines) + "\n"
+    return [*lines, ""]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (a few seconds)")
+    ap.add_argument("--part", choices=("edit", "kv", "all"), default="all")
     ap.add_argument("--out", type=Path, default=Path("benches/results"))
     args = ap.parse_args()
     res: dict[str, Any] = {"date": time.strftime("%Y-%m-%d", time.gmtime())}
-    with tempfile.TemporaryDirectory() as tmp:
-        log("edit cycle ...")
-        res["edit"] = edit_cycle(args.quick, Path(tmp))
-    log("KV cycle ...")
-    res["kv"] = kv_cycle(args.quick)
+    if args.part in ("edit", "all"):
+        with tempfile.TemporaryDirectory() as tmp:
+            log("edit cycle ...")
+            res["edit"] = edit_cycle(args.quick, Path(tmp))
+    if args.part in ("kv", "all"):
+        log("KV cycle ...")
+        res["kv"] = kv_cycle(args.quick)
     stem = "audit-quick" if args.quick else "audit"
+    if args.part != "all":
+        stem += f"-{args.part}"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(json.dumps(res, indent=2) + "\n")
-    md = report(res, args.quick)
+    md = report(res, args.quick, args.part)
     (args.out / f"{stem}.md").write_text(md)
     print(md)
 

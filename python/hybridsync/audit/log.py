@@ -1,9 +1,10 @@
 """A replica's audit log: one hash-chained entry per applied change, signed
 heads, and the heads and claims received from other replicas.
 
-The log listens to the replica's channels through the public observer API
-(:meth:`hybridsync.channels.events.ChangeBus.observe`): once per applied
-change set it appends
+The log hears of changes through the replica's change bus
+(:class:`hybridsync.channels.events.ChangeBus`): text through a listener
+(every document the channel stores or deletes), metadata and KV caches
+through observers (once per applied change set). It appends
 
 - one entry per text document changed (its content hash: BLAKE3 of the new
   text's UTF-8 bytes; 32 zero bytes for a deletion),
@@ -13,20 +14,23 @@ change set it appends
   quantized rows written: ``first_token .. tokens`` of every layer, keys
   then values, head by head; zero for a deletion).
 
-Entries are encoded and hashed by the Rust core (:mod:`hybridsync._core`,
-``audit_*``); they are written to the log's SQLite file at the replica's
-commit points (:meth:`hybridsync.Memory.flush`, which every link runs before
-a frame leaves), before the replica's own store saves, in one transaction.
+Entries are encoded, hashed and chained by the Rust core
+(:func:`hybridsync._core.audit_append`) and appended to the log's segment
+files (:mod:`hybridsync.audit.segments`) at the replica's commit points
+(:meth:`hybridsync.Memory.flush`, which every link runs before a frame
+leaves), before the replica's own store saves, in one write.
 
 **Signed heads.** At a commit point with at least ``sign_every`` new
 entries, the replica signs (Ed25519) its head: its id, the position and hash
-of its latest entry, the time, and the claims of the local writes since the
-previous head (subject and content hash of each). The head is kept in the
-log and published in the replicated metadata under the key
-``_hybridsync_audit/<replica id>``, so that it reaches every replica of the
-tree; each replica that sees a head verifies its signature and keeps it
-(``peer_heads``) with the claims (``claims``): the claims attribute a value
-that travelled through hubs to the replica that wrote it.
+of its latest entry, the time, the hashes of the entries it adds, the claims
+of its local writes since the previous head (subject and content hash of
+each) and the latest head it received from each other replica (witnesses).
+The head is kept in the log and published in the replicated metadata under
+the key ``_hybridsync_audit/<replica id>``, so that it reaches every replica
+of the tree; each replica that sees a head verifies its signature and keeps
+it (``peer_heads``) with its claims and witnessed heads: the claims
+attribute a value that travelled through hubs to the replica that wrote it,
+the witnesses expose a replica that signed two histories.
 """
 
 from __future__ import annotations
