@@ -665,3 +665,42 @@ def test_cli_nats_options_are_checked() -> None:
         result = runner.invoke(main, args, env=env)
         assert result.exit_code == 2, (args, result.output)
         assert message in result.output, (args, result.output)
+
+
+def test_a_hub_that_stops_answering_is_left_for_the_next(nats_server: NatsServer) -> None:
+    """A hub still subscribed but wedged (its subject swallows requests): after
+    three requests in a row without a reply the node moves to the next hub."""
+
+    async def main() -> None:
+        ncs = [await open_nats(nats_server.url) for _ in range(3)]
+        h0, h1, node = Memory("h0"), Memory("h1"), Memory("node")
+        try:
+            async with (
+                serve_nats(h0, ncs[0], secret=SECRET) as hub0,
+                serve_nats(h1, ncs[1], secret=SECRET),
+            ):
+                options = {**FAST, "reply_timeout": (0.1, 0.3), "handshake_timeout": 1.0}
+                session = await connect_nats(
+                    node, ncs[2], hubs=["h0", "h1"], secret=SECRET, **options
+                ).start()
+                node.text["a"] = "first\n"
+                await session.sync(timeout=GUARD)
+                assert session.current_hub == "h0"
+                assert hub0._sub is not None
+                await hub0._sub.unsubscribe()
+
+                async def swallow(msg: Any) -> None:
+                    return None
+
+                black_hole = await ncs[0].subscribe("hybridsync.default.hub.h0.c.*", cb=swallow)
+                node.text["a"] = "first\nsecond\n"
+                await session.sync(timeout=GUARD)
+                assert session.current_hub == "h1" and session.failovers == 1
+                assert h1.text["a"] == "first\nsecond\n"
+                await black_hole.unsubscribe()
+                await session.close()
+        finally:
+            for nc in ncs:
+                await nc.close()
+
+    run(main())

@@ -100,6 +100,8 @@ FETCH = "Hs-Fetch"
 ERR = "Hs-Err"
 #: Bytes kept free in each NATS message for the subject, the reply subject and headers.
 PART_MARGIN = 1024
+#: Requests in a row without any reply after which a node leaves its hub.
+MAX_SILENT = 3
 #: Handshakes begun but not finished that a hub keeps at most (the oldest go first).
 MAX_PENDING_HANDSHAKES = 1024
 
@@ -623,6 +625,7 @@ class _Wire:
         self._tasks: set[asyncio.Task[None]] = set()
         self.closed = False
         self.reason = ""
+        self.silent = 0  # requests in a row that got no reply at all
 
     def deliver(self, data: bytes) -> None:
         if not self.closed:
@@ -660,7 +663,7 @@ class _Wire:
         return bytes(reply.data), hdrs
 
     async def _exchange(self, message: bytes) -> None:
-        timeout = self.session.reply_timeout[1] + 2.0
+        timeout = self.session.reply_timeout[1]
         size = _part_size(self.nc)
         try:
             async with self._lock:
@@ -682,6 +685,7 @@ class _Wire:
                         piece, _ = await self.request(b"", {FETCH: str(i)}, timeout)
                         pieces.append(piece)
                     data = b"".join(pieces)
+                self.silent = 0
                 self.deliver(data)
         except _HubGone as exc:
             self.lose(str(exc))
@@ -691,7 +695,12 @@ class _Wire:
             self.session._rejected += 1
             logger.warning("the hub refused a request (%s): %s", exc.code, exc.reason)
         except (nats_errors.TimeoutError, asyncio.TimeoutError):
-            pass  # the session sends the request again after its timeout
+            # The session sends the request again after its timeout. A hub that
+            # is subscribed but never answers (stopped, wedged) is left after
+            # MAX_SILENT requests in a row: the next live hub of the list takes over.
+            self.silent += 1
+            if self.silent >= MAX_SILENT:
+                self.lose(f"no reply to {self.silent} requests in a row")
         except (nats_errors.Error, OSError) as exc:
             logger.info("NATS request failed: %s: %s", type(exc).__name__, exc)
         except ValueError as exc:
