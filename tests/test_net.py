@@ -376,6 +376,34 @@ def test_fault_proxy_swarm_converges() -> None:
     run(main())
 
 
+def test_a_lost_wake_up_is_sent_again() -> None:
+    """A push-driven node behind a relay that loses half of all messages
+    still hears of every write: a wake-up that got lost is sent again while
+    the node has not come back (it never polls on its own)."""
+
+    async def main() -> None:
+        hub_memory, a, b = Memory("hub"), Memory("a"), Memory("b")
+        async with (
+            serve(hub_memory, HOST, 0, secret=SECRET, poke_retry=0.2) as hub,
+            FaultProxy(hub.url, seed=5, loss=0.5, spare_first=2) as proxy,
+        ):
+            (sa,) = await start_nodes(hub.url, [a])
+            (sb,) = await start_nodes(proxy.url, [b])
+            try:
+                for step in range(12):
+                    a.text["x"] = f"{step}\n"
+
+                    def arrived(step: int = step) -> bool:
+                        return b.text.get("x") == f"{step}\n"
+
+                    await wait_until(arrived, what=f"write {step} at the node behind the relay")
+                assert proxy.stats.lost > 0
+            finally:
+                await close_all([sa, sb])
+
+    run(main())
+
+
 # -- the synchronous wrapper ------------------------------------------------------
 
 

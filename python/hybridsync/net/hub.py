@@ -104,13 +104,14 @@ def describe_close(exc: ConnectionClosed, limit: int | None = None) -> str:
 
 
 class _Conn:
-    __slots__ = ("address", "chan", "poked", "quiet_until", "ws")
+    __slots__ = ("address", "chan", "poked", "poked_at", "quiet_until", "ws")
 
     def __init__(self, ws: ServerConnection, chan: Channel, address: str) -> None:
         self.ws = ws
         self.chan = chan
         self.address = address
         self.poked = False  # a wake-up was sent since the peer's last request
+        self.poked_at = 0.0  # when (loop time) the last one was sent
         self.quiet_until = 0.0  # no wake-up before (loop time): just replied
 
     async def send(self, kind: int, body: bytes = b"") -> None:
@@ -150,6 +151,7 @@ class Hub:
         handshake_timeout: float = 10.0,
         poll_interval: float = 0.02,
         poke_guard: float = 0.1,
+        poke_retry: float = 1.0,
         keepalive: float | None = 20.0,
         lock: AbstractContextManager[Any] | None = None,
     ) -> None:
@@ -161,6 +163,7 @@ class Hub:
         for name, value in (
             ("handshake_timeout", handshake_timeout),
             ("poll_interval", poll_interval),
+            ("poke_retry", poke_retry),
         ):
             if not value > 0:
                 raise InvalidArgumentError(f"{name} must be > 0, got {value!r}")
@@ -172,6 +175,7 @@ class Hub:
         self.handshake_timeout = handshake_timeout
         self.poll_interval = poll_interval
         self.poke_guard = poke_guard
+        self.poke_retry = poke_retry
         self.keepalive = keepalive
         self._lock: AbstractContextManager[Any] = lock if lock is not None else null_lock()
         self._peers: dict[str, _Peer] = {}
@@ -447,6 +451,7 @@ class Hub:
             reply = peer.link.outgoing()
             more = not peer.link.idle
         conn.poked = more
+        conn.poked_at = asyncio.get_running_loop().time()
         if reply is not None:
             peer.exchanges += 1
             peer.last_exchange = time.time()
@@ -478,10 +483,15 @@ class Hub:
             with self._lock:
                 for peer in self._peers.values():
                     conn = peer.conn
-                    if conn is None or conn.poked or now < conn.quiet_until:
+                    if conn is None or now < conn.quiet_until:
                         continue
+                    if conn.poked and now < conn.poked_at + self.poke_retry:
+                        continue  # woken, and not yet due again
                     if not peer.link.idle:
-                        conn.poked = True
+                        # A wake-up lost on the way (a relay dropped it) would
+                        # leave a push-driven child asleep: while it has not
+                        # come back, it is woken again every poke_retry.
+                        conn.poked, conn.poked_at = True, now
                         due.append(conn)
             for conn in due:
                 # Not awaited here: a peer that does not read must not hold
@@ -512,6 +522,7 @@ def serve(
     handshake_timeout: float = 10.0,
     poll_interval: float = 0.02,
     poke_guard: float = 0.1,
+    poke_retry: float = 1.0,
     keepalive: float | None = 20.0,
     lock: AbstractContextManager[Any] | None = None,
 ) -> Hub:
@@ -531,6 +542,9 @@ def serve(
             to hear (and wakes it).
         poke_guard: no wake-up is sent to a child this many seconds after a
             reply to it (a reply carries its own "come back at once" flag).
+        poke_retry: a child woken (or told to come back) that has not sent a
+            request this many seconds later is woken again, while it still
+            has something to hear (nodes are push-driven: they do not poll).
         keepalive: WebSocket ping interval and timeout (``None``: none).
         lock: held while the hub calls into links; give the same lock to
             :func:`~hybridsync.net.connect` on the same replica, and hold it
@@ -547,6 +561,7 @@ def serve(
         handshake_timeout=handshake_timeout,
         poll_interval=poll_interval,
         poke_guard=poke_guard,
+        poke_retry=poke_retry,
         keepalive=keepalive,
         lock=lock,
     )
