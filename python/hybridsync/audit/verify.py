@@ -44,7 +44,7 @@ from hybridsync.audit.log import (
     parse_tail,
 )
 from hybridsync.audit.segments import Segments, parse_records
-from hybridsync.errors import DecodeError, StorageError
+from hybridsync.errors import CorruptionError, DecodeError, StorageError
 
 __all__ = [
     "Attribution",
@@ -261,7 +261,24 @@ def verify_log(
     cp_seq = int(cp_seq_raw or 0)
     cp_head = bytes(cp_head_raw) if cp_head_raw is not None else ZERO
     first_kept, raw = view.segments.raw()
-    bodies, _ = parse_records(raw, where, lenient=True)
+    bodies, used = parse_records(raw, where, lenient=True)
+    torn = False
+    if used < len(raw):
+        try:
+            parse_records(raw, where)
+            torn = True  # an incomplete last record: being written, or cut by a crash
+        except CorruptionError:
+            pass
+    if torn:
+        extra, raw = len(raw) - used, raw[:used]
+        report.warnings.append(
+            Problem(
+                "torn-record",
+                None,
+                f"the last record is incomplete ({extra} bytes): the log is being "
+                "written, or a crash cut a write (reopening the replica removes it)",
+            )
+        )
     report.entries = len(bodies)
     report.first_seq = cp_seq + 1
     if bodies and first_kept != cp_seq + 1:
