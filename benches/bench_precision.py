@@ -40,6 +40,7 @@ from hybridsync.adapters.llama_cpp import export_sequence, restore_sequence
 
 GENERATE = 32
 PROMPT_TOKENS = 512
+QUOTE = 40
 VARIANTS = [("f16", True), ("q8_0", True), ("q4_0", True), ("q4_0", False)]
 
 
@@ -108,15 +109,22 @@ def perplexity(
 # -- 2. hand-off chains ------------------------------------------------------------
 
 
-def turns(model_tok: Any, hops: int) -> list[list[int]]:
+def turns(model_tok: Any, hops: int, tokens: list[int]) -> list[list[int]]:
+    """A short turn per hop: a role, a quotation of 40 tokens from another
+    part of the text (fresh context, so that hops do not repeat one
+    another), and a cue to go on."""
     names = ["planner", "reviewer", "editor", "tester"]
-    return [
-        model_tok.tokenize(
-            f"\n\n{names[h % 4].capitalize()} (turn {h + 1}): the next point is".encode(),
-            add_bos=False,
+    starts = np.linspace(4 * PROMPT_TOKENS, len(tokens) - QUOTE, hops).astype(int)
+    out = []
+    for h, at in enumerate(starts.tolist()):
+        head = f"\n\n{names[h % 4].capitalize()} (turn {h + 1}) quotes:\n"
+        tail = "\nThe next point is"
+        out.append(
+            model_tok.tokenize(head.encode(), add_bos=False)
+            + tokens[at : at + QUOTE]
+            + model_tok.tokenize(tail.encode(), add_bos=False)
         )
-        for h in range(hops)
-    ]
+    return out
 
 
 def chain(
@@ -184,7 +192,7 @@ def compare(ref: list[list[int]], got: list[list[int]]) -> tuple[list[float], in
 
 def handoffs(model: Path, tokens: list[int], n_hops: int, tok: Any) -> dict[str, Any]:
     prompt = tokens[:PROMPT_TOKENS]
-    hops = turns(tok, n_hops)
+    hops = turns(tok, n_hops, tokens)
     n_ctx = PROMPT_TOKENS + sum(len(t) + GENERATE for t in hops) + 16
     runs: dict[str, list[list[int]]] = {}
     for fmt in _llama.TYPES:
@@ -216,6 +224,12 @@ def handoffs(model: Path, tokens: list[int], n_hops: int, tok: Any) -> dict[str,
 # -- report ------------------------------------------------------------------------
 
 
+def same(r: dict[str, Any]) -> str:
+    if not r["run"].endswith("handoff"):
+        return "-"
+    return "yes" if r["identical_to_one_agent"] else "**no**"
+
+
 def report(ppl: list[dict[str, Any]], chains: dict[str, Any], env: dict[str, str], cmd: str) -> str:
     out = [
         "# Precision of quantized KV caches on a real model",
@@ -225,6 +239,15 @@ def report(ppl: list[dict[str, Any]], chains: dict[str, Any], env: dict[str, str
         "",
         "## Perplexity (next-token, over windows spread evenly over the text)",
         "",
+        *(
+            [
+                "These rows come from an earlier run of the same command (at "
+                f"{env['perplexity_from']}); the chains below were re-run.",
+                "",
+            ]
+            if env.get("perplexity_from", "this run") != "this run"
+            else []
+        ),
         "| window | windows | KV | perplexity | vs f16 | mean KL from f16 (nats) "
         "| top token = f16's |",
         "|---:|---:|---|---:|---:|---:|---:|",
@@ -238,7 +261,8 @@ def report(ppl: list[dict[str, Any]], chains: dict[str, Any], env: dict[str, str
     out += [
         "",
         f"## Hand-off chains: {n} hops, {chains['prompt_tokens']}-token prompt, "
-        f"a short turn + {GENERATE} greedy tokens per hop",
+        f"a short turn (a {QUOTE}-token quotation from elsewhere in the text) + {GENERATE} "
+        "greedy tokens per hop",
         "",
         "Share of generated tokens equal to the f16 chain's, per hop (hops 1, 2, 4, 8, 16...), "
         "first divergence (generated-token index, of "
@@ -265,7 +289,7 @@ def report(ppl: list[dict[str, Any]], chains: dict[str, Any], env: dict[str, str
             + " | ".join(f"{sh[h - 1] * 100:.0f}%" for h in shown)
             + f" | {np.mean(sh) * 100:.0f}% | {'none' if first is None else first} | "
             + " | ".join(f"{kls[h - 1]:.4f}" if kls else "-" for h in shown)
-            + f" | {'yes' if r['identical_to_one_agent'] else '**no**'} |"
+            + f" | {same(r)} |"
         )
     return "\n".join(out) + "\n"
 
@@ -315,6 +339,11 @@ def main() -> None:
     parser.add_argument("--windows-2048", type=int, help="2,048-token windows (default 2)")
     parser.add_argument("--hops", type=int, help="hand-offs in a chain (default 16)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument(
+        "--reuse-perplexity",
+        type=Path,
+        help="take the perplexity rows from an earlier run's json (same model); run the chains",
+    )
     args = parser.parse_args()
     w512 = args.windows_512 or (2 if args.quick else 6)
     w2048 = args.windows_2048 if args.windows_2048 is not None else (0 if args.quick else 2)
@@ -325,9 +354,17 @@ def main() -> None:
     for _, text in _llama.texts():
         tokens += tok.tokenize(text.encode())
     t0 = time.perf_counter()
-    ppl = perplexity(model, tokens, 512, w512, VARIANTS)
-    if w2048:
-        ppl += perplexity(model, tokens, 2048, w2048, VARIANTS[:3])
+    reused = ""
+    if args.reuse_perplexity:
+        earlier = json.loads(args.reuse_perplexity.read_text())
+        if earlier["env"]["model"] != model.name:
+            raise SystemExit(f"{args.reuse_perplexity} is from another model")
+        ppl = earlier["perplexity"]
+        reused = earlier["env"].get("revision", "?")
+    else:
+        ppl = perplexity(model, tokens, 512, w512, VARIANTS)
+        if w2048:
+            ppl += perplexity(model, tokens, 2048, w2048, VARIANTS[:3])
     chains = handoffs(model, tokens, n_hops, tok)
     env = {
         "cpu": cpu_model(),
@@ -335,6 +372,7 @@ def main() -> None:
         "model": model.name,
         "revision": git_revision(),
         "seconds": f"{time.perf_counter() - t0:.0f}",
+        "perplexity_from": reused or "this run",
     }
     cmd = "python benches/bench_precision.py" + (" --quick" if args.quick else "")
     if args.model:
