@@ -426,7 +426,13 @@ def test_attribution_end_to_end_three_agents_through_a_hub() -> None:
         assert ctx and {r.writer for r in ctx} == {"c"}, name
     leaf = attribute(agents["b"].audit, doc="plan.md")  # type: ignore[arg-type]
     assert [r.entry.via for r in leaf] == ["h", "h"]
-    assert [r.writer_seq is not None and r.writer_seq > 0 for r in leaf] == [True, True]
+    # Each value names the writer's entry and the writer's head that signed it.
+    for r in leaf:
+        writer_log = agents[r.writer].audit
+        assert writer_log is not None and r.writer_seq is not None and r.writer_head is not None
+        (own,) = [a for a in attribute(writer_log, doc="plan.md") if a.entry.seq == r.writer_seq]
+        assert own.entry.content == r.entry.content
+        assert any(h.seq == r.writer_head for h in writer_log.heads())
 
 
 # -- bad input -------------------------------------------------------------------

@@ -24,6 +24,7 @@ was true of its memory.
 
 from __future__ import annotations
 
+import bisect
 import os
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -481,18 +482,23 @@ def find_equivocations(
 class Attribution:
     """Who wrote what an entry records: ``writer`` (``confirmed``: by the
     writer's signed claim, or the entry is this replica's own signed write,
-    or a KV cache's owner), at the writer's entry ``writer_seq``."""
+    or a KV cache's owner), at the writer's entry ``writer_seq``;
+    ``writer_head``: the position of the writer's signed head that carried
+    the claim (kept in this log's ``peer_heads``), or of this replica's own
+    head covering its write."""
 
     entry: AuditEntry
     writer: str
     writer_seq: int | None
     confirmed: bool
+    writer_head: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             **self.entry.to_json(),
             "attributed_to": self.writer,
             "attributed_seq": self.writer_seq,
+            "attributed_head": self.writer_head,
             "confirmed": self.confirmed,
         }
 
@@ -512,7 +518,8 @@ def attribute(
     view = _connect(log)
     db = view.db
     replica = _info(db, "replica")
-    signed = _rows(db, "SELECT MAX(seq) FROM heads")[0][0] or 0
+    own = sorted(int(r[0]) for r in _rows(db, "SELECT seq FROM heads"))
+    signed = own[-1] if own else 0
     out = []
     for e in iter_entries(view):
         if (doc is not None or key is not None or kv is not None) and not (
@@ -522,19 +529,22 @@ def attribute(
         ):
             continue
         if e.origin == "local":
-            out.append(Attribution(e, str(replica), e.seq, e.seq <= signed))
+            i = bisect.bisect_left(own, e.seq)
+            covering = own[i] if i < len(own) else None
+            out.append(Attribution(e, str(replica), e.seq, e.seq <= signed, covering))
             continue
         if e.channel == "kv":
             out.append(Attribution(e, e.writer, None, True))
             continue
         row = _rows(
             db,
-            "SELECT writer, seq FROM claims WHERE channel = ? AND subject = ? AND content = ? "
-            "ORDER BY head_seq DESC LIMIT 1",
+            "SELECT writer, seq, head_seq FROM claims WHERE channel = ? AND subject = ? "
+            "AND content = ? ORDER BY head_seq DESC LIMIT 1",
             (e.channel, e.subject, e.content),
         )
         if row:
-            out.append(Attribution(e, str(row[0][0]), int(row[0][1]), True))
+            writer, wseq, hseq = row[0]
+            out.append(Attribution(e, str(writer), int(wseq), True, int(hseq)))
         else:
             out.append(Attribution(e, e.writer, None, False))
     return out
