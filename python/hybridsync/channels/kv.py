@@ -229,7 +229,7 @@ class PageTable:
     """Page hashes ``[layers, 2, heads, pages]`` (0 = no page) and a digest
     maintained incrementally: the sum of the keyed mixes of every hash."""
 
-    __slots__ = ("_sum", "hashes", "heads", "layers", "tokens")
+    __slots__ = ("_end", "_sum", "hashes", "heads", "layers", "tokens")
 
     def __init__(self, layers: int, heads: int, pages: int = 0) -> None:
         self.layers = layers
@@ -237,12 +237,16 @@ class PageTable:
         self.tokens = 0
         self.hashes = np.zeros((layers, 2, heads, max(pages, 1)), dtype=_U64)
         self._sum = 0
+        #: Every page from here on is 0 (none): cuts and copies stop here,
+        #: so their cost follows the pages held, not the capacity reserved.
+        self._end = 0
 
     def copy(self) -> PageTable:
         t = PageTable(self.layers, self.heads)
-        t.hashes = self.hashes.copy()
+        t.hashes = self.hashes[..., : max(self._end, 1)].copy()
         t.tokens = self.tokens
         t._sum = self._sum
+        t._end = self._end
         return t
 
     def _keys(self, first: int, last: int) -> np.ndarray:
@@ -271,6 +275,7 @@ class PageTable:
         self._sum = (self._sum - self._range_sum(first, last)) & _MASK64
         self.hashes[..., first:last] = block
         self._sum = (self._sum + self._range_sum(first, last)) & _MASK64
+        self._end = max(self._end, last)
 
     def set_pages(
         self, layer: int, kind: int, heads: np.ndarray, pages: np.ndarray, hashes: np.ndarray
@@ -284,13 +289,15 @@ class PageTable:
         self._sum = (self._sum - int(_mix(old.copy(), keys).sum(dtype=_U64))) & _MASK64
         self.hashes[layer, kind, heads, pages] = hashes
         self._sum = (self._sum + int(_mix(hashes.astype(_U64), keys).sum(dtype=_U64))) & _MASK64
+        self._end = max(self._end, int(pages.max()) + 1)
 
     def cut(self, pages: int) -> None:
         """Forget every page from ``pages`` on."""
-        last = self.hashes.shape[-1]
+        last = min(self._end, self.hashes.shape[-1])
         if pages < last:
             self._sum = (self._sum - self._range_sum(pages, last)) & _MASK64
-            self.hashes[..., pages:] = 0
+            self.hashes[..., pages:last] = 0
+            self._end = pages
 
     def same_pages(self, other: PageTable) -> bool:
         """True when both tables hold the same page hashes (their keyed sums
