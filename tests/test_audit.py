@@ -132,9 +132,11 @@ def test_the_log_is_on_for_durable_replicas_and_can_be_turned_off(tmp_path: Path
     assert Memory("a", audit=True).audit is not None
 
 
-def test_kv_writes_are_logged_with_their_owner_and_a_hash_of_the_rows() -> None:
+@pytest.mark.parametrize("kv_content", ["rows", "pages"])
+def test_kv_writes_are_logged_with_their_owner_and_a_hash_of_the_rows(kv_content: str) -> None:
     rng = np.random.default_rng(1)
-    owner, mirror = Memory("w", audit=True), Memory("r", audit=True)
+    policy = AuditPolicy(kv_content=kv_content)  # type: ignore[arg-type]
+    owner, mirror = Memory("w", audit=policy), Memory("r", audit=policy)
     cl, sv = Link(mirror, "w", role="client", epoch=5), Link(owner, "r", role="server")
     cache = KVCache(2, 2, 32, "q8_0", page_tokens=16)
     owner.kv["ctx"] = cache
@@ -147,8 +149,9 @@ def test_kv_writes_are_logged_with_their_owner_and_a_hash_of_the_rows() -> None:
     seen = [a for a in attribute(mirror.audit, kv="ctx")]
     assert len(own) == 3 and all(a.writer == "w" for a in own)
     assert seen and all(a.writer == "w" and a.entry.via == "w" for a in seen)
-    # Different rows, different content hashes.
+    # Different rows, different content hashes; the mirror's match the owner's.
     assert len({a.entry.content for a in own}) == 3
+    assert own[-1].entry.content == seen[-1].entry.content
 
 
 # -- tampering -------------------------------------------------------------------

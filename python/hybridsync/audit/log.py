@@ -171,6 +171,13 @@ class AuditPolicy:
         segment_entries: a new segment file starts after a signed head once
             the current one holds this many entries (pruning removes whole
             segments).
+        kv_content: what a KV entry's content hash covers: ``"rows"`` (the
+            quantized rows written: BLAKE3 over every byte, cryptographically
+            binding) or ``"pages"`` (the cache's page-hash table from the
+            first changed page: BLAKE3 over its 64-bit xxh3 page hashes,
+            which the KV channel keeps anyway; nearly free, but xxh3 is not
+            collision resistant, so it binds the rows only against accidents,
+            not against an adversary).
     """
 
     enabled: bool = True
@@ -180,10 +187,15 @@ class AuditPolicy:
     key: SigningKey | None = None
     key_file: str | os.PathLike[str] | None = None
     segment_entries: int = 16384
+    kv_content: Literal["rows", "pages"] = "rows"
 
     def __post_init__(self) -> None:
         if not isinstance(self.sign_every, int) or self.sign_every < 1:
             raise InvalidArgumentError(f"sign_every must be an int >= 1, got {self.sign_every!r}")
+        if self.kv_content not in ("rows", "pages"):
+            raise InvalidArgumentError(
+                f"kv_content is 'rows' or 'pages', got {self.kv_content!r}"
+            )
         if not isinstance(self.segment_entries, int) or self.segment_entries < 1:
             raise InvalidArgumentError(
                 f"segment_entries must be an int >= 1, got {self.segment_entries!r}"
@@ -773,6 +785,12 @@ class AuditLog:
         tokens = cache.tokens
         first = min(first, tokens)
         parts: list[Any] = [f"{cache.uid}:{first}:{tokens}".encode()]
+        if self.policy.kv_content == "pages":
+            page = first // cache.page_tokens
+            table = cache.page_hashes()[..., page:]
+            parts.append(b"pages")
+            parts.append(table.tobytes())
+            return audit_hash_parts(parts)
         for layer in range(cache.layers):
             for kind in ("k", "v"):
                 rows = cache.quantized(layer, kind)
