@@ -488,7 +488,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 server.url, [5, 20] if quick else [10, 30, 100], 3 if quick else 10
             )
             print("failover", flush=True)
-            n_fail = 5 if quick else 20
+            n_fail = 5 if quick else 50
             fo = await failover(server.url, Path(tmp), n_fail, 2 if quick else 5)
         finally:
             server.stop()
