@@ -465,6 +465,44 @@ def test_forged_and_malformed_heads_are_refused_and_sync_goes_on() -> None:
     assert issubclass(AuditError, HybridSyncError)
 
 
+def test_an_impersonating_head_is_refused() -> None:
+    """Replica m publishes a head that names a, signed with m's own key: a
+    hub that already holds a's key (first use) refuses it, and so does one
+    told a's key in advance; a's claims keep attributing a's writes."""
+    a_key, m_key = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    hub = Memory("h", audit=AuditPolicy(sign_every=1))
+    pinned = Memory(
+        "p", audit=AuditPolicy(trusted_keys={"a": a_key.public_key().public_bytes_raw()})
+    )
+    a = Memory("a", audit=AuditPolicy(sign_every=1, key=a_key))
+    m = Memory("m", audit=AuditPolicy(sign_every=1, key=m_key))
+    pairs = [
+        (Link(a, "h", role="client", epoch=1), Link(hub, "a", role="server")),
+        (Link(m, "h", role="client", epoch=2), Link(hub, "m", role="server")),
+    ]
+    a.text["plan"] = "a's plan"
+    settle(pairs)
+    assert m.audit is not None and hub.audit is not None and pinned.audit is not None
+    real = a.audit.heads()[-1] if a.audit else None
+    assert real is not None
+    # m claims to be a: the same plan text, claimed under m's key.
+    fake_unsigned = SignedHead("a", 1, bytes(32), 1, m.audit.public_key, b"", real.claims)
+    fake = SignedHead(
+        "a", 1, bytes(32), 1, m.audit.public_key, m_key.sign(fake_unsigned.message()), real.claims
+    )
+    assert fake.valid()  # a good signature, of the wrong key
+    for log_ in (hub.audit, pinned.audit):
+        with pytest.raises(AuditError, match="another key"):
+            log_.receive_head(fake, via="m")
+    m.meta[META_PREFIX + "a"] = fake.to_value()
+    settle(pairs)
+    assert [(r.writer, r.confirmed) for r in attribute(hub.audit, doc="plan")] == [("a", True)]
+    warnings = verify_log(hub.audit).warnings
+    assert any(w.kind == "forged-head" and "'a'" in w.message for w in warnings)
+    with pytest.raises(HybridSyncError):
+        AuditPolicy(trusted_keys={"a": b"short"})
+
+
 def test_damaged_log_files_raise_hybridsync_errors(tmp_path: Path) -> None:
     path = durable_log(tmp_path)
     (audit_path(path) / "audit.sqlite").write_bytes(b"this is not a database" * 100)

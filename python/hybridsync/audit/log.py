@@ -45,7 +45,7 @@ import struct
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -178,6 +178,10 @@ class AuditPolicy:
             which the KV channel keeps anyway; nearly free, but xxh3 is not
             collision resistant, so it binds the rows only against accidents,
             not against an adversary).
+        trusted_keys: replica id -> its raw 32-byte Ed25519 public key: heads
+            of those replicas under any other key are refused. Other
+            replicas' keys are trusted on first use (the first key a head of
+            that replica was accepted under).
     """
 
     enabled: bool = True
@@ -188,14 +192,18 @@ class AuditPolicy:
     key_file: str | os.PathLike[str] | None = None
     segment_entries: int = 16384
     kv_content: Literal["rows", "pages"] = "rows"
+    trusted_keys: Mapping[str, bytes] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.sign_every, int) or self.sign_every < 1:
             raise InvalidArgumentError(f"sign_every must be an int >= 1, got {self.sign_every!r}")
+        for replica, key in self.trusted_keys.items():
+            if not isinstance(replica, str) or not isinstance(key, bytes) or len(key) != 32:
+                raise InvalidArgumentError(
+                    "trusted_keys maps replica ids to raw 32-byte Ed25519 public keys"
+                )
         if self.kv_content not in ("rows", "pages"):
-            raise InvalidArgumentError(
-                f"kv_content is 'rows' or 'pages', got {self.kv_content!r}"
-            )
+            raise InvalidArgumentError(f"kv_content is 'rows' or 'pages', got {self.kv_content!r}")
         if not isinstance(self.segment_entries, int) or self.segment_entries < 1:
             raise InvalidArgumentError(
                 f"segment_entries must be an int >= 1, got {self.segment_entries!r}"
@@ -814,7 +822,8 @@ class AuditLog:
         ``hybridsync audit`` reports it. Two heads of one replica for one
         position (received, witnessed or our own) are an equivocation:
         logged as a warning at once, and reported by ``hybridsync audit``."""
-        ok = self._acceptable(head)
+        refusal = self._refusal(head)
+        ok = refusal is None
         found: list[str] = []
         with self._lock, self._db:
             found += self._keep(head, via, ok)
@@ -854,13 +863,32 @@ class AuditLog:
         if not ok:
             raise AuditError(
                 f"a forged signed head for {head.replica!r} at entry {head.seq} (via {via!r}): "
-                "its signature does not verify"
+                f"{refusal}"
             )
 
     def _acceptable(self, head: SignedHead) -> bool:
-        return head.valid() and not (
-            head.replica == self.replica_id and head.key != self.public_key
-        )
+        return self._refusal(head) is None
+
+    def _refusal(self, head: SignedHead) -> str | None:
+        """Why a head is refused, or None: its signature must verify, under
+        the replica's key: ours for our id, the one given in
+        ``AuditPolicy.trusted_keys``, else the first key this log accepted
+        for that replica (trust on first use)."""
+        if not head.valid():
+            return "its signature does not verify"
+        if head.replica == self.replica_id:
+            want: bytes | None = self.public_key
+        elif head.replica in self.policy.trusted_keys:
+            want = bytes(self.policy.trusted_keys[head.replica])
+        else:
+            row = self._db.execute(
+                "SELECT key FROM peer_heads WHERE replica = ? AND valid ORDER BY rowid LIMIT 1",
+                (head.replica,),
+            ).fetchone()
+            want = None if row is None else bytes(row[0])
+        if want is not None and head.key != want:
+            return f"it is signed by another key than {head.replica!r}'s"
+        return None
 
     def _keep(self, head: SignedHead, via: str, ok: bool) -> list[str]:
         """Store a head received (or witnessed); returns the equivocations it

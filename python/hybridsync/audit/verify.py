@@ -401,7 +401,8 @@ def verify_log(
             Problem(
                 "forged-head",
                 None,
-                f"refused a head for {h.replica!r} at entry {h.seq}: bad signature",
+                f"refused a head for {h.replica!r} at entry {h.seq}: a bad signature, or "
+                f"not {h.replica!r}'s key",
             )
         )
     # Cross-checks.
