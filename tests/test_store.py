@@ -623,3 +623,29 @@ def test_kv_appends_save_only_the_new_rows_and_reload_exactly(tmp_path: Path) ->
             if t:
                 want.append(rows(0, t), rows(50_000, t))
             assert cache.tokens == t and cache.digest() == want.digest(), step
+
+
+def test_a_write_saved_before_it_was_sent_survives_a_crash(tmp_path: Path) -> None:
+    """A link saves a shadow equal to its document's text as a reference to
+    that text; a local write saved (by a flush) before any frame carried it
+    must not drag the saved shadow along: after a crash and a reopening the
+    write is still sent, and nothing is resynchronised. Reopened and in step,
+    a link holds no second copy of the texts."""
+    path = tmp_path / "a.db"
+    a, b = Memory("a", path=path), Memory("b")
+    server, client = Link(b, "a", role="server"), Link(a, "b")
+    for i in range(5):
+        a.text[f"doc{i}"] = f"{i}. first line\n"
+    settle(client, server)
+    a.text["doc3"] += "a second line\n"
+    a.flush()  # on disk, not sent
+    crash(a)
+    a = Memory("a", path=path)
+    client = Link(a, "b")
+    settle(client, server)
+    assert a.text["doc3"] == b.text["doc3"] == "3. first line\na second line\n"
+    assert a.digest() == b.digest()
+    assert client.metrics.resyncs == 0 and server.metrics.resyncs == 0
+    texts = {id(t) for t in a.text.values()}
+    assert client.state_bytes(texts) == 0  # every shadow is the replica's own text
+    a.close()

@@ -58,12 +58,20 @@ def _page_table_bytes(cache: KVCache) -> int:
 
 
 def state_bytes_of(memory: Memory) -> int:
-    """What ``memory`` keeps to synchronise, in bytes (see :meth:`HybridEngine.state_bytes`)."""
-    total = sum(len(text.encode()) for text in memory.text.values())
+    """What ``memory`` keeps to synchronise, in bytes (see :meth:`HybridEngine.state_bytes`).
+    A string object held in several places (a document's text, the shadows
+    and backups of the links that agree with it) is counted once: it is
+    held once."""
+    seen: set[int] = set()
+    total = 0
+    for text in memory.text.values():
+        if id(text) not in seen:
+            seen.add(id(text))
+            total += len(text.encode())
     total += len(memory.meta.update_since(None))
     for cache in memory.kv.values():
         total += cache.nbytes + _page_table_bytes(cache)
-    return total + sum(link.state_bytes() for link in memory.links)
+    return total + sum(link.state_bytes(seen) for link in memory.links)
 
 
 class HybridEngine(Engine):
@@ -193,8 +201,11 @@ class HybridEngine(Engine):
 
         - its text documents (UTF-8 bytes);
         - for every link and document, the shadow and the backup shadow
-          (UTF-8 bytes each, counted separately even where they are the same
-          string: a replica that persisted its links would store both);
+          (UTF-8 bytes), each string object once: a shadow that is the very
+          string the replica holds as the text (the usual case once a link is
+          in step) costs nothing more, in memory as in a durable replica's
+          file (which saves such a shadow as a reference to the text);
+        - the edits a link has not had acknowledged yet;
         - the metadata CRDT document of the current epoch, encoded
           (``len(meta.update_since(None))``, i.e. Yjs ``get_update()``: the
           same measure as ``meta.measure().encoded_bytes``);

@@ -373,12 +373,22 @@ class Link:
         self._unsaved_header = self._unsaved_reset = False
         self._forget = None
 
-    def state_bytes(self) -> int:
+    def state_bytes(self, seen: set[int] | None = None) -> int:
         """Bytes this link keeps about its peer: text shadows and backups
-        (UTF-8) and the page tables of the KV caches it mirrors."""
+        (UTF-8), unacknowledged edits, and the page tables of the KV caches
+        it mirrors. A shadow is usually the very string object the replica
+        holds as the document's text (and its backup the same object as the
+        shadow): ``seen`` holds the ids of the strings counted already (the
+        replica's texts, other links' shadows), and each is counted once."""
+        if seen is None:
+            seen = set()
         total = 0
         for doc in self._docs.values():
-            total += len(doc.shadow.encode()) + len(doc.backup.encode())
+            for text in (doc.shadow, doc.backup):
+                if id(text) not in seen:
+                    seen.add(id(text))
+                    total += len(text.encode())
+            total += sum(len(edit.raw) for edit in doc.stack)
         return total + self._kv.state_bytes()
 
     def set_peer_incarnation(self, incarnation: bytes | None) -> None:
@@ -418,8 +428,12 @@ class Link:
         doc = self._docs.get(name)
         if doc is None:
             return None
+        # A shadow equal to the document's text (the usual case) is saved as
+        # None: the store saves that text in the same transaction, and a
+        # reopened link shares it again instead of holding a copy.
+        text = self.memory.text.get(name)
         return [
-            doc.shadow,
+            None if doc.shadow is text or doc.shadow == text else doc.shadow,
             doc.local,
             doc.remote,
             None if doc.backup == doc.shadow else doc.backup,  # usually equal: saved once
@@ -440,6 +454,10 @@ class Link:
 
         try:
             for name, (shadow, local, remote, backup, bl, br, stack, fp, wf, tomb) in docs.items():
+                if shadow is None:
+                    shadow = self.memory.text.get(name)
+                    if shadow is None:
+                        raise KeyError(f"the text its shadow refers to, {name!r}, is not held")
                 doc = _Doc(str(shadow), int(local), int(remote))
                 doc.backup = doc.shadow if backup is None else str(backup)
                 doc.backup_local, doc.backup_remote = int(bl), int(br)
@@ -505,6 +523,10 @@ class Link:
 
     def _mark_dirty(self, name: str) -> None:
         self._dirty.add(name)
+        if self.memory.durable and name in self._docs:
+            # The saved shadow may be a reference to the text that just
+            # changed (saved_doc): save it explicitly in the same transaction.
+            self._unsaved.add(name)
 
     def _mark_deleted(self, name: str) -> None:
         self._dirty.discard(name)
