@@ -121,6 +121,22 @@ def test_every_change_appends_an_entry_and_the_untouched_log_verifies(tmp_path: 
     assert report.ok and report.last_seq == 13
 
 
+def test_the_head_signed_at_closing_is_published_after_reopening(tmp_path: Path) -> None:
+    """Closing signs the tail (with the claims of the last writes) without
+    publishing it; the reopened replica publishes it, so a peer attributes
+    those writes."""
+    path = tmp_path / "w.db"
+    with Memory("w", path=path, audit=AuditPolicy(sign_every=1000)) as m:
+        m.text["late"] = "written just before closing"
+    reader = Memory("r", audit=AuditPolicy(sign_every=1000))
+    with Memory("w", path=path, audit=AuditPolicy(sign_every=1000)) as m:
+        pair = (Link(reader, "w", role="client", epoch=3), Link(m, "r", role="server"))
+        settle([pair])
+        assert reader.audit is not None
+        (r,) = attribute(reader.audit, doc="late")
+        assert (r.writer, r.confirmed, r.writer_seq) == ("w", True, 1)
+
+
 def test_the_log_is_on_for_durable_replicas_and_can_be_turned_off(tmp_path: Path) -> None:
     with Memory("a", path=tmp_path / "on.db") as m:
         assert m.audit is not None

@@ -603,6 +603,8 @@ class AuditLog:
         self._subs.append(changes.observe("meta", (), self._on_meta))
         self._subs.append(changes.observe("kv", None, self._on_kv))
         self.closed = False
+        #: A reopened log publishes its latest head at its first commit.
+        self._unpublished = self.signed_seq > 0
 
     # -- opening
 
@@ -1054,6 +1056,13 @@ class AuditLog:
             self._write()
             if self.seq - self.signed_seq >= self.policy.sign_every:
                 self._sign()
+            elif self._unpublished:
+                # The head signed when the replica last closed (its claims
+                # included) reaches the others now.
+                heads = self.heads()
+                if heads and self.policy.publish:
+                    self._publish(heads[-1])
+            self._unpublished = False
 
     def close(self) -> None:
         """Commit, sign what is unsigned, stop listening and close the file."""
