@@ -64,7 +64,14 @@ except ImportError as exc:  # pragma: no cover - the optional extra is missing
 
 from hybridsync.errors import HybridSyncError, InvalidArgumentError
 from hybridsync.memory import Memory
-from hybridsync.net._common import PeerStatus, logger, printable_id, safe_url, stop_task
+from hybridsync.net._common import (
+    PeerStatus,
+    logger,
+    printable_id,
+    safe_url,
+    stop_task,
+    wait_event,
+)
 from hybridsync.net._secure import (
     KIND_FRAME,
     KIND_FRAME_MORE,
@@ -342,6 +349,27 @@ class NatsHub(Hub):
                 limit = self.idle_timeout if conn.chan is not None else self.handshake_timeout
                 if now - conn.last_request > limit:
                     self._drop(token, conn)
+
+    async def _watch(self) -> None:
+        """Wake each child whose link has something to tell, once per request of
+        that child (a lost wake-up costs at most the child's idle period: NATS
+        nodes poll while idle)."""
+        assert self._wake is not None
+        while True:
+            await wait_event(self._wake, self.poll_interval)
+            self._wake.clear()
+            now = asyncio.get_running_loop().time()
+            due: list[_NatsConn] = []
+            with self._lock:
+                for peer in self._peers.values():
+                    conn: Any = peer.conn
+                    if not isinstance(conn, _NatsConn) or conn.poked or now < conn.quiet_until:
+                        continue
+                    if not peer.link.idle:
+                        conn.poked = True
+                        due.append(conn)
+            for conn in due:
+                self._spawn(conn.send(KIND_POKE))
 
     def _drop(self, token: str, conn: _NatsConn) -> None:
         self._conns.pop(token, None)
@@ -626,6 +654,7 @@ class _Wire:
         self.closed = False
         self.reason = ""
         self.silent = 0  # requests in a row that got no reply at all
+        self.silent_since = 0.0  # when (loop time) the first of them was sent
 
     def deliver(self, data: bytes) -> None:
         if not self.closed:
@@ -663,14 +692,21 @@ class _Wire:
         return bytes(reply.data), hdrs
 
     async def _exchange(self, message: bytes) -> None:
-        timeout = self.session.reply_timeout[1]
         size = _part_size(self.nc)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             async with self._lock:
                 if self.closed:
                     return
                 parts = split_parts(message, size)
                 n = len(parts)
+                # A one-part request waits the session's retransmission timeout
+                # (adaptive): one in flight when its hub died is sent again soon,
+                # and the retransmission finds no responders. Parts wait longest.
+                timeout = (
+                    self.session.request_timeout() if n == 1 else self.session.reply_timeout[1]
+                )
                 data, hdrs = b"", dict[str, str]()
                 for i, part in enumerate(parts):
                     headers = {PART: f"{i}/{n}"} if n > 1 else None
@@ -682,7 +718,9 @@ class _Wire:
                         raise _Refused("size", f"reply announced in {count} parts")
                     pieces = [data]
                     for i in range(1, count):
-                        piece, _ = await self.request(b"", {FETCH: str(i)}, timeout)
+                        piece, _ = await self.request(
+                            b"", {FETCH: str(i)}, self.session.reply_timeout[1]
+                        )
                         pieces.append(piece)
                     data = b"".join(pieces)
                 self.silent = 0
@@ -692,19 +730,22 @@ class _Wire:
         except AuthenticationError as exc:
             self.lose(str(exc))
         except _Refused as exc:
-            self.session._rejected += 1
+            self.session.note_rejected()
             logger.warning("the hub refused a request (%s): %s", exc.code, exc.reason)
         except (nats_errors.TimeoutError, asyncio.TimeoutError):
-            # The session sends the request again after its timeout. A hub that
-            # is subscribed but never answers (stopped, wedged) is left after
-            # MAX_SILENT requests in a row: the next live hub of the list takes over.
+            # The session sends the request again. A hub that is subscribed but
+            # never answers (stopped, wedged) is left once MAX_SILENT requests in
+            # a row got no reply for reply_timeout[1]: the next live hub takes over.
+            if self.silent == 0:
+                self.silent_since = started
             self.silent += 1
-            if self.silent >= MAX_SILENT:
-                self.lose(f"no reply to {self.silent} requests in a row")
+            quiet = loop.time() - self.silent_since
+            if self.silent >= MAX_SILENT and quiet >= self.session.reply_timeout[1]:
+                self.lose(f"no reply to {self.silent} requests in {quiet:.1f} s")
         except (nats_errors.Error, OSError) as exc:
             logger.info("NATS request failed: %s: %s", type(exc).__name__, exc)
         except ValueError as exc:
-            self.session._rejected += 1
+            self.session.note_rejected()
             logger.warning("malformed reply from the hub: %s", exc)
 
     def __aiter__(self) -> _Wire:
@@ -791,6 +832,13 @@ class NatsSession(Session):
     async def start(self) -> NatsSession:
         await super().start()
         return self
+
+    def request_timeout(self) -> float:
+        """How long one request waits for its reply: the retransmission timeout."""
+        return self._rto
+
+    def note_rejected(self) -> None:
+        self._rejected += 1
 
     async def __aenter__(self) -> NatsSession:
         return await self.start()
