@@ -568,6 +568,8 @@ def test_cli_audit_verifies_lists_and_fails_on_tampering(tmp_path: Path) -> None
     ok = runner.invoke(main, ["audit", str(path)])
     assert ok.exit_code == 0, ok.output
     assert "OK" in ok.output
+    folder = runner.invoke(main, ["audit", str(audit_path(path)), "--json"])
+    assert folder.exit_code == 0 and json.loads(folder.output)["report"]["ok"]
     listed = runner.invoke(main, ["audit", str(path), "--doc", "doc1", "--json"])
     assert listed.exit_code == 0, listed.output
     data = json.loads(listed.output)

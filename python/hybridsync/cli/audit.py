@@ -31,7 +31,7 @@ from hybridsync.errors import HybridSyncError
 
 __all__ = ["audit", "keygen"]
 
-_path = click.Path(exists=True, dir_okay=False, path_type=Path)
+_path = click.Path(exists=True, path_type=Path)
 
 
 def _key_path(value: str) -> list[str]:
