@@ -14,7 +14,7 @@ from pycrdt import Array, Doc
 from hybridsync import Link, Memory
 from hybridsync.errors import InvalidArgumentError, LimitExceededError
 from hybridsync.meta import CompactionPolicy
-from meta_schedules import STAR, TREE, run_schedule
+from meta_schedules import MIXES, STAR, TREE, run_mix, run_schedule
 
 EAGER = CompactionPolicy(max_ratio=1.0, slack_bytes=32)
 
@@ -430,48 +430,62 @@ def test_a_restarted_root_without_the_frozen_state_loses_no_acknowledged_insert(
         assert m.meta["log"].to_py() == ["a0", "a1", "a2", "a-acked-by-old", "late"]
 
 
-RESTART_SEEDS = int(os.environ.get("HYBRIDSYNC_RESTART_SEEDS", "60"))
+RESTART_SEEDS = int(os.environ.get("HYBRIDSYNC_RESTART_SEEDS", "24"))
+#: Mixes whose schedules still fail (docs/protocol.md 6.9, the README's table):
+#: strict, so a mix that starts passing must move out of this set.
+FAILING_MIXES = {"tree-hub", "tree-all"}
 
 
-@pytest.mark.parametrize("block", range(3))
-def test_random_restarts_from_nothing_lose_no_acknowledged_write(block: int) -> None:
-    """A root and 4 leaves; the root (tight compaction) and leaves killed and
-    restarted empty at random, 20% loss: every acknowledged append survives
-    exactly once whenever some replica still held it (a root restarted
-    without its state merges the documents of the previous lineage by value),
-    and each leaf's latest write of its own key wins everywhere."""
-    acked = excused = root_kills = 0
-    for seed in range(block, RESTART_SEEDS, 3):
-        out = run_schedule(seed, STAR)
+@pytest.mark.parametrize(
+    "mix",
+    [
+        pytest.param(
+            mix,
+            marks=pytest.mark.xfail(
+                mix in FAILING_MIXES,
+                strict=True,
+                reason="a server restarted from nothing merges by value (docs/protocol.md 6.9)",
+            ),
+        )
+        for mix in MIXES
+    ],
+)
+def test_random_restart_schedules_of_every_mix(mix: str) -> None:
+    """Every restart mix (star/tree x root/hub/leaf restarts from nothing),
+    loss drawn in 0-50%, duplicated and late frames, tight compaction;
+    leaves append, change in place and delete list entries and set and
+    delete keys: no acknowledged entry lost, none doubled, no deletion undone,
+    every leaf's latest write wins, every replica converges
+    (``python tests/meta_schedules.py --mix MIX --seeds N`` runs more)."""
+    res = run_mix(mix, range(RESTART_SEEDS))
+    assert res["failed"] == 0, [f"seed {seed}: {out}" for seed, out in res["failures"][:3]]
+    assert res["acked"] > RESTART_SEEDS  # the schedules did acknowledge writes
+
+
+@pytest.mark.parametrize("topology", ["star", "tree"])
+def test_restarts_of_appends_and_own_keys_lose_nothing(topology: str) -> None:
+    """Appends and overwrites of each leaf's own key only (no deletions, no
+    in-place changes), with root and leaf restarts from nothing: nothing
+    acknowledged is lost or doubled and the latest writes win, whenever a
+    replica held them (a root restarted without its state merges the
+    previous lineage's documents by value)."""
+    parents = STAR if topology == "star" else TREE
+    rates = {"kill_root": 0.03, "kill_leaf": 0.06}
+    acked = excused = kills = 0
+    for seed in range(RESTART_SEEDS):
+        out = run_schedule(seed, parents, steps=600, deletes=False, **rates)
         assert out.ok, f"seed {seed}: {out}"
         acked, excused = acked + out.acked, excused + out.excused
-        root_kills += out.kills["root"]
-    assert root_kills > RESTART_SEEDS // 3  # the schedules did restart roots
+        kills += out.kills["root"]
+    assert kills > RESTART_SEEDS // 3  # the schedules did restart roots
     assert excused < acked / 10  # most acknowledged writes had a surviving holder
 
 
-def test_random_schedules_in_a_tree_of_hubs_lose_nothing() -> None:
-    """A root, 2 hubs and 4 leaves, 20% loss, tight compaction (the root
-    starts epochs all the time and hubs relay them); the root and leaves
-    killed and restarted empty at random. A hub crosses only once what its
-    leaves wrote past the new epoch's state went up (the root integrates
-    updates of the epochs it just ended): every acknowledged append survives
-    exactly once whenever a replica held it, and the latest writes win.
-    (Hubs restarted empty are not covered: see docs/protocol.md 6.9.)"""
-    acked = root_kills = 0
-    for seed in range(RESTART_SEEDS // 2):
-        out = run_schedule(seed, TREE, kill_hub=0.0)
-        assert out.ok, f"seed {seed}: {out}"
-        acked += out.acked
-        root_kills += out.kills["root"]
-    assert acked and root_kills
-
-
 def test_after_a_restart_own_current_values_win_over_stale_copies() -> None:
-    """A root restarted from nothing merges first the document of a replica
-    that missed the latest writes (c); the writers' own latest values and
-    deletions, still current in their documents, win again. A write that was
-    superseded by another replica's later one does not come back."""
+    """A root restarted from nothing hears first from a replica that missed
+    the latest writes (c); it adopts the newest document once every client
+    reported, so the writers' latest values and deletions win. A write that
+    was superseded by another replica's later one does not come back."""
 
     def sync(pairs: list[tuple[Link, Link]], rounds: int = 4) -> None:
         for _ in range(rounds):
@@ -497,8 +511,8 @@ def test_after_a_restart_own_current_values_win_over_stale_copies() -> None:
     for client, _ in pairs:
         client.close()
     pairs = [(Link(m, "root"), Link(new, m.replica_id, role="server")) for m in (c, a, b)]
-    sync(pairs[:1])  # the stale copy first
-    assert new.meta.to_py() == {"k": 1, "gone": "soon"}
+    sync(pairs[:1])  # the stale copy first: the new root waits for its other clients
+    assert new.meta.to_py() == {}
     sync(pairs)
     for m in (new, a, b, c):
         assert m.meta.to_py() == {"k": 2, "status": "b-latest"}

@@ -212,3 +212,30 @@ def test_an_epoch_reply_that_dropped_a_write_is_not_an_acknowledgement() -> None
     ex(link)
     assert link[0].reply_complete
     assert root.meta["w"] == 1 and root.meta["log"].to_py() == ["a", "b"]
+
+
+def test_an_in_place_change_inside_a_list_element_lands_on_that_element_after_a_crossing() -> None:
+    """A leaf changes a dict inside a list in place (``log[2]["v"] = 1``) while
+    another leaf deletes an earlier element and the root compacts. The leaf's
+    write was made on the old epoch: re-applied on the new one, where index 2
+    is another element, it still lands on the element it changed (found by
+    its value), not on whatever sits at its old index."""
+    root = Memory("root", compaction=CompactionPolicy(max_ratio=1.0, slack_bytes=0), incarnation=1)
+    a, b = replica("a", 2), replica("b", 3)
+    ar, br = pair(a, root), pair(b, root)
+    root.meta["log"] = [{"t": f"e{i}", "v": 0} for i in range(4)]
+    ex(ar, 2), ex(br, 2)
+    a.meta["log"][2]["v"] = 1  # not sent yet
+    del b.meta["log"][0]
+    for i in range(200):  # b's writes make the root compact: a new epoch
+        b.meta[f"k{i}"] = i
+        del b.meta[f"k{i}"]
+        ex(br)
+        if root.meta.epoch_id != a.meta.epoch_id:
+            break
+    assert root.meta.epoch_id != a.meta.epoch_id
+    for _ in range(4):
+        ex(ar), ex(br)
+    want = [{"t": "e1", "v": 0}, {"t": "e2", "v": 1}, {"t": "e3", "v": 0}]
+    for m in (root, a, b):
+        assert m.meta["log"].to_py() == want

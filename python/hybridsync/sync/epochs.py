@@ -20,6 +20,7 @@ section 6.9).
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -57,10 +58,134 @@ _LINEAGE_TAGS = 64
 #: Documents of the epochs a root ended most recently, kept to integrate
 #: updates that arrive for them late (a request that crossed a compaction).
 _ENDED_DOCS = 4
+#: Root map of an epoch's base document: the lineages it descends from.
+_ANCESTRY = "lineage"
 #: The compaction check measures once the estimate grew by 1/_GROWTH of the
 #: last measurement, or by 1/_NEAR when it may pass the threshold.
 _GROWTH = 16
 _NEAR = 256
+
+
+def _later(ops: list[Op], i: int) -> set[str] | None:
+    """For an anchored write ``ops[i]`` to a dict in a list: the values that
+    dict took from it on, through our later writes to it (canonical JSON);
+    None for another kind of op."""
+    kind, _, key, v = ops[i]
+    if kind != "at" or not (isinstance(v, list) and len(v) == 3 and isinstance(v[1], list)):
+        return None
+    first = _after(v[0], v[1], key, v[2])
+    if first is None:
+        return None
+    seen = {first}
+    for later in ops[i + 1 :]:
+        k, _, lkey, lv = later
+        if k != "at" or not (isinstance(lv, list) and len(lv) == 3 and isinstance(lv[1], list)):
+            continue
+        if lv[1] and lv[1][-1] in seen:
+            after = _after(lv[0], lv[1], lkey, lv[2])
+            if after is not None:
+                seen.add(after)
+    return seen
+
+
+def _versions(ops: list[Op], i: int) -> set[bytes]:
+    """The values the element inserted by ``ops[i]`` took through our later
+    in-place writes to it (canonical JSON; empty for another kind of op)."""
+    kind, path, _, value = ops[i]
+    if kind != "insert":
+        return set()
+    seen = {canonical_json(value)}
+    for later in ops[i + 1 :]:
+        k, p, key, v = later
+        if k != "at" or len(p) != len(path) + 1 or p[: len(path)] != path:
+            continue
+        if not (isinstance(v, list) and len(v) == 3 and isinstance(v[1], list) and v[1]):
+            continue
+        if str(v[1][-1]).encode() in seen:
+            after = _after(v[0], v[1], key, v[2])
+            if after is not None:
+                seen.add(after.encode())
+    return seen
+
+
+def _landed(op: Op, old: Map[Any], new: Map[Any], versions: set[bytes] | None = None) -> bool:
+    """For a crossing without a frozen state (what the new document holds
+    of ours is known only as what our upstream acknowledged): True for a
+    list insert or deletion of ours that the new document already shows,
+    counted by value (it holds as many copies of the value as our document
+    did after the write, or for a deletion no more), so that a write that
+    landed without its acknowledgement is not applied twice."""
+    kind, path, key, value = op
+    if any(isinstance(part, int) for part in path):
+        return False
+    if kind in ("set", "del"):
+        try:
+            was, now = _at(old, path, key), _at(new, path, key)
+        except KeyError:
+            return False
+        return was == now
+    if kind not in ("insert", "ldel"):
+        return False
+    if kind == "ldel":
+        if not (isinstance(value, list) and len(value) == 1):
+            return False
+        value = value[0]
+
+    def count(root: Map[Any]) -> int | None:
+        node: Any = root
+        for part in path:
+            if not isinstance(node, Map) or not isinstance(part, str) or part not in node:
+                return None
+            node = node[part]
+        if not isinstance(node, Array):
+            return None
+        want = canonical_json(value)
+        return sum(1 for v in node if canonical_json(plain_value(v)) == want)
+
+    before, after = count(old), count(new)
+    if before is None or after is None:
+        return False
+    if kind == "insert" and versions and len(versions) > 1:
+        # A dict we changed in place since: it landed if the new document
+        # holds it in any of the versions it went through.
+        node: Any = new
+        for part in path:
+            node = node[part]
+        return any(canonical_json(plain_value(v)) in versions for v in node)
+    # (An inserted value our later writes changed counts 0 in our document:
+    # it landed if the new document holds it as inserted.)
+    return after >= max(before, 1) if kind == "insert" else after <= before
+
+
+def _at(root: Map[Any], path: Path, key: Any) -> bytes | None:
+    """The canonical JSON of the value at ``path`` / ``key`` (None: absent);
+    KeyError when the container is missing."""
+    node: Any = root
+    for part in path:
+        if not isinstance(node, Map) or not isinstance(part, str) or part not in node:
+            raise KeyError(part)
+        node = node[part]
+    if not isinstance(node, Map) or not isinstance(key, str):
+        raise KeyError(key)
+    return canonical_json(plain_value(node[key])) if key in node else None
+
+
+def _after(kind: Any, anchors: list[Any], key: Any, value: Any) -> str | None:
+    """The canonical JSON of an anchored dict as a set or del of ``key`` in
+    it left it (None when that is not the kind of write)."""
+    if kind not in ("set", "del") or not anchors or not isinstance(key, str):
+        return None
+    try:
+        element = json.loads(anchors[-1])
+    except (TypeError, ValueError):
+        return None
+    if not isinstance(element, dict):
+        return None
+    if kind == "set":
+        element[key] = value
+    else:
+        element.pop(key, None)
+    return canonical_json(element).decode()
 
 
 def _sv_clients(state: bytes) -> int:
@@ -100,6 +225,12 @@ class EpochMeta(Meta):
         self._frozen: dict[int, bytes] = {}
         #: Own clock acknowledged by the upstream this epoch, per own client id.
         self._delivered: dict[int, int] = {}
+        #: Lineage tags of documents we adopted (and their ancestors).
+        self._adopted_tags: set[int] = set()
+        #: Documents offered for adoption: peer -> (epoch, epoch id, document, state).
+        self._offers: dict[str, tuple[int, int, bytes, bytes]] = {}
+        self._offer_rounds: dict[str, int] = {}
+        self._empty_peers: set[str] = set()
         #: Lineage tags of the epochs this replica held -> (lowest, highest counter).
         self._lineage: dict[int, tuple[int, int]] = {}
         self._tag = 0
@@ -145,7 +276,7 @@ class EpochMeta(Meta):
         tag, counter = epoch_id >> _COUNTER_BITS, epoch_id & _COUNTER_MASK
         lo, hi = self._lineage.get(tag, (1, 0))
         return (
-            self._is_root()
+            (self._is_root() or tag in self._adopted_tags)
             and epoch_id != self.epoch_id
             and epoch_id not in self._frozen
             and lo <= counter <= hi
@@ -235,9 +366,14 @@ class EpochMeta(Meta):
         builder_id = crdt_client_id(self.replica_id, epoch_id, self._salt ^ 1)
         builder: Doc[Any] = Doc(client_id=builder_id)
         root = builder.get(ROOT_KEY, type=Map)
+        ancestry = builder.get(_ANCESTRY, type=Map)
         with builder.transaction():
             for k, v in live.items():
                 root[k] = prelim_value(v)
+            # The lineages this epoch descends from, so that a root restarted
+            # from nothing that adopts it knows their earlier epochs.
+            for tag, (lo, hi) in self._lineage.items():
+                ancestry[str(tag)] = f"{lo}:{hi}"
         self._start_epoch(self.epoch + 1, epoch_id, builder.get_update())
         self._pending.clear()  # the root integrated everything it wrote
         self.metrics.compactions += 1
@@ -287,8 +423,12 @@ class EpochMeta(Meta):
     def left_by_merge(self, epoch_id: int) -> bool:
         """True for an ended epoch we left because our upstream merged our
         document by value: our clients on it move by MERGE too (so that their
-        own latest values win again over the merged ones)."""
-        return epoch_id in self._via_merge
+        own latest values win again over the merged ones); and, on a root
+        that adopted a client's document, for the earlier epochs of that
+        lineage (their replicas replay what did not visibly land)."""
+        return epoch_id in self._via_merge or (
+            (epoch_id >> _COUNTER_BITS) in self._adopted_tags and self.forgotten(epoch_id)
+        )
 
     def cross(
         self,
@@ -298,6 +438,7 @@ class EpochMeta(Meta):
         frozen_state: bytes,
         *,
         merged: bool = False,
+        adopting: bool = False,
         origin: Origin = Origin.LOCAL,
     ) -> int:
         """Move to the upstream's epoch ``epoch_id`` (``document``: its whole
@@ -317,7 +458,11 @@ class EpochMeta(Meta):
         # Without a frozen state (the upstream no longer keeps it: we were
         # away for longer), what our upstream acknowledged counts as
         # integrated: it was, by a replica of this lineage.
-        integrated = frozen if frozen_state else self._delivered
+        # After a MERGE without a state (our upstream adopted a document of
+        # our lineage from another replica): nothing of ours is known to be
+        # there; every logged write is replayed unless it visibly landed.
+        uncertain = merged and not frozen_state
+        integrated = frozen if frozen_state else {} if uncertain else self._delivered
         keep = [op for client, end, op in self._pending if end > integrated.get(client, 0)]
         # After a merge: our latest dict writes still current in our document
         # go again over the merged values (a container merges into the one
@@ -327,20 +472,122 @@ class EpochMeta(Meta):
         if merged:
             self._via_merge.add(self.epoch_id)
         self._trim_history()
+        old_root = self._root
         self._start_epoch(epoch, epoch_id, document)
         self._pending = []
         self.metrics.crossings += 1
         if keep or overlays:
             with self._write() as ops:
-                for op in keep:
-                    if self._replay(op):
-                        ops.append(op)
+                for i, op in enumerate(keep):
+                    if uncertain and _landed(op, old_root, self._root, _versions(keep, i)):
+                        continue
+                    logged = self._replay(op, _later(keep, i) if uncertain else None)
+                    if logged is not None:
+                        ops.append(logged)
                 for op in overlays:
                     self._overlay(op, ops)
                 self.metrics.rebased_writes += len(ops)
         self._changed = True
         self._changes.meta_changed(origin)
         return len(keep)
+
+    def can_adopt(self) -> bool:
+        """True while this replica is still on the epoch it started on, never
+        crossed, compacted or merged, and its document holds only its own
+        writes (a server restarted from nothing): it may adopt a client's
+        document instead of merging it by value."""
+        m = self.metrics
+        if m.crossings or m.compactions or m.merged_writes or m.adoptions or self.epoch:
+            return False
+        return set(decode_state_vector(self._doc.get_state())) <= self.own_clients()
+
+    def offer(self, peer: str, epoch: int, epoch_id: int, update: bytes, state: bytes) -> bool:
+        """A client's whole document of another lineage, offered for
+        adoption (while :meth:`can_adopt`): kept, one per peer, until
+        :meth:`adopt_newest`. False when ``update`` is not the whole
+        document ``state`` describes; raises DecodeError if it does not
+        decode."""
+        scratch: Doc[Any] = Doc()
+        try:
+            scratch.apply_update(update)
+        except (ValueError, RuntimeError) as exc:
+            raise DecodeError(f"invalid metadata update: {exc}") from exc
+        sv = decode_state_vector(scratch.get_state())
+        if not sv:
+            self._empty_peers.add(peer)
+            return False  # empty: nothing to adopt (it merges)
+        if sv != decode_state_vector(state):
+            return False  # not the whole document
+        self._offers[peer] = (epoch, epoch_id, update, state)
+        self._offer_rounds[peer] = self._offer_rounds.get(peer, 0) + 1
+        return True
+
+    def nothing_to_adopt(self, peers: list[str]) -> bool:
+        """True when every one of ``peers`` reported an empty document."""
+        return all(p in self._empty_peers for p in peers)
+
+    def offers_waited(self, peer: str) -> int:
+        """How many times ``peer`` offered its document (it waits meanwhile)."""
+        return self._offer_rounds.get(peer, 0)
+
+    def adopt_newest(self, origin: Origin = Origin.LOCAL) -> dict[str, tuple[int, bytes]]:
+        """Take the newest offered document (the highest epoch counter; the
+        largest on a tie) as our own epoch, re-applying our own writes on it,
+        as a crossing would: the Yjs history stays shared with the replicas
+        that hold it, so their later updates, deletions and in-place changes
+        included, merge by the CRDT instead of by value. The other offers of
+        that epoch are integrated as updates; those of other epochs merge by
+        value right away (before their peers change anything more). The
+        earlier epochs of the adopted lineage count as forgotten on the root
+        (their clients cross keeping only what their upstream did not
+        acknowledge). Returns the peers merged by value: peer -> (their
+        epoch id, the state vector merged)."""
+        if not self._offers:
+            return {}
+        offers = dict(self._offers)
+        self._offers.clear()
+        self._offer_rounds.clear()
+        best = max(offers, key=lambda p: (offers[p][1] & _COUNTER_MASK, len(offers[p][2])))
+        epoch, epoch_id, update, _ = offers.pop(best)
+        self.cross(epoch, epoch_id, update, b"", adopting=True, origin=origin)
+        self.metrics.crossings -= 1  # not a crossing to an upstream's epoch
+        self.metrics.adoptions += 1
+        self._base_size = 0  # a client's history, not a compacted base: no floor
+        tag, counter = epoch_id >> _COUNTER_BITS, epoch_id & _COUNTER_MASK
+        self._lineage[tag] = (0, counter)
+        self._adopted_tags.add(tag)
+        self._learn_ancestry()
+        merged: dict[str, tuple[int, bytes]] = {}
+        for peer, (_, other_id, other, state) in offers.items():
+            if other_id == epoch_id:
+                # Same epoch: the document shares its history (its peer was
+                # answered as if integrated once we are on it).
+                self._doc.apply_update(other)
+                self._changed = True
+            elif self.forgotten(other_id):
+                continue  # an earlier epoch of what we adopted: its peer crosses
+            elif self.merge_foreign(other, state):
+                merged[peer] = (other_id, state)
+        self._changes.meta_changed(Origin.LOCAL)
+        return merged
+
+    def _learn_ancestry(self) -> None:
+        """Add the lineages the current document descends from (recorded by
+        the root that built its epoch) to ours: their epochs up to the
+        recorded counter count as ours (forgotten, on the root)."""
+        ancestry = self._doc.get(_ANCESTRY, type=Map)
+        for key, span in list(ancestry.items()):
+            try:
+                tag, hi = int(key), int(str(span).split(":")[1])
+            except (ValueError, IndexError):
+                continue  # not written by a compaction: ignored
+            if tag == self.epoch_id >> _COUNTER_BITS or not 0 < tag < 1 << 40:
+                continue
+            _, old_hi = self._lineage.pop(tag, (0, hi))
+            self._lineage[tag] = (0, max(old_hi, hi))
+            self._adopted_tags.add(tag)
+        while len(self._lineage) > _LINEAGE_TAGS:
+            del self._lineage[next(iter(self._lineage))]
 
     def merge_foreign(self, update: bytes, state: bytes, origin: Origin = Origin.LOCAL) -> bool:
         """Fold in a downstream replica's whole document of an epoch that is
@@ -395,8 +642,9 @@ class EpochMeta(Meta):
 
     def _overlay(self, op: Op, ops: list[Op]) -> None:
         """Write an own dict write again over a merged value: a plain value
-        or a deletion as it was; a dict or list into the container that
-        holds the key (our values win, list values are added if missing)."""
+        or a deletion as it was; a dict into the dict that holds the key (our
+        plain values win). A list there stays as it is: the merge added our
+        values already, and adding them again would undo deletions since."""
         kind, path, key, value = op
         try:
             node = self._resolve(path)
@@ -431,7 +679,8 @@ class EpochMeta(Meta):
             if isinstance(ours, Map) and isinstance(value, dict):
                 self._merge_map(ours, (*path, key), value, ops, overwrite=overwrite)
             elif isinstance(ours, Array) and isinstance(value, list):
-                self._merge_list(ours, (*path, key), value, ops)
+                if not overwrite:  # an overlay: the merge added its values already
+                    self._merge_list(ours, (*path, key), value, ops)
             elif overwrite and (
                 isinstance(ours, (Map, Array))
                 or canonical_json(plain_value(ours)) != canonical_json(value)
@@ -456,29 +705,71 @@ class EpochMeta(Meta):
             ours.insert(pos, k)
             pos += 1
 
-    def _replay(self, op: Op) -> bool:
+    def _anchor(
+        self, path: Path, anchors: list[Any], landed: set[str] | None = None
+    ) -> Path | None:
+        """Where a path through list elements points now: at each list index,
+        the element whose value is the anchor's, nearest to the old index
+        (the index itself when none is); None when nothing is there, or when
+        no element holds the last anchor's value and ``landed`` is given (the
+        values the element took from this write on: one of them there means
+        the write is there already; none, that the element is not)."""
+        if sum(isinstance(part, int) for part in path) != len(anchors):
+            return None
+        out: list[str | int] = []
+        node: Any = self._root
+        it = iter(anchors)
+        for part in path:
+            if isinstance(part, int):
+                if not isinstance(node, Array) or not len(node):
+                    return None
+                want = next(it)
+                values = [canonical_json(plain_value(v)).decode() for v in node]
+                found = [j for j, v in enumerate(values) if v == want]
+                if not found and landed is not None and len(out) == len(path) - 1:
+                    return None
+                old = part
+                part = min(found, key=lambda j: abs(j - old)) if found else min(old, len(node) - 1)
+            elif not isinstance(node, Map) or part not in node:
+                return None
+            out.append(part)
+            node = node[part]
+        return tuple(out)
+
+    def _replay(self, op: Op, landed: set[str] | None = None) -> Op | None:
         """Re-apply a logged write on the current document (value level);
-        False when its container no longer exists."""
+        returns the op to log for it (None when its container no longer
+        exists). ``landed``: for a replay without a frozen state, the values
+        an anchored element took from this write on (see :meth:`_anchor`)."""
         kind, path, key, value = op
+        if kind == "at":
+            if not (isinstance(value, list) and len(value) == 3 and isinstance(value[1], list)):
+                return None
+            inner, anchors, inner_value = value
+            where = self._anchor(path, anchors, landed)
+            if where is None or not isinstance(key, (str, int)):
+                return None
+            logged = self._logged(str(inner), where, key, inner_value)
+            return logged if self._replay((str(inner), where, key, inner_value)) else None
         try:
             node = self._resolve(path)
         except KeyError:
-            return False
+            return None
         if kind == "merge":
             if not isinstance(node, Map) or not isinstance(value, dict):
-                return False
+                return None
             self._merge_map(node, path, value, [])
-            return True
+            return op
         if kind in ("set", "del"):
             if not isinstance(node, Map) or not isinstance(key, str):
-                return False
+                return None
             if kind == "set":
                 node[key] = prelim_value(value)
             elif key in node:
                 del node[key]
-            return True
+            return op
         if not isinstance(node, Array) or not isinstance(key, int):
-            return False
+            return None
         n = len(node)
         if kind == "insert":
             node.insert(min(key, n), prelim_value(value))
@@ -492,10 +783,10 @@ class EpochMeta(Meta):
                 want = canonical_json(value[0])
                 found = [j for j in range(n) if canonical_json(plain_value(node[j])) == want]
                 if not found:
-                    return True
+                    return op
                 at = min(found, key=lambda j: abs(j - key))
             del node[at]
-        return True
+        return op
 
     # -- sync
 

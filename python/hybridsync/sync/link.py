@@ -55,6 +55,9 @@ Role = Literal["client", "server"]
 _STRICT = {"match_threshold": 0.0, "match_distance": 0, "delete_threshold": 0.0}
 #: Rounds a hub waits, before crossing, for its clients' latest writes to go up.
 _DEFER_ROUNDS = 3
+#: A server restarted from nothing adopts at the latest on a client's 8th
+#: offer; a hub waits for that at most 8 replies before it crosses.
+_ADOPT_ROUNDS = 8
 
 
 @dataclass
@@ -307,6 +310,9 @@ class Link:
         #: Client of a hub: (epoch id, state, times) of the EPOCH or MERGE we
         #: did not cross with yet, to pass on what our clients wrote past it.
         self._deferred: tuple[int, bytes, int] | None = None
+        #: Client of a hub restarted from nothing: replies not crossed with
+        #: while it may adopt its clients' document.
+        self._adopt_wait = 0
         self._peer_state: bytes | None = None
         self._sent_state: bytes | None = None  # our state vector in the last frame built
         self._seq = 0  # client: latest request sent; server: latest request processed
@@ -618,6 +624,37 @@ class Link:
             return b""  # we carried that epoch but no longer keep its final state
         return frozen
 
+    def _await_adoption(self) -> bool:
+        """A hub that may still adopt its clients' document (restarted from
+        nothing, and some client link has not reported its epoch) does not
+        cross yet: at most _ADOPT_ROUNDS replies."""
+        meta = self.memory.meta
+        if not meta.can_adopt() or self._adopt_wait >= _ADOPT_ROUNDS:
+            return False
+        servers = [link for link in self.memory.links if link.role == "server"]
+        if all(link._peer_epoch is not None for link in servers):
+            # Every client reported: adopt what they offered (if anything),
+            # and move with our upstream from there.
+            if self._adopt_offers(self.origin) is not None:
+                return True
+            if meta.nothing_to_adopt([link.peer_id for link in servers]):
+                return False
+        self._adopt_wait += 1
+        return True
+
+    def _adopt_offers(self, origin: Origin | None = None) -> int | None:
+        """Adopt the newest document our clients offered (see
+        EpochMeta.adopt_newest); the other offers, merged by value, move
+        their peers by MERGE. Returns the adopted epoch id, None without
+        offers."""
+        meta = self.memory.meta
+        before = meta.epoch_id
+        by_value = meta.adopt_newest(origin or self.origin)
+        for link in self.memory.links:
+            if link.role == "server" and link.peer_id in by_value:
+                link._merged = by_value[link.peer_id]
+        return meta.epoch_id if meta.epoch_id != before else None
+
     def _defer_crossing(self, blk: MetaBlock) -> bool:
         """A hub told to cross holds writes of others (its clients) past the
         state the new epoch covers (they reached it after its request left):
@@ -683,7 +720,14 @@ class Link:
             if blk.kind == MetaKind.UPDATE:
                 meta.apply_remote(blk.b, self.origin)
         elif self.role == "client":
-            if blk.kind in (MetaKind.EPOCH, MetaKind.MERGE) and self._defer_crossing(blk):
+            if blk.kind in (MetaKind.EPOCH, MetaKind.MERGE) and self._await_adoption():
+                # A hub restarted from nothing first adopts its clients'
+                # newest document (their history), then moves with it.
+                self.reply_complete = False
+                if meta.epoch_id != epoch_before:  # adopted: our upstream lacks it
+                    epoch_before = meta.epoch_id
+                    self._peer_state, self._sent_state = None, None
+            elif blk.kind in (MetaKind.EPOCH, MetaKind.MERGE) and self._defer_crossing(blk):
                 # Our clients' writes the new epoch lacks go up first (as an
                 # update of our epoch, which the root integrates late or
                 # merges); the next reply's state covers them.
@@ -711,8 +755,32 @@ class Link:
             blk.kind == MetaKind.UPDATE
             and meta.frozen_state(blk.epoch_id) is None
             and not meta.forgotten(blk.epoch_id)
+            and meta.can_adopt()
+            and meta.offer(self.peer_id, blk.epoch, blk.epoch_id, blk.b, blk.a)
+        ):
+            # A server restarted from nothing takes the newest of its
+            # clients' documents as its epoch (shared history; its own writes
+            # re-applied on it), once every client link has reported its epoch
+            # (or this client offered its document _ADOPT_ROUNDS times: a
+            # client that never comes back does not hold the others up).
+            if meta.offers_waited(self.peer_id) >= _ADOPT_ROUNDS or all(
+                link is self or link._peer_epoch is not None
+                for link in self.memory.links
+                if link.role == "server"
+            ):
+                self._adopt_offers()
+                if meta.epoch_id != epoch_before:
+                    # The peer holds its own document, which may not be the
+                    # one adopted (then it is on another epoch).
+                    epoch_before = meta.epoch_id
+                    self._peer_state, self._sent_state = None, None
+        elif (
+            blk.kind == MetaKind.UPDATE
+            and meta.frozen_state(blk.epoch_id) is None
+            and not meta.forgotten(blk.epoch_id)
             and _on_upstream_epoch(self.memory)
             and not (meta.ahead(blk.epoch_id) and not self.memory.is_root)
+            and self._merged != (blk.epoch_id, blk.a)  # merged already: nothing new
             and meta.merge_foreign(blk.b, blk.a, self.origin)
         ):
             # A downstream document of another lineage: its values merged,
