@@ -474,6 +474,14 @@ class EpochMeta(Meta):
         self._trim_history()
         old_root = self._root
         self._start_epoch(epoch, epoch_id, document)
+        if not self._is_root():
+            # A hub: a client on an earlier epoch of this lineage (or of one
+            # it descends from) whose frozen state we do not keep is moved by
+            # MERGE without a state (it replays what did not visibly land).
+            tag, counter = epoch_id >> _COUNTER_BITS, epoch_id & _COUNTER_MASK
+            self._lineage[tag] = (0, max(counter, self._lineage.get(tag, (0, 0))[1]))
+            self._adopted_tags.add(tag)
+            self._learn_ancestry()
         self._pending = []
         self.metrics.crossings += 1
         if keep or overlays:
