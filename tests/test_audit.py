@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from hybridsync import KVCache, Link, Memory
 from hybridsync._core import audit_decode_entry, audit_entry, audit_entry_hash
@@ -640,3 +642,63 @@ os.kill(os.getpid(), signal.SIGKILL)
     with Memory("k", path=tmp_path / "k.db") as m:
         assert m.text["d"] == "v9" and m.audit is not None and m.audit.seq == 20
     assert verify_log(tmp_path / "k.db").ok
+
+
+# -- randomized schedules --------------------------------------------------------
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    schedule=st.lists(
+        st.tuples(st.integers(0, 2), st.integers(0, 3), st.text(max_size=12), st.booleans()),
+        min_size=1,
+        max_size=25,
+    ),
+    sign_every=st.integers(1, 4),
+)
+def test_random_schedules_attribute_every_value_to_its_writer(
+    schedule: list[tuple[int, int, str, bool]], sign_every: int
+) -> None:
+    """Agents write documents they own (text or metadata) in a random order,
+    exchanging with the hub at random points; once settled (and each log
+    signed), every replica's log verifies and attributes each document's and
+    key's latest value to its owner, confirmed by the owner's claim."""
+    policy = AuditPolicy(sign_every=sign_every)
+    hub = Memory("h", audit=policy)
+    agents = [Memory(f"a{i}", audit=policy) for i in range(3)]
+    pairs = [
+        (Link(m, "h", role="client", epoch=20 + i), Link(hub, m.replica_id, role="server"))
+        for i, m in enumerate(agents)
+    ]
+    owner: dict[str, str] = {}
+    for who, doc, value, meta in schedule:
+        m = agents[who]
+        name = f"{m.replica_id}-{doc}"
+        if meta:
+            m.meta[name] = value
+            owner["meta:" + name] = m.replica_id
+        else:
+            m.text[name] = value
+            owner["text:" + name] = m.replica_id
+        if doc % 2:
+            exchange(*pairs[who])
+    for m in [hub, *agents]:
+        assert m.audit is not None
+        m.audit.sign()
+    settle(pairs, rounds=4)
+    for m in [hub, *agents]:
+        assert m.audit is not None
+        m.audit.sign()
+    settle(pairs, rounds=4)
+    for m in [hub, *agents]:
+        assert m.audit is not None
+        assert verify_log(m.audit).ok
+        for key, writer in owner.items():
+            channel, name = key.split(":", 1)
+            rows = (
+                attribute(m.audit, key=name) if channel == "meta" else attribute(m.audit, doc=name)
+            )
+            if not rows:  # a value equal to what the replica held: no change to log
+                continue
+            last = rows[-1]
+            assert (last.writer, last.confirmed) == (writer, True), (m.replica_id, key)

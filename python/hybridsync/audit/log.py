@@ -95,6 +95,8 @@ META_PREFIX = "_hybridsync_audit/"
 ZERO = bytes(32)
 #: Claims carried by one head at most (the latest local writes win).
 MAX_CLAIMS = 1024
+#: Slots of a replica's ring of published heads (``_hybridsync_audit/<id>``).
+HEAD_RING = 32
 #: Witnessed heads carried by one head at most (the latest win).
 MAX_WITNESS = 64
 #: Longest signed head accepted from the metadata, in characters.
@@ -640,6 +642,7 @@ class AuditLog:
             self.head = audit_entry_hash(tail[-1])
         last = self._db.execute("SELECT MAX(seq) FROM heads").fetchone()[0]
         self.signed_seq = int(last or 0)
+        self._heads_signed = int(self._db.execute("SELECT COUNT(*) FROM heads").fetchone()[0])
         #: Hashes of the entries after the latest signed head.
         self._span: list[bytes] = []
         if self.seq > self.signed_seq:
@@ -755,12 +758,16 @@ class AuditLog:
         if event.origin.kind == "restore":
             return
         with self._lock:
-            heads: dict[str, Any] = {}
+            heads: list[tuple[str, Any]] = []
             for change in event.changes:
                 top = change.path[0] if change.path else ""
                 if top.startswith(META_PREFIX):
-                    if len(change.path) == 1 and change.kind != "delete":
-                        heads[top] = change.new
+                    if change.kind == "delete":
+                        continue
+                    if len(change.path) == 1 and isinstance(change.new, dict):
+                        heads += [(top, change.new[k]) for k in sorted(change.new)]
+                    elif len(change.path) <= 2:
+                        heads.append((top, change.new))
                     continue
                 subject = json.dumps(list(change.path), ensure_ascii=False)
                 content = (
@@ -774,8 +781,8 @@ class AuditLog:
                 )
                 self._append(1, change.kind, event.origin, subject, content)
             if event.origin.kind == "remote":
-                for top in sorted(heads):
-                    self._receive_published(top, heads[top], event.origin.peer or "")
+                for top, value in heads:
+                    self._receive_published(top, value, event.origin.peer or "")
             self._after()
 
     def _on_kv(self, event: KVEvent) -> None:
@@ -988,6 +995,7 @@ class AuditLog:
         if self.fsync and self.path is not None:
             self._db.execute("PRAGMA synchronous=NORMAL")
         self.signed_seq = self.seq
+        self._heads_signed += 1
         self.segments.roll(self.seq + 1)
         self._span.clear()
         self._claims.clear()
@@ -1001,8 +1009,18 @@ class AuditLog:
         return int(t or 0)
 
     def _publish(self, head: SignedHead) -> None:
+        """Into its slot of the replica's ring of heads in the metadata (so
+        that the heads signed between two exchanges of a link all reach the
+        peer, up to :data:`HEAD_RING` of them)."""
+        key = META_PREFIX + self.replica_id
+        slot = str(self._heads_signed % HEAD_RING)
         try:
-            self.memory.meta[META_PREFIX + self.replica_id] = head.to_value()
+            meta = self.memory.meta
+            ring = meta.get(key)
+            if ring is not None and hasattr(ring, "to_py"):
+                ring[slot] = head.to_value()
+            else:
+                meta[key] = {slot: head.to_value()}
         except Exception:
             log.exception("%s: could not publish its signed head", self.replica_id)
 
