@@ -416,11 +416,12 @@ def _applied(net: Network) -> int:
 
 def report(results: dict[str, Any]) -> str:
     rr = results["request_reply"]
+    server = results["nats_server"].removeprefix("nats-server: ")
     lines = [
         "# Scale-out: NATS next to WebSockets",
         "",
         f"Command: `{results['command']}`; {results['machine']}; nats-server "
-        f"{results['nats_server']}, nats-py {results['nats_py']}, websockets "
+        f"{server}, nats-py {results['nats_py']}, websockets "
         f"{results['websockets']}; {results['date']}, revision {results['revision']}.",
         "",
         "## Request/reply through the engine (hub and node in one process, alternating)",
