@@ -541,7 +541,10 @@ class NatsHub(Hub):
         if not 0 < i < len(conn.out_parts):
             await self._error(msg, "refused", f"no reply part {spec!r}", conn.address)
             return
-        await self._reply(msg, conn.out_parts[i])
+        part = conn.out_parts[i]
+        if i == len(conn.out_parts) - 1:
+            conn.out_parts = []  # delivered: a lost last part costs a retransmission
+        await self._reply(msg, part)
 
     async def _frame(self, msg: Msg, conn: _NatsConn, data: bytes) -> None:
         assert conn.chan is not None
