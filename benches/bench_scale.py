@@ -53,6 +53,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -90,10 +91,14 @@ def nats_server_binary() -> str:
 
 
 class Server:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, name: str = "nats", extra: str = "") -> None:
         self.port = free_port()
-        conf = root / "nats.conf"
-        conf.write_text(f"listen: 127.0.0.1:{self.port}\n")
+        self.http = free_port()
+        conf = root / f"{name}.conf"
+        conf.write_text(
+            f"listen: 127.0.0.1:{self.port}\nserver_name: {name}\n"
+            f"http: 127.0.0.1:{self.http}\n{extra}\n"
+        )
         self.proc = subprocess.Popen(
             [nats_server_binary(), "-c", str(conf)],
             stdout=subprocess.DEVNULL,
@@ -109,8 +114,19 @@ class Server:
         self.url = f"nats://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        self.proc.terminate()
+        if self.proc.poll() is None:
+            self.proc.terminate()
         self.proc.wait()
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def monitor(self, endpoint: str) -> dict[str, Any]:
+        url = f"http://127.0.0.1:{self.http}/{endpoint}"
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            data: dict[str, Any] = json.loads(reply.read())
+        return data
 
 
 async def wait_until(predicate: Callable[[], bool], what: str) -> None:
@@ -474,7 +490,289 @@ def report(results: dict[str, Any]) -> str:
             f"| {row['n']} | {row['height']} | {row['ticks']} | {row['edits_applied']} | "
             f"{row['frames']} | {row['bytes_per_node_over_idle']:.0f} |"
         )
+    sw = results.get("swarm")
+    if sw:
+        lines += [
+            "",
+            "## The full-size swarm (every replica its own process)",
+            "",
+            f"{sw['nats_servers']} nats-servers in a cluster, {sw['leaf_sites']} leaf sites "
+            f"(their own nats-server each), {sw['hub_processes']} hub processes, "
+            f"{sw['node_processes']} node processes. In each phase every node writes a line "
+            "of a shared document, a metadata key and a KV token and waits for its hub's "
+            f"acknowledgement ({sw['writes_acked']} acknowledged writes in all); at each "
+            "check every replica is equal and holds every line once. At the end "
+            f"{sw['main_nodes_on_h1_at_end']} nodes were on the standby h1 (the sites' "
+            "nodes stay on their site hub).",
+            "",
+            "| phase | seconds |",
+            "|---|---:|",
+        ]
+        for phase, seconds in sw["phases_s"].items():
+            lines.append(f"| {phase} | {seconds:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+# -- 5. the full-size swarm: a cluster, leaf sites, hub and node processes ---------------------
+
+
+class Relay:
+    """A TCP relay (a leaf site's uplink) that can be cut and restored."""
+
+    def __init__(self, target: int) -> None:
+        self.port = free_port()
+        self.target = target
+        self.server: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        except OSError:
+            writer.close()
+            return
+        self.writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        with contextlib.suppress(asyncio.CancelledError):  # the loop is closing
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self.writers -= {writer, up_writer}
+
+    async def cut(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            for w in list(self.writers):
+                w.close()
+            await self.server.wait_closed()
+            self.server = None
+
+
+class NodeProcess:
+    """A node in its own process (this script with --worker): writes on
+    command (text, metadata, a KV token), answers with its digest and hub."""
+
+    def __init__(self, url: str, who: str, hubs: str) -> None:
+        self.who = who
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--worker", url, who, hubs],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=dict(os.environ, HYBRIDSYNC_SECRET=SECRET_TEXT),
+            text=True,
+        )
+
+    def send(self, command: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+
+    async def answer(self) -> str:
+        assert self.proc.stdout is not None
+        line = await asyncio.to_thread(self.proc.stdout.readline)
+        if not line:
+            raise RuntimeError(f"node {self.who} exited with {self.proc.wait()}")
+        return line.strip()
+
+    def stop(self) -> None:
+        for stream in (self.proc.stdin, self.proc.stdout):
+            with contextlib.suppress(OSError):
+                if stream is not None:
+                    stream.close()
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def write_step(memory: Memory, who: str, step: int) -> None:
+    line = f"{who} write {step}\n"
+    memory.text["shared"] = memory.text.get("shared", "") + line
+    memory.meta[f"acks/{who}/{step}"] = step
+    if f"kv/{who}" not in memory.kv:
+        memory.kv[f"kv/{who}"] = KVCache(2, 2, 64, "q8_0", page_tokens=4)
+    memory.kv[f"kv/{who}"].append(*kv_rows(memory.kv[f"kv/{who}"], 1, step))
+
+
+async def worker_main(url: str, who: str, hubs: str) -> None:
+    logging.getLogger("hybridsync").setLevel(logging.ERROR)
+    memory = Memory(who)
+    nc = await open_nats(url)
+    secret = os.environ["HYBRIDSYNC_SECRET"].encode()
+    session = await connect_nats(memory, nc, hubs=hubs.split(","), secret=secret).start()
+    try:
+        while line := await asyncio.to_thread(sys.stdin.readline):
+            command, _, arg = line.strip().partition(" ")
+            if command == "write":
+                write_step(memory, who, int(arg))
+                await session.sync(timeout=GUARD)
+                print("acked", flush=True)
+            elif command == "digest":
+                shared = memory.text.get("shared", "")
+                once = all(shared.count(x) == 1 for x in set(shared.splitlines(True)))
+                print(f"{memory.digest()} {session.current_hub} {int(once)}", flush=True)
+    finally:
+        await session.close()
+        await nc.close()
+
+
+async def swarm(root: Path, main_nodes: int, site_nodes: int) -> dict[str, Any]:
+    """3 nats-servers in a cluster, 2 leaf sites, 4 hub processes, node processes:
+    concurrent writes everywhere, then one server killed, one site cut off and
+    restored, the root hub killed; times until every replica is equal again."""
+    cports = [free_port() for _ in range(3)]
+    leaf_port = free_port()
+    servers = []
+    for i in range(3):
+        routes = ", ".join(f"nats-route://127.0.0.1:{p}" for j, p in enumerate(cports) if j != i)
+        extra = f"cluster {{ name: hs, listen: 127.0.0.1:{cports[i]}, routes: [{routes}] }}"
+        if i == 0:
+            extra += f"\nleafnodes {{ listen: 127.0.0.1:{leaf_port} }}"
+        servers.append(Server(root, f"c{i}", extra))
+    relays = [Relay(leaf_port) for _ in range(2)]
+    for relay in relays:
+        await relay.start()
+    leafs = [
+        Server(
+            root,
+            f"leaf{i}",
+            f'leafnodes {{ remotes: [ {{ url: "nats-leaf://127.0.0.1:{relay.port}" }} ] }}',
+        )
+        for i, relay in enumerate(relays)
+    ]
+    env = dict(os.environ, HYBRIDSYNC_SECRET=SECRET_TEXT)
+    hubs: dict[str, subprocess.Popen[bytes]] = {}
+    status = {h: root / f"swarm-{h}.json" for h in ("h0", "h1", "site0", "site1")}
+    nodes: list[NodeProcess] = []
+    where: dict[str, str] = {}
+    phases: dict[str, float] = {}
+
+    def start_hub(hub: str, url: str, order: str) -> None:
+        hubs[hub] = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "hybridsync.cli", "serve", "--nats", url, "--id", hub),
+                *("--hubs", order, "--no-live", "--status-interval", "0.1"),
+                *("--status-file", str(status[hub])),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def hub_digest(hub: str) -> str:
+        try:
+            return str(json.loads(status[hub].read_text())["digest"])
+        except (OSError, ValueError, KeyError):
+            return "?"
+
+    async def digests(group: list[NodeProcess]) -> list[tuple[str, str, int]]:
+        for node in group:
+            node.send("digest")
+        out = []
+        for node in group:
+            digest, hub, once = (await node.answer()).split()
+            out.append((digest, hub, int(once)))
+        return out
+
+    async def equal(group: list[NodeProcess], hub_names: list[str], what: str) -> float:
+        start = time.perf_counter()
+        deadline = time.monotonic() + GUARD
+        while True:
+            seen = await digests(group)
+            values = {d for d, _, _ in seen} | {hub_digest(h) for h in hub_names}
+            if len(values) == 1:
+                assert all(once for _, _, once in seen), "a line twice"
+                return time.perf_counter() - start
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"timed out waiting for {what}")
+            await asyncio.sleep(0.05)
+
+    async def write_all(step: int, group: list[NodeProcess]) -> float:
+        start = time.perf_counter()
+        for node in group:
+            node.send(f"write {step}")
+        for node in group:
+            assert await node.answer() == "acked"
+        return time.perf_counter() - start
+
+    try:
+        await wait_until(
+            lambda: all(len(s.monitor("routez").get("routes") or []) > 0 for s in servers),
+            "the cluster",
+        )
+        await wait_until(
+            lambda: all(len(leaf.monitor("leafz").get("leafs") or []) == 1 for leaf in leafs),
+            "the leaf links",
+        )
+        start_hub("h0", servers[0].url, "h0,h1")
+        start_hub("h1", f"{servers[1].url},{servers[2].url}", "h0,h1")
+        for i, leaf in enumerate(leafs):
+            start_hub(f"site{i}", leaf.url, f"h0,h1,site{i}")
+        await wait_until(
+            lambda: all(_follows(status[h], "h0") for h in ("h1", "site0", "site1")),
+            "the hubs on h0",
+        )
+        for i in range(main_nodes):
+            nodes.append(NodeProcess(servers[i % 3].url, f"m{i}", "h0,h1"))
+            where[f"m{i}"] = "main"
+        for s, leaf in enumerate(leafs):
+            for i in range(site_nodes):
+                nodes.append(NodeProcess(leaf.url, f"s{s}-{i}", f"site{s}"))
+                where[f"s{s}-{i}"] = f"site{s}"
+        everyone = ["h0", "h1", "site0", "site1"]
+        phases[
+            "first write of every node, acked (process start and connect included)"
+        ] = await write_all(0, nodes)
+        phases["converge after concurrent writes"] = await equal(nodes, everyone, "convergence")
+        servers[2].kill()
+        phases["write after killing a nats-server (acked)"] = await write_all(1, nodes)
+        phases["converge without that server"] = await equal(nodes, everyone, "convergence")
+        await relays[0].cut()
+        site0 = [n for n in nodes if where[n.who] == "site0"]
+        others = [n for n in nodes if where[n.who] != "site0"]
+        phases["write with site0 cut off (acked)"] = await write_all(2, nodes)
+        phases["site0 converges on its own"] = await equal(site0, ["site0"], "the cut site")
+        phases["the rest converges"] = await equal(others, ["h0", "h1", "site1"], "the rest")
+        await relays[0].start()
+        phases["site0 caught up after the uplink returned"] = await equal(
+            nodes, everyone, "catching up"
+        )
+        killed = time.perf_counter()
+        hubs["h0"].send_signal(signal.SIGKILL)
+        phases["write while the root hub is killed (acked)"] = await write_all(3, nodes)
+        await equal(nodes, ["h1", "site0", "site1"], "convergence after the hub kill")
+        phases["root hub killed -> every replica equal again"] = time.perf_counter() - killed
+        final = await digests(nodes)
+        on_h1 = sum(hub == "h1" for _, hub, _ in final)
+        return {
+            "nats_servers": 3,
+            "leaf_sites": 2,
+            "hub_processes": 4,
+            "node_processes": len(nodes),
+            "main_nodes_on_h1_at_end": on_h1,
+            "writes_acked": 4 * len(nodes),
+            "phases_s": phases,
+        }
+    finally:
+        for node in nodes:
+            node.stop()
+        for proc in hubs.values():
+            if proc.poll() is None:
+                proc.terminate()
+            proc.wait()
+        for relay in relays:
+            await relay.cut()
+        for server in [*servers, *leafs]:
+            server.stop()
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
@@ -493,6 +791,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             fo = await failover(server.url, Path(tmp), n_fail, 2 if quick else 5)
         finally:
             server.stop()
+    print("swarm", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        full = await swarm(Path(tmp), 6 if quick else 30, 2 if quick else 10)
+    print(f"  {full}", flush=True)
     print("simulator", flush=True)
     sim = simulate([100, 300] if quick else [100, 300, 1000])
     return {
@@ -501,6 +803,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "failover_s": fo,
         "failover_nodes": n_fail,
         "sim": sim,
+        "swarm": full,
     }
 
 
@@ -512,6 +815,9 @@ def run_main(
 
 def main() -> None:
     logging.getLogger("hybridsync").setLevel(logging.ERROR)  # failovers are expected here
+    if sys.argv[1:2] == ["--worker"]:
+        asyncio.run(worker_main(*sys.argv[2:5]))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
