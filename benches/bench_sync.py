@@ -385,8 +385,11 @@ class HsStar:
         self.settle()
 
     def idle(self) -> None:
-        """hybridsync is poll-based: an idle cycle is one poll and its answer."""
-        self.exchange(0)
+        """An idle cycle as a session runs it: push-driven, a client with nothing
+        to say and nothing to fetch sends nothing (liveness is the WebSocket
+        keepalive, which the CRDT transports need as much)."""
+        if self.busy(0):
+            self.exchange(0)
 
     def take_bytes(self) -> tuple[int, int, int]:
         out = (self.up, self.down, self.frames)
