@@ -129,7 +129,13 @@ async def cell(
     for _ in range(repeat):
         _llama.clear(a)
         restore_sequence(a, cache)  # A is back at the prompt (its own cache)
-        owned = KVCache(cache.layers, cache.kv_heads, cache.head_dim, cache.fmt)
+        owned = KVCache(
+            cache.layers,
+            cache.kv_heads,
+            cache.head_dim,
+            cache.fmt,
+            runtime=cache.geometry.runtime,
+        )
         export_sequence(a, into=owned)
         if name in wire.a.kv:
             del wire.a.kv[name]

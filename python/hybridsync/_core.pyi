@@ -206,8 +206,8 @@ class _MetaLike(Protocol):
     @property
     def epoch_id(self) -> int: ...
 
-#: (format code, layers, kv_heads, head_dim, page_tokens)
-_GeometryTuple: TypeAlias = tuple[int, int, int, int, int]
+#: (format code, layers, kv_heads, head_dim, page_tokens, runtime record)
+_GeometryTuple: TypeAlias = tuple[int, int, int, int, int, str]
 #: (layer, kind, offset, heads, pages, hashes, payload): u32/u32/u64 LE buffers
 _KVRunIn: TypeAlias = tuple[int, int, int, _Buf, _Buf, _Buf, _Buf]
 #: (name, kind, owner, uid, geometry, tokens, digest, flags, runs, table)

@@ -30,18 +30,35 @@ With llama-cpp-python, :func:`export_sequence` reads a ``Llama`` context's
 sequence straight into a :class:`KVCache` and :func:`restore_sequence` writes
 one back (use these rather than ``Llama.save_state``, which also copies the
 whole logits array).
+
+The state bytes do not say which weights, cache types or positional
+settings wrote them, and llama.cpp restores some mismatches "successfully"
+into wrong logits (a state of a rotated quantized cache into a context
+without the rotation) or refuses others with only a log line. So
+:func:`export_sequence` stores the context's :func:`runtime_record` in the
+cache's geometry (it travels with every mirror) and :func:`restore_sequence`
+compares it with the target context's, raising
+:class:`~hybridsync.errors.IncompatibleCacheError` that names the field
+(:data:`REQUIRED_FIELDS`).
 """
 
 from __future__ import annotations
 
 import ctypes
 import operator
+import os
 import struct
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from hybridsync.adapters.runtime import (
+    check_record,
+    decode_record,
+    encode_record,
+    gguf_fingerprint,
+)
 from hybridsync.channels.kv import KVCache
 from hybridsync.errors import (
     DecodeError,
@@ -51,16 +68,45 @@ from hybridsync.errors import (
 )
 
 __all__ = [
+    "DEFAULT_KV",
+    "REQUIRED_FIELDS",
     "LlamaState",
+    "context_options",
     "export_sequence",
     "from_llama_state",
     "model_geometry",
     "restore_sequence",
+    "runtime_record",
     "to_llama_state",
 ]
 
 _TYPES = {1: "f16", 2: "q4_0", 8: "q8_0"}
 _TYPE_IDS = {v: k for k, v in _TYPES.items()}
+_GGML_TYPES = {0: "f32", **_TYPES}
+#: llama.cpp reads it when a context is created: set (not "0"), quantized
+#: caches are not rotated.
+ROTATION_ENV = "LLAMA_ATTN_ROT_DISABLE"
+
+#: Record fields a restore must match (the others are informational:
+#: ``n_ctx`` is checked as a capacity, ``build`` may differ).
+REQUIRED_FIELDS = (
+    "runtime",
+    "model",
+    "type_k",
+    "type_v",
+    "rotation",
+    "rope_type",
+    "rope_freq_base",
+    "rope_freq_scale",
+    "rope_scaling_type",
+    "yarn_ext_factor",
+    "yarn_attn_factor",
+    "yarn_beta_fast",
+    "yarn_beta_slow",
+    "yarn_orig_ctx",
+    "n_swa",
+    "state_format",
+)
 
 
 @dataclass(frozen=True)
@@ -94,10 +140,11 @@ class _Reader:
 
 
 def from_llama_state(
-    data: bytes, *, kv_heads: int, head_dim: int, page_tokens: int = 256
+    data: bytes, *, kv_heads: int, head_dim: int, page_tokens: int = 256, runtime: str = ""
 ) -> tuple[KVCache, LlamaState]:
     """Import one sequence's state bytes (``kv_heads`` and ``head_dim`` come
-    from the model: the payload only knows row sizes)."""
+    from the model: the payload only knows row sizes; ``runtime``: the
+    geometry's runtime record, see :func:`runtime_record`)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise InvalidArgumentError(f"state data is bytes, got {type(data).__name__}")
     try:
@@ -115,7 +162,7 @@ def from_llama_state(
             f"{page_tokens}"
         )
     parsed = _parse_any(bytes(data), kv_heads, head_dim)
-    cache = KVCache(len(parsed.keys), kv_heads, head_dim, parsed.fmt, page_tokens)
+    cache = KVCache(len(parsed.keys), kv_heads, head_dim, parsed.fmt, page_tokens, runtime=runtime)
     if parsed.cells:
         cache.append_quantized(*parsed.rows(0))
     return cache, parsed.state
@@ -254,6 +301,23 @@ def to_llama_state(
 
 # -- llama-cpp-python contexts ---------------------------------------------------
 
+#: The KV cache type to mirror by default. Measured on SmolLM2-135M
+#: (``make bench-precision``): Q8_0 costs a fraction of a percent of
+#: perplexity and gave the same greedy tokens as F16 through 16 hand-offs,
+#: at 53% of F16's bytes; Q4_0 (28%) costs several percent and changes greedy
+#: output within a few tokens. Choose Q4_0 for links where bytes dominate.
+DEFAULT_KV = "q8_0"
+
+
+def context_options(kv: str = DEFAULT_KV) -> dict[str, Any]:
+    """Keyword arguments for ``llama_cpp.Llama(...)`` that give its context a
+    KV cache of type ``kv`` (``"q8_0"`` by default, ``"q4_0"`` or
+    ``"f16"``): ``type_k``, ``type_v``, and ``flash_attn`` (llama.cpp needs it
+    for a quantized V cache)."""
+    if kv not in _TYPE_IDS:
+        raise InvalidArgumentError(f"kv is one of {sorted(_TYPE_IDS)}, got {kv!r}")
+    return {"type_k": _TYPE_IDS[kv], "type_v": _TYPE_IDS[kv], "flash_attn": True}
+
 
 def _lib() -> Any:
     import llama_cpp
@@ -285,18 +349,75 @@ def model_geometry(llm: Any) -> tuple[int, int, int]:
     return layers, kv_heads, head_dim
 
 
+def _type_name(code: int) -> str:
+    return _GGML_TYPES.get(int(code), f"ggml type {int(code)}")
+
+
+def runtime_record(llm: Any, state: LlamaState | None = None) -> dict[str, str]:
+    """What a cache written by ``llm`` (a ``llama_cpp.Llama``) needs from a
+    context it is restored into: the model's fingerprint (:func:`gguf_fingerprint`
+    of its GGUF file), the K and V cache types, whether quantized caches are
+    rotated (``LLAMA_ATTN_ROT_DISABLE``, read now: keep it as it was when the
+    context was created), the positional parameters in effect, the sliding
+    window, the state format; with ``state``, the state's prefix and V layout
+    (so that a replica restores it without the original bytes). ``n_ctx``
+    and ``build`` are informational."""
+    lib = _lib()
+    _ctx(llm)
+    model = llm.model
+    params = llm.context_params
+    meta = llm.metadata
+    arch = meta.get("general.architecture", "llama")
+    type_k, type_v = _type_name(params.type_k), _type_name(params.type_v)
+    quantized = type_k not in ("f16", "f32") or type_v not in ("f16", "f32")
+    off = os.environ.get(ROTATION_ENV, "") not in ("", "0")
+    base = float(params.rope_freq_base) or float(meta.get(f"{arch}.rope.freq_base", 10000.0))
+    scale = float(params.rope_freq_scale) or float(lib.llama_model_rope_freq_scale_train(model))
+    record = {
+        "runtime": "llama.cpp",
+        "model": "gguf:" + gguf_fingerprint(llm.model_path),
+        "type_k": type_k,
+        "type_v": type_v,
+        "rotation": ("off" if off else "on") if quantized else "n/a",
+        "rope_type": str(int(lib.llama_model_rope_type(model))),
+        "rope_freq_base": repr(base),
+        "rope_freq_scale": repr(scale),
+        "rope_scaling_type": str(int(params.rope_scaling_type)),
+        "yarn_ext_factor": repr(float(params.yarn_ext_factor)),
+        "yarn_attn_factor": repr(float(params.yarn_attn_factor)),
+        "yarn_beta_fast": repr(float(params.yarn_beta_fast)),
+        "yarn_beta_slow": repr(float(params.yarn_beta_slow)),
+        "yarn_orig_ctx": str(int(params.yarn_orig_ctx)),
+        "n_swa": str(int(lib.llama_model_n_swa(model))),
+        "state_format": f"seq{int(getattr(lib, 'LLAMA_STATE_SEQ_VERSION', 0))}",
+        "n_ctx": str(int(llm.n_ctx())),
+        "build": f"llama-cpp-python {getattr(lib, '__version__', 'unknown')}",
+    }
+    if state is not None:
+        record["state_prefix"] = state.prefix.hex()
+        record["v_trans"] = str(int(state.v_trans))
+    return record
+
+
+def _record_text(llm: Any, state: LlamaState) -> str:
+    return encode_record(runtime_record(llm, state))
+
+
 def export_sequence(
     llm: Any, *, seq_id: int = 0, page_tokens: int = 256, into: KVCache | None = None
 ) -> tuple[KVCache, LlamaState]:
     """Sequence ``seq_id`` of a ``llama_cpp.Llama`` context as a
-    :class:`KVCache` (``llama_state_seq_get_data``: the cache rows only).
+    :class:`KVCache` (``llama_state_seq_get_data``: the cache rows only),
+    with the context's :func:`runtime_record` in its geometry.
 
     ``into``: a cache this replica owns that already holds the sequence's
     first ``into.tokens`` tokens (exported earlier from the same context):
     only the tokens after them are appended to it (llama.cpp never rewrites
     the rows of earlier tokens), so a mirror receives just the new rows. A
     sequence shorter than ``into`` (the context dropped tokens) truncates it
-    first. Returns ``into`` itself then.
+    first. Returns ``into`` itself then. Raises
+    :class:`IncompatibleCacheError` if ``into`` was written by a context of
+    another configuration.
     """
     lib = _lib()
     ctx = _ctx(llm)
@@ -306,12 +427,17 @@ def export_sequence(
     if n <= 0:
         raise InvalidArgumentError(f"llama.cpp wrote no state for sequence {seq_id}")
     _, kv_heads, head_dim = model_geometry(llm)
-    data = bytes(memoryview(buf)[:n])
+    parsed = _parse_any(bytes(memoryview(buf)[:n]), kv_heads, head_dim)
+    runtime = _record_text(llm, parsed.state)
     if into is None:
-        return from_llama_state(data, kv_heads=kv_heads, head_dim=head_dim, page_tokens=page_tokens)
+        cache = KVCache(
+            len(parsed.keys), kv_heads, head_dim, parsed.fmt, page_tokens, runtime=runtime
+        )
+        if parsed.cells:
+            cache.append_quantized(*parsed.rows(0))
+        return cache, parsed.state
     if not isinstance(into, KVCache):
         raise InvalidArgumentError(f"into must be a KVCache, got {type(into).__name__}")
-    parsed = _parse_any(data, kv_heads, head_dim)
     if (into.layers, into.kv_heads, into.head_dim, into.fmt) != (
         len(parsed.keys),
         kv_heads,
@@ -322,6 +448,8 @@ def export_sequence(
             f"into is a {into.fmt} cache of {into.layers}x{into.kv_heads}x{into.head_dim}; the "
             f"sequence is {parsed.fmt}, {len(parsed.keys)}x{kv_heads}x{head_dim}"
         )
+    if into.geometry.runtime:
+        check_record(decode_record(into.geometry.runtime), decode_record(runtime), REQUIRED_FIELDS)
     if parsed.cells < into.tokens:
         into.truncate(parsed.cells)
     if parsed.cells > into.tokens:
@@ -352,8 +480,14 @@ def restore_sequence(
     context (``llama_state_seq_set_data``) and set the wrapper's token count,
     so that the next ``llm.eval`` continues after the cache's last token.
 
-    Raises :class:`IncompatibleCacheError` where llama.cpp refuses the bytes
-    (it only logs why).
+    Raises :class:`IncompatibleCacheError` naming the field where the cache's
+    runtime record (:func:`runtime_record`) differs from the context's in
+    one of :data:`REQUIRED_FIELDS`, where the cache holds more tokens than
+    the context has room for (``n_ctx``), or where llama.cpp refuses the
+    bytes. A cache without a record (written by
+    :func:`from_llama_state` without one) is still checked for its geometry
+    and cache type. The context's sequence is left unchanged on every error
+    but the last.
     """
     if not isinstance(cache, KVCache):
         raise InvalidArgumentError(f"cache must be a KVCache, got {type(cache).__name__}")
@@ -361,11 +495,6 @@ def restore_sequence(
         raise InvalidArgumentError("the mirror is partial: its last pages have not arrived")
     lib = _lib()
     ctx = _ctx(llm)
-    if cache.tokens > int(llm.n_ctx()):
-        raise IncompatibleCacheError(
-            f"the cache holds {cache.tokens} tokens; the context has room for {llm.n_ctx()}",
-            "n_ctx",
-        )
     layers, kv_heads, head_dim = model_geometry(llm)
     if (cache.layers, cache.kv_heads, cache.head_dim) != (layers, kv_heads, head_dim):
         raise IncompatibleCacheError(
@@ -373,8 +502,27 @@ def restore_sequence(
             f"the model is {layers} x {kv_heads} x {head_dim}",
             "geometry",
         )
-    prefix = state.prefix if state is not None else _context_prefix(llm, seq_id)
-    v_trans = state.v_trans if state is not None else False
+    mine = runtime_record(llm)
+    record = decode_record(cache.geometry.runtime)
+    if record:
+        check_record(record, mine, REQUIRED_FIELDS)
+    else:
+        check_record({"type_k": cache.fmt, "type_v": cache.fmt}, mine, ("type_k", "type_v"))
+    if cache.tokens > int(llm.n_ctx()):
+        raise IncompatibleCacheError(
+            f"the cache holds {cache.tokens} tokens; the context has room for {llm.n_ctx()}",
+            "n_ctx",
+        )
+    if state is not None:
+        prefix, v_trans = state.prefix, state.v_trans
+    elif "state_prefix" in record:
+        try:
+            prefix = bytes.fromhex(record["state_prefix"])
+        except ValueError:
+            raise DecodeError("the runtime record's state_prefix is not hex") from None
+        v_trans = record.get("v_trans") == "1"
+    else:
+        prefix, v_trans = _context_prefix(llm, seq_id), False
     data = to_llama_state(cache, seq_id=seq_id, v_trans=v_trans, prefix=prefix)
     src = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
     if int(lib.llama_state_seq_set_data(ctx, src, len(data), seq_id)) != len(data):

@@ -6,21 +6,95 @@ mlx-lm keeps, per layer, ``keys`` and ``values`` as ``(codes uint32
 rows in use cross: padding is not part of a cache's content. Import needs
 ``bits=4, group_size=64`` and batch size 1 (convert a float cache with
 ``cache.to_quantized(group_size=64, bits=4)``).
+
+With ``model=`` (the mlx-lm model), :func:`from_mlx_lm` stores the model's
+:func:`runtime_record` (a fingerprint of its weights, the quantization, the
+positional parameters) in the cache's geometry, and :func:`to_mlx_lm`
+compares it with the target model's, raising
+:class:`~hybridsync.errors.IncompatibleCacheError` that names the field.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from hybridsync.adapters.runtime import check_record, decode_record, encode_record
 from hybridsync.channels.kv import KVCache
 from hybridsync.channels.kvfile import read_safetensors
 from hybridsync.errors import DecodeError, HybridSyncError, InvalidArgumentError
 
-__all__ = ["from_mlx_lm", "load_prompt_cache", "save_prompt_cache", "to_mlx_lm"]
+__all__ = [
+    "REQUIRED_FIELDS",
+    "from_mlx_lm",
+    "load_prompt_cache",
+    "runtime_record",
+    "save_prompt_cache",
+    "to_mlx_lm",
+]
+
+#: Record fields a restore must match (``mlx_lm`` is informational).
+REQUIRED_FIELDS = (
+    "runtime",
+    "model",
+    "bits",
+    "group_size",
+    "rope_theta",
+    "rope_traditional",
+    "rope_scaling",
+    "max_position_embeddings",
+)
+_POSITIONAL = ("rope_theta", "rope_traditional", "rope_scaling", "max_position_embeddings")
+_fingerprints: dict[int, str] = {}
+
+
+def _fingerprint(model: Any) -> str:
+    """A hash (BLAKE2b-128) of the model's parameters (names, dtypes, shapes,
+    bytes), computed once per model object."""
+    key = id(model)
+    if key in _fingerprints:
+        return _fingerprints[key]
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    h = hashlib.blake2b(digest_size=16)
+    params: Any = tree_flatten(model.parameters())
+    for name, value in sorted(params, key=lambda kv: kv[0]):
+        if value.dtype == mx.bfloat16:
+            value = value.view(mx.uint16)
+        arr = np.array(value)
+        h.update(f"{name}:{arr.dtype.str}:{arr.shape};".encode())
+        h.update(np.ascontiguousarray(arr).tobytes())
+    out = "mlx:" + h.hexdigest()
+    _fingerprints[key] = out
+    weakref.finalize(model, _fingerprints.pop, key, None)
+    return out
+
+
+def runtime_record(model: Any) -> dict[str, str]:
+    """What a cache computed by ``model`` (an mlx-lm model) needs from the
+    model it is restored into: a fingerprint of the weights, the cache
+    quantization (4 bits, groups of 64), the positional parameters of its
+    ``args``; ``mlx_lm`` (the version) is informational."""
+    from importlib import metadata
+
+    args = getattr(model, "args", None)
+    record = {"runtime": "mlx-lm", "model": _fingerprint(model), "bits": "4", "group_size": "64"}
+    for name in _POSITIONAL:
+        value = getattr(args, name, None)
+        record[name] = json.dumps(value, sort_keys=True, default=str)
+    try:
+        record["mlx_lm"] = metadata.version("mlx-lm")
+    except metadata.PackageNotFoundError:
+        record["mlx_lm"] = "unknown"
+    return record
+
 
 _STEP = 256
 
@@ -45,9 +119,12 @@ def _bytes(a: Any, rows: int) -> np.ndarray:
     return arr.view(np.uint8).reshape(arr.shape[0], rows, -1)
 
 
-def from_mlx_lm(prompt_cache: Sequence[Any], *, page_tokens: int = 256) -> KVCache:
+def from_mlx_lm(
+    prompt_cache: Sequence[Any], *, page_tokens: int = 256, model: Any = None
+) -> KVCache:
     """A new owned ``mlx4`` :class:`KVCache` holding the per-layer
-    ``QuantizedKVCache`` objects' tokens (bit-identical rows)."""
+    ``QuantizedKVCache`` objects' tokens (bit-identical rows); with
+    ``model``, its :func:`runtime_record` in the geometry."""
     from mlx_lm.models.cache import QuantizedKVCache
 
     if not prompt_cache:
@@ -76,7 +153,10 @@ def from_mlx_lm(prompt_cache: Sequence[Any], *, page_tokens: int = 256) -> KVCac
     heads = first.keys[0].shape[1]
     head_dim = first.keys[0].shape[-1] * 8
     st = _scale_type(first.keys[1].dtype)
-    cache = KVCache(len(prompt_cache), heads, head_dim, "mlx4", page_tokens, scale_type=st)
+    runtime = encode_record(runtime_record(model)) if model is not None else ""
+    cache = KVCache(
+        len(prompt_cache), heads, head_dim, "mlx4", page_tokens, scale_type=st, runtime=runtime
+    )
     ks: list[np.ndarray] = []
     vs: list[np.ndarray] = []
     for c in prompt_cache:
@@ -99,13 +179,17 @@ def _mx(a: np.ndarray, capacity: int) -> Any:
     return mx.array(padded)
 
 
-def to_mlx_lm(cache: KVCache) -> list[Any]:
+def to_mlx_lm(cache: KVCache, *, model: Any = None) -> list[Any]:
     """Per-layer ``QuantizedKVCache`` objects holding the cache's tokens,
-    ready for ``model(tokens, cache=...)``."""
+    ready for ``model(tokens, cache=...)``. With ``model`` and a cache that
+    carries a runtime record, raises :class:`IncompatibleCacheError` naming
+    the first of :data:`REQUIRED_FIELDS` that differs."""
     from mlx_lm.models.cache import QuantizedKVCache
 
     if cache.fmt != "mlx4":
         raise InvalidArgumentError(f"mlx-lm caches are mlx4; this cache is {cache.fmt}")
+    if model is not None and cache.geometry.runtime:
+        check_record(decode_record(cache.geometry.runtime), runtime_record(model), REQUIRED_FIELDS)
     capacity = max(-(-cache.tokens // _STEP), 1) * _STEP
     out = []
     for layer in range(cache.layers):

@@ -75,6 +75,8 @@ _MAX_HEAD_DIM = 1 << 16
 _MAX_PAGE_TOKENS = 1 << 16
 #: Bytes of one page at most: a page must fit in one frame with room to spare.
 MAX_PAGE_BYTES = 16 << 20
+#: The largest runtime record of a geometry (UTF-8 bytes).
+MAX_RUNTIME_BYTES = 4096
 _MASK64 = (1 << 64) - 1
 _U64 = np.uint64
 
@@ -322,6 +324,10 @@ class Geometry:
     fmt: str
     page_tokens: int
     scale_type: str
+    #: What a restore must match: an opaque text written by the adapter that
+    #: exported the cache (``hybridsync.adapters.runtime``; at most
+    #: :data:`MAX_RUNTIME_BYTES` of UTF-8, empty for none).
+    runtime: str = ""
 
     @property
     def row_bytes(self) -> int:
@@ -341,6 +347,14 @@ class Geometry:
         if self.head_dim % group:
             raise InvalidArgumentError(
                 f"head_dim {self.head_dim} is not a multiple of {group} ({self.fmt} groups)"
+            )
+        try:
+            runtime_bytes = len(self.runtime.encode()) if isinstance(self.runtime, str) else -1
+        except UnicodeEncodeError:  # a lone surrogate
+            runtime_bytes = -1
+        if not 0 <= runtime_bytes <= MAX_RUNTIME_BYTES:
+            raise InvalidArgumentError(
+                f"runtime must be a str of at most {MAX_RUNTIME_BYTES} UTF-8 bytes"
             )
         if self.scale_type not in _SCALE_TYPES:
             raise InvalidArgumentError(
@@ -367,6 +381,8 @@ class KVCache:
             ``"bf16"`` or ``"f32"``; mlx uses the model's dtype). Inputs of
             another type are rounded to it first, as mlx-lm does. GGML
             formats always use ``"f16"`` (their block scale).
+        runtime: what a restore must match (:attr:`Geometry.runtime`): the
+            adapters write it; it travels with every mirror.
     """
 
     def __init__(
@@ -378,10 +394,11 @@ class KVCache:
         page_tokens: int = 256,
         *,
         scale_type: str = "f16",
+        runtime: str = "",
     ) -> None:
         if fmt != "mlx4":
             scale_type = "f16"  # GGML blocks hold fp16 scales; f16 rows have none
-        g = Geometry(layers, kv_heads, head_dim, fmt, page_tokens, scale_type)
+        g = Geometry(layers, kv_heads, head_dim, fmt, page_tokens, scale_type, runtime)
         g.check()
         self.geometry = g
         self._row_bytes = g.row_bytes
@@ -943,7 +960,13 @@ class KVCaches(MutableMapping[str, KVCache]):
         """A fresh read-only mirror of ``owner``'s cache ``uid`` (replacing
         any copy), fed through the link channel ``source``."""
         cache = KVCache(
-            g.layers, g.kv_heads, g.head_dim, g.fmt, g.page_tokens, scale_type=g.scale_type
+            g.layers,
+            g.kv_heads,
+            g.head_dim,
+            g.fmt,
+            g.page_tokens,
+            scale_type=g.scale_type,
+            runtime=g.runtime,
         )
         cache._mirror = True
         cache._caches, cache._name, cache.owner = self, name, owner
@@ -1048,7 +1071,13 @@ class KVPort:
         """Reopening: an unattached cache of ``tokens`` zero rows, to be
         filled with :meth:`put_rows` and attached with :meth:`attach`."""
         cache = KVCache(
-            g.layers, g.kv_heads, g.head_dim, g.fmt, g.page_tokens, scale_type=g.scale_type
+            g.layers,
+            g.kv_heads,
+            g.head_dim,
+            g.fmt,
+            g.page_tokens,
+            scale_type=g.scale_type,
+            runtime=g.runtime,
         )
         cache._reserve(tokens)
         cache._tokens = tokens

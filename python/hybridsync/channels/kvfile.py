@@ -98,6 +98,7 @@ def save_cache(cache: KVCache, path: Any) -> None:
             "page_tokens": str(g.page_tokens),
             "tokens": str(cache.tokens),
             "digest": f"{cache.digest():016x}",
+            **({"runtime": g.runtime} if g.runtime else {}),
             "uid": f"{cache.uid:016x}",
         }
     }
@@ -313,6 +314,7 @@ def load_cache(path: Any) -> KVCache:
             meta.get("fmt", "?"),
             _int(meta, "page_tokens", path),
             scale_type=meta.get("scale_type", "f16"),
+            runtime=meta.get("runtime", ""),
         )
     except DecodeError:
         raise

@@ -24,7 +24,7 @@ import zstandard
 from hybridsync._core import decode_frame_as as _rust_decode_frame_as
 from hybridsync._core import encode_frame as _rust_encode_frame
 from hybridsync._core import kv_verify_pages
-from hybridsync.channels.kv import Geometry
+from hybridsync.channels.kv import MAX_RUNTIME_BYTES, Geometry
 from hybridsync.channels.text import Patch
 from hybridsync.errors import DecodeError, HybridSyncError, LimitExceededError
 
@@ -151,6 +151,8 @@ class KVKind(enum.IntEnum):
 _FMT_CODES = {("q4_0", "f16"): 1, ("q8_0", "f16"): 2, ("f16", "f16"): 6}
 _FMT_CODES.update({("mlx4", t): 3 + i for i, t in enumerate(("f16", "bf16", "f32"))})
 _FMT_NAMES = {v: k for k, v in _FMT_CODES.items()}
+#: Set in a geometry's format code when a runtime record follows its sizes.
+_FMT_RUNTIME = 0x80
 KV_COMPLETE = 0x01  # PAGES: after these pages the receiver holds the sender's cache
 KV_PROBE = 0x02  # PAGES: the sender does not know the receiver's table; answer with HAVE
 
@@ -219,9 +221,13 @@ def _put_bytes(out: bytearray, data: bytes) -> None:
 
 
 def _put_geometry(out: bytearray, g: Geometry) -> None:
-    out.append(_FMT_CODES[(g.fmt, g.scale_type if g.fmt == "mlx4" else "f16")])
+    code = _FMT_CODES[(g.fmt, g.scale_type if g.fmt == "mlx4" else "f16")]
+    runtime = g.runtime.encode()  # Geometry.check bounds it
+    out.append(code | _FMT_RUNTIME if runtime else code)
     for v in (g.layers, g.kv_heads, g.head_dim, g.page_tokens):
         _put_uint(out, v)
+    if runtime:
+        _put_bytes(out, runtime)
 
 
 def _encode_kv(entries: tuple[KVEntry, ...]) -> list[bytes | memoryview]:
@@ -404,12 +410,22 @@ def _decompress(body: bytes, max_bytes: int) -> bytes:
 
 
 def _get_geometry(r: _Reader, what: str) -> Geometry:
-    code = r.take(1)[0]
+    byte = r.take(1)[0]
+    code = byte & ~_FMT_RUNTIME
     if code not in _FMT_NAMES:
-        raise DecodeError(f"unknown KV format code {code} for {what}")
+        raise DecodeError(f"unknown KV format code {byte} for {what}")
     fmt, scale = _FMT_NAMES[code]
     layers, heads, dim, page = r.uint(), r.uint(), r.uint(), r.uint()
-    g = Geometry(layers, heads, dim, fmt, page, scale)
+    runtime = ""
+    if byte & _FMT_RUNTIME:
+        raw = bytes(r.blob())
+        if not raw or len(raw) > MAX_RUNTIME_BYTES:
+            raise DecodeError(f"the runtime record of {what} has {len(raw)} bytes")
+        try:
+            runtime = raw.decode()
+        except UnicodeDecodeError:
+            raise DecodeError(f"the runtime record of {what} is not valid UTF-8") from None
+    g = Geometry(layers, heads, dim, fmt, page, scale, runtime)
     try:
         g.check()
     except HybridSyncError as exc:
@@ -672,7 +688,7 @@ def _kv_tuple(e: KVEntry) -> _KVEntryIn:
     geometry = None
     if g is not None:
         code = _FMT_CODES[(g.fmt, g.scale_type if g.fmt == "mlx4" else "f16")]
-        geometry = (code, g.layers, g.kv_heads, g.head_dim, g.page_tokens)
+        geometry = (code, g.layers, g.kv_heads, g.head_dim, g.page_tokens, g.runtime)
     runs = [
         (
             r.layer,
@@ -697,9 +713,9 @@ def _kv_entries(data: bytes, kv: list[_KVEntryOut]) -> tuple[KVEntry, ...]:
         if geo is None:
             out.append(KVEntry(name, kind, owner, uid))
             continue
-        fmt_code, layers, heads, dim, page = geo
+        fmt_code, layers, heads, dim, page, runtime = geo
         fmt, scale = _FMT_NAMES[fmt_code]
-        g = Geometry(layers, heads, dim, fmt, page, scale)
+        g = Geometry(layers, heads, dim, fmt, page, scale, runtime)
         arr = None
         if table is not None:
             at, count = table

@@ -65,6 +65,11 @@ pub const MAX_PAGE_TOKENS: u64 = 1 << 16;
 pub const MAX_PAGE_BYTES: u64 = 16 << 20;
 /// Token counts of a KV cache must stay below this.
 pub const MAX_KV_TOKENS: u64 = 1 << 40;
+/// Largest runtime record of a KV geometry (UTF-8 bytes).
+pub const MAX_RUNTIME_BYTES: usize = 4096;
+/// Set in a geometry's format code byte when a runtime record follows the
+/// four sizes.
+pub const FMT_RUNTIME: u8 = 0x80;
 
 macro_rules! wire_enum {
     ($(#[$doc:meta])* $name:ident, $what:literal { $($(#[$vdoc:meta])* $variant:ident = $code:literal,)+ }) => {
@@ -316,6 +321,9 @@ pub struct KvEntry<'a> {
     pub uid: u64,
     /// PAGES / HAVE: the geometry.
     pub geometry: Option<Geometry>,
+    /// PAGES / HAVE: the geometry's runtime record (UTF-8, at most
+    /// [`MAX_RUNTIME_BYTES`]; empty: none): what a restore must match.
+    pub runtime: &'a [u8],
     /// PAGES / HAVE: the token count.
     pub tokens: u64,
     /// PAGES / HAVE: the page table's digest.
@@ -456,9 +464,17 @@ fn write_kv<S: Sink>(out: &mut S, entries: &[KvEntry<'_>]) -> Result<()> {
         let g = e
             .geometry
             .ok_or_else(|| Error::invalid(format!("KV entry {:?} needs a geometry", e.name)))?;
-        out.byte(g.code);
+        check_runtime(e.name, e.runtime).map_err(Error::invalid)?;
+        out.byte(if e.runtime.is_empty() {
+            g.code
+        } else {
+            g.code | FMT_RUNTIME
+        });
         for v in [g.layers, g.kv_heads, g.head_dim, g.page_tokens] {
             out.uint(v);
+        }
+        if !e.runtime.is_empty() {
+            out.blob(e.runtime);
         }
         out.uint(e.tokens);
         out.u64le(e.digest);
@@ -793,11 +809,30 @@ fn decompress(body: &[u8], max_bytes: usize, out: &mut Vec<u8>) -> Result<()> {
     Ok(())
 }
 
-fn get_geometry(r: &mut Reader<'_>, name: &str) -> Result<Geometry> {
-    let code = r.u8()?;
+/// A runtime record: at most [`MAX_RUNTIME_BYTES`] of UTF-8.
+fn check_runtime(name: &str, runtime: &[u8]) -> std::result::Result<(), String> {
+    if runtime.len() > MAX_RUNTIME_BYTES {
+        return Err(format!(
+            "the runtime record of KV cache {name:?} has {} bytes, over {MAX_RUNTIME_BYTES}",
+            runtime.len()
+        ));
+    }
+    if std::str::from_utf8(runtime).is_err() {
+        return Err(format!(
+            "the runtime record of KV cache {name:?} is not valid UTF-8"
+        ));
+    }
+    Ok(())
+}
+
+/// A geometry and its runtime record (empty when the format code does not
+/// announce one).
+fn get_geometry<'a>(r: &mut Reader<'a>, name: &str) -> Result<(Geometry, &'a [u8])> {
+    let byte = r.u8()?;
+    let code = byte & !FMT_RUNTIME;
     if Geometry::format_of(code).is_none() {
         return Err(Error::decode(format!(
-            "unknown KV format code {code} for {name:?}"
+            "unknown KV format code {byte} for {name:?}"
         )));
     }
     let g = Geometry {
@@ -809,7 +844,17 @@ fn get_geometry(r: &mut Reader<'_>, name: &str) -> Result<Geometry> {
     };
     g.check()
         .map_err(|e| Error::decode(format!("bad geometry for {name:?}: {e}")))?;
-    Ok(g)
+    let mut runtime: &[u8] = &[];
+    if byte & FMT_RUNTIME != 0 {
+        runtime = blob(r)?;
+        if runtime.is_empty() {
+            return Err(Error::decode(format!(
+                "KV cache {name:?} announces an empty runtime record"
+            )));
+        }
+        check_runtime(name, runtime).map_err(Error::decode)?;
+    }
+    Ok((g, runtime))
 }
 
 fn u32s(b: &[u8]) -> impl Iterator<Item = u32> + '_ {
@@ -893,6 +938,7 @@ fn decode_kv<'a>(data: &'a [u8], max_kv_bytes: u64) -> Result<Vec<KvEntry<'a>>> 
             owner,
             uid,
             geometry: None,
+            runtime: &[],
             tokens: 0,
             digest: 0,
             flags: 0,
@@ -903,7 +949,7 @@ fn decode_kv<'a>(data: &'a [u8], max_kv_bytes: u64) -> Result<Vec<KvEntry<'a>>> 
             out.push(entry);
             continue;
         }
-        let g = get_geometry(&mut r, name)?;
+        let (g, runtime) = get_geometry(&mut r, name)?;
         let tokens = r.u64()?;
         if tokens >= MAX_KV_TOKENS {
             return Err(Error::LimitExceeded(format!(
@@ -922,6 +968,7 @@ fn decode_kv<'a>(data: &'a [u8], max_kv_bytes: u64) -> Result<Vec<KvEntry<'a>>> 
             )));
         }
         entry.geometry = Some(g);
+        entry.runtime = runtime;
         entry.tokens = tokens;
         entry.digest = u64le(&mut r)?;
         let pages = tokens.div_ceil(g.page_tokens);
@@ -1238,6 +1285,7 @@ mod tests {
         owner: String,
         uid: u64,
         geometry: Geometry,
+        runtime: String,
         tokens: u64,
         digest: u64,
         flags: u8,
@@ -1298,6 +1346,7 @@ mod tests {
                             owner: &k.owner,
                             uid: k.uid,
                             geometry: None,
+                            runtime: &[],
                             tokens: 0,
                             digest: 0,
                             flags: 0,
@@ -1306,6 +1355,7 @@ mod tests {
                         };
                         if k.kind != KvKind::Delete {
                             e.geometry = Some(k.geometry);
+                            e.runtime = k.runtime.as_bytes();
                             e.tokens = k.tokens;
                             e.digest = k.digest;
                         }
@@ -1408,6 +1458,7 @@ mod tests {
             (any::<u64>(), any::<u64>(), 0u8..4),
             prop::collection::vec((any::<bool>(), any::<u16>(), any::<u64>()), 0..24),
             any::<u64>(),
+            "\\PC{0,24}",
         )
             .prop_map(
                 |(
@@ -1416,6 +1467,7 @@ mod tests {
                     (uid, digest, flags),
                     picks,
                     seed,
+                    runtime,
                 )| {
                     let group = Geometry::format_of(code).unwrap().group() as u64;
                     let geometry = Geometry {
@@ -1500,6 +1552,7 @@ mod tests {
                         owner: format!("owner-{}", uid % 5),
                         uid,
                         geometry,
+                        runtime,
                         tokens,
                         digest,
                         flags,
@@ -1648,6 +1701,7 @@ mod tests {
                 head_dim: 2,
                 page_tokens: 2,
             },
+            runtime: "{\"model\":\"m\"}".into(),
             tokens: 3,
             digest: 2,
             flags: 0,
@@ -1695,6 +1749,7 @@ mod tests {
             owner: "o".into(),
             uid: 3,
             geometry,
+            runtime: String::new(),
             tokens: 40,
             digest: 1,
             flags: KV_COMPLETE,
@@ -1838,6 +1893,7 @@ mod tests {
             owner: "alice".into(),
             uid: 7,
             geometry,
+            runtime: String::new(),
             tokens: 3,
             digest: 9,
             flags: KV_COMPLETE,
@@ -1902,6 +1958,63 @@ mod tests {
         assert!(matches!(
             encode_frame(&frame, &EncodeOptions::default()),
             Err(Error::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn runtime_records_travel_with_the_geometry_and_are_bounded() {
+        let geometry = Geometry {
+            code: 2,
+            layers: 1,
+            kv_heads: 1,
+            head_dim: 32,
+            page_tokens: 4,
+        };
+        let entry = |runtime: String| KvModel {
+            name: "c".into(),
+            kind: KvKind::Have,
+            owner: "o".into(),
+            uid: 1,
+            geometry,
+            runtime,
+            tokens: 0,
+            digest: 0,
+            flags: 0,
+            runs: Vec::new(),
+            table: None,
+        };
+        let opts = EncodeOptions {
+            compress_threshold: None,
+            ..EncodeOptions::default()
+        };
+        for runtime in [String::new(), "{\"kv\":\"q8_0\"}".into(), "é".repeat(2048)] {
+            let mut m = small();
+            m.kv = vec![entry(runtime.clone())];
+            let bytes = encode_frame(&m.frame(), &opts).unwrap();
+            let mut scratch = Vec::new();
+            let back = decode_frame(&bytes, &Limits::default(), &mut scratch).unwrap();
+            assert_eq!(back.kv[0].runtime, runtime.as_bytes());
+            assert_eq!(back.kv[0].geometry, Some(geometry));
+        }
+        // Over the bound: the encoder refuses it.
+        let mut m = small();
+        m.kv = vec![entry("a".repeat(MAX_RUNTIME_BYTES + 1))];
+        assert!(matches!(
+            encode_frame(&m.frame(), &opts),
+            Err(Error::InvalidArgument(msg)) if msg.contains("runtime record")
+        ));
+        // Not UTF-8 on the wire: the decoder refuses it.
+        m.kv = vec![entry("\u{1}\u{2}\u{3}\u{4}\u{5}\u{6}".into())];
+        let mut bytes = encode_frame(&m.frame(), &opts).unwrap();
+        let at = bytes
+            .windows(6)
+            .position(|w| w == [1, 2, 3, 4, 5, 6])
+            .unwrap();
+        bytes[at] = 0xff;
+        resign(&mut bytes);
+        assert!(matches!(
+            decode(&bytes),
+            Err(Error::Decode(msg)) if msg.contains("not valid UTF-8")
         ));
     }
 }

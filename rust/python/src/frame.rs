@@ -102,6 +102,7 @@ struct KvObj<'py> {
     owner: Bound<'py, PyString>,
     uid: u64,
     geometry: Option<Geometry>,
+    runtime: Option<Bound<'py, PyString>>,
     tokens: u64,
     digest: u64,
     flags: u8,
@@ -109,7 +110,7 @@ struct KvObj<'py> {
     table: Option<PyUntypedBuffer>,
 }
 
-type GeometryTuple = (u8, u64, u64, u64, u64);
+type GeometryTuple<'py> = (u8, u64, u64, u64, u64, Bound<'py, PyString>);
 type RunTuple<'py> = (
     u64,
     u8,
@@ -124,7 +125,7 @@ type KvTuple<'py> = (
     u8,
     Bound<'py, PyString>,
     u64,
-    Option<GeometryTuple>,
+    Option<GeometryTuple<'py>>,
     u64,
     u64,
     u8,
@@ -199,18 +200,26 @@ fn kv_obj<'py>(t: KvTuple<'py>) -> PyResult<KvObj<'py>> {
             })
         })
         .collect::<PyResult<Vec<_>>>()?;
+    let (geometry, runtime) = match geometry {
+        Some((code, layers, kv_heads, head_dim, page_tokens, runtime)) => (
+            Some(Geometry {
+                code,
+                layers,
+                kv_heads,
+                head_dim,
+                page_tokens,
+            }),
+            Some(runtime),
+        ),
+        None => (None, None),
+    };
     Ok(KvObj {
         name,
         kind: kind(kind_code)?,
         owner,
         uid,
-        geometry: geometry.map(|(code, layers, kv_heads, head_dim, page_tokens)| Geometry {
-            code,
-            layers,
-            kv_heads,
-            head_dim,
-            page_tokens,
-        }),
+        geometry,
+        runtime,
         tokens,
         digest,
         flags,
@@ -225,7 +234,8 @@ fn kv_obj<'py>(t: KvTuple<'py>) -> PyResult<KvObj<'py>> {
 /// ``version`` and ``raw``), ``meta`` one with those of ``MetaBlock``;
 /// ``kv`` holds ``(name, kind, owner, uid, geometry, tokens, digest, flags,
 /// runs, table)`` tuples, ``geometry`` as ``(format_code, layers, kv_heads,
-/// head_dim, page_tokens)``, each run as ``(layer, kind, offset, heads,
+/// head_dim, page_tokens, runtime)`` (``runtime``: the geometry's runtime
+/// record, a ``str``, empty for none), each run as ``(layer, kind, offset, heads,
 /// pages, hashes, payload)`` with little-endian ``u32``/``u32``/``u64``
 /// buffers, ``table`` a little-endian ``u64`` buffer or ``None``. A negative
 /// ``compress_threshold`` never compresses.
@@ -315,6 +325,10 @@ pub fn encode_frame<'py>(
             owner: o.owner.to_str()?,
             uid: o.uid,
             geometry: o.geometry,
+            runtime: match &o.runtime {
+                Some(r) => r.to_str()?.as_bytes(),
+                None => &[],
+            },
             tokens: o.tokens,
             digest: o.digest,
             flags: o.flags,
@@ -381,9 +395,18 @@ fn kv_list<'py>(
 ) -> PyResult<Bound<'py, PyList>> {
     let out = PyList::empty(py);
     for k in kv {
-        let geometry = k
-            .geometry
-            .map(|g| (g.code, g.layers, g.kv_heads, g.head_dim, g.page_tokens));
+        // The decoder checked that the runtime record is UTF-8.
+        let runtime = PyString::new(py, std::str::from_utf8(k.runtime).unwrap_or(""));
+        let geometry = k.geometry.map(|g| {
+            (
+                g.code,
+                g.layers,
+                g.kv_heads,
+                g.head_dim,
+                g.page_tokens,
+                runtime,
+            )
+        });
         let runs = k
             .runs
             .iter()
@@ -426,7 +449,7 @@ fn kv_list<'py>(
 /// as ``(version, Patch, raw)``; ``meta`` as ``(epoch, kind, a, b,
 /// epoch_id)`` or ``None``; KV entries as ``(name, kind, owner, uid,
 /// geometry, tokens, digest, flags, runs, table)`` with ``geometry`` as
-/// ``(format_code, layers, kv_heads, head_dim, page_tokens)`` or ``None``,
+/// ``(format_code, layers, kv_heads, head_dim, page_tokens, runtime)`` or ``None``,
 /// each run as ``(layer, kind, offset, pages, heads_at, pages_at, hashes_at,
 /// payload_at, payload_len)`` and ``table`` as ``(table_at, count)`` or
 /// ``None``: the ``*_at`` are byte offsets into ``data``.
