@@ -123,18 +123,23 @@ def test_every_change_appends_an_entry_and_the_untouched_log_verifies(tmp_path: 
     assert report.ok and report.last_seq == 13
 
 
-def test_the_head_signed_at_closing_is_published_after_reopening(tmp_path: Path) -> None:
+def test_claims_signed_at_closing_go_out_with_the_next_head(tmp_path: Path) -> None:
     """Closing signs the tail (with the claims of the last writes) without
-    publishing it; the reopened replica publishes it, so a peer attributes
-    those writes."""
+    publishing it; after reopening, the next head claims those writes again,
+    so a peer attributes them."""
     path = tmp_path / "w.db"
-    with Memory("w", path=path, audit=AuditPolicy(sign_every=1000)) as m:
+    policy = AuditPolicy(sign_every=2)
+    with Memory("w", path=path, audit=policy) as m:
         m.text["late"] = "written just before closing"
-    reader = Memory("r", audit=AuditPolicy(sign_every=1000))
-    with Memory("w", path=path, audit=AuditPolicy(sign_every=1000)) as m:
+    reader = Memory("r", audit=policy)
+    with Memory("w", path=path, audit=policy) as m:
         pair = (Link(reader, "w", role="client", epoch=3), Link(m, "r", role="server"))
         settle([pair])
         assert reader.audit is not None
+        assert [r.confirmed for r in attribute(reader.audit, doc="late")] == [False]
+        m.text["next"] = "1"
+        m.text["next"] = "2"  # two entries: the next head, claiming "late" again
+        settle([pair])
         (r,) = attribute(reader.audit, doc="late")
         assert (r.writer, r.confirmed, r.writer_seq) == ("w", True, 1)
 

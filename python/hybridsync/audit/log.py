@@ -605,8 +605,18 @@ class AuditLog:
         self._subs.append(changes.observe("meta", (), self._on_meta))
         self._subs.append(changes.observe("kv", None, self._on_kv))
         self.closed = False
-        #: A reopened log publishes its latest head at its first commit.
-        self._unpublished = self.signed_seq > 0
+        # The claims of the head signed when the replica last closed (never
+        # published) are claimed again in the next head.
+        if self._info("unpublished") == self.signed_seq and self.signed_seq:
+            row = self._db.execute(
+                "SELECT claims FROM heads ORDER BY rowid DESC LIMIT 1"
+            ).fetchone()
+            try:
+                claims, _ = parse_tail(bytes(row[0]))
+            except ValueError:
+                claims = ()  # reported by verification; nothing to claim again
+            for c in claims:
+                self._claims[(c.channel, c.subject)] = c
 
     # -- opening
 
@@ -1074,13 +1084,6 @@ class AuditLog:
             self._write()
             if self.seq - self.signed_seq >= self.policy.sign_every:
                 self._sign()
-            elif self._unpublished:
-                # The head signed when the replica last closed (its claims
-                # included) reaches the others now.
-                heads = self.heads()
-                if heads and self.policy.publish:
-                    self._publish(heads[-1])
-            self._unpublished = False
 
     def close(self) -> None:
         """Commit, sign what is unsigned, stop listening and close the file."""
@@ -1092,8 +1095,14 @@ class AuditLog:
             self.memory.changes.remove_listener(self._listener)
             self._write()
             # The replica is closing: its last head is kept, not published
-            # (the metadata would not be saved or sent any more).
-            self._sign(publish=False)
+            # (the metadata would not be saved or sent any more); its claims
+            # go with the next head after reopening.
+            head = self._sign(publish=False)
+            if head is not None and head.claims:
+                with self._db:
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO info VALUES ('unpublished', ?)", (head.seq,)
+                    )
             self.closed = True
             self._db.close()
             self.segments.close()
