@@ -223,7 +223,7 @@ class Engine(ABC):
         """The smallest honest encoded size of the synchronisation state the
         largest replica keeps, in bytes: what it must hold to go on syncing
         (pycrdt: the GC'd document; Loro: the shallow snapshot at its current
-        version; hybridsync: texts, every link's shadow and backup, the
+        version; hybridsync: texts, every link's shadow and backup (each string once), the
         metadata document, KV pages and page tables)."""
 
     def state_bytes_full(self) -> int | None:

@@ -254,12 +254,12 @@ def markdown(payload: dict[str, Any]) -> str:
         + "); instructions count the same region (a hardware counter, or "
         "callgrind on the workload's quick form: see the column's source). Peak RSS is the "
         "cell's own high-water mark above its interpreter baseline (each cell runs in a fresh "
-        "process). State is `Engine.state_bytes()` of the largest replica, each engine's "
-        "smallest honest state: for hybridsync its texts, every link's shadow and backup "
-        "shadow, the encoded metadata CRDT and KV pages plus page tables; pycrdt's encoded "
-        "document (GC on); Loro's shallow snapshot (its full snapshot with history is listed "
-        "too). Ticks to converge count from the last transaction until every replica is equal "
-        "and nothing is left in flight. Ratios are hybridsync / baseline: below 1.00x "
+        "process). State is `Engine.state_bytes()` of the largest replica, each engine's smallest"
+        " honest state: for hybridsync its texts, every link's shadow and backup shadow (each "
+        "string object once), the encoded metadata CRDT and KV pages plus page tables; pycrdt's "
+        "encoded document (GC on); Loro's shallow snapshot (its full snapshot with history is "
+        "listed too). Ticks to converge count from the last transaction until every replica is "
+        "equal and nothing is left in flight. Ratios are hybridsync / baseline: below 1.00x "
         "hybridsync uses less; where a baseline uses less the table says so.",
         "",
     ]
@@ -511,7 +511,8 @@ def readme_section(payload: dict[str, Any], out: Path) -> str:
     if state_rows:
         lines += [
             "**State** (largest replica at the end of the 0% cell; hybridsync: texts, every "
-            "link's shadow and backup, metadata document, KV pages and page tables; pycrdt: "
+            "link's shadow and backup (each string object once: a link in step shares the "
+            "replica's text), metadata document, KV pages and page tables; pycrdt: "
             "the GC'd document; Loro: shallow snapshot, full snapshot with history in brackets)",
             "",
             "| workload | " + " | ".join(engines) + " | hybridsync / best |",
