@@ -63,6 +63,8 @@ _ANCESTRY = "lineage"
 #: The compaction check measures once the estimate grew by 1/_GROWTH of the
 #: last measurement, or by 1/_NEAR when it may pass the threshold.
 _GROWTH = 16
+#: A client reporting an empty document holds an adoption up this many times.
+_EMPTY_ROUNDS = 3
 _NEAR = 256
 
 
@@ -230,7 +232,8 @@ class EpochMeta(Meta):
         #: Documents offered for adoption: peer -> (epoch, epoch id, document, state).
         self._offers: dict[str, tuple[int, int, bytes, bytes]] = {}
         self._offer_rounds: dict[str, int] = {}
-        self._empty_peers: set[str] = set()
+        #: Peers whose latest document was empty -> how many times in a row.
+        self._empty_peers: dict[str, int] = {}
         #: Lineage tags of the epochs this replica held -> (lowest, highest counter).
         self._lineage: dict[int, tuple[int, int]] = {}
         self._tag = 0
@@ -522,10 +525,11 @@ class EpochMeta(Meta):
             raise DecodeError(f"invalid metadata update: {exc}") from exc
         sv = decode_state_vector(scratch.get_state())
         if not sv:
-            self._empty_peers.add(peer)
+            self._empty_peers[peer] = self._empty_peers.get(peer, 0) + 1
             return False  # empty: nothing to adopt (it merges)
         if sv != decode_state_vector(state):
             return False  # not the whole document
+        self._empty_peers.pop(peer, None)
         self._offers[peer] = (epoch, epoch_id, update, state)
         self._offer_rounds[peer] = self._offer_rounds.get(peer, 0) + 1
         return True
@@ -533,6 +537,12 @@ class EpochMeta(Meta):
     def nothing_to_adopt(self, peers: list[str]) -> bool:
         """True when every one of ``peers`` reported an empty document."""
         return all(p in self._empty_peers for p in peers)
+
+    def reported_empty(self, peer: str) -> bool:
+        """True when ``peer``'s latest document was empty, fewer than
+        _EMPTY_ROUNDS times (a hub restarted from nothing may adopt its own
+        clients' document soon; a fresh replica stays empty)."""
+        return 0 < self._empty_peers.get(peer, 0) < _EMPTY_ROUNDS
 
     def offers_waited(self, peer: str) -> int:
         """How many times ``peer`` offered its document (it waits meanwhile)."""

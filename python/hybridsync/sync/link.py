@@ -760,11 +760,14 @@ class Link:
         ):
             # A server restarted from nothing takes the newest of its
             # clients' documents as its epoch (shared history; its own writes
-            # re-applied on it), once every client link has reported its epoch
-            # (or this client offered its document _ADOPT_ROUNDS times: a
-            # client that never comes back does not hold the others up).
+            # re-applied on it), once every client link has reported a
+            # document (an empty one may be a hub restarted too, about to
+            # adopt its own clients'), or once this client offered its
+            # document _ADOPT_ROUNDS times (nobody holds the others up).
             if meta.offers_waited(self.peer_id) >= _ADOPT_ROUNDS or all(
-                link is self or link._peer_epoch is not None
+                link is self
+                or link._peer_epoch == meta.epoch_id
+                or (link._peer_epoch is not None and not meta.reported_empty(link.peer_id))
                 for link in self.memory.links
                 if link.role == "server"
             ):
