@@ -342,8 +342,15 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="a GGUF (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--repeat", type=int, help="runs per restore/transfer (best of)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument(
+        "--lengths",
+        type=lambda v: [int(x) for x in v.split(",")],
+        help="prompt lengths, comma-separated (default 256,512,1024,2048; SmolLM2 allows up to "
+        "8,192: 4,096 takes minutes of prefill per KV type on two cores)",
+    )
     args = parser.parse_args()
-    args.lengths = [256, 512] if args.quick else [256, 512, 1024, 2048]
+    if not args.lengths:
+        args.lengths = [256, 512] if args.quick else [256, 512, 1024, 2048]
     args.types = list(_llama.TYPES)
     args.repeat = args.repeat or (2 if args.quick else 5)
     args.prefill_repeat = 1 if args.quick else 2
@@ -359,6 +366,8 @@ def main() -> None:
         "revision": git_revision(),
     }
     cmd = "python benches/bench_ttft.py" + (" --quick" if args.quick else "")
+    if args.lengths != ([256, 512] if args.quick else [256, 512, 1024, 2048]):
+        cmd += " --lengths " + ",".join(map(str, args.lengths))
     if args.model:
         cmd += f" --model {model.name}"
     name = "ttft-quick" if args.quick else "ttft"
