@@ -239,3 +239,78 @@ def test_an_in_place_change_inside_a_list_element_lands_on_that_element_after_a_
     want = [{"t": "e1", "v": 0}, {"t": "e2", "v": 1}, {"t": "e3", "v": 0}]
     for m in (root, a, b):
         assert m.meta["log"].to_py() == want
+
+
+def _diverged_leaves(
+    server: Memory, upstream: tuple[Link, Link] | None = None
+) -> tuple[Memory, Memory, tuple[Link, Link], tuple[Link, Link]]:
+    """Leaves a and b of ``server`` hold one list; a deletes one entry and
+    changes another in place, and ``server`` (and its upstream link, if
+    any) integrates that; b has not heard of it yet."""
+    a, b = replica("a", 20), replica("b", 21)
+    pa, pb = pair(a, server), pair(b, server)
+    if upstream is None:
+        server.meta["log"] = [{"t": "e0", "v": 0}, {"t": "e1", "v": 0}, {"t": "e2", "v": 0}]
+    for _ in range(4):
+        if upstream is not None:
+            ex(upstream)
+        ex(pa), ex(pb)
+    assert b.meta["log"].to_py() == a.meta["log"].to_py()
+    del a.meta["log"][1]  # e1
+    a.meta["log"][1]["v"] = 1  # e2, in place
+    ex(pa, 2)
+    if upstream is not None:
+        ex(upstream, 2)
+    return a, b, pa, pb
+
+
+def test_a_root_restarted_empty_keeps_deletions_and_in_place_changes() -> None:
+    """A root restarted from nothing, whose clients hold the same epoch at
+    different points (b missed a's deletion and in-place change): merging
+    their documents by value brought e1 back and kept e2 twice. The new root
+    adopts one client's document and takes the other's as an update of that
+    history: the deletion holds and e2 is there once, changed."""
+    root = replica("root", 1)
+    a, b, pa, pb = _diverged_leaves(root)
+    new = replica("root", 9)
+    for link in (*pa, *pb):
+        link.close()
+    pa, pb = pair(a, new), pair(b, new)
+    for _ in range(4):
+        ex(pb), ex(pa)
+    want = [{"t": "e0", "v": 0}, {"t": "e2", "v": 1}]
+    for m in (new, a, b):
+        assert m.meta["log"].to_py() == want
+    assert same_epoch(new, a, b)
+
+
+def test_a_hub_restarted_empty_keeps_deletions_and_in_place_changes() -> None:
+    """root -> hub -> (a, b): the hub passed a's deletion and in-place change
+    up, the root compacted, and the hub restarted from nothing before b
+    heard of any of it. A hub that crossed to the root's epoch first merged
+    b's document of the ended epoch by value (e1 back, e2 twice); it now
+    adopts its clients' document before it moves, and moves b by MERGE
+    without a state (b replays only what did not land)."""
+    root, hub = replica("root", 1), replica("hub", 2)
+    up = pair(hub, root)
+    root.meta["log"] = [{"t": "e0", "v": 0}, {"t": "e1", "v": 0}, {"t": "e2", "v": 0}]
+    a, b, pa, pb = _diverged_leaves(hub, up)
+    root.meta.policy = EAGER
+    epoch = root.meta.epoch_id
+    for i in range(200):  # the root compacts: b's epoch is an ended one
+        root.meta[f"pad{i}"] = i
+        del root.meta[f"pad{i}"]
+        ex(up)
+        if root.meta.epoch_id != epoch:
+            break
+    assert root.meta.epoch_id != epoch == b.meta.epoch_id
+    hub2 = replica("hub", 12)
+    for link in (*up, *pa, *pb):
+        link.close()
+    up, pa, pb = pair(hub2, root), pair(a, hub2), pair(b, hub2)
+    for _ in range(6):
+        ex(up), ex(pb), ex(pa)
+    want = [{"t": "e0", "v": 0}, {"t": "e2", "v": 1}]
+    for m in (root, hub2, a, b):
+        assert m.meta["log"].to_py() == want
+    assert same_epoch(root, hub2, a, b)
