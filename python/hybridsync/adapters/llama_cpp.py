@@ -120,7 +120,7 @@ class LlamaState:
 
 
 class _Reader:
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes | memoryview) -> None:
         self.data = memoryview(data)
         self.pos = 0
 
@@ -168,7 +168,7 @@ def from_llama_state(
     return cache, parsed.state
 
 
-def _parse_any(data: bytes, kv_heads: int, head_dim: int) -> _Parsed:
+def _parse_any(data: bytes | memoryview, kv_heads: int, head_dim: int) -> _Parsed:
     first: HybridSyncError | None = None
     for prefix in (0, 8):  # without, then with the 64-bit prefix
         try:
@@ -179,7 +179,7 @@ def _parse_any(data: bytes, kv_heads: int, head_dim: int) -> _Parsed:
     raise first
 
 
-def _parse(data: bytes, prefix: int, kv_heads: int, head_dim: int) -> _Parsed:
+def _parse(data: bytes | memoryview, prefix: int, kv_heads: int, head_dim: int) -> _Parsed:
     r = _Reader(data)
     head = bytes(r.take(prefix))
     (n_stream,) = r.unpack("I")
@@ -273,30 +273,54 @@ def to_llama_state(
     """The cache as sequence state bytes for ``llama_state_seq_set_data``
     (cells at positions ``0 .. tokens-1`` of ``seq_id``; ``prefix``: what
     :class:`LlamaState` recorded, for builds that write one)."""
+    return bytes(_state_buffer(cache, seq_id, v_trans, prefix))
+
+
+def _state_buffer(cache: KVCache, seq_id: int, v_trans: bool, prefix: bytes) -> bytearray:
+    """:func:`to_llama_state` written into one buffer (each row copied once)."""
     if len(prefix) not in (0, 8):
         raise InvalidArgumentError(f"prefix is 0 or 8 bytes, got {len(prefix)}")
     if cache.fmt not in _TYPE_IDS:
         raise InvalidArgumentError(f"llama.cpp caches are f16, q4_0 or q8_0; this is {cache.fmt}")
     if v_trans and cache.fmt != "f16":
         raise InvalidArgumentError("only F16 V caches can be transposed (v_trans)")
-    n, heads, dim = cache.tokens, cache.kv_heads, cache.head_dim
+    n, heads, dim, layers = cache.tokens, cache.kv_heads, cache.head_dim, cache.layers
     t = _TYPE_IDS[cache.fmt]
     rb = cache.row_bytes * heads
-    parts = [bytes(prefix), struct.pack("<II", 1, n)]
-    cell = struct.Struct("<iIi")
-    parts += [cell.pack(i, 1, seq_id) for i in range(n)]
-    parts.append(struct.pack("<II", int(v_trans), cache.layers))
+    size = len(prefix) + 8 + 12 * n + 8 + 2 * layers * (12 + n * rb)
+    out = bytearray(size)
+    view = memoryview(out)
+    pos = 0
+
+    def put(data: bytes) -> None:
+        nonlocal pos
+        view[pos : pos + len(data)] = data
+        pos += len(data)
+
+    put(bytes(prefix))
+    put(struct.pack("<II", 1, n))
+    cells = np.empty((n, 3), "<i4")
+    cells[:, 0] = np.arange(n)
+    cells[:, 1] = 1
+    cells[:, 2] = seq_id
+    put(cells.tobytes())
+    put(struct.pack("<II", int(v_trans), layers))
     for kind in ("k", "v"):
-        for layer in range(cache.layers):
+        for layer in range(layers):
             q = cache.quantized(layer, kind)  # [heads, n, row_bytes]
             if kind == "v" and v_trans:
-                parts.append(struct.pack("<iII", t, 2, heads * dim))
-                vals = q.view(np.uint16).reshape(heads, n, dim).transpose(0, 2, 1)
-                parts.append(np.ascontiguousarray(vals.reshape(heads * dim, n)).tobytes())
-                continue
-            parts.append(struct.pack("<iQ", t, rb))
-            parts.append(np.ascontiguousarray(q.transpose(1, 0, 2)).tobytes())
-    return b"".join(parts)
+                put(struct.pack("<iII", t, 2, heads * dim))
+                dst = np.frombuffer(out, np.uint16, heads * dim * n, pos)
+                dst.reshape(heads, dim, n)[...] = (
+                    q.view(np.uint16).reshape(heads, n, dim).transpose(0, 2, 1)
+                )
+            else:
+                put(struct.pack("<iQ", t, rb))
+                dst = np.frombuffer(out, np.uint8, n * rb, pos)
+                dst.reshape(n, heads, cache.row_bytes)[...] = q.transpose(1, 0, 2)
+            pos += n * rb
+    assert pos == size
+    return out
 
 
 # -- llama-cpp-python contexts ---------------------------------------------------
@@ -427,7 +451,8 @@ def export_sequence(
     if n <= 0:
         raise InvalidArgumentError(f"llama.cpp wrote no state for sequence {seq_id}")
     _, kv_heads, head_dim = model_geometry(llm)
-    parsed = _parse_any(bytes(memoryview(buf)[:n]), kv_heads, head_dim)
+    # Parsed in place: the rows are copied once, into the cache.
+    parsed = _parse_any(memoryview(buf).cast("B")[:n], kv_heads, head_dim)
     runtime = _record_text(llm, parsed.state)
     if into is None:
         cache = KVCache(
@@ -523,8 +548,8 @@ def restore_sequence(
         v_trans = record.get("v_trans") == "1"
     else:
         prefix, v_trans = _context_prefix(llm, seq_id), False
-    data = to_llama_state(cache, seq_id=seq_id, v_trans=v_trans, prefix=prefix)
-    src = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+    data = _state_buffer(cache, seq_id, v_trans, prefix)
+    src = (ctypes.c_uint8 * len(data)).from_buffer(data)
     if int(lib.llama_state_seq_set_data(ctx, src, len(data), seq_id)) != len(data):
         raise IncompatibleCacheError(
             "llama.cpp refused the state (a cache type, the model or the state format "
