@@ -714,6 +714,8 @@ async def swarm(root: Path, main_nodes: int, site_nodes: int) -> dict[str, Any]:
             "the leaf links",
         )
         start_hub("h0", servers[0].url, "h0,h1")
+        # The others start once h0 serves (else they would rightly join h1 first).
+        await wait_until(lambda: hub_digest("h0") != "?", "h0 serving")
         start_hub("h1", f"{servers[1].url},{servers[2].url}", "h0,h1")
         for i, leaf in enumerate(leafs):
             start_hub(f"site{i}", leaf.url, f"h0,h1,site{i}")
