@@ -14,7 +14,7 @@ from pycrdt import Array, Doc
 from hybridsync import Link, Memory
 from hybridsync.errors import InvalidArgumentError, LimitExceededError
 from hybridsync.meta import CompactionPolicy
-from meta_schedules import MIXES, STAR, TREE, run_mix, run_schedule
+from meta_schedules import MIXES, run_mix
 
 EAGER = CompactionPolicy(max_ratio=1.0, slack_bytes=32)
 
@@ -430,7 +430,7 @@ def test_a_restarted_root_without_the_frozen_state_loses_no_acknowledged_insert(
         assert m.meta["log"].to_py() == ["a0", "a1", "a2", "a-acked-by-old", "late"]
 
 
-RESTART_SEEDS = int(os.environ.get("HYBRIDSYNC_RESTART_SEEDS", "24"))
+RESTART_SEEDS = int(os.environ.get("HYBRIDSYNC_RESTART_SEEDS", "20"))
 #: Mixes whose schedules still fail (docs/protocol.md 6.9, the README's table):
 #: strict, so a mix that starts passing must move out of this set.
 FAILING_MIXES = {"tree-hub", "tree-all"}
@@ -460,25 +460,6 @@ def test_random_restart_schedules_of_every_mix(mix: str) -> None:
     res = run_mix(mix, range(RESTART_SEEDS))
     assert res["failed"] == 0, [f"seed {seed}: {out}" for seed, out in res["failures"][:3]]
     assert res["acked"] > RESTART_SEEDS  # the schedules did acknowledge writes
-
-
-@pytest.mark.parametrize("topology", ["star", "tree"])
-def test_restarts_of_appends_and_own_keys_lose_nothing(topology: str) -> None:
-    """Appends and overwrites of each leaf's own key only (no deletions, no
-    in-place changes), with root and leaf restarts from nothing: nothing
-    acknowledged is lost or doubled and the latest writes win, whenever a
-    replica held them (a root restarted without its state merges the
-    previous lineage's documents by value)."""
-    parents = STAR if topology == "star" else TREE
-    rates = {"kill_root": 0.03, "kill_leaf": 0.06}
-    acked = excused = kills = 0
-    for seed in range(RESTART_SEEDS):
-        out = run_schedule(seed, parents, steps=600, deletes=False, **rates)
-        assert out.ok, f"seed {seed}: {out}"
-        acked, excused = acked + out.acked, excused + out.excused
-        kills += out.kills["root"]
-    assert kills > RESTART_SEEDS // 3  # the schedules did restart roots
-    assert excused < acked / 10  # most acknowledged writes had a surviving holder
 
 
 def test_after_a_restart_own_current_values_win_over_stale_copies() -> None:
