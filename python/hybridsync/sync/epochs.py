@@ -228,7 +228,10 @@ class EpochMeta(Meta):
         #: Own clock acknowledged by the upstream this epoch, per own client id.
         self._delivered: dict[int, int] = {}
         #: Lineage tags of documents we adopted (and their ancestors).
-        self._adopted_tags: set[int] = set()
+        #: Lineage tag -> counter below which its epochs are *uncertain*: held
+        #: by others before we adopted (or, a hub, crossed into) that lineage,
+        #: so what we hold of a client's writes there is inferred by value.
+        self._uncertain: dict[int, int] = {}
         #: Documents offered for adoption: peer -> (epoch, epoch id, document, state).
         self._offers: dict[str, tuple[int, int, bytes, bytes]] = {}
         self._offer_rounds: dict[str, int] = {}
@@ -279,7 +282,7 @@ class EpochMeta(Meta):
         tag, counter = epoch_id >> _COUNTER_BITS, epoch_id & _COUNTER_MASK
         lo, hi = self._lineage.get(tag, (1, 0))
         return (
-            (self._is_root() or tag in self._adopted_tags)
+            (self._is_root() or tag in self._uncertain)
             and epoch_id != self.epoch_id
             and epoch_id not in self._frozen
             and lo <= counter <= hi
@@ -430,7 +433,8 @@ class EpochMeta(Meta):
         that adopted a client's document, for the earlier epochs of that
         lineage (their replicas replay what did not visibly land)."""
         return epoch_id in self._via_merge or (
-            (epoch_id >> _COUNTER_BITS) in self._adopted_tags and self.forgotten(epoch_id)
+            (epoch_id & _COUNTER_MASK) < self._uncertain.get(epoch_id >> _COUNTER_BITS, 0)
+            and self.forgotten(epoch_id)
         )
 
     def cross(
@@ -483,7 +487,7 @@ class EpochMeta(Meta):
             # MERGE without a state (it replays what did not visibly land).
             tag, counter = epoch_id >> _COUNTER_BITS, epoch_id & _COUNTER_MASK
             self._lineage[tag] = (0, max(counter, self._lineage.get(tag, (0, 0))[1]))
-            self._adopted_tags.add(tag)
+            self._uncertain[tag] = max(self._uncertain.get(tag, 0), counter + 1)
             self._learn_ancestry()
         self._pending = []
         self.metrics.crossings += 1
@@ -573,7 +577,9 @@ class EpochMeta(Meta):
         self._base_size = 0  # a client's history, not a compacted base: no floor
         tag, counter = epoch_id >> _COUNTER_BITS, epoch_id & _COUNTER_MASK
         self._lineage[tag] = (0, counter)
-        self._adopted_tags.add(tag)
+        # Earlier epochs of this lineage were held by others; from this one
+        # on (ours now), what we acknowledged we integrated.
+        self._uncertain[tag] = max(self._uncertain.get(tag, 0), counter)
         self._learn_ancestry()
         merged: dict[str, tuple[int, bytes]] = {}
         for peer, (_, other_id, other, state) in offers.items():
@@ -603,7 +609,7 @@ class EpochMeta(Meta):
                 continue
             _, old_hi = self._lineage.pop(tag, (0, hi))
             self._lineage[tag] = (0, max(old_hi, hi))
-            self._adopted_tags.add(tag)
+            self._uncertain[tag] = max(self._uncertain.get(tag, 0), hi + 1)
         while len(self._lineage) > _LINEAGE_TAGS:
             del self._lineage[next(iter(self._lineage))]
 
@@ -834,6 +840,7 @@ class EpochMeta(Meta):
             "delivered": dict(self._delivered),
             "lineage": [[t, lo, hi] for t, (lo, hi) in self._lineage.items()],
             "via_merge": sorted(self._via_merge),
+            "uncertain": [[t, c] for t, c in self._uncertain.items()],
         }
 
     def _restore(self, saved: dict[str, Any], base: bytes, updates: list[bytes]) -> None:
@@ -846,3 +853,4 @@ class EpochMeta(Meta):
             old_lo, old_hi = self._lineage.pop(int(tag), (int(lo), int(hi)))
             self._lineage[int(tag)] = (min(old_lo, int(lo)), max(old_hi, int(hi)))
         self._via_merge = {int(e) for e in saved.get("via_merge", [])} & self._frozen.keys()
+        self._uncertain = {int(t): int(c) for t, c in saved.get("uncertain", [])}
