@@ -686,8 +686,10 @@ class Link:
         if frozen is not None:
             # Move the peer to our epoch with our whole document (so nothing
             # else is due); its own writes that the document lacks it re-applies.
+            # What it holds afterwards its next UPDATE says (a hub may take
+            # its clients' document first instead of crossing).
             self._meta_dirty = False
-            self._sent_state = meta.state()
+            self._sent_state = None
             peer = self._peer_epoch
             assert peer is not None
             merged = self._merged is not None and self._merged[0] == peer
@@ -698,9 +700,12 @@ class Link:
             # document until the server moves it across.
             self._meta_dirty = False
             known = self._peer_state if self._peer_epoch == meta.epoch_id else None
-            self._sent_state = meta.state()
+            # A server's UPDATE reaches a client on another epoch unapplied.
+            same = self.role == "client" or self._peer_epoch == meta.epoch_id
+            state = meta.state()
+            self._sent_state = state if same else None
             update = meta.update_since(known)
-            return MetaBlock(meta.epoch, MetaKind.UPDATE, self._sent_state, update, meta.epoch_id)
+            return MetaBlock(meta.epoch, MetaKind.UPDATE, state, update, meta.epoch_id)
         self._sent_state = None
         return MetaBlock(meta.epoch, MetaKind.NONE, epoch_id=meta.epoch_id)
 
