@@ -1176,8 +1176,9 @@ def render(
         "",
         "The two ratio columns compare totals over all cycles (wire bytes; `process_time`).",
         "",
-        f"**Idle cycle** (nothing changed; {a['idle_cycles']} cycles: hybridsync polls once, "
-        "pycrdt and Loro flush and find nothing to send, pycrdt-sv polls) and **initial sync** "
+        f"**Idle cycle** (nothing changed; {a['idle_cycles']} cycles: hybridsync's push-driven "
+        "session has nothing to say, pycrdt and Loro flush and find nothing to send, pycrdt-sv "
+        "polls) and **initial sync** "
         "(the client holds the memory, the hub starts empty; pycrdt and Loro run their "
         "handshake; load = putting the memory into the client's replica, timed apart; "
         f"medians of {INIT_REPS} fresh runs each):",
@@ -1326,6 +1327,8 @@ def verdicts(a: dict[str, Any], b: dict[str, Any], instr: dict[str, Any] | None)
             return f"- {label}: tie ({unit})."
         if theirs == 0:
             return f"- {label}: **{other} wins** ({unit}; {other} needs none, hybridsync {ours:,})."
+        if ours == 0:
+            return f"- {label}: **hybridsync wins** ({unit}; it needs none, {other} {theirs:,})."
         if ours > theirs:
             return (
                 f"- {label}: **{other} wins** ({unit}; hybridsync uses {ours / theirs:.2f}x as "
