@@ -808,6 +808,10 @@ class Link:
                 known = merge_state_vectors(known, blk.a)
             self._peer_state = known
             self._merged = None
+            if self._peer_epoch != blk.epoch_id:
+                # The peer just came to our epoch (it may have adopted its own
+                # clients' copy of it): tell it what it lacks.
+                self._meta_dirty = True
         self._peer_epoch = blk.epoch_id
 
     def _sent(self, data: bytes, *, retransmit: bool) -> bytes:
