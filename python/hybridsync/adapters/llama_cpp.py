@@ -328,8 +328,9 @@ def _state_buffer(cache: KVCache, seq_id: int, v_trans: bool, prefix: bytes) -> 
 #: The KV cache type to mirror by default. Measured on SmolLM2-135M
 #: (``make bench-precision``): Q8_0 costs a fraction of a percent of
 #: perplexity and gave the same greedy tokens as F16 through 16 hand-offs,
-#: at 53% of F16's bytes; Q4_0 (28%) costs several percent and changes greedy
-#: output within a few tokens. Choose Q4_0 for links where bytes dominate.
+#: at 53% of F16's bytes; Q4_0 (28%) costs about 5% of perplexity and changed
+#: greedy output within a hundred tokens. Choose Q4_0 where bytes dominate (links
+#: of 100 Mb/s and less).
 DEFAULT_KV = "q8_0"
 
 
