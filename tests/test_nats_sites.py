@@ -77,6 +77,9 @@ class Relay:
             dst.close()
 
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        for w in (writer, up_writer):
+            with contextlib.suppress(OSError):
+                await w.wait_closed()
         self.writers -= {writer, up_writer}
 
     async def cut(self) -> None:
@@ -84,6 +87,9 @@ class Relay:
         self.server.close()
         for w in list(self.writers):
             w.close()
+        for w in list(self.writers):
+            with contextlib.suppress(OSError):
+                await w.wait_closed()
         await self.server.wait_closed()
         self.server = None
 
