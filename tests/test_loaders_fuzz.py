@@ -352,7 +352,9 @@ def test_from_llama_state_raises_only_hybridsync_errors(
 def replica(work: Path) -> tuple[bytes, str]:
     """A durable replica's file (text, metadata, a KV cache, a link) and its digest."""
     path = work / "replica.db"
-    m = Memory("a", path=path, fsync=False)
+    # The store's loader alone (the audit log beside it has its own damage
+    # tests in tests/test_audit.py).
+    m = Memory("a", path=path, fsync=False, audit=False)
     link = Link(m, "s")
     server = Link(Memory("s"), "a", role="server")
     m.text["doc"] = "hello world\n" * 50
@@ -379,7 +381,7 @@ def _open_or_refuse(data: bytes, work: Path, digest: str | None = None) -> Hybri
     path = folder / "a.db"
     path.write_bytes(data)
     try:
-        m = Memory("a", path=path, fsync=False)
+        m = Memory("a", path=path, fsync=False, audit=False)
     except HybridSyncError as exc:
         assert path.read_bytes() == data, "a refused replica file was changed"
         assert [p.name for p in folder.iterdir()] == ["a.db"]
