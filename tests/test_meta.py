@@ -433,7 +433,7 @@ def test_a_restarted_root_without_the_frozen_state_loses_no_acknowledged_insert(
 RESTART_SEEDS = int(os.environ.get("HYBRIDSYNC_RESTART_SEEDS", "20"))
 #: Mixes whose schedules still fail (docs/protocol.md 6.9, the README's table):
 #: strict, so a mix that starts passing must move out of this set.
-FAILING_MIXES = {"tree-hub", "tree-all"}
+FAILING_MIXES = {"tree-all"}
 
 
 @pytest.mark.parametrize(
@@ -444,7 +444,7 @@ FAILING_MIXES = {"tree-hub", "tree-all"}
             marks=pytest.mark.xfail(
                 mix in FAILING_MIXES,
                 strict=True,
-                reason="a server restarted from nothing merges by value (docs/protocol.md 6.9)",
+                reason="residual losses with root, hub and leaf restarts (docs/protocol.md 6.9)",
             ),
         )
         for mix in MIXES
