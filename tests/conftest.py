@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -42,3 +44,14 @@ def traces() -> Traces:
             pytrace=False,
         )
     return Traces()
+
+
+@pytest.fixture(autouse=True)
+def _hybridsync_logger_restored() -> Iterator[None]:
+    """A test that runs the CLI in process lets it set up the ``hybridsync``
+    logger for a terminal (its own handler, no propagation): put it back, so
+    later tests' ``caplog`` still hears the library."""
+    logger = logging.getLogger("hybridsync")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
