@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from hybridsync import Link, Memory
 from hybridsync.errors import DecodeError, HybridSyncError, LimitExceededError, ProtocolError
-from hybridsync.frame import MAGIC, PROTOCOL_VERSION, decode_frame
+from hybridsync.frame import FLAG_SENDER, MARK, PROTOCOL_VERSION, decode_frame
 from hybridsync.traces import Trace, apply_splices, load_trace
 
 
@@ -99,9 +99,14 @@ def test_idle_cycle_frame_is_tiny_and_untouched_documents_are_not_diffed() -> No
 def test_unknown_protocol_version_is_refused_clearly() -> None:
     _cm, _sm, cl, sv = pair()
     frame = bytearray(cl.outgoing() or b"")
-    frame[4] = PROTOCOL_VERSION + 1
-    with pytest.raises(DecodeError, match="protocol version 2"):
+    frame[0] = MARK | (PROTOCOL_VERSION + 1)
+    with pytest.raises(DecodeError, match="protocol version 3; this build speaks version 2"):
         sv.incoming(bytes(frame))
+    # A peer of the first protocol version (its frames start "HSYN", 1) is
+    # told which side to upgrade.
+    v1 = b"HSYN\x01\x04" + bytes(frame[2:])
+    with pytest.raises(DecodeError, match="protocol version 1; this build speaks version 2"):
+        sv.incoming(v1)
 
 
 def test_wrong_sender_and_wrong_direction_are_refused() -> None:
@@ -141,7 +146,7 @@ def test_incoming_never_crashes_and_never_changes_state_on_error(data: st.DataOb
     elif mode == "extend":
         frame += data.draw(st.binary(min_size=1, max_size=16))
     else:
-        frame = bytearray(MAGIC + bytes([PROTOCOL_VERSION]) + data.draw(st.binary(max_size=200)))
+        frame = bytearray(bytes([MARK | PROTOCOL_VERSION]) + data.draw(st.binary(max_size=200)))
     before = (snapshot(sv), sm.digest())
     try:
         sv.incoming(bytes(frame))
@@ -154,12 +159,12 @@ def test_incoming_never_crashes_and_never_changes_state_on_error(data: st.DataOb
 
 def sealed(body: bytes, flags: int = 0) -> bytes:
     """A frame around ``body`` with a valid header and checksum."""
-    framed = MAGIC + bytes([PROTOCOL_VERSION, flags]) + body
-    return framed + xxhash.xxh3_64_intdigest(framed).to_bytes(8, "little")
+    framed = bytes([MARK | PROTOCOL_VERSION, flags]) + body
+    return framed + (xxhash.xxh3_64_intdigest(framed) & 0xFFFFFFFF).to_bytes(4, "little")
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=300), st.sampled_from([0, 1, 2, 3]))
+@given(st.binary(max_size=300), st.sampled_from([0, 1, 2, 3, 0x20, 0x21, 0x24]))
 def test_decode_frame_raises_only_decode_errors(blob: bytes, flags: int) -> None:
     for data in (blob, sealed(blob, flags)):
         with contextlib.suppress(DecodeError):
@@ -168,11 +173,11 @@ def test_decode_frame_raises_only_decode_errors(blob: bytes, flags: int) -> None
 
 def test_compressed_bodies_are_strict() -> None:
     good = zstandard.ZstdCompressor().compress(b"\x01c\x0b\x01\x00")
-    assert decode_frame(sealed(good, 1)).sender == "c"
+    assert decode_frame(sealed(good, 1 | FLAG_SENDER)).sender == "c"
     with pytest.raises(DecodeError, match="after the compressed"):
-        decode_frame(sealed(good + b"junk", 1))
+        decode_frame(sealed(good + b"junk", 1 | FLAG_SENDER))
     with pytest.raises(DecodeError):
-        decode_frame(sealed(good[:-2], 1))
+        decode_frame(sealed(good[:-2], 1 | FLAG_SENDER))
     with pytest.raises(LimitExceededError):
         decode_frame(sealed(zstandard.ZstdCompressor().compress(bytes(5000)), 1), max_bytes=4096)
 

@@ -32,6 +32,7 @@ PY_DECODE = F._py_decode_frame
 FUZZ = settings(max_examples=examples(300), deadline=timedelta(minutes=1))
 
 U64 = st.integers(0, (1 << 64) - 1)
+U32 = st.integers(0, (1 << 32) - 1)
 #: Format codes of the wire and the (fmt, scale_type) they stand for.
 FMT_CODES = {("q4_0", "f16"): 1, ("q8_0", "f16"): 2, ("f16", "f16"): 6}
 FMT_CODES.update({("mlx4", t): 3 + i for i, t in enumerate(("f16", "bf16", "f32"))})
@@ -192,8 +193,8 @@ def outcome(decode: Any, data: bytes, **limits: int) -> Any:
 
 
 def resign(data: bytes) -> bytes:
-    body = data[:-8]
-    return body + xxhash.xxh3_64_intdigest(body).to_bytes(8, "little")
+    body = data[:-4]
+    return body + (xxhash.xxh3_64_intdigest(body) & 0xFFFFFFFF).to_bytes(4, "little")
 
 
 # -- strategies ----------------------------------------------------------------------
@@ -205,8 +206,8 @@ def edits_of(draw: st.DrawFn) -> tuple[int, tuple[F.Edit, ...]]:
     out = []
     for v in versions:
         a, b = draw(st.text(max_size=30)), draw(st.text(max_size=30))
-        patch = _core.make_patch(a, b)
-        out.append(F.Edit(v, patch, patch.to_bytes()))
+        change = _core.make_delta(a, b) if draw(st.booleans()) else _core.make_patch(a, b)
+        out.append(F.Edit(v, change, change.to_bytes()))
     local = (versions[-1] + 1 if versions else 0) + draw(st.integers(0, 1 << 20))
     return local, tuple(out)
 
@@ -216,7 +217,9 @@ def entries(draw: st.DrawFn, name: str) -> F.Entry:
     kind = draw(st.sampled_from(F.Kind))
     if kind == F.Kind.EDITS:
         local, edits = draw(edits_of())
-        return F.Entry(name, kind, draw(U64), local, edits, draw(U64))
+        return F.Entry(name, kind, draw(U64), local, edits, draw(U32))
+    if kind == F.Kind.ACK:
+        return F.Entry(name, kind, draw(U64), draw(U64))
     if kind == F.Kind.FULL:
         return F.Entry(name, kind, draw(U64), draw(U64), text=draw(st.text(max_size=200)))
     return F.Entry(name, kind)
@@ -329,7 +332,7 @@ def test_large_bodies_compress_identically() -> None:
     frame = F.Frame("a", 1, 2, False, (F.Entry("doc", F.Kind.FULL, 0, 1, text=text),))
     for level in (1, 3, 9):
         py = PY_ENCODE(frame, level=level)
-        assert py[5] & F.FLAG_COMPRESSED
+        assert py[1] & F.FLAG_COMPRESSED
         assert rust_encode(frame, level=level) == py
         assert norm(rust_decode(py)) == norm(frame)
 
@@ -391,10 +394,15 @@ def test_defects_and_their_errors() -> None:
     frame = F.Frame("alice", 1, 2, True, (F.Entry("doc", F.Kind.DELETE),))
     data = rust_encode(frame)
     assert norm(rust_decode(data)) == norm(frame)
-    with pytest.raises(DecodeError, match="protocol version 2"):
-        _core.decode_frame(resign(data[:4] + b"\x02" + data[5:]))
-    with pytest.raises(DecodeError, match="magic"):
-        _core.decode_frame(b"XSYN" + data[4:])
+    for decode in (_core.decode_frame, PY_DECODE):
+        with pytest.raises(DecodeError, match="protocol version 3; this build speaks version 2"):
+            decode(resign(bytes([F.MARK | 3]) + data[1:]))
+        with pytest.raises(DecodeError, match="protocol version 1; this build speaks version 2"):
+            decode(b"HSYN\x01" + data[1:])
+        with pytest.raises(DecodeError, match="not a hybridsync frame"):
+            decode(resign(b"X" + data[1:]))
+        with pytest.raises(DecodeError, match="empty sender"):
+            decode(resign(data[:2] + b"\x00" + data[8:]))
     with pytest.raises(DecodeError, match="checksum"):
         _core.decode_frame(data[:-1] + bytes([data[-1] ^ 1]))
     with pytest.raises(LimitExceededError):

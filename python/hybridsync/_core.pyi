@@ -12,7 +12,9 @@ __all__ = [
     "DIFF_DELETE",
     "DIFF_EQUAL",
     "DIFF_INSERT",
+    "DELTA_FORMAT_VERSION",
     "PATCH_FORMAT_VERSION",
+    "Delta",
     "Hunk",
     "Patch",
     "__version__",
@@ -37,6 +39,7 @@ __all__ = [
     "kv_row_bytes",
     "kv_scatter_pages",
     "kv_verify_pages",
+    "make_delta",
     "make_patch",
     "match",
     "patch_from_diffs",
@@ -47,6 +50,7 @@ DIFF_DELETE: Literal[-1]
 DIFF_EQUAL: Literal[0]
 DIFF_INSERT: Literal[1]
 PATCH_FORMAT_VERSION: int
+DELTA_FORMAT_VERSION: int
 
 def diff(
     a: str,
@@ -73,6 +77,7 @@ def make_patch(
     edit_cost: int = 4,
     margin: int = 4,
 ) -> Patch: ...
+def make_delta(a: str, b: str, *, timeout: float = 1.0, edit_cost: int = 4) -> Delta: ...
 def patch_from_diffs(a: str, diffs: list[tuple[int, str]], *, margin: int = 4) -> Patch: ...
 def apply_patch(
     patch: Patch,
@@ -113,6 +118,19 @@ class Patch:
     def to_text(self) -> str: ...
     @staticmethod
     def from_text(text: str) -> Patch: ...
+    def __reduce__(self) -> tuple[object, tuple[bytes]]: ...
+
+@final
+class Delta:
+    def __len__(self) -> int: ...
+    def __eq__(self, other: object, /) -> bool: ...
+    def __hash__(self) -> int: ...
+    @property
+    def ops(self) -> list[tuple[int, int | str]]: ...
+    def apply(self, text: str) -> str | None: ...
+    def to_bytes(self) -> bytes: ...
+    @staticmethod
+    def from_bytes(data: bytes) -> Delta: ...
     def __reduce__(self) -> tuple[object, tuple[bytes]]: ...
 
 # -- KV-cache kernels: buffers are any C-contiguous buffer (numpy arrays, bytes) --
@@ -215,7 +233,7 @@ _KVEntryIn: TypeAlias = tuple[
     str, int, str, int, _GeometryTuple | None, int, int, int, Sequence[_KVRunIn], _Buf | None
 ]
 #: (version, patch, raw)
-_EditOut: TypeAlias = tuple[int, Patch, bytes]
+_EditOut: TypeAlias = tuple[int, Delta | Patch, bytes]
 #: (name, kind, ack, local, edits, checksum, text)
 _EntryOut: TypeAlias = tuple[str, int, int, int, tuple[_EditOut, ...], int, str]
 #: (epoch, kind, a, b, epoch_id)

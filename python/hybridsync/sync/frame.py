@@ -25,14 +25,15 @@ from hybridsync._core import decode_frame_as as _rust_decode_frame_as
 from hybridsync._core import encode_frame as _rust_encode_frame
 from hybridsync._core import kv_verify_pages
 from hybridsync.channels.kv import MAX_RUNTIME_BYTES, Geometry
-from hybridsync.channels.text import Patch
+from hybridsync.channels.text import DELTA_FORMAT_VERSION, Delta, Patch
 from hybridsync.errors import DecodeError, HybridSyncError, LimitExceededError
 
 if TYPE_CHECKING:  # the stub's names for the Rust codec's KV tuples
     from hybridsync._core import _KVEntryIn, _KVEntryOut
 
 __all__ = [
-    "MAGIC",
+    "FLAG_SENDER",
+    "MARK",
     "PROTOCOL_VERSION",
     "Edit",
     "Entry",
@@ -45,18 +46,24 @@ __all__ = [
     "MetaKind",
     "decode_frame",
     "encode_frame",
+    "parse_change",
 ]
 
-MAGIC = b"HSYN"
-PROTOCOL_VERSION = 1
+#: The high nibble of a frame's first byte; the low nibble is the version.
+MARK = 0xA0
+#: How a version 1 frame starts (recognised only to name its version).
+V1_MAGIC = b"HSYN"
+PROTOCOL_VERSION = 2
 FLAG_COMPRESSED = 0x01
 FLAG_REPLY = 0x02
 FLAG_META = 0x04
 FLAG_KV = 0x08
 FLAG_RESUME = 0x10
-_KNOWN_FLAGS = FLAG_COMPRESSED | FLAG_REPLY | FLAG_META | FLAG_KV | FLAG_RESUME
-_HEADER = struct.Struct("<4sBB")
-_CHECKSUM = struct.Struct("<Q")
+FLAG_SENDER = 0x20
+_KNOWN_FLAGS = FLAG_COMPRESSED | FLAG_REPLY | FLAG_META | FLAG_KV | FLAG_RESUME | FLAG_SENDER
+_HEADER = struct.Struct("<BB")
+_CHECKSUM = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
 _EPOCH_ID = struct.Struct("<Q")
 
 
@@ -75,14 +82,19 @@ class Kind(enum.IntEnum):
     RESYNC = 5
     #: Answer to a RESYNC: the sender has neither the document nor state for it.
     ABSENT = 6
+    #: The sender applied the peer's edits up to ``ack`` and holds ``local``
+    #: of its own, with nothing to send (no checksum: the receiver checked the
+    #: shadow when it applied those edits).
+    ACK = 7
 
 
 @dataclass(frozen=True)
 class Edit:
-    """One versioned edit: the patch from shadow version ``version`` to the next."""
+    """One versioned edit: the change from shadow version ``version`` to the
+    next, a :class:`Delta` (the usual form) or a :class:`Patch`."""
 
     version: int
-    patch: Patch
+    patch: Delta | Patch
     raw: bytes
 
 
@@ -97,7 +109,7 @@ class Entry:
     #: EDITS / FULL: the sender's local version after the edits.
     local: int = 0
     edits: tuple[Edit, ...] = ()
-    #: EDITS: xxh3-64 of the sender's shadow after the edits.
+    #: EDITS: the low 32 bits of the xxh3-64 of the sender's shadow after the edits.
     checksum: int = 0
     #: FULL: the sender's shadow text.
     text: str = ""
@@ -208,6 +220,14 @@ class Frame:
     resume: bool = False
 
 
+def parse_change(raw: bytes) -> Delta | Patch:
+    """An edit's change from its bytes: the first byte names the form (2: a
+    delta, 1: a patch). Raises DecodeError."""
+    if raw[:1] == bytes((DELTA_FORMAT_VERSION,)):
+        return Delta.from_bytes(raw)
+    return Patch.from_bytes(raw)
+
+
 def _put_uint(out: bytearray, value: int) -> None:
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
@@ -239,13 +259,13 @@ def _encode_kv(entries: tuple[KVEntry, ...]) -> list[bytes | memoryview]:
         _put_bytes(out, e.name.encode())
         out.append(e.kind)
         _put_bytes(out, e.owner.encode())
-        out += _CHECKSUM.pack(e.uid)
+        out += _U64.pack(e.uid)
         if e.kind == KVKind.DELETE:
             continue
         assert e.geometry is not None
         _put_geometry(out, e.geometry)
         _put_uint(out, e.tokens)
-        out += _CHECKSUM.pack(e.digest)
+        out += _U64.pack(e.digest)
         if e.kind == KVKind.PAGES:
             out.append(e.flags)
             _put_uint(out, len(e.runs))
@@ -276,7 +296,8 @@ def _py_encode_frame(frame: Frame, *, compress_threshold: int = 1024, level: int
     zstd-compressed when that makes them smaller. KV pages travel in their own
     section, never compressed (quantized data does not compress)."""
     body = bytearray()
-    _put_bytes(body, frame.sender.encode())
+    if frame.sender:
+        _put_bytes(body, frame.sender.encode())
     _put_uint(body, frame.epoch)
     _put_uint(body, frame.seq)
     _put_uint(body, len(frame.entries))
@@ -291,11 +312,16 @@ def _py_encode_frame(frame: Frame, *, compress_threshold: int = 1024, level: int
                 _put_uint(body, edit.version)
                 _put_bytes(body, edit.raw)
             body += _CHECKSUM.pack(e.checksum)
+        elif e.kind == Kind.ACK:
+            _put_uint(body, e.ack)
+            _put_uint(body, e.local)
         elif e.kind == Kind.FULL:
             _put_uint(body, e.ack)
             _put_uint(body, e.local)
             _put_bytes(body, e.text.encode())
     flags = FLAG_REPLY if frame.reply else 0
+    if frame.sender:
+        flags |= FLAG_SENDER
     if frame.resume:
         flags |= FLAG_RESUME
     if frame.meta is not None:
@@ -320,11 +346,11 @@ def _py_encode_frame(frame: Frame, *, compress_threshold: int = 1024, level: int
         _put_uint(head, sum(len(p) for p in kv))
         kv.insert(0, bytes(head))
     # One copy of the page payloads: the join; the checksum streams over the parts.
-    parts = [_HEADER.pack(MAGIC, PROTOCOL_VERSION, flags), *kv, payload]
+    parts = [_HEADER.pack(MARK | PROTOCOL_VERSION, flags), *kv, payload]
     h = xxhash.xxh3_64()
     for part in parts:
         h.update(part)
-    parts.append(_CHECKSUM.pack(h.intdigest()))
+    parts.append(_CHECKSUM.pack(h.intdigest() & 0xFFFFFFFF))
     return b"".join(parts)
 
 
@@ -471,7 +497,7 @@ def _decode_kv(data: bytes | memoryview, max_kv_bytes: int) -> tuple[KVEntry, ..
         owner = r.text("KV cache owner")
         if not owner:
             raise DecodeError(f"KV cache {name!r} has an empty owner")
-        (uid,) = _CHECKSUM.unpack(r.take(_CHECKSUM.size))
+        (uid,) = _U64.unpack(r.take(_U64.size))
         if kind == KVKind.DELETE:
             out.append(KVEntry(name, kind, owner, uid))
             continue
@@ -485,7 +511,7 @@ def _decode_kv(data: bytes | memoryview, max_kv_bytes: int) -> tuple[KVEntry, ..
                 f"KV cache {name!r} of {tokens} tokens would exceed the limit of "
                 f"{max_kv_bytes} bytes"
             )
-        (digest,) = _CHECKSUM.unpack(r.take(_CHECKSUM.size))
+        (digest,) = _U64.unpack(r.take(_U64.size))
         pages = -(-tokens // g.page_tokens)
         if kind == KVKind.HAVE:
             has_table = r.take(1)[0]
@@ -557,9 +583,15 @@ def _py_decode_frame(
             f"frame of {len(data)} bytes is shorter than its header and checksum "
             f"({_HEADER.size + _CHECKSUM.size} bytes)"
         )
-    magic, version, flags = _HEADER.unpack_from(data)
-    if magic != MAGIC:
-        raise DecodeError(f"not a hybridsync frame (magic {magic!r})")
+    mark, flags = _HEADER.unpack_from(data)
+    if data.startswith(V1_MAGIC) and len(data) > len(V1_MAGIC):
+        raise DecodeError(
+            f"frame uses protocol version {data[len(V1_MAGIC)]}; this build speaks version "
+            f"{PROTOCOL_VERSION} (upgrade the older side)"
+        )
+    if mark & 0xF0 != MARK:
+        raise DecodeError(f"not a hybridsync frame (first byte 0x{mark:02x})")
+    version = mark & 0x0F
     if version != PROTOCOL_VERSION:
         raise DecodeError(
             f"frame uses protocol version {version}; this build speaks version {PROTOCOL_VERSION} "
@@ -567,7 +599,7 @@ def _py_decode_frame(
         )
     view = memoryview(data)
     (checksum,) = _CHECKSUM.unpack_from(data, len(data) - _CHECKSUM.size)
-    if checksum != xxhash.xxh3_64_intdigest(view[: -_CHECKSUM.size]):
+    if checksum != xxhash.xxh3_64_intdigest(view[: -_CHECKSUM.size]) & 0xFFFFFFFF:
         raise DecodeError("frame checksum mismatch: the frame was garbled or truncated")
     if flags & ~_KNOWN_FLAGS:
         raise DecodeError(f"unknown frame flags 0x{flags:02x}")
@@ -582,7 +614,11 @@ def _py_decode_frame(
     if flags & FLAG_COMPRESSED:
         body = _decompress(body, max_bytes)
     r = _Reader(body)
-    sender = r.text("sender")
+    sender = ""
+    if flags & FLAG_SENDER:
+        sender = r.text("sender")
+        if not sender:
+            raise DecodeError("empty sender")
     epoch = r.uint()
     seq = r.uint()
     entries: list[Entry] = []
@@ -608,7 +644,7 @@ def _py_decode_frame(
                     raise DecodeError(f"edit versions of {name!r} are not increasing")
                 previous = version
                 raw = bytes(r.blob())
-                edits.append(Edit(version, Patch.from_bytes(raw), raw))
+                edits.append(Edit(version, parse_change(raw), raw))
             if edits and edits[-1].version >= local:
                 raise DecodeError(
                     f"edit version {edits[-1].version} of {name!r} is not below {local}"
@@ -619,6 +655,9 @@ def _py_decode_frame(
             ack = r.uint()
             local = r.uint()
             entries.append(Entry(name, kind, ack, local, text=r.text(f"text of {name!r}")))
+        elif kind == Kind.ACK:
+            ack = r.uint()
+            entries.append(Entry(name, kind, ack, r.uint()))
         else:
             entries.append(Entry(name, kind))
     meta = None

@@ -29,7 +29,15 @@ from hybridsync.channels.documents import TextDocuments
 from hybridsync.channels.events import ChangeBus, Origin
 from hybridsync.channels.kv import KVCaches
 from hybridsync.channels.meta import decode_state_vector, merge_state_vectors
-from hybridsync.channels.text import Patch, apply_patch, common_lines, make_patch, merge3
+from hybridsync.channels.text import (
+    Delta,
+    Patch,
+    apply_patch,
+    common_lines,
+    make_delta,
+    make_patch,
+    merge3,
+)
 from hybridsync.errors import InvalidArgumentError, ProtocolError
 from hybridsync.sync.epochs import EpochMeta
 from hybridsync.sync.frame import (
@@ -41,6 +49,7 @@ from hybridsync.sync.frame import (
     MetaKind,
     decode_frame,
     encode_frame,
+    parse_change,
 )
 from hybridsync.sync.kv import KVChannel
 
@@ -111,7 +120,9 @@ class _Doc:
         "local",
         "remote",
         "shadow",
+        "sources",
         "stack",
+        "summary",
         "tombstone",
         "want_full",
     )
@@ -124,10 +135,32 @@ class _Doc:
         self.backup_local = local
         self.backup_remote = remote
         self.stack: list[Edit] = []
+        #: The shadow each edit of the stack applies to (None: unknown, an edit
+        #: reloaded from an older file), to carry unacknowledged edits over a
+        #: FULL: a delta has no context to apply it anywhere else.
+        self.sources: list[str | None] = []
         self.ack_due = False
+        #: The next acknowledgement must carry the shadow checksum (a summary
+        #: after a reopening); otherwise it follows a verified exchange.
+        self.summary = False
         self.full_pending = False
         self.want_full = False
         self.tombstone = False
+
+    def push(self, edit: Edit, source: str | None) -> None:
+        self.stack.append(edit)
+        self.sources.append(source)
+
+    def drop_acknowledged(self, ack: int) -> None:
+        """Keep on the stack only the edits the peer has not applied."""
+        if self.stack and self.stack[0].version < ack:
+            keep = [i for i, s in enumerate(self.stack) if s.version >= ack]
+            self.stack = [self.stack[i] for i in keep]
+            self.sources = [self.sources[i] for i in keep]
+
+    def clear_stack(self) -> None:
+        self.stack.clear()
+        self.sources.clear()
 
     def take_backup(self) -> None:
         self.backup, self.backup_local, self.backup_remote = self.shadow, self.local, self.remote
@@ -139,7 +172,8 @@ class _Doc:
 
 
 def _checksum(text: str) -> int:
-    return xxhash.xxh3_64_intdigest(text.encode())
+    """The shadow checksum: the low 32 bits of xxh3-64 of the UTF-8 text."""
+    return xxhash.xxh3_64_intdigest(text.encode()) & 0xFFFFFFFF
 
 
 @dataclass(frozen=True)
@@ -315,6 +349,14 @@ class Link:
         self._adopt_wait = 0
         self._peer_state: bytes | None = None
         self._sent_state: bytes | None = None  # our state vector in the last frame built
+        #: The peer's metadata epoch number (informative), with _peer_epoch.
+        self._peer_epoch_no = 0
+        #: The metadata epoch id of the latest block we built, and the one the
+        #: peer is known to have seen (a frame of ours that carried it was
+        #: answered): while ours is still that one, a frame with nothing to
+        #: say about metadata carries no block at all.
+        self._block_epoch: int | None = None
+        self._peer_knows_epoch: int | None = None
         self._seq = 0  # client: latest request sent; server: latest request processed
         self._awaiting = False  # client: latest request not answered yet
         self._last_frame = b""  # client: latest request; server: latest reply
@@ -390,8 +432,8 @@ class Link:
             seen = set()
         total = 0
         for doc in self._docs.values():
-            for text in (doc.shadow, doc.backup):
-                if id(text) not in seen:
+            for text in (doc.shadow, doc.backup, *doc.sources):
+                if text is not None and id(text) not in seen:
                     seen.add(id(text))
                     total += len(text.encode())
             total += sum(len(edit.raw) for edit in doc.stack)
@@ -445,7 +487,7 @@ class Link:
             None if doc.backup == doc.shadow else doc.backup,  # usually equal: saved once
             doc.backup_local,
             doc.backup_remote,
-            [[e.version, e.raw] for e in doc.stack],
+            [[e.version, e.raw, src] for e, src in zip(doc.stack, doc.sources, strict=True)],
             doc.full_pending,
             doc.want_full,
             doc.tombstone,
@@ -467,11 +509,14 @@ class Link:
                 doc = _Doc(str(shadow), int(local), int(remote))
                 doc.backup = doc.shadow if backup is None else str(backup)
                 doc.backup_local, doc.backup_remote = int(bl), int(br)
-                doc.stack = [
-                    Edit(int(v), Patch.from_bytes(bytes(raw)), bytes(raw)) for v, raw in stack
-                ]
+                for v, raw, *src in stack:
+                    source = src[0] if src else None
+                    doc.push(
+                        Edit(int(v), parse_change(bytes(raw)), bytes(raw)),
+                        None if source is None else str(source),
+                    )
                 doc.full_pending, doc.want_full, doc.tombstone = bool(fp), bool(wf), bool(tomb)
-                doc.ack_due = not doc.tombstone
+                doc.ack_due = doc.summary = not doc.tombstone
                 self._docs[name] = doc
             incarnation = header.get("peer_incarnation")
             self.peer_incarnation = None if incarnation is None else bytes(incarnation)
@@ -542,7 +587,7 @@ class Link:
         if doc is None:
             return
         doc.tombstone = True
-        doc.stack.clear()
+        doc.clear_stack()
         doc.full_pending = doc.want_full = doc.ack_due = False
         self._pending.add(name)
 
@@ -590,13 +635,17 @@ class Link:
                 entries.append(entry)
             self._refresh(name)
         assert self._epoch is not None  # a server only replies after a request set it
+        meta = self._meta_block()
+        if meta is not None:
+            self._block_epoch = meta.epoch_id
         frame = Frame(
-            self.memory.replica_id,
+            # Who we are: in the first exchange of a link epoch and after a reopening.
+            self.memory.replica_id if self._seq == 1 or self._resume else "",
             self._epoch,
             self._seq,
             self.role == "server",
             tuple(entries),
-            self._meta_block(),
+            meta,
             self._kv.entries(),
             self._resume,
         )
@@ -677,7 +726,7 @@ class Link:
         self._deferred = (blk.epoch_id, blk.b, times + 1)
         return True
 
-    def _meta_block(self) -> MetaBlock:
+    def _meta_block(self) -> MetaBlock | None:
         meta = self.memory.meta
         if self.memory.is_root:
             meta.maybe_compact()  # the compaction pass runs during each cycle
@@ -707,6 +756,8 @@ class Link:
             update = meta.update_since(known)
             return MetaBlock(meta.epoch, MetaKind.UPDATE, state, update, meta.epoch_id)
         self._sent_state = None
+        if self._peer_knows_epoch == meta.epoch_id:
+            return None  # nothing new, and the peer knows our epoch
         return MetaBlock(meta.epoch, MetaKind.NONE, epoch_id=meta.epoch_id)
 
     def _receive_meta(self, blk: MetaBlock | None, delivered: bool) -> None:
@@ -716,8 +767,14 @@ class Link:
         meta = self.memory.meta
         if self.role == "client":
             self.reply_complete = True
+        if delivered:
+            self._peer_knows_epoch = self._block_epoch
         if blk is None:
-            return
+            if self._peer_epoch is None:
+                return
+            # No block: the peer is still on the epoch it last told us, with
+            # nothing new.
+            blk = MetaBlock(self._peer_epoch_no, MetaKind.NONE, epoch_id=self._peer_epoch)
         if blk.kind == MetaKind.UPDATE:
             decode_state_vector(blk.a)  # validate before anything changes
         epoch_before = meta.epoch_id
@@ -813,6 +870,7 @@ class Link:
                 # clients' copy of it): tell it what it lacks.
                 self._meta_dirty = True
         self._peer_epoch = blk.epoch_id
+        self._peer_epoch_no = blk.epoch
 
     def _sent(self, data: bytes, *, retransmit: bool) -> bytes:
         m = self.metrics
@@ -849,14 +907,19 @@ class Link:
             self._dirty.discard(name)
             if text is not None and text != doc.shadow:
                 self.metrics.docs_diffed += 1
-                patch = make_patch(doc.shadow, text)
-                doc.stack.append(Edit(doc.local, patch, patch.to_bytes()))
+                delta = make_delta(doc.shadow, text)
+                doc.push(Edit(doc.local, delta, delta.to_bytes()), doc.shadow)
                 doc.shadow = text
                 doc.local += 1
                 self.metrics.edits_made += 1
         if not (doc.stack or doc.ack_due):
             return None
         doc.ack_due = False
+        if not doc.stack and not doc.summary:
+            # Only an acknowledgement, of edits or a FULL whose result both
+            # sides checked: no checksum.
+            return Entry(name, Kind.ACK, ack=doc.remote, local=doc.local)
+        doc.summary = False
         return Entry(
             name,
             Kind.EDITS,
@@ -887,7 +950,7 @@ class Link:
 
     def _incoming(self, data: bytes) -> None:
         frame = decode_frame(data, max_bytes=self.max_frame_bytes, max_kv_bytes=self.max_kv_bytes)
-        if frame.sender != self.peer_id:
+        if frame.sender and frame.sender != self.peer_id:
             raise ProtocolError(
                 f"frame from {frame.sender!r} on the link to {self.peer_id!r}: refused"
             )
@@ -963,9 +1026,10 @@ class Link:
         keep the documents' shadows and versions: their summaries show what
         still agrees."""
         self._meta_dirty = not self.memory.meta.is_empty()
+        self._peer_knows_epoch = None
         if keep_docs:
             for doc in self._docs.values():
-                doc.ack_due = not doc.tombstone
+                doc.ack_due = doc.summary = not doc.tombstone
         else:
             self._docs.clear()
             self._pending.clear()
@@ -983,6 +1047,7 @@ class Link:
         document that has to travel whole merges like one meeting without
         shared history, so that nothing we hold is overwritten."""
         self._peer_state = self._sent_state = None
+        self._peer_knows_epoch = None
         self._meta_dirty = True
         self._kv.restart()
         self._peer_resumed = set(self._docs)
@@ -990,7 +1055,7 @@ class Link:
     def _receive(self, e: Entry) -> None:
         name = e.name
         doc = self._docs.get(name)
-        if e.kind == Kind.EDITS:
+        if e.kind == Kind.EDITS or e.kind == Kind.ACK:
             self._receive_edits(e, doc)
         elif e.kind == Kind.FULL:
             self._receive_full(e, doc)
@@ -1052,29 +1117,39 @@ class Link:
             # The peer never received our latest edits: roll back to the
             # backup shadow; the next diff sends them again.
             doc.shadow, doc.local, doc.remote = doc.backup, doc.backup_local, doc.backup_remote
-            doc.stack.clear()
+            doc.clear_stack()
             self._dirty.add(e.name)
         if e.ack > doc.local:
             self._diverged(e.name, doc)
             return
-        doc.stack = [s for s in doc.stack if s.version >= e.ack]
+        doc.drop_acknowledged(e.ack)
         for edit in e.edits:
             if edit.version < doc.remote:
                 continue  # already applied
             if edit.version > doc.remote:
                 self._diverged(e.name, doc)
                 return
-            shadow, flags = apply_patch(edit.patch, doc.shadow, **_STRICT)  # type: ignore[arg-type]
-            if not all(flags):
-                self._diverged(e.name, doc)
-                return
+            change = edit.patch
+            if isinstance(change, Delta):
+                applied = change.apply(doc.shadow)
+                if applied is None:  # it does not fit: not the shadow it was made on
+                    self._diverged(e.name, doc)
+                    return
+                shadow = applied
+            else:
+                shadow, flags = apply_patch(change, doc.shadow, **_STRICT)  # type: ignore[arg-type]
+                if not all(flags):
+                    self._diverged(e.name, doc)
+                    return
             self._apply_to_text(e.name, doc.shadow, shadow)
             doc.shadow = shadow
             doc.remote += 1
             self.metrics.edits_applied += 1
         if e.edits:
             doc.ack_due = True
-        if (doc.remote, doc.local) != (e.local, e.ack) or _checksum(doc.shadow) != e.checksum:
+        if (doc.remote, doc.local) != (e.local, e.ack) or (
+            e.kind == Kind.EDITS and _checksum(doc.shadow) != e.checksum
+        ):
             self._diverged(e.name, doc)
             return
         doc.take_backup()
@@ -1098,7 +1173,7 @@ class Link:
         client asks for it."""
         self.metrics.resyncs += 1
         text = self.memory.text.get(name)
-        doc.stack.clear()
+        doc.clear_stack()
         doc.ack_due = False
         if self.role == "server" and text is not None:
             doc.shadow = text
@@ -1140,10 +1215,16 @@ class Link:
             new_text = merge3(common_lines(e.text, text), e.text, text)
             self.metrics.creation_conflicts += 1
         elif doc is not None and text is not None:
-            # Carry over our changes the peer does not have.
-            pending = [s.patch for s in doc.stack if s.version >= e.ack]
-            if text != doc.shadow:
-                pending.append(make_patch(doc.shadow, text))
+            # Carry over our changes the peer does not have: from the shadow
+            # our oldest unacknowledged edit applies to, to our text.
+            pending: list[Patch] = []
+            unacked = [i for i, s in enumerate(doc.stack) if s.version >= e.ack]
+            source = doc.sources[unacked[0]] if unacked else doc.shadow
+            if source is None:  # reloaded without its source: its patches, as sent
+                pending = [p for i in unacked if isinstance(p := doc.stack[i].patch, Patch)]
+                source = doc.shadow
+            if text != source:
+                pending.append(make_patch(source, text))
             for patch in pending:
                 new_text, flags = apply_patch(patch, new_text)
                 self.metrics.hunks_failed += flags.count(False)

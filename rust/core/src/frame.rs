@@ -1,9 +1,10 @@
 //! The wire format of a link: one frame per exchange (`docs/protocol.md`).
 //!
-//! A frame is `"HSYN"`, the protocol version, a flag byte, the KV section
-//! (when flagged), the body (zstd-compressed when flagged) and the xxh3-64 of
-//! everything before it. The body holds the sender, its epoch and sequence
-//! number, one entry per document and the metadata block (when flagged).
+//! A frame is a mark byte holding the protocol version, a flag byte, the KV
+//! section (when flagged), the body (zstd-compressed when flagged) and the low
+//! 32 bits of the xxh3-64 of everything before it. The body holds the sender
+//! (when flagged), its epoch and sequence number, one entry per document and
+//! the metadata block (when flagged).
 //!
 //! [`encode_frame`] writes exactly the bytes of the Python reference codec
 //! (`hybridsync.sync.frame`); [`decode_frame`] accepts exactly the frames it
@@ -18,13 +19,15 @@ use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 use crate::error::{Error, Result};
 use crate::kv::{self, Float, Format, PageLayout};
-use crate::text::Patch;
+use crate::text::{Delta, Patch, DELTA_FORMAT_VERSION};
 use crate::varint::Reader;
 
-/// The first four bytes of every frame.
-pub const MAGIC: &[u8; 4] = b"HSYN";
+/// The high nibble of a frame's first byte; the low nibble is the version.
+pub const MARK: u8 = 0xA0;
+/// The first four bytes of a version 1 frame (recognised to name its version).
+pub const V1_MAGIC: &[u8; 4] = b"HSYN";
 /// The protocol version this codec speaks.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 /// The body is zstd-compressed.
 pub const FLAG_COMPRESSED: u8 = 0x01;
 /// The frame answers a request.
@@ -35,15 +38,18 @@ pub const FLAG_META: u8 = 0x04;
 pub const FLAG_KV: u8 = 0x08;
 /// The sender reopened a durable replica (its link state comes from disk).
 pub const FLAG_RESUME: u8 = 0x10;
-const KNOWN_FLAGS: u8 = FLAG_COMPRESSED | FLAG_REPLY | FLAG_META | FLAG_KV | FLAG_RESUME;
+/// The body starts with the sender's replica id.
+pub const FLAG_SENDER: u8 = 0x20;
+const KNOWN_FLAGS: u8 =
+    FLAG_COMPRESSED | FLAG_REPLY | FLAG_META | FLAG_KV | FLAG_RESUME | FLAG_SENDER;
 /// KV PAGES flag: after these pages the receiver holds the sender's cache.
 pub const KV_COMPLETE: u8 = 0x01;
 /// KV PAGES flag: the sender does not know the receiver's table.
 pub const KV_PROBE: u8 = 0x02;
 /// Bytes of the header: magic, version, flags.
-pub const HEADER_LEN: usize = 6;
+pub const HEADER_LEN: usize = 2;
 /// Bytes of the trailing checksum.
-pub const CHECKSUM_LEN: usize = 8;
+pub const CHECKSUM_LEN: usize = 4;
 /// The default limit on a frame's size, compressed or not.
 pub const DEFAULT_MAX_BYTES: usize = 64 << 20;
 /// The default limit on the size of one KV cache a frame describes.
@@ -114,6 +120,10 @@ wire_enum!(
         Resync = 5,
         /// The sender has neither the document nor state for it.
         Absent = 6,
+        /// The sender applied the peer's edits up to `ack` and holds `local`
+        /// of its own; it has no edits to send (no checksum: the receiver
+        /// verified the shadow when it applied those edits).
+        Ack = 7,
     }
 );
 
@@ -143,16 +153,36 @@ wire_enum!(
     }
 );
 
+/// What an edit carries: a delta (the usual form) or a patch with context.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Keep / insert / delete, for a receiver holding the same shadow.
+    Delta(Delta),
+    /// A diff-match-patch patch (hunks with context).
+    Patch(Patch),
+}
+
+impl Change {
+    /// Decode an edit's bytes: the first byte names the form.
+    pub fn from_bytes(raw: &[u8]) -> Result<Change> {
+        if raw.first() == Some(&DELTA_FORMAT_VERSION) {
+            Ok(Change::Delta(Delta::from_bytes(raw)?))
+        } else {
+            Ok(Change::Patch(Patch::from_bytes(raw)?))
+        }
+    }
+}
+
 /// One versioned edit of an EDITS entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Edit<'a> {
-    /// The shadow version the patch applies to.
+    /// The shadow version the change applies to.
     pub version: u64,
-    /// The patch's binary form, as it travels.
+    /// The change's binary form, as it travels.
     pub raw: &'a [u8],
-    /// The parsed patch: always set by [`decode_frame`]; the encoder writes
+    /// The parsed change: always set by [`decode_frame`]; the encoder writes
     /// `raw` and ignores it.
-    pub patch: Option<Patch>,
+    pub patch: Option<Change>,
 }
 
 /// What one frame carries for one document.
@@ -168,8 +198,9 @@ pub struct Entry<'a> {
     pub local: u64,
     /// EDITS: the edits, versions increasing and below `local`.
     pub edits: Vec<Edit<'a>>,
-    /// EDITS: xxh3-64 of the sender's shadow after the edits.
-    pub checksum: u64,
+    /// EDITS: the low 32 bits of the xxh3-64 of the sender's shadow after
+    /// the edits.
+    pub checksum: u32,
     /// FULL: the sender's shadow text.
     pub text: &'a str,
 }
@@ -503,7 +534,9 @@ fn write_kv<S: Sink>(out: &mut S, entries: &[KvEntry<'_>]) -> Result<()> {
 }
 
 fn write_body(out: &mut Vec<u8>, frame: &Frame<'_>) {
-    out.blob(frame.sender.as_bytes());
+    if !frame.sender.is_empty() {
+        out.blob(frame.sender.as_bytes());
+    }
     out.uint(frame.epoch);
     out.uint(frame.seq);
     out.uint(frame.entries.len() as u64);
@@ -519,7 +552,11 @@ fn write_body(out: &mut Vec<u8>, frame: &Frame<'_>) {
                     out.uint(edit.version);
                     out.blob(edit.raw);
                 }
-                out.u64le(e.checksum);
+                out.put(&e.checksum.to_le_bytes());
+            }
+            Kind::Ack => {
+                out.uint(e.ack);
+                out.uint(e.local);
             }
             Kind::Full => {
                 out.uint(e.ack);
@@ -580,6 +617,9 @@ pub fn prepare_frame<'f, 'a>(
     }
     if frame.meta.is_some() {
         flags |= FLAG_META;
+    }
+    if !frame.sender.is_empty() {
+        flags |= FLAG_SENDER;
     }
     let mut kv_len = 0usize;
     if !frame.kv.is_empty() {
@@ -700,8 +740,7 @@ impl PreparedFrame<'_, '_> {
             hasher: Xxh3::new(),
             overflow: false,
         };
-        sink.put(MAGIC);
-        sink.byte(PROTOCOL_VERSION);
+        sink.byte(MARK | PROTOCOL_VERSION);
         sink.byte(self.flags);
         if !self.kv.is_empty() {
             sink.uint(self.kv_len as u64);
@@ -712,7 +751,7 @@ impl PreparedFrame<'_, '_> {
         let (signed, checksum) = sink.finish();
         match (overflow, out.get_mut(signed..)) {
             (false, Some(tail)) if tail.len() == CHECKSUM_LEN => {
-                tail.copy_from_slice(&checksum.to_le_bytes());
+                tail.copy_from_slice(&(checksum as u32).to_le_bytes());
                 Ok(())
             }
             _ => Err(Error::invalid(
@@ -1075,7 +1114,15 @@ fn decode_kv<'a>(data: &'a [u8], max_kv_bytes: u64) -> Result<Vec<KvEntry<'a>>> 
 
 fn decode_body<'a>(body: &'a [u8], flags: u8, kv: Vec<KvEntry<'a>>) -> Result<Frame<'a>> {
     let mut r = Reader::new(body);
-    let sender = text(&mut r, "sender")?;
+    let sender = if flags & FLAG_SENDER != 0 {
+        let sender = text(&mut r, "sender")?;
+        if sender.is_empty() {
+            return Err(Error::decode("empty sender"));
+        }
+        sender
+    } else {
+        ""
+    };
     let epoch = r.u64()?;
     let seq = r.u64()?;
     let n = count(&mut r, "entry count", 2)?;
@@ -1109,7 +1156,7 @@ fn decode_body<'a>(body: &'a [u8], flags: u8, kv: Vec<KvEntry<'a>>) -> Result<Fr
                     }
                     previous = Some(version);
                     let raw = blob(&mut r)?;
-                    let patch = Patch::from_bytes(raw)?;
+                    let patch = Change::from_bytes(raw)?;
                     edits.push(Edit {
                         version,
                         raw,
@@ -1125,7 +1172,12 @@ fn decode_body<'a>(body: &'a [u8], flags: u8, kv: Vec<KvEntry<'a>>) -> Result<Fr
                     }
                 }
                 entry.edits = edits;
-                entry.checksum = u64le(&mut r)?;
+                let sum = r.bytes(4)?;
+                entry.checksum = u32::from_le_bytes([sum[0], sum[1], sum[2], sum[3]]);
+            }
+            Kind::Ack => {
+                entry.ack = r.u64()?;
+                entry.local = r.u64()?;
             }
             Kind::Full => {
                 entry.ack = r.u64()?;
@@ -1204,13 +1256,20 @@ pub fn decode_frame<'a>(
             )))
         }
     };
-    let [m0, m1, m2, m3, version, flags] = *head;
-    if [m0, m1, m2, m3] != *MAGIC {
+    let [mark, flags] = *head;
+    if data.starts_with(V1_MAGIC) && data.len() > V1_MAGIC.len() {
         return Err(Error::decode(format!(
-            "not a hybridsync frame (magic {:?})",
-            String::from_utf8_lossy(&[m0, m1, m2, m3])
+            "frame uses protocol version {}; this build speaks version \
+             {PROTOCOL_VERSION} (upgrade the older side)",
+            data[V1_MAGIC.len()]
         )));
     }
+    if mark & 0xF0 != MARK {
+        return Err(Error::decode(format!(
+            "not a hybridsync frame (first byte 0x{mark:02x})"
+        )));
+    }
+    let version = mark & 0x0F;
     if version != PROTOCOL_VERSION {
         return Err(Error::decode(format!(
             "frame uses protocol version {version}; this build speaks version \
@@ -1222,7 +1281,7 @@ pub fn decode_frame<'a>(
         None => return Err(Error::decode("frame truncated before its checksum")),
     };
     let signed = data.get(..data.len() - CHECKSUM_LEN).unwrap_or_default();
-    if u64::from_le_bytes(*sum) != xxh3_64(signed) {
+    if u32::from_le_bytes(*sum) != xxh3_64(signed) as u32 {
         return Err(Error::decode(
             "frame checksum mismatch: the frame was garbled or truncated",
         ));
@@ -1254,12 +1313,12 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::text::{make_patch, DiffOptions};
+    use crate::text::{make_delta, make_patch, DiffOptions};
 
     /// (version, patch bytes).
     type EditModel = (u64, Vec<u8>);
     /// (kind, ack, local, edits, checksum, text).
-    type EntryModel = (Kind, u64, u64, Vec<EditModel>, u64, String);
+    type EntryModel = (Kind, u64, u64, Vec<EditModel>, u32, String);
     /// (epoch, epoch id, kind, a, b).
     type MetaModel = (u64, u64, MetaKind, Vec<u8>, Vec<u8>);
     /// (layer, K|V, offset, heads, pages, hashes, payload).
@@ -1315,9 +1374,12 @@ mod tests {
                                 .map(|(version, raw)| Edit {
                                     version: *version,
                                     raw,
-                                    patch: Some(Patch::from_bytes(raw).unwrap()),
+                                    patch: Some(Change::from_bytes(raw).unwrap()),
                                 })
                                 .collect();
+                        } else if *kind == Kind::Ack {
+                            e.ack = *ack;
+                            e.local = *local;
                         } else if *kind == Kind::Full {
                             e.ack = *ack;
                             e.local = *local;
@@ -1385,8 +1447,12 @@ mod tests {
         }
     }
 
-    fn patch_bytes(a: &str, b: &str) -> Vec<u8> {
+    /// A patch (even pairs) or a delta (odd pairs) turning `a` into `b`.
+    fn patch_bytes(a: &str, b: &str, delta: bool) -> Vec<u8> {
         let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+        if delta {
+            return make_delta(&a, &b, &DiffOptions::default()).to_bytes();
+        }
         make_patch(&a, &b, &DiffOptions::default(), 4)
             .unwrap()
             .to_bytes()
@@ -1406,14 +1472,14 @@ mod tests {
                 let edits = versions
                     .into_iter()
                     .zip(texts)
-                    .map(|(v, (a, b))| (v, patch_bytes(&a, &b)))
+                    .map(|(v, (a, b))| (v, patch_bytes(&a, &b, v % 2 == 1)))
                     .collect();
                 (ack, local, edits)
             })
     }
 
     fn entry() -> impl Strategy<Value = EntryModel> {
-        (1u8..=6, edits(), any::<u64>(), "\\PC{0,40}").prop_map(
+        (1u8..=7, edits(), any::<u32>(), "\\PC{0,40}").prop_map(
             |(code, (ack, local, edits), checksum, text)| {
                 let kind = Kind::from_u8(code).unwrap();
                 (kind, ack, local, edits, checksum, text)
@@ -1600,7 +1666,7 @@ mod tests {
 
     fn resign(data: &mut [u8]) {
         let n = data.len() - CHECKSUM_LEN;
-        let sum = xxh3_64(&data[..n]);
+        let sum = xxh3_64(&data[..n]) as u32;
         data[n..].copy_from_slice(&sum.to_le_bytes());
     }
 
@@ -1676,7 +1742,7 @@ mod tests {
                     Kind::Edits,
                     1,
                     2,
-                    vec![(1, patch_bytes("hello", "hello world"))],
+                    vec![(1, patch_bytes("hello", "hello world", false))],
                     0xdead_beef,
                     String::new(),
                 ),
@@ -1767,7 +1833,7 @@ mod tests {
         let frame = m.frame();
         let bytes = encode_frame(&frame, &EncodeOptions::default()).unwrap();
         let n = bytes.len() - CHECKSUM_LEN;
-        assert_eq!(bytes[n..], xxh3_64(&bytes[..n]).to_le_bytes());
+        assert_eq!(bytes[n..], (xxh3_64(&bytes[..n]) as u32).to_le_bytes());
         let mut scratch = Vec::new();
         assert_eq!(
             decode_frame(&bytes, &Limits::default(), &mut scratch).unwrap(),
@@ -1781,16 +1847,22 @@ mod tests {
         assert!(decode(&bytes).is_ok());
         let mut bad = bytes.clone();
         bad[0] = b'X';
-        assert!(matches!(decode(&bad), Err(Error::Decode(m)) if m.contains("magic")));
+        assert!(matches!(decode(&bad), Err(Error::Decode(m)) if m.contains("not a hybridsync")));
         let mut bad = bytes.clone();
-        bad[4] = 2;
+        bad[0] = MARK | 3;
         resign(&mut bad);
-        assert!(matches!(decode(&bad), Err(Error::Decode(m)) if m.contains("version 2")));
+        assert!(matches!(decode(&bad), Err(Error::Decode(m)) if m.contains("version 3")));
+        // A version 1 frame (its 4-byte magic, then the version) is named as such.
+        let mut v1 = b"HSYN\x01\x04".to_vec();
+        v1.extend_from_slice(&bytes[2..]);
+        assert!(
+            matches!(decode(&v1), Err(Error::Decode(m)) if m.contains("protocol version 1; this build speaks version 2"))
+        );
         let mut bad = bytes.clone();
-        bad[7] ^= 1;
+        bad[3] ^= 1;
         assert!(matches!(decode(&bad), Err(Error::Decode(m)) if m.contains("checksum")));
         let mut bad = bytes.clone();
-        bad[5] |= 0x80;
+        bad[1] |= 0x80;
         resign(&mut bad);
         assert!(matches!(decode(&bad), Err(Error::Decode(m)) if m.contains("flags")));
         let limits = Limits {
@@ -1812,7 +1884,7 @@ mod tests {
             .push(("big".into(), (Kind::Full, 0, 1, vec![], 0, text)));
         let opts = EncodeOptions::default();
         let bytes = encode_frame(&m.frame(), &opts).unwrap();
-        assert_eq!(bytes[5] & FLAG_COMPRESSED, FLAG_COMPRESSED);
+        assert_eq!(bytes[1] & FLAG_COMPRESSED, FLAG_COMPRESSED);
         assert!(bytes.len() < 1000);
         let mut scratch = Vec::new();
         let back = decode_frame(&bytes, &Limits::default(), &mut scratch).unwrap();
@@ -1839,7 +1911,7 @@ mod tests {
             level: 3,
         };
         assert_eq!(
-            encode_frame(&m.frame(), &plain).unwrap()[5] & FLAG_COMPRESSED,
+            encode_frame(&m.frame(), &plain).unwrap()[1] & FLAG_COMPRESSED,
             0
         );
         let tiny = EncodeOptions {
@@ -1847,7 +1919,7 @@ mod tests {
             level: 3,
         };
         assert_eq!(
-            encode_frame(&small().frame(), &tiny).unwrap()[5] & FLAG_COMPRESSED,
+            encode_frame(&small().frame(), &tiny).unwrap()[1] & FLAG_COMPRESSED,
             0
         );
     }
@@ -1856,7 +1928,7 @@ mod tests {
     fn body_defects() {
         let mut m = small();
         // Edit versions must increase and stay below `local`.
-        m.entries[0].1 .3.push((1, patch_bytes("a", "b")));
+        m.entries[0].1 .3.push((1, patch_bytes("a", "b", false)));
         let bytes = encode_frame(&m.frame(), &EncodeOptions::default()).unwrap();
         assert!(matches!(decode(&bytes), Err(Error::Decode(m)) if m.contains("increasing")));
         let mut m = small();
@@ -1869,7 +1941,7 @@ mod tests {
         let bytes = encode_frame(&m.frame(), &EncodeOptions::default()).unwrap();
         assert!(matches!(decode(&bytes), Err(Error::Decode(m)) if m.contains("twice")));
         // A count that cannot fit allocates nothing.
-        let mut data = b"HSYN\x01\x00\x00\x00\x00".to_vec();
+        let mut data = vec![MARK | PROTOCOL_VERSION, 0, 0, 0];
         data.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
         data.extend_from_slice(&[0; CHECKSUM_LEN]);
         resign(&mut data);

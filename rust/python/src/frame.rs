@@ -10,6 +10,7 @@
 //! Frames of 4 KiB or more are encoded and decoded without the GIL.
 
 use hybridsync_core::frame::{
+    Change,
     self, EncodeOptions, Entry, Frame, Geometry, Kind, KvEntry, KvKind, KvRun, Limits, MetaBlock,
     MetaKind,
 };
@@ -20,7 +21,16 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple, PyType};
 use pyo3::{intern, IntoPyObjectExt};
 
-use crate::{invalid, maybe_detach, CoreError, Patch, DETACH_THRESHOLD};
+use crate::{invalid, maybe_detach, CoreError, Delta, Patch, DETACH_THRESHOLD};
+
+/// A decoded edit's change as a Python object: a ``Delta`` or a ``Patch``.
+fn change_obj(py: Python<'_>, change: Option<Change>) -> PyResult<Bound<'_, PyAny>> {
+    Ok(match change {
+        Some(Change::Delta(d)) => Py::new(py, Delta(d))?.into_bound(py).into_any(),
+        Some(Change::Patch(p)) => Py::new(py, Patch(p))?.into_bound(py).into_any(),
+        None => Py::new(py, Patch(Default::default()))?.into_bound(py).into_any(),
+    })
+}
 
 /// A contiguous buffer's bytes.
 fn bytes_of<'a>(buf: &'a PyUntypedBuffer, what: &str) -> PyResult<&'a [u8]> {
@@ -74,7 +84,7 @@ struct EntryObj<'py> {
     ack: u64,
     local: u64,
     edits: Vec<(u64, Blob<'py>)>,
-    checksum: u64,
+    checksum: u32,
     text: Option<Bound<'py, PyString>>,
 }
 
@@ -146,7 +156,7 @@ fn entry_obj<'py>(e: &Bound<'py, PyAny>) -> PyResult<EntryObj<'py>> {
         checksum: 0,
         text: None,
     };
-    if matches!(kind, Kind::Edits | Kind::Full) {
+    if matches!(kind, Kind::Edits | Kind::Full | Kind::Ack) {
         obj.ack = e.getattr(intern!(py, "ack"))?.extract()?;
         obj.local = e.getattr(intern!(py, "local"))?.extract()?;
     }
@@ -477,8 +487,7 @@ pub fn decode_frame<'py>(
             .edits
             .into_iter()
             .map(|x| {
-                let patch = Patch(x.patch.unwrap_or_default());
-                (x.version, Py::new(py, patch)?, PyBytes::new(py, x.raw)).into_bound_py_any(py)
+                (x.version, change_obj(py, x.patch)?, PyBytes::new(py, x.raw)).into_bound_py_any(py)
             })
             .collect::<PyResult<Vec<_>>>()?;
         let t = (
@@ -595,12 +604,12 @@ pub fn decode_frame_as<'py>(
                 .edits
                 .into_iter()
                 .map(|x| {
-                    let patch = Patch(x.patch.unwrap_or_default());
+                    let patch = change_obj(py, x.patch)?;
                     instance(
                         &edit_cls,
                         &[
                             (k_version, x.version.into_bound_py_any(py)?),
-                            (k_patch, Py::new(py, patch)?.into_bound(py).into_any()),
+                            (k_patch, patch),
                             (k_raw, PyBytes::new(py, x.raw).into_any()),
                         ],
                     )

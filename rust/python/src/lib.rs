@@ -19,6 +19,7 @@ use hybridsync_core::text::{
 use hybridsync_core::Error;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
+use pyo3::IntoPyObjectExt;
 use pyo3::types::string::PyStringData;
 use pyo3::types::{PyBytes, PyString, PyTuple, PyType};
 
@@ -534,6 +535,121 @@ impl Patch {
     }
 }
 
+/// The storage width code points up to `max` need.
+fn code_kind(max: u32) -> u8 {
+    match max {
+        0..=0xFF => 1,
+        0x100..=0xFFFF => 2,
+        _ => 4,
+    }
+}
+
+/// An edit of one exact source text: keep / insert / delete, no context.
+///
+/// A link sends edits as deltas: both sides hold the same shadow (their
+/// versions and the shadow checksum say so), so no context is needed to
+/// place them; :meth:`apply` fits exactly or not at all.
+#[pyclass(module = "hybridsync._core", frozen, eq, hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Delta(pub(crate) text::Delta);
+
+#[pymethods]
+impl Delta {
+    fn __len__(&self) -> usize {
+        self.0.ops.len()
+    }
+
+    /// The ops, in source order: ``(0, n)`` keep n code points, ``(1, text)``
+    /// insert, ``(2, n)`` delete n code points; the rest of the source is kept.
+    #[getter]
+    fn ops<'py>(&self, py: Python<'py>) -> PyResult<Vec<(u8, Bound<'py, PyAny>)>> {
+        self.0
+            .ops
+            .iter()
+            .map(|op| {
+                Ok(match op {
+                    text::DeltaOp::Keep(n) => (0, n.into_bound_py_any(py)?),
+                    text::DeltaOp::Insert(s) => (1, PyString::new(py, s).into_any()),
+                    text::DeltaOp::Delete(n) => (2, n.into_bound_py_any(py)?),
+                })
+            })
+            .collect()
+    }
+
+    /// Apply to ``text``, the exact source: the new text, or ``None`` when
+    /// the delta does not fit it (it keeps or deletes past its end).
+    fn apply(&self, py: Python<'_>, text: &Bound<'_, PyString>) -> PyResult<Option<Py<PyString>>> {
+        let dt = code_points(text)?;
+        let size = units_len(&dt);
+        with_kind!(kind_of(&dt).max(code_kind(self.0.max_code())), T => {
+            let t = T::view(&dt);
+            match maybe_detach(py, size, || self.0.apply(&t)) {
+                Some(out) => Ok(Some(py_str(py, &out)?.unbind())),
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// Encode into the compact binary form (see ``docs/protocol.md``).
+    fn to_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.0.to_bytes())
+    }
+
+    /// Decode the binary form.
+    ///
+    /// Raises:
+    ///     DecodeError: the bytes are truncated, garbled or of another format.
+    #[staticmethod]
+    fn from_bytes(data: &[u8]) -> PyResult<Delta> {
+        Ok(Delta(text::Delta::from_bytes(data).map_err(CoreError)?))
+    }
+
+    fn __repr__(&self) -> String {
+        let (ins, del) = self.0.ops.iter().fold((0, 0), |(i, d), op| match op {
+            text::DeltaOp::Insert(s) => (i + s.chars().count(), d),
+            text::DeltaOp::Delete(n) => (i, d + n),
+            text::DeltaOp::Keep(_) => (i, d),
+        });
+        format!("<Delta ops={} +{ins} -{del}>", self.0.ops.len())
+    }
+
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyTuple>> {
+        let py = slf.py();
+        let ctor = py.get_type::<Delta>().getattr("from_bytes")?;
+        let args = PyTuple::new(py, [slf.get().to_bytes(py)])?;
+        PyTuple::new(py, [ctor, args.into_any()])
+    }
+}
+
+/// The delta turning ``a`` into ``b`` (a diff with the efficiency cleanup).
+///
+/// Args:
+///     timeout: time budget of the underlying diff (0 = no limit).
+///     edit_cost: cost of an empty edit, for the efficiency cleanup.
+#[pyfunction]
+#[pyo3(signature = (a, b, *, timeout=1.0, edit_cost=4))]
+fn make_delta(
+    py: Python<'_>,
+    a: &Bound<'_, PyString>,
+    b: &Bound<'_, PyString>,
+    timeout: f64,
+    edit_cost: i64,
+) -> PyResult<Delta> {
+    let opts = DiffOptions {
+        timeout: timeout_arg(timeout)?,
+        edit_cost: count_arg("edit_cost", edit_cost)?,
+        cleanup: text::Cleanup::Efficiency,
+        ..DiffOptions::default()
+    };
+    let (da, db) = (code_points(a)?, code_points(b)?);
+    let size = units_len(&da) + units_len(&db);
+    let delta = with_kind!(kind_of(&da).max(kind_of(&db)), T => {
+        let (a, b) = (T::view(&da), T::view(&db));
+        maybe_detach(py, size, || text::make_delta(&a, &b, &opts))
+    });
+    Ok(Delta(delta))
+}
+
 /// The Rust kernels of hybridsync.
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -542,12 +658,15 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("DIFF_EQUAL", 0)?;
     m.add("DIFF_INSERT", 1)?;
     m.add("PATCH_FORMAT_VERSION", text::PATCH_FORMAT_VERSION)?;
+    m.add("DELTA_FORMAT_VERSION", text::DELTA_FORMAT_VERSION)?;
     m.add_function(wrap_pyfunction!(diff, m)?)?;
     m.add_function(wrap_pyfunction!(r#match, m)?)?;
     m.add_function(wrap_pyfunction!(make_patch, m)?)?;
     m.add_function(wrap_pyfunction!(patch_from_diffs, m)?)?;
     m.add_function(wrap_pyfunction!(apply_patch, m)?)?;
+    m.add_function(wrap_pyfunction!(make_delta, m)?)?;
     m.add_class::<Patch>()?;
+    m.add_class::<Delta>()?;
     m.add_class::<Hunk>()?;
     m.add_function(wrap_pyfunction!(kv::kv_row_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(kv::kv_quantize, m)?)?;

@@ -17,6 +17,7 @@
 
 mod cleanup;
 mod codec;
+mod delta;
 mod diff;
 mod matching;
 mod patch;
@@ -26,6 +27,7 @@ use std::time::{Duration, Instant};
 
 pub use cleanup::{cleanup_efficiency, cleanup_merge, cleanup_semantic, cleanup_semantic_lossless};
 pub use codec::PATCH_FORMAT_VERSION;
+pub use delta::{delta_from_diffs, make_delta, Delta, DeltaOp, DELTA_FORMAT_VERSION};
 pub use diff::{diff, diff_main, levenshtein, text1, text2, x_index};
 pub use matching::{match_main, MatchOptions, MATCH_MAX_BITS};
 pub use patch::{
