@@ -58,13 +58,14 @@ def rust_encode(frame: F.Frame, *, compress_threshold: int = 1024, level: int = 
         frame.entries,
         frame.meta,
         [_kv_tuple(e) for e in frame.kv],
+        rename=frame.rename,
         compress_threshold=compress_threshold,
         level=level,
     )
 
 
 def rust_decode(data: bytes, *, max_bytes: int = 64 << 20, max_kv_bytes: int = 1 << 36) -> F.Frame:
-    sender, epoch, seq, reply, resume, entries, meta, kv = _core.decode_frame(
+    sender, epoch, seq, reply, resume, entries, meta, kv, rename = _core.decode_frame(
         data, max_bytes=max_bytes, max_kv_bytes=max_kv_bytes
     )
     view = memoryview(data)
@@ -103,12 +104,13 @@ def rust_decode(data: bytes, *, max_bytes: int = 64 << 20, max_kv_bytes: int = 1
         seq,
         reply,
         tuple(
-            F.Entry(n, F.Kind(k), a, lo, tuple(F.Edit(*e) for e in ed), c, t)
-            for n, k, a, lo, ed, c, t in entries
+            F.Entry(n, F.Kind(k), a, lo, tuple(F.Edit(*e) for e in ed), c, t, ref)
+            for n, k, a, lo, ed, c, t, ref in entries
         ),
         None if meta is None else F.MetaBlock(meta[0], F.MetaKind(meta[1]), *meta[2:]),
         tuple(kv_entries),
         resume,
+        rename,
     )
 
 
@@ -169,6 +171,7 @@ def norm(frame: F.Frame) -> Any:
             tuple((d.version, d.raw, d.patch) for d in e.edits),
             e.checksum,
             e.text,
+            e.ref,
         )
         for e in frame.entries
     )
@@ -178,6 +181,7 @@ def norm(frame: F.Frame) -> Any:
         frame.seq,
         frame.reply,
         frame.resume,
+        frame.rename,
         entries,
         frame.meta,
         kv,
@@ -213,7 +217,14 @@ def edits_of(draw: st.DrawFn) -> tuple[int, tuple[F.Edit, ...]]:
 
 
 @st.composite
-def entries(draw: st.DrawFn, name: str) -> F.Entry:
+def entries(draw: st.DrawFn, name: str, index: int) -> F.Entry:
+    """An entry naming its document by name, by name and index, or by index alone."""
+    ref = draw(st.sampled_from([0, index, -index]))
+    return dataclasses.replace(draw(bare_entries(name)), name="" if ref < 0 else name, ref=ref)
+
+
+@st.composite
+def bare_entries(draw: st.DrawFn, name: str) -> F.Entry:
     kind = draw(st.sampled_from(F.Kind))
     if kind == F.Kind.EDITS:
         local, edits = draw(edits_of())
@@ -301,9 +312,10 @@ def frames(draw: st.DrawFn) -> F.Frame:
         draw(U64),
         draw(U64),
         draw(st.booleans()),
-        tuple(draw(entries(n)) for n in names),
+        tuple(draw(entries(n, i + 1)) for i, n in enumerate(names)),
         draw(st.none() | metas()),
         tuple(draw(kv_entries(n)) for n in kv_names),
+        draw(st.booleans()),
         draw(st.booleans()),
     )
 

@@ -211,6 +211,8 @@ class _EntryLike(Protocol):
     def checksum(self) -> int: ...
     @property
     def text(self) -> str: ...
+    @property
+    def ref(self) -> int: ...
 
 class _MetaLike(Protocol):
     @property
@@ -235,7 +237,7 @@ _KVEntryIn: TypeAlias = tuple[
 #: (version, patch, raw)
 _EditOut: TypeAlias = tuple[int, Delta | Patch, bytes]
 #: (name, kind, ack, local, edits, checksum, text)
-_EntryOut: TypeAlias = tuple[str, int, int, int, tuple[_EditOut, ...], int, str]
+_EntryOut: TypeAlias = tuple[str, int, int, int, tuple[_EditOut, ...], int, str, int]
 #: (epoch, kind, a, b, epoch_id)
 _MetaOut: TypeAlias = tuple[int, int, bytes, bytes, int]
 #: (layer, kind, offset, pages, heads_at, pages_at, hashes_at, payload_at, payload_len)
@@ -264,6 +266,7 @@ def encode_frame(
     meta: _MetaLike | None,
     kv: Sequence[_KVEntryIn],
     *,
+    rename: bool = False,
     compress_threshold: int = 1024,
     level: int = 3,
 ) -> bytes: ...
@@ -278,6 +281,7 @@ def decode_frame(
     list[_EntryOut],
     _MetaOut | None,
     list[_KVEntryOut],
+    bool,
 ]: ...
 def decode_frame_as(
     data: bytes,

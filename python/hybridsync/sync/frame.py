@@ -26,12 +26,18 @@ from hybridsync._core import encode_frame as _rust_encode_frame
 from hybridsync._core import kv_verify_pages
 from hybridsync.channels.kv import MAX_RUNTIME_BYTES, Geometry
 from hybridsync.channels.text import DELTA_FORMAT_VERSION, Delta, Patch
-from hybridsync.errors import DecodeError, HybridSyncError, LimitExceededError
+from hybridsync.errors import (
+    DecodeError,
+    HybridSyncError,
+    InvalidArgumentError,
+    LimitExceededError,
+)
 
 if TYPE_CHECKING:  # the stub's names for the Rust codec's KV tuples
     from hybridsync._core import _KVEntryIn, _KVEntryOut
 
 __all__ = [
+    "FLAG_RENAME",
     "FLAG_SENDER",
     "MARK",
     "PROTOCOL_VERSION",
@@ -60,7 +66,12 @@ FLAG_META = 0x04
 FLAG_KV = 0x08
 FLAG_RESUME = 0x10
 FLAG_SENDER = 0x20
-_KNOWN_FLAGS = FLAG_COMPRESSED | FLAG_REPLY | FLAG_META | FLAG_KV | FLAG_RESUME | FLAG_SENDER
+FLAG_RENAME = 0x40
+_KNOWN_FLAGS = (
+    FLAG_COMPRESSED | FLAG_REPLY | FLAG_META | FLAG_KV | FLAG_RESUME | FLAG_SENDER | FLAG_RENAME
+)
+#: Largest document index an entry may carry.
+MAX_DOC_INDEX = (1 << 62) - 1
 _HEADER = struct.Struct("<BB")
 _CHECKSUM = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
@@ -113,6 +124,11 @@ class Entry:
     checksum: int = 0
     #: FULL: the sender's shadow text.
     text: str = ""
+    #: The document's index on the link: 0 none (the name travels alone),
+    #: ``i > 0`` the name travels and is bound to index ``i``, ``-i`` a
+    #: reference to index ``i`` bound before (the name does not travel, and
+    #: decodes as ``""``; the link resolves it).
+    ref: int = 0
 
 
 class MetaKind(enum.IntEnum):
@@ -218,6 +234,9 @@ class Frame:
     #: The sender reopened a durable replica: its link state comes from disk
     #: and may be older than the last frames it sent (section 5.5).
     resume: bool = False
+    #: The sender lost the document indices the receiver bound (section 3.3):
+    #: the receiver sends names again.
+    rename: bool = False
 
 
 def parse_change(raw: bytes) -> Delta | Patch:
@@ -302,7 +321,13 @@ def _py_encode_frame(frame: Frame, *, compress_threshold: int = 1024, level: int
     _put_uint(body, frame.seq)
     _put_uint(body, len(frame.entries))
     for e in frame.entries:
-        _put_bytes(body, e.name.encode())
+        if not -MAX_DOC_INDEX <= e.ref <= MAX_DOC_INDEX:
+            raise InvalidArgumentError(f"document index {e.ref} is out of range")
+        if e.ref < 0:
+            _put_uint(body, -e.ref << 1)
+        else:
+            _put_uint(body, e.ref << 1 | 1)
+            _put_bytes(body, e.name.encode())
         body.append(e.kind)
         if e.kind == Kind.EDITS:
             _put_uint(body, e.ack)
@@ -324,6 +349,8 @@ def _py_encode_frame(frame: Frame, *, compress_threshold: int = 1024, level: int
         flags |= FLAG_SENDER
     if frame.resume:
         flags |= FLAG_RESUME
+    if frame.rename:
+        flags |= FLAG_RENAME
     if frame.meta is not None:
         flags |= FLAG_META
         _put_uint(body, frame.meta.epoch)
@@ -623,11 +650,27 @@ def _py_decode_frame(
     seq = r.uint()
     entries: list[Entry] = []
     names: set[str] = set()
+    indices: set[int] = set()
     for _ in range(r.count("entry count", 2)):
-        name = r.text("document name")
-        if name in names:
-            raise DecodeError(f"document {name!r} appears twice in one frame")
-        names.add(name)
+        at = r.pos
+        tag = r.uint()
+        index = tag >> 1
+        if index > MAX_DOC_INDEX:
+            raise DecodeError(f"document index {index} at byte {at} is out of range")
+        if index:
+            if index in indices:
+                raise DecodeError(f"document index {index} appears twice in one frame")
+            indices.add(index)
+        if tag & 1:
+            name = r.text("document name")
+            if name in names:
+                raise DecodeError(f"document {name!r} appears twice in one frame")
+            names.add(name)
+            ref = index
+        elif not index:
+            raise DecodeError(f"entry at byte {at} has neither a name nor an index")
+        else:
+            name, ref = "", -index
         kind_byte = r.take(1)[0]
         try:
             kind = Kind(kind_byte)
@@ -650,16 +693,17 @@ def _py_decode_frame(
                     f"edit version {edits[-1].version} of {name!r} is not below {local}"
                 )
             (checksum,) = _CHECKSUM.unpack(r.take(_CHECKSUM.size))
-            entries.append(Entry(name, kind, ack, local, tuple(edits), checksum))
+            entries.append(Entry(name, kind, ack, local, tuple(edits), checksum, ref=ref))
         elif kind == Kind.FULL:
             ack = r.uint()
             local = r.uint()
-            entries.append(Entry(name, kind, ack, local, text=r.text(f"text of {name!r}")))
+            text = r.text(f"text of {name!r}")
+            entries.append(Entry(name, kind, ack, local, text=text, ref=ref))
         elif kind == Kind.ACK:
             ack = r.uint()
-            entries.append(Entry(name, kind, ack, r.uint()))
+            entries.append(Entry(name, kind, ack, r.uint(), ref=ref))
         else:
-            entries.append(Entry(name, kind))
+            entries.append(Entry(name, kind, ref=ref))
     meta = None
     if flags & FLAG_META:
         epoch_m = r.uint()
@@ -684,6 +728,7 @@ def _py_decode_frame(
         meta,
         kv,
         bool(flags & FLAG_RESUME),
+        bool(flags & FLAG_RENAME),
     )
 
 
@@ -698,8 +743,8 @@ def _py_decode_frame(
 # their fields are checked here at import.
 
 _FIELDS: dict[type, tuple[str, ...]] = {
-    Frame: ("sender", "epoch", "seq", "reply", "entries", "meta", "kv", "resume"),
-    Entry: ("name", "kind", "ack", "local", "edits", "checksum", "text"),
+    Frame: ("sender", "epoch", "seq", "reply", "entries", "meta", "kv", "resume", "rename"),
+    Entry: ("name", "kind", "ack", "local", "edits", "checksum", "text", "ref"),
     Edit: ("version", "patch", "raw"),
     MetaBlock: ("epoch", "kind", "a", "b", "epoch_id"),
 }
@@ -790,6 +835,7 @@ def encode_frame(frame: Frame, *, compress_threshold: int = 1024, level: int = 3
         frame.entries,
         frame.meta,
         kv,
+        rename=frame.rename,
         compress_threshold=max(-1, min(compress_threshold, _U64_MAX >> 1)),
         level=level,
     )

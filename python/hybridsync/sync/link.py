@@ -18,6 +18,7 @@ the structured metadata's CRDT updates and epoch changes.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -38,7 +39,7 @@ from hybridsync.channels.text import (
     make_patch,
     merge3,
 )
-from hybridsync.errors import InvalidArgumentError, ProtocolError
+from hybridsync.errors import DecodeError, InvalidArgumentError, ProtocolError
 from hybridsync.sync.epochs import EpochMeta
 from hybridsync.sync.frame import (
     Edit,
@@ -357,6 +358,15 @@ class Link:
         #: say about metadata carries no block at all.
         self._block_epoch: int | None = None
         self._peer_knows_epoch: int | None = None
+        # Document indices (section 3.3): ours, by name; the names whose index
+        # the peer has (a frame of ours that bound it was answered); the names
+        # bound in our latest frame; the peer's indices; and whether we lost
+        # the peer's indices (our next frame asks for names again).
+        self._out_refs: dict[str, int] = {}
+        self._out_known: set[str] = set()
+        self._out_pending: list[str] = []
+        self._in_names: dict[int, str] = {}
+        self._rename_due = False
         self._seq = 0  # client: latest request sent; server: latest request processed
         self._awaiting = False  # client: latest request not answered yet
         self._last_frame = b""  # client: latest request; server: latest reply
@@ -629,11 +639,22 @@ class Link:
             self._unsaved.update(names)
             self._unsaved_header = True
         entries = []
+        pending: list[str] = []
         for name in names:
             entry = self._entry_for(name)
             if entry is not None:
+                # Name a document by its index once the peer has it.
+                ref = self._out_refs.get(name)
+                if ref is None:
+                    ref = self._out_refs[name] = len(self._out_refs) + 1
+                if name in self._out_known:
+                    entry = dataclasses.replace(entry, name="", ref=-ref)
+                else:
+                    entry = dataclasses.replace(entry, ref=ref)
+                    pending.append(name)
                 entries.append(entry)
             self._refresh(name)
+        self._out_pending = pending
         assert self._epoch is not None  # a server only replies after a request set it
         meta = self._meta_block()
         if meta is not None:
@@ -648,8 +669,9 @@ class Link:
             meta,
             self._kv.entries(),
             self._resume,
+            self._rename_due,
         )
-        self._resume = False
+        self._resume = self._rename_due = False
         data = encode_frame(frame, compress_threshold=self.compress_threshold)
         self._last_frame = data
         if durable:
@@ -979,6 +1001,8 @@ class Link:
                 else:
                     self._reply_due = True  # reopened from disk: reply afresh
             return
+        entries, lost = self._resolve(frame)
+        delivered = not restart and self._seq > 0  # the peer answered our last frame
         # The metadata block is the only part that can still fail: apply it
         # before anything else changes.
         if restart:
@@ -996,7 +1020,7 @@ class Link:
         self._count_received(data, stale=False)
         if self.memory.durable:
             self._unsaved_header = True
-            self._unsaved.update(e.name for e in frame.entries)
+            self._unsaved.update(e.name for e in entries)
         if self.role == "client":
             self._awaiting = False
         else:
@@ -1009,11 +1033,46 @@ class Link:
             self._reply_due = True
         if frame.resume:
             self._peer_reopened()
+        if delivered:
+            self._out_known.update(self._out_pending)
+            self._out_pending = []
+        if frame.rename:  # the peer lost our indices
+            self._out_known.clear()
+            self._out_pending = []
+        if lost:  # we lost the peer's: ask for names
+            self._rename_due = True
         for entry in frame.entries:
+            if entry.ref > 0:
+                self._in_names[entry.ref] = entry.name
+        for entry in entries:
             self._receive(entry)
             self._refresh(entry.name)
         for kv_entry in frame.kv:
             self._kv.receive(kv_entry)
+
+    def _resolve(self, frame: Frame) -> tuple[list[Entry], bool]:
+        """The frame's entries with the names of their indices filled in.
+        An entry whose index we do not know (we lost the peer's indices: a
+        fresh or reopened link) is dropped, as if lost on the way, and our
+        next frame asks for names again. Raises DecodeError (nothing
+        changed) if two entries name one document. Returns the entries and
+        whether any was dropped."""
+        known = {} if frame.resume else self._in_names
+        entries: list[Entry] = []
+        names: set[str] = set()
+        lost = False
+        for e in frame.entries:
+            if e.ref < 0:
+                name = known.get(-e.ref)
+                if name is None:
+                    lost = True
+                    continue
+                e = dataclasses.replace(e, name=name)
+            if e.name in names:
+                raise DecodeError(f"document {e.name!r} appears twice in one frame")
+            names.add(e.name)
+            entries.append(e)
+        return entries, lost
 
     def _count_received(self, data: bytes, *, stale: bool) -> None:
         self.metrics.frames_received += 1
@@ -1027,6 +1086,9 @@ class Link:
         still agrees."""
         self._meta_dirty = not self.memory.meta.is_empty()
         self._peer_knows_epoch = None
+        self._in_names.clear()
+        self._out_known.clear()
+        self._out_pending = []
         if keep_docs:
             for doc in self._docs.values():
                 doc.ack_due = doc.summary = not doc.tombstone
@@ -1048,6 +1110,9 @@ class Link:
         shared history, so that nothing we hold is overwritten."""
         self._peer_state = self._sent_state = None
         self._peer_knows_epoch = None
+        self._in_names.clear()
+        self._out_known.clear()
+        self._out_pending = []
         self._meta_dirty = True
         self._kv.restart()
         self._peer_resumed = set(self._docs)

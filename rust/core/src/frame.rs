@@ -38,10 +38,14 @@ pub const FLAG_META: u8 = 0x04;
 pub const FLAG_KV: u8 = 0x08;
 /// The sender reopened a durable replica (its link state comes from disk).
 pub const FLAG_RESUME: u8 = 0x10;
+/// Largest document index an entry may carry.
+pub const MAX_DOC_INDEX: u64 = (1 << 62) - 1;
 /// The body starts with the sender's replica id.
 pub const FLAG_SENDER: u8 = 0x20;
+/// The sender lost the document indices the receiver bound: send names again.
+pub const FLAG_RENAME: u8 = 0x40;
 const KNOWN_FLAGS: u8 =
-    FLAG_COMPRESSED | FLAG_REPLY | FLAG_META | FLAG_KV | FLAG_RESUME | FLAG_SENDER;
+    FLAG_COMPRESSED | FLAG_REPLY | FLAG_META | FLAG_KV | FLAG_RESUME | FLAG_SENDER | FLAG_RENAME;
 /// KV PAGES flag: after these pages the receiver holds the sender's cache.
 pub const KV_COMPLETE: u8 = 0x01;
 /// KV PAGES flag: the sender does not know the receiver's table.
@@ -188,8 +192,12 @@ pub struct Edit<'a> {
 /// What one frame carries for one document.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry<'a> {
-    /// The document's name.
+    /// The document's name (empty, and not sent, for a reference).
     pub name: &'a str,
+    /// The document's index on the link: 0 none (the name travels alone),
+    /// `i > 0` the name travels and is bound to index `i`, `-i` a reference
+    /// to index `i` bound before (the name does not travel).
+    pub reference: i64,
     /// What the entry says.
     pub kind: Kind,
     /// EDITS: peer edits applied; FULL: the sender's remote version.
@@ -210,6 +218,7 @@ impl<'a> Entry<'a> {
     pub fn bare(name: &'a str, kind: Kind) -> Self {
         Entry {
             name,
+            reference: 0,
             kind,
             ack: 0,
             local: 0,
@@ -380,6 +389,8 @@ pub struct Frame<'a> {
     pub reply: bool,
     /// The sender reopened a durable replica.
     pub resume: bool,
+    /// The sender lost the document indices bound by the receiver.
+    pub rename: bool,
     /// One entry per document, names distinct.
     pub entries: Vec<Entry<'a>>,
     /// The metadata block.
@@ -541,7 +552,13 @@ fn write_body(out: &mut Vec<u8>, frame: &Frame<'_>) {
     out.uint(frame.seq);
     out.uint(frame.entries.len() as u64);
     for e in &frame.entries {
-        out.blob(e.name.as_bytes());
+        let index = e.reference.unsigned_abs();
+        if e.reference < 0 {
+            out.uint(index << 1);
+        } else {
+            out.uint((index << 1) | 1);
+            out.blob(e.name.as_bytes());
+        }
         out.byte(e.kind as u8);
         match e.kind {
             Kind::Edits => {
@@ -614,6 +631,9 @@ pub fn prepare_frame<'f, 'a>(
     }
     if frame.resume {
         flags |= FLAG_RESUME;
+    }
+    if frame.rename {
+        flags |= FLAG_RENAME;
     }
     if frame.meta.is_some() {
         flags |= FLAG_META;
@@ -1128,18 +1148,42 @@ fn decode_body<'a>(body: &'a [u8], flags: u8, kv: Vec<KvEntry<'a>>) -> Result<Fr
     let n = count(&mut r, "entry count", 2)?;
     let mut entries = Vec::with_capacity(n);
     let mut names: HashSet<&str> = HashSet::with_capacity(n);
+    let mut indices: HashSet<u64> = HashSet::new();
     for _ in 0..n {
-        let name = text(&mut r, "document name")?;
-        if !names.insert(name) {
+        let at = r.position();
+        let tag = r.u64()?;
+        let index = tag >> 1;
+        if index > MAX_DOC_INDEX {
             return Err(Error::decode(format!(
-                "document {name:?} appears twice in one frame"
+                "document index {index} at byte {at} is out of range"
             )));
         }
+        if index > 0 && !indices.insert(index) {
+            return Err(Error::decode(format!(
+                "document index {index} appears twice in one frame"
+            )));
+        }
+        let (name, reference) = if tag & 1 == 1 {
+            let name = text(&mut r, "document name")?;
+            if !names.insert(name) {
+                return Err(Error::decode(format!(
+                    "document {name:?} appears twice in one frame"
+                )));
+            }
+            (name, index as i64)
+        } else if index == 0 {
+            return Err(Error::decode(format!(
+                "entry at byte {at} has neither a name nor an index"
+            )));
+        } else {
+            ("", -(index as i64))
+        };
         let code = r.u8()?;
         let kind = Kind::from_u8(code).ok_or_else(|| {
             Error::decode(format!("unknown entry kind {code} for document {name:?}"))
         })?;
         let mut entry = Entry::bare(name, kind);
+        entry.reference = reference;
         match kind {
             Kind::Edits => {
                 entry.ack = r.u64()?;
@@ -1220,6 +1264,7 @@ fn decode_body<'a>(body: &'a [u8], flags: u8, kv: Vec<KvEntry<'a>>) -> Result<Fr
         seq,
         reply: flags & FLAG_REPLY != 0,
         resume: flags & FLAG_RESUME != 0,
+        rename: flags & FLAG_RENAME != 0,
         entries,
         meta,
         kv,
@@ -1332,7 +1377,10 @@ mod tests {
         seq: u64,
         reply: bool,
         resume: bool,
+        rename: bool,
         entries: Vec<(String, EntryModel)>,
+        /// Per entry: how it names its document (0 / bind / reference, by mode).
+        refs: Vec<u8>,
         meta: Option<MetaModel>,
         kv: Vec<KvModel>,
     }
@@ -1360,11 +1408,22 @@ mod tests {
                 seq: self.seq,
                 reply: self.reply,
                 resume: self.resume,
+                rename: self.rename,
                 entries: self
                     .entries
                     .iter()
-                    .map(|(name, (kind, ack, local, edits, checksum, text))| {
+                    .enumerate()
+                    .map(|(i, (name, (kind, ack, local, edits, checksum, text)))| {
                         let mut e = Entry::bare(name, *kind);
+                        let index = i as i64 + 1;
+                        match self.refs.get(i).copied().unwrap_or(0) % 3 {
+                            1 => e.reference = index,
+                            2 => {
+                                e.reference = -index;
+                                e.name = "";
+                            }
+                            _ => {}
+                        }
                         if *kind == Kind::Edits {
                             e.ack = *ack;
                             e.local = *local;
@@ -1637,19 +1696,23 @@ mod tests {
                 any::<u64>(),
                 any::<bool>(),
                 any::<bool>(),
+                any::<bool>(),
             ),
             prop::collection::btree_map("\\PC{0,16}", entry(), 0..6),
             meta(),
             prop::collection::btree_map("[a-z]{1,8}", kv_entry(), 0..3),
+            prop::collection::vec(any::<u8>(), 6),
         )
             .prop_map(
-                |((sender, epoch, seq, reply, resume), entries, meta, kv)| Model {
+                |((sender, epoch, seq, reply, resume, rename), entries, meta, kv, refs)| Model {
                     sender,
                     epoch,
                     seq,
                     reply,
                     resume,
+                    rename,
                     entries: entries.into_iter().collect(),
+                    refs,
                     meta,
                     kv: kv
                         .into_iter()
@@ -1736,6 +1799,8 @@ mod tests {
             seq: 300,
             reply: true,
             resume: false,
+            rename: false,
+            refs: Vec::new(),
             entries: vec![(
                 "notes".into(),
                 (

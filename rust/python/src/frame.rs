@@ -80,6 +80,7 @@ fn kind<T: TryFrom<u8, Error = Error>>(v: u8) -> PyResult<T> {
 /// The Python objects one entry borrows from.
 struct EntryObj<'py> {
     name: Bound<'py, PyString>,
+    reference: i64,
     kind: Kind,
     ack: u64,
     local: u64,
@@ -147,8 +148,13 @@ fn entry_obj<'py>(e: &Bound<'py, PyAny>) -> PyResult<EntryObj<'py>> {
     let py = e.py();
     let name = e.getattr(intern!(py, "name"))?.cast_into::<PyString>()?;
     let kind: Kind = kind(e.getattr(intern!(py, "kind"))?.extract()?)?;
+    let reference: i64 = e.getattr(intern!(py, "ref"))?.extract()?;
+    if reference.unsigned_abs() > frame::MAX_DOC_INDEX {
+        return Err(invalid(format!("document index {reference} is out of range")));
+    }
     let mut obj = EntryObj {
         name,
+        reference,
         kind,
         ack: 0,
         local: 0,
@@ -250,7 +256,7 @@ fn kv_obj<'py>(t: KvTuple<'py>) -> PyResult<KvObj<'py>> {
 /// buffers, ``table`` a little-endian ``u64`` buffer or ``None``. A negative
 /// ``compress_threshold`` never compresses.
 #[pyfunction]
-#[pyo3(signature = (sender, epoch, seq, reply, resume, entries, meta, kv, *, compress_threshold=1024, level=3))]
+#[pyo3(signature = (sender, epoch, seq, reply, resume, entries, meta, kv, *, rename=false, compress_threshold=1024, level=3))]
 #[allow(clippy::too_many_arguments)]
 pub fn encode_frame<'py>(
     py: Python<'py>,
@@ -262,6 +268,7 @@ pub fn encode_frame<'py>(
     entries: &Bound<'py, PyAny>,
     meta: Option<&Bound<'py, PyAny>>,
     kv: Vec<KvTuple<'py>>,
+    rename: bool,
     compress_threshold: i64,
     level: i32,
 ) -> PyResult<Bound<'py, PyBytes>> {
@@ -276,6 +283,10 @@ pub fn encode_frame<'py>(
     let mut frame_entries = Vec::with_capacity(entry_objs.len());
     for o in &entry_objs {
         let mut e = Entry::bare(o.name.to_str()?, o.kind);
+        e.reference = o.reference;
+        if o.reference < 0 {
+            e.name = "";
+        }
         e.ack = o.ack;
         e.local = o.local;
         e.checksum = o.checksum;
@@ -352,6 +363,7 @@ pub fn encode_frame<'py>(
         seq,
         reply,
         resume,
+        rename,
         entries: frame_entries,
         meta,
         kv: frame_kv,
@@ -454,9 +466,9 @@ fn kv_list<'py>(
 
 /// Decode and validate a frame (see ``hybridsync.sync.frame.decode_frame``).
 ///
-/// Returns ``(sender, epoch, seq, reply, resume, entries, meta, kv)``:
-/// entries as ``(name, kind, ack, local, edits, checksum, text)`` with edits
-/// as ``(version, Patch, raw)``; ``meta`` as ``(epoch, kind, a, b,
+/// Returns ``(sender, epoch, seq, reply, resume, entries, meta, kv, rename)``:
+/// entries as ``(name, kind, ack, local, edits, checksum, text, ref)`` with edits
+/// as ``(version, Delta | Patch, raw)``; ``meta`` as ``(epoch, kind, a, b,
 /// epoch_id)`` or ``None``; KV entries as ``(name, kind, owner, uid,
 /// geometry, tokens, digest, flags, runs, table)`` with ``geometry`` as
 /// ``(format_code, layers, kv_heads, head_dim, page_tokens, runtime)`` or ``None``,
@@ -498,6 +510,7 @@ pub fn decode_frame<'py>(
             PyTuple::new(py, edits)?,
             e.checksum,
             PyString::new(py, e.text),
+            e.reference,
         );
         entries.append(t)?;
     }
@@ -524,6 +537,7 @@ pub fn decode_frame<'py>(
             entries.into_any(),
             meta,
             kv.into_any(),
+            f.rename.into_bound_py_any(py)?,
         ],
     )
 }
@@ -582,7 +596,11 @@ pub fn decode_frame_as<'py>(
     let mut scratch = Vec::new();
     let f = run_decode(py, bytes, max_bytes, max_kv_bytes, &mut scratch)?;
 
-    let (k_name, k_kind) = (intern!(py, "name"), intern!(py, "kind"));
+    let (k_name, k_kind, k_ref) = (
+        intern!(py, "name"),
+        intern!(py, "kind"),
+        intern!(py, "ref"),
+    );
     let (k_ack, k_local) = (intern!(py, "ack"), intern!(py, "local"));
     let (k_edits, k_checksum, k_text) = (
         intern!(py, "edits"),
@@ -627,6 +645,7 @@ pub fn decode_frame_as<'py>(
                 (k_edits, edits),
                 (k_checksum, e.checksum.into_bound_py_any(py)?),
                 (k_text, PyString::new(py, e.text).into_any()),
+                (k_ref, e.reference.into_bound_py_any(py)?),
             ],
         )?);
     }
@@ -660,6 +679,7 @@ pub fn decode_frame_as<'py>(
             (intern!(py, "meta"), meta),
             (intern!(py, "kv"), empty),
             (intern!(py, "resume"), f.resume.into_bound_py_any(py)?),
+            (intern!(py, "rename"), f.rename.into_bound_py_any(py)?),
         ],
     )?;
     Ok((frame, kv_list(py, bytes, f.kv)?))
