@@ -135,9 +135,9 @@ bench-precision: llama-model ## Perplexity with f16/q8_0/q4_0 KV caches and drif
 
 FUZZ_SECONDS ?= 60
 .PHONY: fuzz
-fuzz: ## Fuzz the Rust patch, frame and audit-entry decoders, apply and the KV kernels (cargo-fuzz, FUZZ_SECONDS per target)
+fuzz: ## Fuzz the Rust patch, delta, frame and audit-entry decoders, apply and the KV kernels (cargo-fuzz, FUZZ_SECONDS per target)
 	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-	for t in patch_from_bytes patch_from_text patch_text_to_bytes apply_patch kv_pages frame_decode audit_decode; do \
+	for t in patch_from_bytes delta_from_bytes patch_from_text patch_text_to_bytes apply_patch kv_pages frame_decode audit_decode; do \
 		RUSTC_BOOTSTRAP=1 cargo fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
 	done
 

@@ -13,7 +13,7 @@
 #![no_main]
 
 use hybridsync_core::frame::{
-    decode_frame, encode_frame, EncodeOptions, Limits, FLAG_COMPRESSED, FLAG_KV, MAGIC,
+    decode_frame, encode_frame, EncodeOptions, Limits, FLAG_COMPRESSED, FLAG_KV, MARK,
     PROTOCOL_VERSION,
 };
 use libfuzzer_sys::fuzz_target;
@@ -27,10 +27,9 @@ fuzz_target!(|data: &[u8]| {
     let frame_bytes = if mode & 1 == 0 {
         rest
     } else {
-        let mut out = MAGIC.to_vec();
-        out.push(PROTOCOL_VERSION);
+        let mut out = vec![MARK | PROTOCOL_VERSION];
         out.extend_from_slice(rest);
-        let sum = xxh3_64(&out);
+        let sum = xxh3_64(&out) as u32;
         out.extend_from_slice(&sum.to_le_bytes());
         signed = out;
         &signed[..]
@@ -47,7 +46,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(frame) = decode_frame(frame_bytes, &limits, &mut scratch) else {
         return;
     };
-    let flags = frame_bytes.get(5).copied().unwrap_or_default();
+    let flags = frame_bytes.get(1).copied().unwrap_or_default();
     let canonical = flags & FLAG_COMPRESSED == 0 && (flags & FLAG_KV == 0 || !frame.kv.is_empty());
     let opts = EncodeOptions {
         compress_threshold: None,

@@ -9,10 +9,10 @@ from typing_extensions import Buffer
 _Buf: TypeAlias = Buffer | NDArray[Any]
 
 __all__ = [
+    "DELTA_FORMAT_VERSION",
     "DIFF_DELETE",
     "DIFF_EQUAL",
     "DIFF_INSERT",
-    "DELTA_FORMAT_VERSION",
     "PATCH_FORMAT_VERSION",
     "Delta",
     "Hunk",

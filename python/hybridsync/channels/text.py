@@ -22,10 +22,10 @@ from __future__ import annotations
 import difflib
 
 from hybridsync._core import (
+    DELTA_FORMAT_VERSION,
     DIFF_DELETE,
     DIFF_EQUAL,
     DIFF_INSERT,
-    DELTA_FORMAT_VERSION,
     PATCH_FORMAT_VERSION,
     Delta,
     Hunk,
@@ -39,10 +39,10 @@ from hybridsync._core import (
 )
 
 __all__ = [
+    "DELTA_FORMAT_VERSION",
     "DIFF_DELETE",
     "DIFF_EQUAL",
     "DIFF_INSERT",
-    "DELTA_FORMAT_VERSION",
     "PATCH_FORMAT_VERSION",
     "Delta",
     "Hunk",

@@ -18,7 +18,6 @@ the structured metadata's CRDT updates and epoch changes.
 
 from __future__ import annotations
 
-import dataclasses
 import secrets
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -170,6 +169,11 @@ class _Doc:
         return bool(
             self.stack or self.ack_due or self.full_pending or self.want_full or self.tombstone
         )
+
+
+def _named(e: Entry, name: str, ref: int) -> Entry:
+    """``e`` with another name and index (dataclasses.replace, 4x faster)."""
+    return Entry(name, e.kind, e.ack, e.local, e.edits, e.checksum, e.text, ref)
 
 
 def _checksum(text: str) -> int:
@@ -648,9 +652,9 @@ class Link:
                 if ref is None:
                     ref = self._out_refs[name] = len(self._out_refs) + 1
                 if name in self._out_known:
-                    entry = dataclasses.replace(entry, name="", ref=-ref)
+                    entry = _named(entry, "", -ref)
                 else:
-                    entry = dataclasses.replace(entry, ref=ref)
+                    entry = _named(entry, name, ref)
                     pending.append(name)
                 entries.append(entry)
             self._refresh(name)
@@ -1067,7 +1071,7 @@ class Link:
                 if name is None:
                     lost = True
                     continue
-                e = dataclasses.replace(e, name=name)
+                e = _named(e, name, e.ref)
             if e.name in names:
                 raise DecodeError(f"document {e.name!r} appears twice in one frame")
             names.add(e.name)

@@ -10,9 +10,8 @@
 //! Frames of 4 KiB or more are encoded and decoded without the GIL.
 
 use hybridsync_core::frame::{
-    Change,
-    self, EncodeOptions, Entry, Frame, Geometry, Kind, KvEntry, KvKind, KvRun, Limits, MetaBlock,
-    MetaKind,
+    self, Change, EncodeOptions, Entry, Frame, Geometry, Kind, KvEntry, KvKind, KvRun, Limits,
+    MetaBlock, MetaKind,
 };
 use hybridsync_core::Error;
 use pyo3::buffer::PyUntypedBuffer;
@@ -28,7 +27,9 @@ fn change_obj(py: Python<'_>, change: Option<Change>) -> PyResult<Bound<'_, PyAn
     Ok(match change {
         Some(Change::Delta(d)) => Py::new(py, Delta(d))?.into_bound(py).into_any(),
         Some(Change::Patch(p)) => Py::new(py, Patch(p))?.into_bound(py).into_any(),
-        None => Py::new(py, Patch(Default::default()))?.into_bound(py).into_any(),
+        None => Py::new(py, Patch(Default::default()))?
+            .into_bound(py)
+            .into_any(),
     })
 }
 
@@ -150,7 +151,9 @@ fn entry_obj<'py>(e: &Bound<'py, PyAny>) -> PyResult<EntryObj<'py>> {
     let kind: Kind = kind(e.getattr(intern!(py, "kind"))?.extract()?)?;
     let reference: i64 = e.getattr(intern!(py, "ref"))?.extract()?;
     if reference.unsigned_abs() > frame::MAX_DOC_INDEX {
-        return Err(invalid(format!("document index {reference} is out of range")));
+        return Err(invalid(format!(
+            "document index {reference} is out of range"
+        )));
     }
     let mut obj = EntryObj {
         name,
@@ -596,11 +599,7 @@ pub fn decode_frame_as<'py>(
     let mut scratch = Vec::new();
     let f = run_decode(py, bytes, max_bytes, max_kv_bytes, &mut scratch)?;
 
-    let (k_name, k_kind, k_ref) = (
-        intern!(py, "name"),
-        intern!(py, "kind"),
-        intern!(py, "ref"),
-    );
+    let (k_name, k_kind, k_ref) = (intern!(py, "name"), intern!(py, "kind"), intern!(py, "ref"));
     let (k_ack, k_local) = (intern!(py, "ack"), intern!(py, "local"));
     let (k_edits, k_checksum, k_text) = (
         intern!(py, "edits"),

@@ -19,9 +19,9 @@ use hybridsync_core::text::{
 use hybridsync_core::Error;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::IntoPyObjectExt;
 use pyo3::types::string::PyStringData;
 use pyo3::types::{PyBytes, PyString, PyTuple, PyType};
+use pyo3::IntoPyObjectExt;
 
 mod audit;
 mod frame;
