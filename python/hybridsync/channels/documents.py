@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, MutableMapping
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from hybridsync.channels.checks import check_encodable
 from hybridsync.channels.events import ChangeBus, Origin, Subscription, TextEvent
 from hybridsync.errors import InvalidArgumentError
 
 __all__ = ["TextDocuments", "check_encodable"]
+
+T = TypeVar("T")
 
 
 class TextDocuments(MutableMapping[str, str]):
@@ -53,6 +55,15 @@ class TextDocuments(MutableMapping[str, str]):
 
     def __contains__(self, name: object) -> bool:
         return name in self._docs
+
+    @overload
+    def get(self, name: str, /) -> str | None: ...
+    @overload
+    def get(self, name: str, /, default: str | T) -> str | T: ...
+    def get(self, name: str, /, default: object = None) -> object:
+        """The text of document ``name``, or ``default`` (one dict lookup:
+        the links ask for it on every cycle)."""
+        return self._docs.get(name, default)
 
     def __repr__(self) -> str:
         return f"<TextDocuments of {self.replica_id!r}: {len(self._docs)} documents>"

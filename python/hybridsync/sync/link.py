@@ -344,7 +344,8 @@ class Link:
         self._merged: tuple[int, bytes] | None = None
         #: Client: the latest reply integrated all our request carried (False
         #: when it moved us to an epoch without some of our metadata writes:
-        #: we wrote them again and the next request carries them).
+        #: we wrote them again and the next request carries them; or when it
+        #: says RENAME: the server dropped the entries it could not resolve).
         self.reply_complete = True
         #: Client of a hub: (epoch id, state, times) of the EPOCH or MERGE we
         #: did not cross with yet, to pass on what our clients wrote past it.
@@ -1040,10 +1041,19 @@ class Link:
         if delivered:
             self._out_known.update(self._out_pending)
             self._out_pending = []
-        if frame.rename:  # the peer lost our indices
+        if frame.rename:
+            # The peer lost what we told it before (a link created afresh or
+            # reopened): our indices, so it dropped the entries that used
+            # them (this reply does not acknowledge all our request carried),
+            # and our metadata epoch: we send both again.
             self._out_known.clear()
             self._out_pending = []
-        if lost:  # we lost the peer's: ask for names
+            self._peer_knows_epoch = None
+            if self.role == "client":
+                self.reply_complete = False
+        if lost or (frame.meta is None and self._peer_epoch is None):
+            # We lost the peer's indices, or never heard its metadata epoch
+            # (it thinks we know it): ask it to introduce itself again.
             self._rename_due = True
         for entry in frame.entries:
             if entry.ref > 0:
