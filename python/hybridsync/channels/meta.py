@@ -458,9 +458,9 @@ class _UpdateLog:
 
     def __init__(self, start: bytes) -> None:
         #: Encoded state vectors (compact: a log of a document with many
-        #: clients holds many), and the newest of them decoded.
+        #: clients holds many), and the newest of them decoded (once needed).
         self.points: list[bytes] = [start]
-        self.recent = [decode_state_vector(start)]
+        self.recent: list[dict[int, int] | None] = [None]
         self.updates: list[bytes] = []
         self.size = 0
         self.open: list[bytes] = []
@@ -524,7 +524,7 @@ class _UpdateLog:
     def restart(self, start: bytes) -> None:
         """Drop the entries: the log covers the state ``start`` onwards."""
         self.points, self.updates, self.size = [start], [], 0
-        self.recent = [decode_state_vector(start)]
+        self.recent = [None]
         self.open, self.open_size = [], 0
 
     def _seal(self, current: bytes) -> None:
@@ -535,8 +535,7 @@ class _UpdateLog:
             return
         group = self.open[0] if len(self.open) == 1 else merge_updates(*self.open)
         self.open, self.open_size = [], 0
-        same = current == self.points[-1]
-        self.recent.append(self.recent[-1] if same else decode_state_vector(current))
+        self.recent.append(None)
         if len(self.recent) > _RECENT:
             del self.recent[0]
         self.points.append(current)
@@ -548,10 +547,10 @@ class _UpdateLog:
             if len(self.recent) > len(self.points):
                 del self.recent[0]
 
-    def answer(self, raw: bytes, state: dict[int, int], current: bytes) -> bytes | None:
-        """What a holder of state vector ``raw`` (decoded: ``state``) lacks,
-        given the document's state vector ``current``; None when the log
-        cannot tell (ask the document)."""
+    def answer(self, raw: bytes, current: bytes) -> bytes | None:
+        """What a holder of the state vector ``raw`` lacks, given the
+        document's state vector ``current``; None when the log cannot tell
+        (ask the document). Raises DecodeError if ``raw`` does not decode."""
         if self.off:
             return None
         self._seal(current)
@@ -561,14 +560,24 @@ class _UpdateLog:
         if self.suspects:
             self.declined += 1
             return None
-        # The newest point the peer holds (points only grow: a prefix does).
+        # The newest point the peer holds (points only grow: a prefix does);
+        # most often one of the last, as encoded by us.
         n, recent = len(points), self.recent
-        older = n - len(recent)  # points[older:] are decoded in recent
-        for j in range(len(recent) - 1, -1, -1):
-            if raw == points[older + j] or _covers(state, recent[j]):
-                at, exact = older + j, raw == points[older + j] or state == recent[j]
+        older = n - len(recent)  # points[older:] have their decoded form in recent
+        at, exact = -1, True
+        for j in range(n - 1, older - 1, -1):
+            if points[j] == raw:
+                at = j
                 break
-        else:
+        state = decode_state_vector(raw) if at < 0 else {}
+        for j in range(len(recent) - 1 if at < 0 else -1, -1, -1):
+            point = recent[j]
+            if point is None:
+                point = recent[j] = decode_state_vector(points[older + j])
+            if _covers(state, point):
+                at, exact = older + j, state == point
+                break
+        if at < 0:
             if not older or not _covers(state, decode_state_vector(points[0])):
                 self.declined += 1
                 return None
@@ -963,10 +972,9 @@ class Meta(_LiveMapping):
         if not state:
             return self._doc.get_update()
         try:
-            wanted = decode_state_vector(state)
+            answer = self._log.answer(state, self._doc.get_state())
         except DecodeError:
-            return self._doc.get_update(state)
-        answer = self._log.answer(state, wanted, self._doc.get_state())
+            answer = None
         return self._doc.get_update(state) if answer is None else answer
 
     def apply_remote(self, update: bytes, origin: Origin) -> None:
