@@ -25,7 +25,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hybridsync import KVCache, Link, Memory
-from hybridsync._core import audit_decode_entry, audit_entry, audit_entry_hash
+from hybridsync._core import (
+    audit_decode_entry,
+    audit_entry,
+    audit_entry_hash,
+    audit_hash,
+    audit_hash_parts,
+)
 from hybridsync.audit import (
     META_PREFIX,
     AuditError,
@@ -41,7 +47,7 @@ from hybridsync.audit import (
 from hybridsync.audit.keys import key_to_pem, key_to_text
 from hybridsync.audit.segments import encode_records, parse_records
 from hybridsync.cli import main
-from hybridsync.errors import HybridSyncError, StorageError
+from hybridsync.errors import HybridSyncError, InvalidArgumentError, StorageError
 
 
 def exchange(cl: Link, sv: Link) -> None:
@@ -175,6 +181,51 @@ def test_kv_writes_are_logged_with_their_owner_and_a_hash_of_the_rows(kv_content
     # Different rows, different content hashes; the mirror's match the owner's.
     assert len({a.entry.content for a in own}) == 3
     assert own[-1].entry.content == seen[-1].entry.content
+
+
+def test_a_kv_entry_hashes_the_documented_bytes() -> None:
+    """BLAKE3 of ``uid:first:tokens`` then rows first..tokens of every layer,
+    keys then values, head by head, checked against one contiguous copy (the
+    core reads the rows in place, through views wider than the cache)."""
+    rng = np.random.default_rng(7)
+    owner = Memory("w", audit=True)
+    cache = KVCache(3, 2, 32, "q4_0", page_tokens=16)
+    owner.kv["ctx"] = cache
+    cache.append(*kv_rows(rng, cache, 40))
+    cache.append(*kv_rows(rng, cache, 300))  # capacity beyond the tokens held
+    cache.truncate(37)
+    cache.append(*kv_rows(rng, cache, 5))
+    assert owner.audit is not None
+    last = list(owner.audit.entries())[-1]
+    rows = [
+        cache.quantized(layer, kind)[h, 37:42].tobytes()
+        for layer in range(3)
+        for kind in "kv"
+        for h in range(2)
+    ]
+    assert last.content == audit_hash(f"{cache.uid}:37:42".encode() + b"".join(rows))
+    # Pieces of any size hash as their concatenation.
+    data = rng.integers(0, 256, 100_000, np.uint8)
+    cuts = [0, 15, 18_447, 18_448, 40_000, 65_551, 100_000]
+    parts = [data[a:b] for a, b in itertools.pairwise(cuts)]
+    assert audit_hash_parts(parts) == audit_hash(data)
+
+
+def test_kv_row_views_must_have_contiguous_rows() -> None:
+    rows = np.zeros((2, 8, 18), np.uint8)
+    assert audit_hash_parts([b"p", rows], rows=(2, 5)) == audit_hash(
+        b"p" + rows[0, 2:5].tobytes() + rows[1, 2:5].tobytes()
+    )
+    for bad, span in (
+        (rows[:, ::2], (0, 2)),  # rows not adjacent
+        (rows[:, :, ::2], (0, 2)),  # bytes not adjacent
+        (rows.view(np.uint16), (0, 2)),  # not bytes
+        (rows[0], (0, 2)),  # not [heads, tokens, row_bytes]
+        (rows, (5, 9)),  # past the tokens
+        (rows, (5, 4)),
+    ):
+        with pytest.raises(InvalidArgumentError):
+            audit_hash_parts([b"p", bad], rows=span)
 
 
 # -- tampering -------------------------------------------------------------------

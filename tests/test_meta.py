@@ -275,7 +275,10 @@ def test_a_replica_partitioned_across_epochs_keeps_its_writes() -> None:
         # The last two overwrites were concurrent (they crossed in flight):
         # the CRDT keeps one of them, the same everywhere.
         assert m.meta["status"] == star.root.meta["status"] in ("step 198", "step 199")
-    assert lonely.meta.metrics.rebased_writes >= 2
+    # Its writes on the ended epoch were integrated late by the root (it
+    # still kept that epoch's document) or re-applied by the replica.
+    late = star.root.meta.metrics.late_writes
+    assert lonely.meta.metrics.rebased_writes + late >= 2
 
 
 # -- properties -------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from hybridsync import Link, Memory
 from hybridsync.meta import CompactionPolicy
+from hybridsync.sync.epochs import _ENDED_MAX
 
 OFF = CompactionPolicy(enabled=False)
 EAGER = CompactionPolicy(max_ratio=1.0, slack_bytes=0)
@@ -206,7 +207,7 @@ def test_an_epoch_reply_that_dropped_a_write_is_not_an_acknowledgement() -> None
     """Past the kept documents, an update of an ended epoch is not integrated:
     the reply moves the leaf across, the leaf writes w again on the new epoch,
     and that reply does not acknowledge the request (``reply_complete``)."""
-    root, link = _request_across_compactions(6)
+    root, link = _request_across_compactions(_ENDED_MAX + 2)  # past what the root keeps
     assert not link[0].reply_complete  # w was not integrated by that reply
     assert "w" not in root.meta
     ex(link)

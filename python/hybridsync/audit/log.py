@@ -129,16 +129,22 @@ _Pending = tuple[int, int, int, int, int, str, "str | None", str, int, "bytes | 
 
 
 class _TextListener:
-    """The log's ear on the text channel (a :class:`ChangeListener`)."""
+    """The log's ear on the text channel (a :class:`ChangeListener`).
+    Never raises: a failure is logged (the change stands)."""
+
+    __slots__ = ("_log",)
 
     def __init__(self, log: AuditLog) -> None:
         self._log = log
 
     def on_text_changed(self, name: str, origin: Origin) -> None:
-        self._log._guarded(self._log._on_text, name, origin)
+        try:
+            self._log._on_text(name, origin)
+        except Exception:
+            log.exception("%s: the audit log failed to record a change", self._log.replica_id)
 
     def on_text_deleted(self, name: str, origin: Origin) -> None:
-        self._log._guarded(self._log._on_text, name, origin)
+        self.on_text_changed(name, origin)
 
     def on_meta_changed(self, origin: Origin) -> None:
         pass
@@ -592,7 +598,9 @@ class AuditLog:
             self.segments.close()
             raise
         self._pending: list[_Pending] = []
-        self._claims: dict[tuple[str, str], Claim] = {}
+        #: Local writes since the last signed head, claimed in the next one:
+        #: (channel code, subject) -> (seq, content hash), oldest first.
+        self._claims: dict[tuple[int, str], tuple[int, bytes]] = {}
         self._docs: set[str] = set(memory.text)  # to tell a creation from an update
         self._recent: OrderedDict[tuple[str, str, bytes], str] = OrderedDict()
         #: The latest head received from each other replica (witnessed in ours).
@@ -616,7 +624,7 @@ class AuditLog:
             except ValueError:
                 claims = ()  # reported by verification; nothing to claim again
             for c in claims:
-                self._claims[(c.channel, c.subject)] = c
+                self._claims[(CHANNELS.index(c.channel), c.subject)] = (c.seq, c.content)
 
     # -- opening
 
@@ -654,12 +662,12 @@ class AuditLog:
         self.signed_seq = int(last or 0)
         self._heads_signed = int(self._db.execute("SELECT COUNT(*) FROM heads").fetchone()[0])
         #: Hashes of the entries after the latest signed head.
-        self._span: list[bytes] = []
+        self._span = bytearray()
         if self.seq > self.signed_seq:
             for first, records in self.segments.all_records():
                 for i, body in enumerate(records):
                     if first + i > self.signed_seq:
-                        self._span.append(audit_entry_hash(body))
+                        self._span += audit_entry_hash(body)
 
     def _signing_key(self) -> SigningKey:
         p = self.policy
@@ -734,13 +742,6 @@ class AuditLog:
                 )
             )
 
-    def _guarded(self, fn: Any, *args: Any) -> None:
-        """Listeners never raise: a failure is logged (the change stands)."""
-        try:
-            fn(*args)
-        except Exception:
-            log.exception("%s: the audit log failed to record a change", self.replica_id)
-
     def _after(self) -> None:
         # A durable log signs at commit points only (what it signs is on
         # disk); one in memory signs as soon as the policy says. Pending
@@ -751,18 +752,31 @@ class AuditLog:
             self._write()
 
     def _on_text(self, name: str, origin: Origin) -> None:
-        if origin.kind == "restore":
+        # Every edit passes here: _append and _after inlined.
+        where = origin.kind
+        if where == "restore":
             return
         with self._lock:
-            new = self.memory.text.get(name)
+            new: str | bytes | None = self.memory.text.get(name)
             if new is None:
                 self._docs.discard(name)
-                self._append(0, "delete", origin, name, ZERO)
+                kind, new = 2, ZERO
             else:
-                kind = "update" if name in self._docs else "create"
-                self._docs.add(name)
-                self._append(0, kind, origin, name, new)  # hashed at the commit
-            self._after()
+                kind = 1 if name in self._docs else 0
+                self._docs.add(name)  # the text is hashed at the commit
+            seq = self.seq = self.seq + 1
+            entry: _Pending
+            if where == "remote":
+                # writer None: the writer of a received claim of this content.
+                entry = (seq, time.time_ns(), 0, kind, 1, name, None, origin.peer or "", 0, new)
+            else:
+                entry = (seq, time.time_ns(), 0, kind, 0, name, self.replica_id, "", seq, new)
+            pending = self._pending
+            pending.append(entry)
+            if self.path is None and seq - self.signed_seq >= self.policy.sign_every:
+                self.commit()
+            elif len(pending) >= _MAX_PENDING:
+                self._write()
 
     def _on_meta(self, event: MetaEvent) -> None:
         if event.origin.kind == "restore":
@@ -818,11 +832,10 @@ class AuditLog:
             parts.append(b"pages")
             parts.append(table.tobytes())
             return audit_hash_parts(parts)
-        for layer in range(cache.layers):
-            for kind in ("k", "v"):
-                rows = cache.quantized(layer, kind)
-                parts.extend(rows[h, first:tokens] for h in range(rows.shape[0]))
-        return audit_hash_parts(parts)
+        # Each layer's K and V views, read in place by the core, which takes
+        # rows first..tokens of every head (no per-head slicing here).
+        parts += [cache.quantized(layer, kind) for layer in range(cache.layers) for kind in "kv"]
+        return audit_hash_parts(parts, rows=(first, tokens))
 
     def _receive_published(self, top: str, value: Any, via: str) -> None:
         replica = top[len(META_PREFIX) :]
@@ -961,9 +974,13 @@ class AuditLog:
         if self.seq == 0 or self.seq == self.signed_seq:
             return None
         now = max(time.time_ns(), self._last_head_time() + 1)
-        claims = tuple(c for c in self._claims.values() if c.seq <= self.seq)
+        claims = tuple(
+            Claim(CHANNELS[ch], subject, seq, content)
+            for (ch, subject), (seq, content) in self._claims.items()
+            if seq <= self.seq
+        )
         witness = tuple(sorted(self._seen.values(), key=lambda h: (h.time_ns, h.replica)))
-        span = b"".join(self._span)
+        span = bytes(self._span)
         unsigned = SignedHead(
             self.replica_id,
             self.seq,
@@ -1059,20 +1076,23 @@ class AuditLog:
     # -- committing
 
     def _write(self) -> None:
-        if not self._pending:
+        pending = self._pending
+        if not pending:
             return
-        pending, self._pending = self._pending, []
-        records, hashes = audit_append(pending, self.head, self._recent)
+        self._pending = []
+        # One core call encodes, hashes and chains the batch; one write.
+        records, hashes, contents = audit_append(pending, self.head, self._recent)
         self.segments.append_records(pending[0][0], records, len(pending))
-        self.head = hashes[-1][0]
-        self._span.extend(h for h, _ in hashes)
-        for entry, (_, content) in zip(pending, hashes, strict=True):
-            if entry[4] == 0:  # a local write: claimed in the next head
-                key = (CHANNELS[entry[2]], entry[5])
-                self._claims.pop(key, None)
-                self._claims[key] = Claim(key[0], key[1], entry[0], content)
-                if len(self._claims) > MAX_CLAIMS:
-                    self._claims.pop(next(iter(self._claims)))
+        self.head = hashes[-32:]
+        self._span += hashes
+        claims = self._claims
+        for i, entry in enumerate(pending):
+            if not entry[4]:  # a local write: claimed in the next head
+                key = (entry[2], entry[5])
+                claims.pop(key, None)
+                claims[key] = (entry[0], contents[32 * i : 32 * i + 32])
+        while len(claims) > MAX_CLAIMS:
+            del claims[next(iter(claims))]
 
     def commit(self) -> None:
         """Append the entries made since the last commit to the log's
@@ -1081,7 +1101,8 @@ class AuditLog:
         with self._lock:
             if self.closed:
                 return
-            self._write()
+            if self._pending:
+                self._write()
             if self.seq - self.signed_seq >= self.policy.sign_every:
                 self._sign()
 

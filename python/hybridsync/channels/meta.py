@@ -38,7 +38,8 @@ from difflib import SequenceMatcher
 from typing import Any, Union
 
 import xxhash
-from pycrdt import Array, Doc, Map, TransactionEvent
+from pycrdt import Array, Doc, Map, TransactionEvent, merge_updates
+from pycrdt import get_update as diff_update
 
 from hybridsync.channels.events import ChangeBus, MetaEvent, Origin, Subscription, check_meta_path
 from hybridsync.errors import DecodeError, InvalidArgumentError, LimitExceededError
@@ -344,6 +345,274 @@ def crdt_client_id(replica_id: str, epoch_id: int, salt: int) -> int:
     return xxhash.xxh64_intdigest(key) & ((1 << 53) - 1)
 
 
+# -- the log of the document's updates (incremental answers) -------------------
+
+#: Bounds of :class:`_UpdateLog`: sealed entries, their bytes (the oldest go
+#: first), and the deletions carried in every answer (past it the log is off).
+_LOG_ENTRIES = 1024
+_LOG_BYTES = 256 << 10
+_LOOSE_BYTES = 16 << 10
+#: Applied updates that left something pending, kept for a re-check.
+_SUSPECTS = 64
+#: The newest points of the log kept decoded (a peer is usually a point or two behind).
+_RECENT = 8
+#: A Yjs (v1) update that changes nothing: no structs, an empty delete set.
+EMPTY_UPDATE = b"\x00\x00"
+
+
+def _delete_ranges(data: bytes, pos: int) -> Iterator[tuple[int, int, int]]:
+    """``(client, clock, length)`` of each range of the v1 delete set that
+    starts at ``data[pos]`` (raises DecodeError if it does not decode)."""
+
+    def uint() -> int:
+        nonlocal pos
+        value = shift = 0
+        while True:
+            if pos >= len(data) or shift > 63:
+                raise DecodeError("truncated delete set")
+            b = data[pos]
+            pos += 1
+            value |= (b & 0x7F) << shift
+            if not b & 0x80:
+                return value
+            shift += 7
+
+    for _ in range(uint()):
+        client = uint()
+        for _ in range(uint()):
+            clock = uint()
+            yield client, clock, uint()
+
+
+def _leaves_pending(update: bytes, state: bytes) -> bool:
+    """True if a document whose state vector is now ``state``, having
+    applied ``update``, may hold part of it pending: structs it could not
+    integrate yet (its state vector does not cover them) or deletions of
+    items it does not hold yet. O(size of the update) (and of ``state`` if
+    the update deletes)."""
+    try:
+        rest = diff_update(update, state)  # what of it the state does not cover
+        if rest[:1] != b"\x00":
+            return True  # structs beyond the state vector: waiting for others
+        ranges = list(_delete_ranges(rest, 1))
+        if not ranges:
+            return False
+        sv = decode_state_vector(state)
+        return any(clock + length > sv.get(c, 0) for c, clock, length in ranges)
+    except (ValueError, RuntimeError, DecodeError):
+        return True
+
+
+def _covers(state: dict[int, int], point: dict[int, int]) -> bool:
+    """True if the state vector ``state`` holds everything ``point`` does."""
+    return all(state.get(client, 0) >= clock for client, clock in point.items())
+
+
+class _UpdateLog:
+    """The updates of one epoch's document since a state it had, so that a
+    peer known to hold one of the states passed on the way gets only what
+    came after it (:meth:`Meta.update_since`), in time and bytes proportional
+    to that, instead of ``get_update(state)``, which encodes the document's
+    whole delete set every time (O(document)).
+
+    ``points[i]`` is a state vector the document had (encoded, as compact as
+    it gets; the newest ``_RECENT`` also decoded), ``updates[i]`` takes a
+    document from ``points[i]`` to ``points[i + 1]`` (the transactions'
+    ``TransactionEvent.update`` in between, merged); ``open`` holds those
+    since the last point, which the next answer seals into an entry. A
+    transaction costs O(size of its update) here; an answer O(size of what it
+    returns) plus O(clients) to find its point (O(clients · log2 entries)
+    for a peer more than ``_RECENT`` points behind).
+
+    Bounds: at most ``_LOG_ENTRIES`` (1,024) entries and ``_LOG_BYTES``
+    (256 KiB) of updates, the oldest dropped first (a peer behind the oldest
+    point gets ``get_update(state)``); transactions between two answers
+    past 256 KiB restart the log at the next answer; deletions carried in every
+    answer (below) at most ``_LOOSE_BYTES`` (16 KiB), past which the log is
+    off until the next epoch.
+
+    Why an answer equals ``get_update(state)`` in effect. A Yjs state vector
+    says which structs (insertions) a document holds, not which deletions,
+    which is why ``get_update`` sends the whole delete set. Here a peer at
+    ``state`` is sent, from the newest point ``p <= state``, every update
+    after ``p`` (structs and deletions; those structs ``state`` covers
+    filtered out), so it lacks nothing of ours if it holds the deletions
+    made up to ``p``. It holds those made in a transaction whose insertions
+    it holds: updates travel as whole transactions (this log, a peer's
+    transaction updates) or whole documents (``get_update``), and this
+    channel's writes that delete also insert (a clock tick), so every
+    deletion rides with a struct that ``state`` covers. A transaction that
+    only deletes (a late update's effect applied by a root, a writer that is
+    not this channel) is carried in every answer ("loose" deletions), and so
+    is an applied update without structs, an applied update that left
+    something pending (its deletions apply later, with other structs), and
+    a restored document's delete set (its history is unknown). While an
+    update applied to the document may have left structs or deletions
+    pending (they wait for others; ``get_update`` would pass the structs
+    on), every answer is ``get_update(state)``. What this rests on: a peer
+    holds our structs with the deletions we integrated with them, which a
+    tree of links gives (what we hold reaches a peer through us, or came from
+    it); a peer that got them through another path, from a replica that
+    integrated them with other deletions, is not covered.
+    """
+
+    def __init__(self, start: bytes) -> None:
+        #: Encoded state vectors (compact: a log of a document with many
+        #: clients holds many), and the newest of them decoded (once needed).
+        self.points: list[bytes] = [start]
+        self.recent: list[dict[int, int] | None] = [None]
+        self.updates: list[bytes] = []
+        self.size = 0
+        self.open: list[bytes] = []
+        self.open_size = 0
+        self.loose: bytes | None = None
+        self.suspects: list[bytes] = []
+        self.off = False
+        #: Answers given from the log, and requests it could not answer.
+        self.answered = 0
+        self.declined = 0
+
+    def stop(self) -> None:
+        """No more answers (the document is no longer the epoch's)."""
+        self.off = True
+        self.points, self.updates, self.open, self.suspects = [], [], [], []
+        self.loose = None
+
+    def record(self, update: bytes) -> None:
+        """A transaction committed with this update (O(its size))."""
+        if self.off or update == EMPTY_UPDATE:
+            return
+        if update[:1] == b"\x00":
+            # Deletions only: no clock tells who holds them, so every answer carries them.
+            self.carry(update)
+            if self.off:
+                return
+        self.open.append(update)
+        self.open_size += len(update)
+        if self.open_size > _LOG_BYTES:
+            # Too much between two answers: the log starts again at the next one.
+            self.points, self.updates, self.size = [], [], 0
+            self.open, self.open_size = [], 0
+
+    def carry(self, deletions: bytes) -> None:
+        """Carry ``deletions`` (an update; its deletions matter) in every answer."""
+        self.loose = deletions if self.loose is None else merge_updates(self.loose, deletions)
+        if len(self.loose) > _LOOSE_BYTES:
+            self.stop()
+
+    def applied(self, update: bytes, state: bytes) -> None:
+        """``update`` was applied to the document, whose state is now ``state``."""
+        if self.off:
+            return
+        if update[:1] == b"\x00" and update != EMPTY_UPDATE:
+            # Deletions only (applied now or once their items arrive, in
+            # whatever transaction that is): carried in every answer.
+            self.carry(update)
+        if self.off or not _leaves_pending(update, state):
+            return
+        # Its deletions may apply later, in a transaction whose structs a peer
+        # may hold without them: it goes with every answer too.
+        self.carry(update)
+        if self.off:
+            return
+        self.suspects.append(update)
+        if len(self.suspects) > _SUSPECTS:
+            self.suspects = [merge_updates(*self.suspects)]
+            if len(self.suspects[0]) > _LOG_BYTES:
+                self.stop()
+
+    def restart(self, start: bytes) -> None:
+        """Drop the entries: the log covers the state ``start`` onwards."""
+        self.points, self.updates, self.size = [start], [], 0
+        self.recent = [None]
+        self.open, self.open_size = [], 0
+
+    def _seal(self, current: bytes) -> None:
+        if not self.points:
+            self.restart(current)
+            return
+        if not self.open:
+            return
+        group = self.open[0] if len(self.open) == 1 else merge_updates(*self.open)
+        self.open, self.open_size = [], 0
+        self.recent.append(None)
+        if len(self.recent) > _RECENT:
+            del self.recent[0]
+        self.points.append(current)
+        self.updates.append(group)
+        self.size += len(group)
+        while len(self.updates) > _LOG_ENTRIES or self.size > _LOG_BYTES:
+            self.size -= len(self.updates.pop(0))
+            self.points.pop(0)
+            if len(self.recent) > len(self.points):
+                del self.recent[0]
+
+    def answer(self, raw: bytes, current: bytes) -> bytes | None:
+        """What a holder of the state vector ``raw`` lacks, given the
+        document's state vector ``current``; None when the log cannot tell
+        (ask the document). Raises DecodeError if ``raw`` does not decode."""
+        if self.off:
+            return None
+        self._seal(current)
+        if self.suspects:
+            self.suspects = [u for u in self.suspects if _leaves_pending(u, current)]
+        points = self.points
+        if self.suspects:
+            self.declined += 1
+            return None
+        # The newest point the peer holds (points only grow: a prefix does);
+        # most often one of the last, as encoded by us.
+        n, recent = len(points), self.recent
+        older = n - len(recent)  # points[older:] have their decoded form in recent
+        at, exact = -1, True
+        for j in range(n - 1, older - 1, -1):
+            if points[j] == raw:
+                at = j
+                break
+        state = decode_state_vector(raw) if at < 0 else {}
+        for j in range(len(recent) - 1 if at < 0 else -1, -1, -1):
+            point = recent[j]
+            if point is None:
+                point = recent[j] = decode_state_vector(points[older + j])
+            if _covers(state, point):
+                at, exact = older + j, state == point
+                break
+        if at < 0:
+            if not older or not _covers(state, decode_state_vector(points[0])):
+                self.declined += 1
+                return None
+            lo, hi = 0, older - 1
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if _covers(state, decode_state_vector(points[mid])):
+                    lo = mid
+                else:
+                    hi = mid - 1
+            at, exact = lo, raw == points[lo]
+        parts = self.updates[at:]
+        if self.loose is not None:
+            parts = [self.loose, *parts]
+        self.answered += 1
+        if not parts:
+            return EMPTY_UPDATE
+        update = parts[0] if len(parts) == 1 else merge_updates(*parts)
+        if not exact:
+            update = diff_update(update, raw)  # without the structs the peer holds
+        return update
+
+
+class _Doc(Doc[Any]):
+    """An epoch's document: every update applied to it is shown to its log,
+    which must know when something may be left pending."""
+
+    log: _UpdateLog | None = None
+
+    def apply_update(self, update: bytes) -> None:
+        super().apply_update(update)
+        if self.log is not None and not self.log.off:
+            self.log.applied(update, self.get_state())
+
+
 # -- proxies -------------------------------------------------------------------
 
 
@@ -527,7 +796,12 @@ class Meta(_LiveMapping):
         self.epoch_id = epoch_id
         self.base = base
         self._client = crdt_client_id(self.replica_id, epoch_id, self._salt)
-        self._doc: Doc[Any] = Doc(client_id=self._client)
+        old = getattr(self, "_doc", None)
+        if isinstance(old, _Doc) and old.log is not None:
+            old.log.stop()  # an ended epoch's document (a root may keep it for late updates)
+            old.log = None
+        doc = _Doc(client_id=self._client)
+        self._doc: Doc[Any] = doc
         if base:
             self._doc.apply_update(base)
         self._root = self._doc.get(ROOT_KEY, type=Map)
@@ -535,9 +809,16 @@ class Meta(_LiveMapping):
         self.base_state = self._doc.get_state()
         self._base_size = len(base)
         self._estimate, self._since = len(base), 0
+        # The log answers peers that hold one of the states it passed; it
+        # starts at the base (a peer on this epoch got the base whole).
+        log = _UpdateLog(self.base_state)
+        if base:
+            log.applied(base, self.base_state)
+        self._log = log
+        doc.log = log
         # Every transaction's update (own writes and peers' updates alike)
-        # feeds the estimate: O(size of the change).
-        self._doc.observe(self._count_update)
+        # feeds the estimate and the log: O(size of the change).
+        self._doc.observe(lambda event: self._count_update(event, log))
         self.metrics.epoch = epoch
         if self._watching:
             self._watch = self._root.observe_deep(self._note_paths)
@@ -649,6 +930,14 @@ class Meta(_LiveMapping):
         self._start_epoch(int(saved["epoch"]), int(epoch_id), base)
         for update in updates:
             self._doc.apply_update(update)
+        # Who holds which deletions of a restored document is unknown: its
+        # delete set goes with every answer of the log (or, past the log's
+        # bound, every answer is get_update(state) until the next epoch).
+        state = self._doc.get_state()
+        self._log.restart(state)
+        deletions = self._doc.get_update(state)
+        if deletions != EMPTY_UPDATE:
+            self._log.carry(deletions)
         self._pending = [
             (int(c), int(e), (str(k), tuple(p), key, v)) for c, e, k, p, key, v in saved["pending"]
         ]
@@ -668,8 +957,25 @@ class Meta(_LiveMapping):
         return self._doc.get_state()
 
     def update_since(self, state: bytes | None) -> bytes:
-        """Everything a holder of ``state`` (of this epoch) lacks."""
-        return self._doc.get_update(state) if state else self._doc.get_update()
+        """Everything a holder of ``state`` (of this epoch) lacks.
+
+        ``None``: the whole document. Otherwise, when ``state`` holds one of
+        the states this document passed since its log began (the epoch's
+        start; the log keeps at most 1,024 entries and 256 KiB of updates), the
+        updates since the newest such state, merged (O(size of the change)),
+        which a holder of ``state`` integrates to the same document as
+        ``get_update(state)``, whose delete set is the whole document's
+        (O(document)); see :class:`_UpdateLog` for why and when the log
+        answers. Otherwise (an unknown or older state, a restored replica
+        whose delete set is large, updates left pending) ``get_update(state)``.
+        """
+        if not state:
+            return self._doc.get_update()
+        try:
+            answer = self._log.answer(state, self._doc.get_state())
+        except DecodeError:
+            answer = None
+        return self._doc.get_update(state) if answer is None else answer
 
     def apply_remote(self, update: bytes, origin: Origin) -> None:
         """Integrate an update of the current epoch from a peer."""
@@ -680,10 +986,12 @@ class Meta(_LiveMapping):
         self._changed = True
         self._changes.meta_changed(origin)
 
-    def _count_update(self, event: TransactionEvent) -> None:
-        n = len(event.update)
+    def _count_update(self, event: TransactionEvent, log: _UpdateLog) -> None:
+        update = event.update
+        n = len(update)
         self._estimate += n
         self._since += n
+        log.record(update)
 
     def _measure(self, encoded: int, live: int, clients: int) -> None:
         self._estimate, self._since = encoded, 0

@@ -56,8 +56,20 @@ _COUNTER_MASK = (1 << _COUNTER_BITS) - 1
 #: Lineage tags remembered (with the highest counter seen under each).
 _LINEAGE_TAGS = 64
 #: Documents of the epochs a root ended most recently, kept to integrate
-#: updates that arrive for them late (a request that crossed a compaction).
+#: updates that arrive for them late (a request that crossed a compaction,
+#: a hub that lagged several compactions behind): at least _ENDED_DOCS, and
+#: up to _ENDED_MAX while their encoded sizes (measured at each compaction)
+#: add up to no more than _ENDED_BUDGET times the live value plus
+#: _ENDED_SLACK bytes.
 _ENDED_DOCS = 4
+_ENDED_MAX = 64
+_ENDED_BUDGET = 8
+_ENDED_SLACK = 64 * 1024
+#: A root that adopted a client's document holds its compaction (so that a
+#: client on a later epoch descending from the one adopted can still be
+#: adopted instead) while some client link has not reported its epoch, for
+#: at most this many compaction checks.
+_ADOPT_HOLD = 64
 #: Root map of an epoch's base document: the lineages it descends from.
 _ANCESTRY = "lineage"
 #: The compaction check measures once the estimate grew by 1/_GROWTH of the
@@ -239,6 +251,14 @@ class EpochMeta(Meta):
         self._empty_peers: dict[str, int] = {}
         #: Lineage tags of the epochs this replica held -> (lowest, highest counter).
         self._lineage: dict[int, tuple[int, int]] = {}
+        #: Root: the epoch it adopted, while it is still on it (it has not
+        #: compacted or crossed since): a client document of a later epoch
+        #: descending from it is adopted instead (see :meth:`can_adopt`).
+        self._adopted: int | None = None
+        #: Compaction checks held since the adoption (see _ADOPT_HOLD).
+        self._held = 0
+        #: Root: the encoded size of each document in ``_ended``.
+        self._ended_size: dict[int, int] = {}
         self._tag = 0
         super().__init__(replica_id, changes, policy, incarnation)
 
@@ -348,7 +368,7 @@ class EpochMeta(Meta):
         Costs O(size of the changes since the last pass), amortized: it
         measures only when :meth:`_measure_due`, and reads the live value
         only when the state passes the base's floor."""
-        if not self._changed:
+        if not self._changed or self._holding():
             return False
         self._changed = False
         p = self.policy
@@ -365,8 +385,14 @@ class EpochMeta(Meta):
             return False
         self._frozen[self.epoch_id] = self._doc.get_state()
         self._ended[self.epoch_id] = self._doc
-        while len(self._ended) > _ENDED_DOCS:
-            del self._ended[next(iter(self._ended))]
+        self._ended_size[self.epoch_id] = encoded
+        budget = _ENDED_BUDGET * self.metrics.live_bytes + _ENDED_SLACK
+        while len(self._ended) > _ENDED_DOCS and (
+            len(self._ended) > _ENDED_MAX or sum(self._ended_size.values()) > budget
+        ):
+            oldest = next(iter(self._ended))
+            del self._ended[oldest]
+            self._ended_size.pop(oldest, None)
         self._trim_history()
         epoch_id = self._next_epoch_id()
         builder_id = crdt_client_id(self.replica_id, epoch_id, self._salt ^ 1)
@@ -386,6 +412,47 @@ class EpochMeta(Meta):
         self._measure(len(self._doc.get_update()), self.metrics.live_bytes, 1)
         self._changes.meta_changed(Origin.LOCAL)
         return True
+
+    def _readopting(self) -> bool:
+        """True on a root still on the epoch it adopted (it has not compacted
+        or crossed since): a client on a later epoch descending from it may
+        still be adopted instead."""
+        return self._adopted is not None and self._adopted == self.epoch_id and self._is_root()
+
+    def _holding(self) -> bool:
+        """True while a root that adopted holds its compaction: some client
+        link has not reported its epoch yet (it may be on a later epoch of
+        what we adopted), at most _ADOPT_HOLD checks. Compacting would end
+        the epoch the other clients are on, and with it the chance to adopt
+        the later one: its clients' document merged by value instead would
+        double dicts changed in place and bring back deletions."""
+        if not self._readopting() or self._held >= _ADOPT_HOLD:
+            return False
+        # The links listening on our change bus; a server link's peer epoch
+        # stays None until its client's first block.
+        links = [getattr(w, "link", None) for w in self._changes.listeners]
+        silent = any(
+            getattr(link, "role", None) == "server" and getattr(link, "_peer_epoch", 0) is None
+            for link in links
+        )
+        if silent:
+            self._held += 1
+        return silent
+
+    def _descends(self, epoch_id: int, document: Doc[Any]) -> bool:
+        """True when ``epoch_id`` (whose whole document is ``document``) is a
+        later epoch descending from the one we adopted: a later counter of its
+        lineage, or a base whose recorded lineages include it."""
+        if self._adopted is None:
+            return False
+        tag, counter = self._adopted >> _COUNTER_BITS, self._adopted & _COUNTER_MASK
+        if epoch_id >> _COUNTER_BITS == tag:
+            return (epoch_id & _COUNTER_MASK) > counter
+        span = document.get(_ANCESTRY, type=Map).get(str(tag))
+        try:
+            return int(str(span).split(":")[1]) >= counter
+        except (ValueError, IndexError):
+            return False
 
     def _trim_history(self) -> None:
         while len(self._frozen) > _EPOCH_HISTORY:
@@ -511,6 +578,8 @@ class EpochMeta(Meta):
         crossed, compacted or merged, and its document holds only its own
         writes (a server restarted from nothing): it may adopt a client's
         document instead of merging it by value."""
+        if self._readopting():
+            return True  # only a later epoch of the one adopted (see offer)
         m = self.metrics
         if m.crossings or m.compactions or m.merged_writes or m.adoptions or self.epoch:
             return False
@@ -533,6 +602,8 @@ class EpochMeta(Meta):
             return False  # empty: nothing to adopt (it merges)
         if sv != decode_state_vector(state):
             return False  # not the whole document
+        if self._readopting() and not self._descends(epoch_id, scratch):
+            return False  # adopted already: only a later epoch of it replaces it
         self._empty_peers.pop(peer, None)
         self._offers[peer] = (epoch, epoch_id, update, state)
         self._offer_rounds[peer] = self._offer_rounds.get(peer, 0) + 1
@@ -571,7 +642,14 @@ class EpochMeta(Meta):
         self._offer_rounds.clear()
         best = max(offers, key=lambda p: (offers[p][1] & _COUNTER_MASK, len(offers[p][2])))
         epoch, epoch_id, update, _ = offers.pop(best)
+        previous = self.epoch_id if self._readopting() else None
         self.cross(epoch, epoch_id, update, b"", adopting=True, origin=origin)
+        if previous is not None:
+            # Adopted again (a later epoch of the one adopted): the clients
+            # still on the earlier one hold writes this document may lack;
+            # it counts as forgotten (below), so they cross by MERGE without
+            # a state and replay what did not visibly land.
+            self._frozen.pop(previous, None)
         self.metrics.crossings -= 1  # not a crossing to an upstream's epoch
         self.metrics.adoptions += 1
         self._base_size = 0  # a client's history, not a compacted base: no floor
@@ -581,6 +659,8 @@ class EpochMeta(Meta):
         # on (ours now), what we acknowledged we integrated.
         self._uncertain[tag] = max(self._uncertain.get(tag, 0), counter)
         self._learn_ancestry()
+        if self._is_root():
+            self._adopted, self._held = self.epoch_id, 0
         merged: dict[str, tuple[int, bytes]] = {}
         for peer, (_, other_id, other, state) in offers.items():
             if other_id == epoch_id:

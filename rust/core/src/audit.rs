@@ -72,13 +72,74 @@ pub fn content_hash(data: &[u8]) -> Hash {
     *blake3::hash(data).as_bytes()
 }
 
-/// BLAKE3 of the concatenation of `parts` (without copying them together).
+/// BLAKE3 of the concatenation of `parts`.
 pub fn content_hash_parts<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> Hash {
-    let mut h = blake3::Hasher::new();
+    let mut h = ContentHasher::new();
     for p in parts {
         h.update(p);
     }
-    *h.finalize().as_bytes()
+    h.finalize()
+}
+
+/// Bytes [`ContentHasher`] hands BLAKE3 at a time: 16 chunks of 1 KiB, the
+/// widest SIMD degree of the `blake3` crate (AVX-512).
+const FEED: usize = 16 * 1024;
+
+/// BLAKE3 of a stream fed in pieces of any size, at full SIMD speed.
+///
+/// `blake3::Hasher::update` hashes chunks in parallel only within subtrees
+/// aligned to the number of bytes hashed so far: fed pieces whose sizes are
+/// not multiples of 16 KiB (a KV change is 512 runs of rows of 18 KB behind a
+/// short prefix), it falls back to subtrees of one or two chunks and runs at
+/// half speed. This hasher hands BLAKE3 whole 16 KiB blocks at positions that
+/// are multiples of 16 KiB only: straight from the input where it can,
+/// through a 16 KiB staging buffer (which stays in the L1 cache) across the
+/// pieces' edges. The hash is BLAKE3 of the concatenation, unchanged.
+pub struct ContentHasher {
+    hasher: blake3::Hasher,
+    stage: Vec<u8>,
+}
+
+impl Default for ContentHasher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ContentHasher {
+    /// An empty hasher.
+    pub fn new() -> Self {
+        Self {
+            hasher: blake3::Hasher::new(),
+            stage: Vec::with_capacity(FEED),
+        }
+    }
+
+    /// Append `data` to the stream.
+    pub fn update(&mut self, mut data: &[u8]) {
+        if !self.stage.is_empty() {
+            let take = (FEED - self.stage.len()).min(data.len());
+            self.stage.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.stage.len() < FEED {
+                return;
+            }
+            self.hasher.update(&self.stage);
+            self.stage.clear();
+        }
+        // The stream hashed so far is a multiple of FEED bytes long.
+        let whole = data.len() - data.len() % FEED;
+        if whole > 0 {
+            self.hasher.update(&data[..whole]);
+        }
+        self.stage.extend_from_slice(&data[whole..]);
+    }
+
+    /// The hash of everything fed.
+    pub fn finalize(mut self) -> Hash {
+        self.hasher.update(&self.stage);
+        *self.hasher.finalize().as_bytes()
+    }
 }
 
 fn write_str(out: &mut Vec<u8>, s: &str) {
@@ -328,6 +389,15 @@ mod tests {
     }
 
     #[test]
+    fn kv_like_parts_hash_as_their_concatenation() {
+        // A short prefix, then runs of 18 KiB (256 q4_0 rows of 72 bytes).
+        let data: Vec<u8> = (0..15 + 40 * 18_432).map(|i| (i % 251) as u8).collect();
+        let mut parts = vec![&data[..15]];
+        parts.extend(data[15..].chunks(18_432));
+        assert_eq!(content_hash_parts(parts), content_hash(&data));
+    }
+
+    #[test]
     fn chain_verifies_and_names_the_first_bad_entry() {
         let (mut bodies, head) = chain(10);
         let v = verify_chain(&framed(&bodies), 1, &[0; HASH_LEN]);
@@ -382,6 +452,21 @@ mod tests {
                             writer_seq: ws, content: c, prev: p };
             let body = encode_entry(&e).unwrap_or_default();
             prop_assert_eq!(decode_entry(&body), Ok(e));
+        }
+
+        #[test]
+        fn parts_hash_as_their_concatenation(
+            sizes in proptest::collection::vec(0usize..40_000, 0..12), seed in any::<u8>()
+        ) {
+            let total: usize = sizes.iter().sum();
+            let data: Vec<u8> = (0..total).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect();
+            let mut parts = Vec::new();
+            let mut at = 0;
+            for n in &sizes {
+                parts.push(&data[at..at + n]);
+                at += n;
+            }
+            prop_assert_eq!(content_hash_parts(parts), content_hash(&data));
         }
 
         #[test]

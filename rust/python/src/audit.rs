@@ -50,25 +50,80 @@ pub fn audit_hash<'py>(py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Bo
     Ok(PyBytes::new(py, &h))
 }
 
-/// BLAKE3 of the concatenation of buffers.
+/// BLAKE3 of the concatenation of buffers. With `rows=(first, tokens)`, a
+/// KV change: the first part is hashed whole, every other part is one
+/// layer's K or V rows, a `uint8 [heads, >= tokens, row_bytes]` view whose
+/// heads' rows are contiguous (as `KVCache.quantized` returns), of which rows
+/// `first..tokens` of every head are hashed, head by head (read in place).
 #[pyfunction]
+#[pyo3(signature = (parts, *, rows=None))]
 pub fn audit_hash_parts<'py>(
     py: Python<'py>,
     parts: Vec<Bound<'py, PyAny>>,
+    rows: Option<(usize, usize)>,
 ) -> PyResult<Bound<'py, PyBytes>> {
     let bufs = parts
         .iter()
         .map(PyUntypedBuffer::get)
         .collect::<PyResult<Vec<_>>>()?;
-    let slices = bufs
-        .iter()
-        .map(|b| bytes_of(b, "part"))
-        .collect::<PyResult<Vec<_>>>()?;
+    let mut slices = Vec::with_capacity(bufs.len());
+    match rows {
+        None => {
+            for b in &bufs {
+                slices.push(bytes_of(b, "part")?);
+            }
+        }
+        Some((first, tokens)) => {
+            for (i, b) in bufs.iter().enumerate() {
+                if i == 0 {
+                    slices.push(bytes_of(b, "part")?);
+                } else {
+                    slices.extend(head_rows(b, first, tokens)?);
+                }
+            }
+        }
+    }
     let size = slices.iter().map(|s| s.len()).sum();
     let h = maybe_detach(py, size, || {
         audit::content_hash_parts(slices.iter().copied())
     });
     Ok(PyBytes::new(py, &h))
+}
+
+/// The rows `first..tokens` of every head of one layer's K or V view:
+/// `uint8 [heads, >= tokens, row_bytes]`, each head's rows contiguous.
+fn head_rows(buf: &PyUntypedBuffer, first: usize, tokens: usize) -> PyResult<Vec<&[u8]>> {
+    let bad =
+        || invalid("KV rows must be uint8 views [heads, tokens, row_bytes] with contiguous rows");
+    if buf.item_size() != 1 || buf.dimensions() != 3 || buf.suboffsets().is_some() {
+        return Err(bad());
+    }
+    let (shape, strides) = (buf.shape(), buf.strides());
+    let (heads, rows, row_bytes) = (shape[0], shape[1], shape[2]);
+    let row_stride = isize::try_from(row_bytes).map_err(|_| bad())?;
+    if (row_bytes > 1 && strides[2] != 1) || (rows > 1 && strides[1] != row_stride) {
+        return Err(bad());
+    }
+    if first > tokens || tokens > rows {
+        return Err(invalid(format!(
+            "rows {first}..{tokens} of a view of {rows} tokens"
+        )));
+    }
+    let n = (tokens - first) * row_bytes;
+    let mut out = Vec::with_capacity(heads);
+    for h in 0..heads {
+        if n == 0 {
+            out.push(&[][..]);
+            continue;
+        }
+        let ptr = buf.get_ptr(&[h, first, 0]) as *const u8;
+        // SAFETY: `get_ptr` is the address of row `first` of head `h` inside
+        // the exporter's memory; the strides checked above make the `n` bytes
+        // from it rows `first..tokens` of that head (within the view's shape),
+        // readable while `buf` is held; the slice does not outlive `buf`.
+        out.push(unsafe { std::slice::from_raw_parts(ptr, n) });
+    }
+    Ok(out)
 }
 
 /// Encode an entry: returns its body and its hash.
@@ -196,9 +251,11 @@ type Pending<'py> = (
 const CHANNEL_NAMES: [&str; 3] = ["text", "meta", "kv"];
 
 /// Encode and chain a batch of entries after `prev`: returns the records
-/// (each body behind its varint length, as segment files hold them) and,
-/// per entry, its hash and its content hash. `claims` maps (channel name,
-/// subject, content hash) to the replica that claimed that write.
+/// (each body behind its varint length, as segment files hold them), the
+/// entries' hashes and their content hashes (32 bytes per entry each,
+/// concatenated: one object each, however many entries). `claims` maps
+/// (channel name, subject, content hash) to the replica that claimed that
+/// write.
 #[pyfunction]
 #[allow(clippy::type_complexity)]
 pub fn audit_append<'py>(
@@ -208,11 +265,13 @@ pub fn audit_append<'py>(
     claims: &Bound<'py, pyo3::types::PyDict>,
 ) -> PyResult<(
     Bound<'py, PyBytes>,
-    Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)>,
+    Bound<'py, PyBytes>,
+    Bound<'py, PyBytes>,
 )> {
     let mut head = hash_arg(prev, "prev")?;
     let mut records = Vec::with_capacity(entries.len() * 160);
-    let mut out = Vec::with_capacity(entries.len());
+    let mut hashes = Vec::with_capacity(entries.len() * HASH_LEN);
+    let mut contents = Vec::with_capacity(entries.len() * HASH_LEN);
     for (seq, time_ns, channel, kind, origin, subject, writer, via, writer_seq, content) in entries
     {
         let content: Hash = if let Ok(text) = content.cast::<pyo3::types::PyString>() {
@@ -257,7 +316,12 @@ pub fn audit_append<'py>(
         head = audit::entry_hash(&body);
         hybridsync_core::varint::write_u64(&mut records, body.len() as u64);
         records.extend_from_slice(&body);
-        out.push((PyBytes::new(py, &head), PyBytes::new(py, &content)));
+        hashes.extend_from_slice(&head);
+        contents.extend_from_slice(&content);
     }
-    Ok((PyBytes::new(py, &records), out))
+    Ok((
+        PyBytes::new(py, &records),
+        PyBytes::new(py, &hashes),
+        PyBytes::new(py, &contents),
+    ))
 }
