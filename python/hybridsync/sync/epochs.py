@@ -428,11 +428,12 @@ class EpochMeta(Meta):
         double dicts changed in place and bring back deletions."""
         if not self._readopting() or self._held >= _ADOPT_HOLD:
             return False
-        # The links listening on our change bus; a server link's peer epoch
-        # stays None until its client's first block.
+        # The links listening on our change bus; a server link does not know
+        # its client's epoch until the client's first block.
         links = [getattr(w, "link", None) for w in self._changes.listeners]
         silent = any(
-            getattr(link, "role", None) == "server" and getattr(link, "_peer_epoch", 0) is None
+            getattr(link, "role", None) == "server"
+            and getattr(link, "peer_epoch_known", True) is False
             for link in links
         )
         if silent:

@@ -576,6 +576,11 @@ class Link:
         )
 
     @property
+    def peer_epoch_known(self) -> bool:
+        """True once the peer told us its metadata epoch (its first block)."""
+        return self._peer_epoch is not None
+
+    @property
     def awaiting_reply(self) -> bool:
         """Client side: the latest request has not been answered yet."""
         return self._awaiting
