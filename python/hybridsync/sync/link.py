@@ -171,11 +171,6 @@ class _Doc:
         )
 
 
-def _named(e: Entry, name: str, ref: int) -> Entry:
-    """``e`` with another name and index (dataclasses.replace, 4x faster)."""
-    return Entry(name, e.kind, e.ack, e.local, e.edits, e.checksum, e.text, ref)
-
-
 def _checksum(text: str) -> int:
     """The shadow checksum: the low 32 bits of xxh3-64 of the UTF-8 text."""
     return xxhash.xxh3_64_intdigest(text.encode()) & 0xFFFFFFFF
@@ -650,19 +645,18 @@ class Link:
             self._unsaved_header = True
         entries = []
         pending: list[str] = []
+        out_refs, out_known = self._out_refs, self._out_known
         for name in names:
-            entry = self._entry_for(name)
+            # Name a document by its index once the peer has it.
+            ref = out_refs.get(name)
+            if ref is None:
+                ref = out_refs[name] = len(out_refs) + 1
+            known = name in out_known
+            entry = self._entry_for(name, "" if known else name, -ref if known else ref)
             if entry is not None:
-                # Name a document by its index once the peer has it.
-                ref = self._out_refs.get(name)
-                if ref is None:
-                    ref = self._out_refs[name] = len(self._out_refs) + 1
-                if name in self._out_known:
-                    entry = _named(entry, "", -ref)
-                else:
-                    entry = _named(entry, name, ref)
-                    pending.append(name)
                 entries.append(entry)
+                if not known:
+                    pending.append(name)
             self._refresh(name)
         self._out_pending = pending
         assert self._epoch is not None  # a server only replies after a request set it
@@ -911,14 +905,16 @@ class Link:
         m.retransmits += retransmit
         return data
 
-    def _entry_for(self, name: str) -> Entry | None:
+    def _entry_for(self, name: str, wire: str, ref: int) -> Entry | None:
+        """The entry for document ``name``, or None; ``wire`` and ``ref``:
+        how it names the document (section 3.3)."""
         if name in self._deleted_acks:
             self._deleted_acks.discard(name)
-            return Entry(name, Kind.DELETED)
+            return Entry(wire, Kind.DELETED, ref=ref)
         if name in self._absent:
             self._absent.discard(name)
             if name not in self._docs and name not in self.memory.text:
-                return Entry(name, Kind.ABSENT)
+                return Entry(wire, Kind.ABSENT, ref=ref)
         text = self.memory.text.get(name)
         doc = self._docs.get(name)
         if doc is None:
@@ -928,13 +924,13 @@ class Link:
             # A document new to this link travels whole.
             doc = self._docs[name] = _Doc(text, 1, 0)
             doc.full_pending = True
-            return self._full(name, doc)
+            return self._full(wire, ref, doc)
         if doc.tombstone:
-            return Entry(name, Kind.DELETE)
+            return Entry(wire, Kind.DELETE, ref=ref)
         if doc.want_full:
-            return Entry(name, Kind.RESYNC)
+            return Entry(wire, Kind.RESYNC, ref=ref)
         if doc.full_pending:
-            return self._full(name, doc)
+            return self._full(wire, ref, doc)
         if name in self._dirty:
             self._dirty.discard(name)
             if text is not None and text != doc.shadow:
@@ -950,21 +946,22 @@ class Link:
         if not doc.stack and not doc.summary:
             # Only an acknowledgement, of edits or a FULL whose result both
             # sides checked: no checksum.
-            return Entry(name, Kind.ACK, ack=doc.remote, local=doc.local)
+            return Entry(wire, Kind.ACK, ack=doc.remote, local=doc.local, ref=ref)
         doc.summary = False
         return Entry(
-            name,
+            wire,
             Kind.EDITS,
             ack=doc.remote,
             local=doc.local,
             edits=tuple(doc.stack),
             checksum=_checksum(doc.shadow),
+            ref=ref,
         )
 
-    def _full(self, name: str, doc: _Doc) -> Entry:
+    def _full(self, wire: str, ref: int, doc: _Doc) -> Entry:
         self.metrics.fulls_sent += 1
         doc.ack_due = False
-        return Entry(name, Kind.FULL, ack=doc.remote, local=doc.local, text=doc.shadow)
+        return Entry(wire, Kind.FULL, ack=doc.remote, local=doc.local, text=doc.shadow, ref=ref)
 
     # -- receiving ------------------------------------------------------------
 
@@ -1030,7 +1027,7 @@ class Link:
         self._count_received(data, stale=False)
         if self.memory.durable:
             self._unsaved_header = True
-            self._unsaved.update(e.name for e in entries)
+            self._unsaved.update(name for name, _ in entries)
         if self.role == "client":
             self._awaiting = False
         else:
@@ -1063,34 +1060,36 @@ class Link:
         for entry in frame.entries:
             if entry.ref > 0:
                 self._in_names[entry.ref] = entry.name
-        for entry in entries:
-            self._receive(entry)
-            self._refresh(entry.name)
+        for name, entry in entries:
+            self._receive(entry, name)
+            self._refresh(name)
         for kv_entry in frame.kv:
             self._kv.receive(kv_entry)
 
-    def _resolve(self, frame: Frame) -> tuple[list[Entry], bool]:
-        """The frame's entries with the names of their indices filled in.
-        An entry whose index we do not know (we lost the peer's indices: a
-        fresh or reopened link) is dropped, as if lost on the way, and our
-        next frame asks for names again. Raises DecodeError (nothing
-        changed) if two entries name one document. Returns the entries and
-        whether any was dropped."""
+    def _resolve(self, frame: Frame) -> tuple[list[tuple[str, Entry]], bool]:
+        """The frame's entries with the names of their documents (an entry
+        naming its document by index decodes with an empty name). An entry
+        whose index we do not know (we lost the peer's indices: a fresh or
+        reopened link) is dropped, as if lost on the way, and our next frame
+        asks for names again. Raises DecodeError (nothing changed) if two
+        entries name one document. Returns the entries and whether any was
+        dropped."""
         known = {} if frame.resume else self._in_names
-        entries: list[Entry] = []
+        entries: list[tuple[str, Entry]] = []
         names: set[str] = set()
         lost = False
         for e in frame.entries:
+            name = e.name
             if e.ref < 0:
-                name = known.get(-e.ref)
-                if name is None:
+                found = known.get(-e.ref)
+                if found is None:
                     lost = True
                     continue
-                e = _named(e, name, e.ref)
-            if e.name in names:
-                raise DecodeError(f"document {e.name!r} appears twice in one frame")
-            names.add(e.name)
-            entries.append(e)
+                name = found
+            if name in names:
+                raise DecodeError(f"document {name!r} appears twice in one frame")
+            names.add(name)
+            entries.append((name, e))
         return entries, lost
 
     def _count_received(self, data: bytes, *, stale: bool) -> None:
@@ -1136,13 +1135,12 @@ class Link:
         self._kv.restart()
         self._peer_resumed = set(self._docs)
 
-    def _receive(self, e: Entry) -> None:
-        name = e.name
+    def _receive(self, e: Entry, name: str) -> None:
         doc = self._docs.get(name)
         if e.kind == Kind.EDITS or e.kind == Kind.ACK:
-            self._receive_edits(e, doc)
+            self._receive_edits(e, doc, name)
         elif e.kind == Kind.FULL:
-            self._receive_full(e, doc)
+            self._receive_full(e, doc, name)
         elif e.kind == Kind.DELETE:
             self.memory.text.remove(name, self.origin)
             self._docs.pop(name, None)
@@ -1178,17 +1176,17 @@ class Link:
         self._docs[name] = fresh
         self._dirty.discard(name)
 
-    def _receive_edits(self, e: Entry, doc: _Doc | None) -> None:
+    def _receive_edits(self, e: Entry, doc: _Doc | None, name: str) -> None:
         if doc is None:
             # The peer has state we lack. A server holding the document sends
             # it whole; otherwise ask for the peer's copy.
-            text = self.memory.text.get(e.name)
+            text = self.memory.text.get(name)
             if self.role == "server" and text is not None:
-                doc = self._docs[e.name] = _Doc(text, 1, 0)
+                doc = self._docs[name] = _Doc(text, 1, 0)
                 doc.full_pending = True
-                self._dirty.discard(e.name)
+                self._dirty.discard(name)
             else:
-                doc = self._docs[e.name] = _Doc(text or "", 0, 0)
+                doc = self._docs[name] = _Doc(text or "", 0, 0)
                 doc.want_full = True
             return
         if doc.tombstone or doc.want_full:
@@ -1202,30 +1200,30 @@ class Link:
             # backup shadow; the next diff sends them again.
             doc.shadow, doc.local, doc.remote = doc.backup, doc.backup_local, doc.backup_remote
             doc.clear_stack()
-            self._dirty.add(e.name)
+            self._dirty.add(name)
         if e.ack > doc.local:
-            self._diverged(e.name, doc)
+            self._diverged(name, doc)
             return
         doc.drop_acknowledged(e.ack)
         for edit in e.edits:
             if edit.version < doc.remote:
                 continue  # already applied
             if edit.version > doc.remote:
-                self._diverged(e.name, doc)
+                self._diverged(name, doc)
                 return
             change = edit.patch
             if isinstance(change, Delta):
                 applied = change.apply(doc.shadow)
                 if applied is None:  # it does not fit: not the shadow it was made on
-                    self._diverged(e.name, doc)
+                    self._diverged(name, doc)
                     return
                 shadow = applied
             else:
                 shadow, flags = apply_patch(change, doc.shadow, **_STRICT)  # type: ignore[arg-type]
                 if not all(flags):
-                    self._diverged(e.name, doc)
+                    self._diverged(name, doc)
                     return
-            self._apply_to_text(e.name, doc.shadow, shadow)
+            self._apply_to_text(name, doc.shadow, shadow)
             doc.shadow = shadow
             doc.remote += 1
             self.metrics.edits_applied += 1
@@ -1234,10 +1232,10 @@ class Link:
         if (doc.remote, doc.local) != (e.local, e.ack) or (
             e.kind == Kind.EDITS and _checksum(doc.shadow) != e.checksum
         ):
-            self._diverged(e.name, doc)
+            self._diverged(name, doc)
             return
         doc.take_backup()
-        self._peer_resumed.discard(e.name)
+        self._peer_resumed.discard(name)
 
     def _apply_to_text(self, name: str, old_shadow: str, new_shadow: str) -> None:
         text = self.memory.text.get(name, "")
@@ -1270,8 +1268,8 @@ class Link:
             doc.want_full = True
             doc.full_pending = False
 
-    def _receive_full(self, e: Entry, doc: _Doc | None) -> None:
-        text = self.memory.text.get(e.name)
+    def _receive_full(self, e: Entry, doc: _Doc | None, name: str) -> None:
+        text = self.memory.text.get(name)
         if doc is not None and doc.tombstone:
             return  # a deletion wins
         if (
@@ -1288,9 +1286,9 @@ class Link:
         creation = (
             doc is None
             or (doc.full_pending and (doc.local, doc.remote) == (1, 0))
-            or e.name in self._peer_resumed
+            or name in self._peer_resumed
         )
-        self._peer_resumed.discard(e.name)
+        self._peer_resumed.discard(name)
         if text is not None and text != e.text and creation:
             # Both sides hold the document without a shared history on this
             # link: independent creations, or copies of one document meeting
@@ -1312,7 +1310,7 @@ class Link:
             for patch in pending:
                 new_text, flags = apply_patch(patch, new_text)
                 self.metrics.hunks_failed += flags.count(False)
-        fresh = self._docs[e.name] = _Doc(e.text, e.ack, e.local)
+        fresh = self._docs[name] = _Doc(e.text, e.ack, e.local)
         fresh.ack_due = True
-        self.memory.text.put(e.name, new_text, self.origin)
-        self._dirty.add(e.name)
+        self.memory.text.put(name, new_text, self.origin)
+        self._dirty.add(name)
