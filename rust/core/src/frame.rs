@@ -42,7 +42,8 @@ pub const FLAG_RESUME: u8 = 0x10;
 pub const MAX_DOC_INDEX: u64 = (1 << 62) - 1;
 /// The body starts with the sender's replica id.
 pub const FLAG_SENDER: u8 = 0x20;
-/// The sender lost the document indices the receiver bound: send names again.
+/// The sender lost what the receiver told it before (the document indices
+/// it bound, its metadata epoch): send names and a metadata block again.
 pub const FLAG_RENAME: u8 = 0x40;
 const KNOWN_FLAGS: u8 =
     FLAG_COMPRESSED | FLAG_REPLY | FLAG_META | FLAG_KV | FLAG_RESUME | FLAG_SENDER | FLAG_RENAME;
@@ -389,7 +390,8 @@ pub struct Frame<'a> {
     pub reply: bool,
     /// The sender reopened a durable replica.
     pub resume: bool,
-    /// The sender lost the document indices bound by the receiver.
+    /// The sender lost what the receiver told it before (document
+    /// indices, metadata epoch).
     pub rename: bool,
     /// One entry per document, names distinct.
     pub entries: Vec<Entry<'a>>,
@@ -640,6 +642,16 @@ pub fn prepare_frame<'f, 'a>(
     }
     if !frame.sender.is_empty() {
         flags |= FLAG_SENDER;
+    }
+    if let Some(e) = frame
+        .entries
+        .iter()
+        .find(|e| e.reference.unsigned_abs() > MAX_DOC_INDEX)
+    {
+        return Err(Error::invalid(format!(
+            "document index {} of {:?} is out of range",
+            e.reference, e.name
+        )));
     }
     let mut kv_len = 0usize;
     if !frame.kv.is_empty() {
@@ -1987,6 +1999,45 @@ mod tests {
             encode_frame(&small().frame(), &tiny).unwrap()[1] & FLAG_COMPRESSED,
             0
         );
+    }
+
+    #[test]
+    fn document_indices_out_of_range_are_refused() {
+        let mut m = small();
+        m.refs = vec![1];
+        let mut frame = m.frame();
+        frame.entries[0].reference = i64::MIN;
+        assert!(matches!(
+            encode_frame(&frame, &EncodeOptions::default()),
+            Err(Error::InvalidArgument(_))
+        ));
+        // On the wire: a tag of 0, an index above the range, one index twice.
+        for body in [
+            &[0x01, 0x00][..],
+            &[
+                0x01, 0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+            ],
+        ] {
+            let mut data = vec![MARK | PROTOCOL_VERSION, 0, 0, 0];
+            data.extend_from_slice(body);
+            data.extend_from_slice(&[0; CHECKSUM_LEN]);
+            resign(&mut data);
+            assert!(matches!(decode(&data), Err(Error::Decode(_))), "{body:?}");
+        }
+        let mut data = vec![
+            MARK | PROTOCOL_VERSION,
+            0,
+            0,
+            0,
+            0x02,
+            0x02,
+            0x03,
+            0x02,
+            0x03,
+        ];
+        data.extend_from_slice(&[0; CHECKSUM_LEN]);
+        resign(&mut data);
+        assert!(matches!(decode(&data), Err(Error::Decode(m)) if m.contains("twice")));
     }
 
     #[test]
