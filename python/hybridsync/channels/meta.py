@@ -275,34 +275,35 @@ def _op_kind(op: Op) -> str:
 # -- state vectors -------------------------------------------------------------
 
 
+def _varint(data: bytes, pos: int, what: str) -> tuple[int, int]:
+    """The unsigned varint of a Yjs (v1) encoding at ``data[pos]`` and the
+    position after it; DecodeError (naming ``what``) if it is cut off or
+    longer than 64 bits."""
+    value = shift = 0
+    while True:
+        if pos >= len(data):
+            raise DecodeError(f"truncated {what}")
+        b = data[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise DecodeError(f"{what} varint longer than 64 bits")
+
+
 def decode_state_vector(data: bytes) -> dict[int, int]:
     """Decode a Yjs (v1) state vector: client id -> clock."""
-    pos = 0
-
-    def uint() -> int:
-        nonlocal pos
-        value = shift = 0
-        while True:
-            if pos >= len(data):
-                raise DecodeError("truncated state vector")
-            b = data[pos]
-            pos += 1
-            value |= (b & 0x7F) << shift
-            if not b & 0x80:
-                return value
-            shift += 7
-            if shift > 63:
-                raise DecodeError("state vector varint longer than 64 bits")
-
     if not data:
         return {}
-    n = uint()
+    n, pos = _varint(data, 0, "state vector")
     if n > len(data):
         raise DecodeError("state vector entry count exceeds its size")
     out: dict[int, int] = {}
     for _ in range(n):
-        client = uint()
-        out[client] = uint()
+        client, pos = _varint(data, pos, "state vector")
+        out[client], pos = _varint(data, pos, "state vector")
     if pos != len(data):
         raise DecodeError("trailing bytes after a state vector")
     return out
@@ -363,25 +364,14 @@ EMPTY_UPDATE = b"\x00\x00"
 def _delete_ranges(data: bytes, pos: int) -> Iterator[tuple[int, int, int]]:
     """``(client, clock, length)`` of each range of the v1 delete set that
     starts at ``data[pos]`` (raises DecodeError if it does not decode)."""
-
-    def uint() -> int:
-        nonlocal pos
-        value = shift = 0
-        while True:
-            if pos >= len(data) or shift > 63:
-                raise DecodeError("truncated delete set")
-            b = data[pos]
-            pos += 1
-            value |= (b & 0x7F) << shift
-            if not b & 0x80:
-                return value
-            shift += 7
-
-    for _ in range(uint()):
-        client = uint()
-        for _ in range(uint()):
-            clock = uint()
-            yield client, clock, uint()
+    clients, pos = _varint(data, pos, "delete set")
+    for _ in range(clients):
+        client, pos = _varint(data, pos, "delete set")
+        ranges, pos = _varint(data, pos, "delete set")
+        for _ in range(ranges):
+            clock, pos = _varint(data, pos, "delete set")
+            length, pos = _varint(data, pos, "delete set")
+            yield client, clock, length
 
 
 def _leaves_pending(update: bytes, state: bytes) -> bool:

@@ -203,6 +203,15 @@ fn patch_kind(p: &text::Patch) -> u8 {
     }
 }
 
+/// The default diff options with a caller's time budget and edit cost.
+fn diff_options(timeout: f64, edit_cost: i64) -> PyResult<DiffOptions> {
+    Ok(DiffOptions {
+        timeout: timeout_arg(timeout)?,
+        edit_cost: count_arg("edit_cost", edit_cost)?,
+        ..DiffOptions::default()
+    })
+}
+
 fn timeout_arg(seconds: f64) -> PyResult<Option<Duration>> {
     if seconds.is_nan() || seconds < 0.0 {
         return Err(invalid(format!(
@@ -342,11 +351,7 @@ fn make_patch(
     edit_cost: i64,
     margin: i64,
 ) -> PyResult<Patch> {
-    let opts = DiffOptions {
-        timeout: timeout_arg(timeout)?,
-        edit_cost: count_arg("edit_cost", edit_cost)?,
-        ..DiffOptions::default()
-    };
+    let opts = diff_options(timeout, edit_cost)?;
     let margin = count_arg("margin", margin)?;
     let (da, db) = (code_points(a)?, code_points(b)?);
     let size = units_len(&da) + units_len(&db);
@@ -636,10 +641,8 @@ fn make_delta(
     edit_cost: i64,
 ) -> PyResult<Delta> {
     let opts = DiffOptions {
-        timeout: timeout_arg(timeout)?,
-        edit_cost: count_arg("edit_cost", edit_cost)?,
         cleanup: text::Cleanup::Efficiency,
-        ..DiffOptions::default()
+        ..diff_options(timeout, edit_cost)?
     };
     let (da, db) = (code_points(a)?, code_points(b)?);
     let size = units_len(&da) + units_len(&db);
