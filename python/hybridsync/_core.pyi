@@ -35,9 +35,15 @@ __all__ = [
     "kv_gather_pages",
     "kv_hash_pages",
     "kv_page_hash",
+    "kv_plan_diff",
     "kv_quantize",
     "kv_row_bytes",
     "kv_scatter_pages",
+    "kv_table_cut",
+    "kv_table_hash",
+    "kv_table_range_sum",
+    "kv_table_set_pages",
+    "kv_table_set_range",
     "kv_verify_pages",
     "make_delta",
     "make_patch",
@@ -187,6 +193,51 @@ def kv_scatter_pages(
     offset: int = 0,
 ) -> None: ...
 def kv_page_hash(data: _Buf) -> int: ...
+
+# Page tables: u64 [rows, width] buffers; writes return the change of the sum.
+def kv_table_range_sum(table: _Buf, rows: int, width: int, first: int, last: int) -> int: ...
+def kv_table_set_range(table: _Buf, rows: int, width: int, first: int, block: _Buf) -> int: ...
+def kv_table_cut(table: _Buf, rows: int, width: int, first: int, last: int) -> int: ...
+def kv_table_set_pages(
+    table: _Buf,
+    rows: int,
+    width: int,
+    heads: int,
+    row0: int,
+    head_index: _Buf,
+    page_index: _Buf,
+    hashes: _Buf,
+) -> tuple[int | None, int]: ...
+def kv_table_hash(
+    bufs: Sequence[_Buf],
+    heads: int,
+    capacity: int,
+    row_bytes: int,
+    page_rows: int,
+    rows: int,
+    first: int,
+    last: int,
+    table: _Buf,
+    width: int,
+) -> int: ...
+def kv_plan_diff(
+    mine: _Buf,
+    acked: _Buf,
+    rows: int,
+    mine_width: int,
+    acked_width: int,
+    heads: int,
+    first: int,
+    pages: int,
+    tokens: int,
+    held: int,
+    page_rows: int,
+    row_bytes: int,
+    tail_page: int | None,
+    budget: int,
+    acked_end: int,
+    same_sum: bool,
+) -> tuple[list[tuple[int, int, bytes, bytes, bytes]], int, int, int | None, int, int] | None: ...
 
 # -- the frame codec (hybridsync.sync.frame builds its dataclasses around it) --
 

@@ -47,9 +47,15 @@ from hybridsync._core import (
     kv_dequantize,
     kv_gather_pages,
     kv_hash_pages,
+    kv_plan_diff,
     kv_quantize,
     kv_row_bytes,
     kv_scatter_pages,
+    kv_table_cut,
+    kv_table_hash,
+    kv_table_range_sum,
+    kv_table_set_pages,
+    kv_table_set_range,
 )
 from hybridsync.channels.checks import check_encodable
 from hybridsync.channels.events import ChangeBus, KVEvent, Origin, Subscription
@@ -210,34 +216,23 @@ def _check_format(fmt: str) -> None:
 # -- page tables --------------------------------------------------------------
 
 _M1 = _U64(0x9E3779B97F4A7C15)
-_M2 = _U64(0xFF51AFD7ED558CCD)
-_M3 = _U64(0xC4CEB9FE1A85EC53)
-_S33 = _U64(33)
-
-
-def _mix(hashes: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """A keyed 64-bit mix of each page hash; 0 (no page) mixes to 0."""
-    x: np.ndarray = hashes ^ (keys * _M1)
-    x ^= x >> _S33
-    x *= _M2
-    x ^= x >> _S33
-    x *= _M3
-    x ^= x >> _S33
-    x[hashes == 0] = 0
-    return x
+_U32 = np.dtype(np.uint32)
 
 
 class PageTable:
     """Page hashes ``[layers, 2, heads, pages]`` (0 = no page) and a digest
-    maintained incrementally: the sum of the keyed mixes of every hash."""
+    maintained incrementally: the sum of the keyed mixes of every hash
+    (``hybridsync_core::kv::table``; every write returns the change of the
+    sum, so its cost follows the pages written, not the table)."""
 
-    __slots__ = ("_end", "_sum", "hashes", "heads", "layers", "tokens")
+    __slots__ = ("_end", "_rows", "_sum", "hashes", "heads", "layers", "tokens")
 
     def __init__(self, layers: int, heads: int, pages: int = 0) -> None:
         self.layers = layers
         self.heads = heads
         self.tokens = 0
         self.hashes = np.zeros((layers, 2, heads, max(pages, 1)), dtype=_U64)
+        self._rows = layers * 2 * heads
         self._sum = 0
         #: Every page from here on is 0 (none): cuts and copies stop here,
         #: so their cost follows the pages held, not the capacity reserved.
@@ -251,17 +246,15 @@ class PageTable:
         t._end = self._end
         return t
 
-    def _keys(self, first: int, last: int) -> np.ndarray:
-        rows = np.arange(self.layers * 2 * self.heads, dtype=_U64) << _U64(32)
-        pages = np.arange(first, last, dtype=_U64)
-        keys: np.ndarray = (rows.reshape(self.layers, 2, self.heads, 1) | pages).astype(_U64)
-        return keys
-
     def _range_sum(self, first: int, last: int) -> int:
+        width = self.hashes.shape[-1]
+        last = min(last, width)
         if last <= first:
             return 0
-        block = self.hashes[..., first:last]
-        return int(_mix(block.copy(), self._keys(first, last)).sum(dtype=_U64))
+        return kv_table_range_sum(self.hashes, self._rows, width, first, last)
+
+    def _add(self, delta: int) -> None:
+        self._sum = (self._sum + delta) & _MASK64
 
     def reserve(self, pages: int) -> None:
         have = self.hashes.shape[-1]
@@ -274,32 +267,103 @@ class PageTable:
         """Replace pages ``first .. first + block.shape[-1]``."""
         last = first + block.shape[-1]
         self.reserve(last)
-        self._sum = (self._sum - self._range_sum(first, last)) & _MASK64
-        self.hashes[..., first:last] = block
-        self._sum = (self._sum + self._range_sum(first, last)) & _MASK64
+        block = np.ascontiguousarray(block, dtype=_U64)
+        self._add(kv_table_set_range(self.hashes, self._rows, self.hashes.shape[-1], first, block))
         self._end = max(self._end, last)
 
     def set_pages(
         self, layer: int, kind: int, heads: np.ndarray, pages: np.ndarray, hashes: np.ndarray
     ) -> None:
-        if len(pages) == 0:
-            return
-        self.reserve(int(pages.max()) + 1)
-        rows = (layer * 2 + kind) * self.heads + heads.astype(_U64)
-        keys = (rows << _U64(32)) | pages.astype(_U64)
-        old = self.hashes[layer, kind, heads, pages]
-        self._sum = (self._sum - int(_mix(old.copy(), keys).sum(dtype=_U64))) & _MASK64
-        self.hashes[layer, kind, heads, pages] = hashes
-        self._sum = (self._sum + int(_mix(hashes.astype(_U64), keys).sum(dtype=_U64))) & _MASK64
-        self._end = max(self._end, int(pages.max()) + 1)
+        """Set page ``pages[i]`` of head ``heads[i]`` of ``(layer, K|V)`` to
+        ``hashes[i]``."""
+        h = np.ascontiguousarray(heads, dtype=_U32)
+        p = np.ascontiguousarray(pages, dtype=_U32)
+        x = np.ascontiguousarray(hashes, dtype=_U64)
+        row0 = (layer * 2 + kind) * self.heads
+        while True:
+            delta, end = kv_table_set_pages(
+                self.hashes, self._rows, self.hashes.shape[-1], self.heads, row0, h, p, x
+            )
+            if delta is not None:
+                break
+            self.reserve(end)
+        self._add(delta)
+        self._end = max(self._end, end)
 
     def cut(self, pages: int) -> None:
         """Forget every page from ``pages`` on."""
-        last = min(self._end, self.hashes.shape[-1])
+        width = self.hashes.shape[-1]
+        last = min(self._end, width)
         if pages < last:
-            self._sum = (self._sum - self._range_sum(pages, last)) & _MASK64
-            self.hashes[..., pages:last] = 0
+            self._add(kv_table_cut(self.hashes, self._rows, width, pages, last))
             self._end = pages
+
+    def hash_pages(self, cache: KVCache, first: int, last: int) -> None:
+        """Rehash pages ``first .. last`` of ``cache`` (of this table's shape)."""
+        self.reserve(last)
+        g = cache.geometry
+        self._add(
+            kv_table_hash(
+                [buf for layer in cache._bufs for buf in layer],
+                g.kv_heads,
+                cache._capacity,
+                cache._row_bytes,
+                g.page_tokens,
+                cache._tokens,
+                first,
+                last,
+                self.hashes,
+                self.hashes.shape[-1],
+            )
+        )
+        self._end = max(self._end, last)
+
+    def take_diff(
+        self,
+        mine: PageTable,
+        first: int,
+        tokens: int,
+        page_tokens: int,
+        row_bytes: int,
+        tail_page: int | None,
+        budget: int,
+    ) -> tuple[list[tuple[int, int, bytes, bytes, bytes]], int, int, int | None] | None:
+        """This table is what a peer holds of a cache whose table is ``mine``
+        (``tokens`` tokens): plan the pages from ``first`` on that the peer
+        lacks, earliest first while ``budget`` bytes last (``tail_page``: the
+        peer's partial last page, sent from its first missing row), and
+        record them as held. Returns None, changing nothing, when the peer
+        holds everything; else ``(runs, pages, bytes, resume)``: runs
+        ``(layer * 2 + kind, offset, heads, pages, hashes)`` (little-endian
+        ``u32``, ``u32``, ``u64`` bytes) and the first page not sent when the
+        budget ran out (else None)."""
+        pages = -(-tokens // page_tokens)
+        self.reserve(max(pages, first))
+        plan = kv_plan_diff(
+            mine.hashes,
+            self.hashes,
+            self._rows,
+            mine.hashes.shape[-1],
+            self.hashes.shape[-1],
+            self.heads,
+            first,
+            pages,
+            tokens,
+            self.tokens,
+            page_tokens,
+            row_bytes,
+            tail_page,
+            budget,
+            self._end,
+            self._sum == mine._sum,
+        )
+        if plan is None:
+            return None
+        runs, sent, used, resume, delta, end = plan
+        self.tokens = tokens
+        self._add(delta)
+        self._end = end
+        return runs, sent, used, resume
 
     def same_pages(self, other: PageTable) -> bool:
         """True when both tables hold the same page hashes (their keyed sums
@@ -722,7 +786,7 @@ class KVCache:
         self._table.cut(pages)
         self._table.tokens = self._tokens
         if first < pages:
-            self._table.set_range(first, self._hash_range(first, pages))
+            self._table.hash_pages(self, first, pages)
         return first
 
     def page_hashes(self) -> np.ndarray:

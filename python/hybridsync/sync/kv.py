@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 
 __all__ = ["KVChannel"]
 
+_U32LE = np.dtype("<u4")
+_U64LE = np.dtype("<u8")
+
 
 class _Out:
     """What one link knows of the peer's copy of one cache."""
@@ -172,7 +175,10 @@ class KVChannel:
 
         When the rows the peer holds are unchanged since the last send and
         its last page is partial, that page travels as a *tail*: only the
-        rows the peer lacks, with the hash of the page they complete."""
+        rows the peer lacks, with the hash of the page they complete. The
+        comparison, the budget and the update of what the peer holds are one
+        core call (:meth:`PageTable.take_diff`) over the pages from
+        ``o.dirty_from`` on only."""
         assert o.acked is not None
         cache.refresh()
         first = o.dirty_from or 0
@@ -180,65 +186,48 @@ class KVChannel:
         o.dirty_from = o.dirty_token = None
         acked = o.acked
         mine = cache.page_table
-        pages = cache.pages
-        last = max(pages, first)
-        acked.reserve(last)
-        ours = mine.hashes[..., first:pages]
-        theirs = acked.hashes[..., first:pages]
-        send = (ours != theirs) & (ours != 0)
-        # Page-major order: earlier pages first when the budget runs out.
-        idx = np.argwhere(send.transpose(3, 0, 1, 2))
-        tokens_changed = acked.tokens != cache.tokens
-        if len(idx) == 0 and not tokens_changed and acked.same_pages(mine):
-            return None, 0
+        tokens = cache.tokens
         pt = cache.page_tokens
         held = acked.tokens
-        tail_page = -1
-        if touched is not None and touched >= held and held % pt and held < cache.tokens:
+        tail_page = None
+        if touched is not None and touched >= held and held % pt and held < tokens:
             tail_page = held // pt  # the peer's partial last page only grew
-        absolute = idx[:, 0] + first
-        rows = np.minimum(pt, cache.tokens - absolute * pt)
-        skip = np.where(absolute == tail_page, held - tail_page * pt, 0)
-        sizes = (rows - skip) * cache.row_bytes
+        plan = acked.take_diff(mine, first, tokens, pt, cache.row_bytes, tail_page, budget)
+        if plan is None:
+            return None, 0
+        planned, sent, used, resume = plan
         flags = KV_COMPLETE
-        if len(idx) and int(sizes.sum()) > budget:
-            fit = int(np.searchsorted(np.cumsum(sizes), budget, side="right"))
-            fit = max(fit, 1)  # always progress
-            if fit < len(idx):
-                # Whole pages below the first unsent one went; resume there.
-                o.dirty_from = first + int(idx[fit, 0])
-                o.dirty_token = o.dirty_from * pt
-                idx, sizes, skip = idx[:fit], sizes[:fit], skip[:fit]
-                flags = 0
-        runs: list[KVRun] = []
-        acked.tokens = cache.tokens
-        acked.cut(pages)
-        if len(idx):
-            for offset in sorted({int(x) for x in skip}):
-                part = idx[skip == offset]
-                order = np.lexsort((part[:, 0], part[:, 3], part[:, 2], part[:, 1]))
-                part = part[order]
-                groups = part[:, 1] * 2 + part[:, 2]
-                bounds = np.flatnonzero(np.diff(groups)) + 1
-                for chunk in np.split(part, bounds):
-                    runs.append(self._run(cache, chunk, first, offset))
-            for r in runs:
-                acked.set_pages(r.layer, r.kind, r.heads, r.pages, r.hashes)
+        if resume is not None:
+            # Whole pages below the first unsent one went; resume there.
+            o.dirty_from = resume
+            o.dirty_token = resume * pt
+            flags = 0
+        runs = tuple(
+            self._run(cache, lk >> 1, lk & 1, offset, heads, pidx, hashes)
+            for lk, offset, heads, pidx, hashes in planned
+        )
         m = self.link.metrics
-        m.kv_pages_sent += len(idx)
-        m.kv_page_bytes_sent += int(sizes.sum()) if len(idx) else 0
-        return self._pages_entry(name, cache, flags, tuple(runs)), int(sizes.sum())
+        m.kv_pages_sent += sent
+        m.kv_page_bytes_sent += used
+        return self._pages_entry(name, cache, flags, runs), used
 
     @staticmethod
-    def _run(cache: KVCache, chunk: np.ndarray, first: int, offset: int) -> KVRun:
-        """The run of one (layer, K|V) for ``chunk`` rows of (page - first,
-        layer, kind, head), each page from row ``offset`` on."""
-        layer, kind = int(chunk[0, 1]), int(chunk[0, 2])
-        heads = chunk[:, 3].astype(np.uint32)
-        pidx = (chunk[:, 0] + first).astype(np.uint32)
-        hashes = cache.page_table.hashes[layer, kind, heads, pidx]
-        payload = cache.gather_pages(layer, kind, heads, pidx, offset)
-        return KVRun(layer, kind, heads, pidx, hashes, payload, offset)
+    def _run(
+        cache: KVCache,
+        layer: int,
+        kind: int,
+        offset: int,
+        heads: bytes,
+        pages: bytes,
+        hashes: bytes,
+    ) -> KVRun:
+        """The run of one (layer, K|V): pages ``pages[i]`` of heads
+        ``heads[i]`` (little-endian ``u32``) with their hashes (``u64``),
+        each from row ``offset`` of its page on."""
+        h = np.frombuffer(heads, _U32LE)
+        p = np.frombuffer(pages, _U32LE)
+        payload = cache.gather_pages(layer, kind, h, p, offset)
+        return KVRun(layer, kind, h, p, np.frombuffer(hashes, _U64LE), payload, offset)
 
     # -- receiving ----------------------------------------------------------------
 

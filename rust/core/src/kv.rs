@@ -20,6 +20,8 @@ use xxhash_rust::xxh3::{xxh3_64, Xxh3Default};
 
 use crate::error::{Error, Result};
 
+pub mod table;
+
 /// Values per GGML quantization block.
 pub const QK: usize = 32;
 /// Bytes of one Q4_0 block: an `f16` scale and 16 bytes of nibbles.

@@ -6,7 +6,7 @@
 //! around the kernels. The Python layer (`hybridsync.kv`) checks dtypes and
 //! shapes; here only byte sizes are checked (by the core crate).
 
-use hybridsync_core::kv::{self, Float, Format, PageLayout};
+use hybridsync_core::kv::{self, table, Float, Format, PageLayout};
 use pyo3::buffer::PyUntypedBuffer;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -315,4 +315,275 @@ pub fn kv_page_hash(py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<u64> {
     let data_buf = PyUntypedBuffer::get(data)?;
     let b = bytes_of(&data_buf, "data")?;
     Ok(maybe_detach(py, b.len(), || kv::page_hash(b)))
+}
+
+// -- page tables ----------------------------------------------------------
+
+/// True when two buffers share memory.
+fn overlaps(a: &PyUntypedBuffer, b: &PyUntypedBuffer) -> bool {
+    let (a0, b0) = (a.buf_ptr() as usize, b.buf_ptr() as usize);
+    let (a1, b1) = (a0 + a.len_bytes(), b0 + b.len_bytes());
+    a.len_bytes() > 0 && b.len_bytes() > 0 && a0 < b1 && b0 < a1
+}
+
+fn shape(rows: usize, width: usize) -> table::TableShape {
+    table::TableShape { rows, width }
+}
+
+/// The wrapping sum of the keyed mixes of slots `first..last` of every row
+/// of a page table (`u64`, `rows` x `width`).
+#[pyfunction]
+pub fn kv_table_range_sum(
+    py: Python<'_>,
+    table: &Bound<'_, PyAny>,
+    rows: usize,
+    width: usize,
+    first: usize,
+    last: usize,
+) -> PyResult<u64> {
+    let t_buf = PyUntypedBuffer::get(table)?;
+    let t = bytes_of(&t_buf, "table")?;
+    let size = rows.saturating_mul(last.saturating_sub(first)) * 8;
+    Ok(maybe_detach(py, size, || {
+        table::range_sum(t, shape(rows, width), first, last)
+    })
+    .map_err(CoreError)?)
+}
+
+/// Replace slots `first..` of every row by `block` (`rows` x n `u64`);
+/// returns the change of the table's sum.
+#[pyfunction]
+pub fn kv_table_set_range(
+    py: Python<'_>,
+    table: &Bound<'_, PyAny>,
+    rows: usize,
+    width: usize,
+    first: usize,
+    block: &Bound<'_, PyAny>,
+) -> PyResult<u64> {
+    let t_buf = PyUntypedBuffer::get(table)?;
+    let b_buf = PyUntypedBuffer::get(block)?;
+    if overlaps(&t_buf, &b_buf) {
+        return Err(invalid("block and table share memory"));
+    }
+    let t = bytes_of_mut(&t_buf, "table")?;
+    let b = bytes_of(&b_buf, "block")?;
+    Ok(maybe_detach(py, b.len(), || {
+        table::set_range(t, shape(rows, width), first, b)
+    })
+    .map_err(CoreError)?)
+}
+
+/// Zero slots `first..last` of every row (`last` clamped to the width);
+/// returns the change of the table's sum.
+#[pyfunction]
+pub fn kv_table_cut(
+    py: Python<'_>,
+    table: &Bound<'_, PyAny>,
+    rows: usize,
+    width: usize,
+    first: usize,
+    last: usize,
+) -> PyResult<u64> {
+    let t_buf = PyUntypedBuffer::get(table)?;
+    let t = bytes_of_mut(&t_buf, "table")?;
+    let size = rows.saturating_mul(last.saturating_sub(first)) * 8;
+    Ok(
+        maybe_detach(py, size, || table::cut(t, shape(rows, width), first, last))
+            .map_err(CoreError)?,
+    )
+}
+
+/// Set slot `page_index[i]` of row `row0 + head_index[i]` to `hashes[i]`
+/// (`u32`, `u32`, `u64` buffers; heads below `heads`). Returns `(change of
+/// the sum, one past the highest page)`, or `(None, width needed)` without
+/// writing when a page lies beyond the width.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+pub fn kv_table_set_pages(
+    py: Python<'_>,
+    table: &Bound<'_, PyAny>,
+    rows: usize,
+    width: usize,
+    heads: usize,
+    row0: usize,
+    head_index: &Bound<'_, PyAny>,
+    page_index: &Bound<'_, PyAny>,
+    hashes: &Bound<'_, PyAny>,
+) -> PyResult<(Option<u64>, usize)> {
+    let t_buf = PyUntypedBuffer::get(table)?;
+    let head_index_buf = PyUntypedBuffer::get(head_index)?;
+    let page_index_buf = PyUntypedBuffer::get(page_index)?;
+    let hashes_buf = PyUntypedBuffer::get(hashes)?;
+    let t = bytes_of_mut(&t_buf, "table")?;
+    let hi: Vec<u32> = typed(bytes_of(&head_index_buf, "head_index")?, "head_index")?;
+    let pi: Vec<u32> = typed(bytes_of(&page_index_buf, "page_index")?, "page_index")?;
+    let hs: Vec<u64> = typed(bytes_of(&hashes_buf, "hashes")?, "hashes")?;
+    let done = maybe_detach(py, hs.len() * 8, || {
+        table::set_pages(t, shape(rows, width), heads, row0, &hi, &pi, &hs)
+    })
+    .map_err(CoreError)?;
+    Ok(match done {
+        table::SetPages::Done { delta, end } => (Some(delta), end),
+        table::SetPages::Grow(need) => (None, need),
+    })
+}
+
+/// Hash pages `first..last` of every head of the tensors `bufs` (one per
+/// (layer, K|V), in order, each laid out as in `kv_hash_pages`) into slots
+/// `first..last` of the page table (`u64`, `len(bufs) * heads` x `width`);
+/// returns the change of the table's sum.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+pub fn kv_table_hash(
+    py: Python<'_>,
+    bufs: Vec<Bound<'_, PyAny>>,
+    heads: usize,
+    capacity: usize,
+    row_bytes: usize,
+    page_rows: usize,
+    rows: usize,
+    first: usize,
+    last: usize,
+    table: &Bound<'_, PyAny>,
+    width: usize,
+) -> PyResult<u64> {
+    let t_buf = PyUntypedBuffer::get(table)?;
+    let mut held = Vec::with_capacity(bufs.len());
+    for b in &bufs {
+        let b_buf = PyUntypedBuffer::get(b)?;
+        if overlaps(&t_buf, &b_buf) {
+            return Err(invalid("a tensor and the table share memory"));
+        }
+        held.push(b_buf);
+    }
+    let mut tensors = Vec::with_capacity(held.len());
+    for b in &held {
+        tensors.push(bytes_of(b, "buf")?);
+    }
+    let t = bytes_of_mut(&t_buf, "table")?;
+    let l = layout(heads, capacity, row_bytes, page_rows, rows);
+    // Every tensor checked before the first is hashed: all or nothing.
+    for b in &tensors {
+        l.check(b.len()).map_err(CoreError)?;
+    }
+    let size = tensors
+        .len()
+        .saturating_mul(heads)
+        .saturating_mul(last.saturating_sub(first))
+        .saturating_mul(page_rows)
+        .saturating_mul(row_bytes);
+    let s = shape(tensors.len().saturating_mul(heads), width);
+    Ok(maybe_detach(py, size, || {
+        let mut delta = 0u64;
+        for (i, b) in tensors.iter().enumerate() {
+            delta = delta.wrapping_add(table::hash_into(b, &l, first, last, t, s, i * heads)?);
+        }
+        Ok::<u64, hybridsync_core::Error>(delta)
+    })
+    .map_err(CoreError)?)
+}
+
+type PlannedRunOut<'py> = (
+    usize,
+    usize,
+    Bound<'py, PyBytes>,
+    Bound<'py, PyBytes>,
+    Bound<'py, PyBytes>,
+);
+type DiffPlanOut<'py> = (
+    Vec<PlannedRunOut<'py>>,
+    usize,
+    usize,
+    Option<usize>,
+    u64,
+    usize,
+);
+
+/// Plan the pages of `mine` (`u64`, `rows` x `mine_width`) that the peer's
+/// table `acked` (`rows` x `acked_width`) lacks, from page `first` on, and
+/// record them in `acked` (see `hybridsync_core::kv::table::plan_diff`).
+/// Returns None (writing nothing) when nothing differs; else `(runs, pages
+/// sent, bytes sent, page to resume from or None, change of acked's sum,
+/// acked's new end)`, each run `(layer * 2 + kind, offset, heads u32,
+/// pages u32, hashes u64)` with little-endian bytes.
+#[pyfunction]
+#[pyo3(signature = (mine, acked, rows, mine_width, acked_width, heads, first, pages, tokens, held, page_rows, row_bytes, tail_page, budget, acked_end, same_sum))]
+#[allow(clippy::too_many_arguments)]
+pub fn kv_plan_diff<'py>(
+    py: Python<'py>,
+    mine: &Bound<'_, PyAny>,
+    acked: &Bound<'_, PyAny>,
+    rows: usize,
+    mine_width: usize,
+    acked_width: usize,
+    heads: usize,
+    first: usize,
+    pages: usize,
+    tokens: usize,
+    held: usize,
+    page_rows: usize,
+    row_bytes: usize,
+    tail_page: Option<usize>,
+    budget: usize,
+    acked_end: usize,
+    same_sum: bool,
+) -> PyResult<Option<DiffPlanOut<'py>>> {
+    let m_buf = PyUntypedBuffer::get(mine)?;
+    let a_buf = PyUntypedBuffer::get(acked)?;
+    if overlaps(&m_buf, &a_buf) {
+        return Err(invalid("the two tables share memory"));
+    }
+    let m = bytes_of(&m_buf, "mine")?;
+    let a = bytes_of_mut(&a_buf, "acked")?;
+    let input = table::DiffInput {
+        heads,
+        first,
+        pages,
+        tokens,
+        held,
+        page_rows,
+        row_bytes,
+        tail_page,
+        budget,
+        acked_end,
+    };
+    let size = rows.saturating_mul(pages.saturating_sub(first)) * 8;
+    let plan = maybe_detach(py, size, || {
+        table::plan_diff(
+            m,
+            shape(rows, mine_width),
+            a,
+            shape(rows, acked_width),
+            &input,
+            same_sum,
+        )
+    })
+    .map_err(CoreError)?;
+    let Some(plan) = plan else {
+        return Ok(None);
+    };
+    let runs = plan
+        .runs
+        .iter()
+        .map(|r| {
+            let le32 = |v: &[u32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+            let le64: Vec<u8> = r.hashes.iter().flat_map(|x| x.to_le_bytes()).collect();
+            (
+                r.layer_kind,
+                r.offset,
+                PyBytes::new(py, &le32(&r.heads)),
+                PyBytes::new(py, &le32(&r.pages)),
+                PyBytes::new(py, &le64),
+            )
+        })
+        .collect();
+    Ok(Some((
+        runs,
+        plan.sent,
+        plan.bytes,
+        plan.resume,
+        plan.delta,
+        plan.end,
+    )))
 }

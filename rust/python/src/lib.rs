@@ -679,6 +679,12 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(kv::kv_verify_pages, m)?)?;
     m.add_function(wrap_pyfunction!(kv::kv_scatter_pages, m)?)?;
     m.add_function(wrap_pyfunction!(kv::kv_page_hash, m)?)?;
+    m.add_function(wrap_pyfunction!(kv::kv_table_range_sum, m)?)?;
+    m.add_function(wrap_pyfunction!(kv::kv_table_set_range, m)?)?;
+    m.add_function(wrap_pyfunction!(kv::kv_table_cut, m)?)?;
+    m.add_function(wrap_pyfunction!(kv::kv_table_set_pages, m)?)?;
+    m.add_function(wrap_pyfunction!(kv::kv_table_hash, m)?)?;
+    m.add_function(wrap_pyfunction!(kv::kv_plan_diff, m)?)?;
     m.add_function(wrap_pyfunction!(frame::encode_frame, m)?)?;
     m.add_function(wrap_pyfunction!(frame::decode_frame, m)?)?;
     m.add_function(wrap_pyfunction!(frame::decode_frame_as, m)?)?;
