@@ -30,9 +30,10 @@ from __future__ import annotations
 import json
 import math
 import secrets
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator, MutableMapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 from typing import Any, Union
@@ -391,6 +392,27 @@ def _leaves_pending(update: bytes, state: bytes) -> bool:
         return any(clock + length > sv.get(c, 0) for c, clock, length in ranges)
     except (ValueError, RuntimeError, DecodeError):
         return True
+
+
+def _weakly(target: Any, method: str, *extra: Any) -> Callable[[Any], None]:
+    """A callback calling ``target.<method>(event, *extra)`` that holds
+    ``target`` by a weak reference (does nothing once it is gone)."""
+    ref = weakref.ref(target)
+
+    def call(event: Any) -> None:
+        obj = ref()
+        if obj is not None:
+            getattr(obj, method)(event, *extra)
+
+    return call
+
+
+def _unobserve_all(subs: list[tuple[Any, Any]]) -> None:
+    """Drop the subscriptions ``(document or type, subscription)``."""
+    while subs:
+        owner, sub = subs.pop()
+        with suppress(ValueError, RuntimeError):  # dropped already
+            owner.unobserve(sub)
 
 
 def _covers(state: dict[int, int], point: dict[int, int]) -> bool:
@@ -763,6 +785,9 @@ class Meta(_LiveMapping):
         #: take_touched() (None: unknown, compare everything).
         self._watching = False
         self._watch: Any = None  # the observe_deep subscription while watching
+        #: (document or type, subscription) of the current epoch's observers.
+        self._subs: list[tuple[Any, Any]] = []
+        weakref.finalize(self, _unobserve_all, self._subs).atexit = False
         self._touched: set[tuple[str, ...]] | None = None
         # Every replica starts on an epoch 0 of its own: the first exchange
         # with an upstream moves it onto the upstream's epoch.
@@ -790,6 +815,7 @@ class Meta(_LiveMapping):
         if isinstance(old, _Doc) and old.log is not None:
             old.log.stop()  # an ended epoch's document (a root may keep it for late updates)
             old.log = None
+        _unobserve_all(self._subs)  # the ended document's observers
         doc = _Doc(client_id=self._client)
         self._doc: Doc[Any] = doc
         if base:
@@ -808,10 +834,19 @@ class Meta(_LiveMapping):
         doc.log = log
         # Every transaction's update (own writes and peers' updates alike)
         # feeds the estimate and the log: O(size of the change).
-        self._doc.observe(lambda event: self._count_update(event, log))
+        # (The CRDT holds its callbacks from native code, where the garbage
+        # collector cannot see a cycle back to us: they hold us weakly, or
+        # a dropped replica would never be freed.)
+        # The CRDT holds its callbacks, and they hold the document, from
+        # native code, where the garbage collector cannot see the cycle: the
+        # callbacks hold us weakly, and each document's subscriptions are
+        # dropped when its epoch ends or we are freed (self._subs), or every
+        # document ever observed would stay in memory.
+        self._subs.append((doc, doc.observe(_weakly(self, "_count_update", log))))
         self.metrics.epoch = epoch
         if self._watching:
-            self._watch = self._root.observe_deep(self._note_paths)
+            self._watch = self._root.observe_deep(_weakly(self, "_note_paths"))
+            self._subs.append((self._root, self._watch))
             self._touched = None  # a new document: compare everything once
 
     # -- what changed, for observers (hybridsync.channels.events)
@@ -820,8 +855,10 @@ class Meta(_LiveMapping):
         """Record (``on``) or stop recording which paths change, so that
         observers compare only those (O(size of the change), not O(state))."""
         if on and not self._watching:
-            self._watch = self._root.observe_deep(self._note_paths)
+            self._watch = self._root.observe_deep(_weakly(self, "_note_paths"))
+            self._subs.append((self._root, self._watch))
         elif not on and self._watching:
+            self._subs.remove((self._root, self._watch))
             self._root.unobserve(self._watch)
             self._watch = None
         self._watching = on
