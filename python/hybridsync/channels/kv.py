@@ -39,7 +39,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import numpy as np
 
@@ -60,6 +60,8 @@ from hybridsync._core import (
 from hybridsync.channels.checks import check_encodable
 from hybridsync.channels.events import ChangeBus, KVEvent, Origin, Subscription
 from hybridsync.errors import DecodeError, InvalidArgumentError, OwnershipError
+
+_T = TypeVar("_T")
 
 __all__ = [
     "FORMATS",
@@ -206,6 +208,12 @@ def mlx4_parts(rows: np.ndarray, head_dim: int, scale_type: str) -> tuple[np.nda
     s = rows[..., half : half + groups * size].view(dt)
     b = rows[..., half + groups * size :].view(dt)
     return w, s, b
+
+
+def _least(a: np.ndarray) -> int:
+    """The smallest value of a non-empty index array (a short one without a
+    numpy reduction, which costs more than the list)."""
+    return int(min(a.tolist())) if len(a) <= 64 else int(a.min())
 
 
 def _check_format(fmt: str) -> None:
@@ -568,7 +576,7 @@ class KVCache:
         PAGES run carries)."""
         buf = self._bufs[layer][kind]
         payload: bytes = kv_gather_pages(
-            buf.reshape(-1),
+            buf,
             self.kv_heads,
             buf.shape[1],
             self._row_bytes,
@@ -846,7 +854,7 @@ class KVCache:
             buf = self._bufs[r.layer][r.kind]
             try:
                 kv_scatter_pages(
-                    buf.reshape(-1),
+                    buf,
                     g.kv_heads,
                     buf.shape[1],
                     self._row_bytes,
@@ -866,7 +874,7 @@ class KVCache:
                 # check after this entry asks for the sender's pages again.
                 diverged = True
             if len(r.pages):
-                first_token = min(first_token, int(r.pages.min()) * g.page_tokens + r.offset)
+                first_token = min(first_token, _least(r.pages) * g.page_tokens + r.offset)
         self._source = source
         first = int(first_token) // g.page_tokens
         self._stale_from = first if self._stale_from is None else min(self._stale_from, first)
@@ -934,6 +942,15 @@ class KVCaches(MutableMapping[str, KVCache]):
 
     def __getitem__(self, name: str) -> KVCache:
         return self._caches[name]
+
+    @overload
+    def get(self, name: str, /) -> KVCache | None: ...
+    @overload
+    def get(self, name: str, /, default: KVCache | _T) -> KVCache | _T: ...
+    def get(self, name: str, /, default: Any = None) -> Any:
+        # Links look caches up several times a cycle: no detour through
+        # Mapping.get and __getitem__.
+        return self._caches.get(name, default)
 
     def __setitem__(self, name: str, cache: KVCache) -> None:
         if not isinstance(name, str) or not name:

@@ -343,7 +343,9 @@ pub fn kv_table_range_sum(
 ) -> PyResult<u64> {
     let t_buf = PyUntypedBuffer::get(table)?;
     let t = bytes_of(&t_buf, "table")?;
-    let size = rows.saturating_mul(last.saturating_sub(first)) * 8;
+    let size = rows
+        .saturating_mul(last.saturating_sub(first))
+        .saturating_mul(8);
     Ok(maybe_detach(py, size, || {
         table::range_sum(t, shape(rows, width), first, last)
     })
@@ -387,7 +389,9 @@ pub fn kv_table_cut(
 ) -> PyResult<u64> {
     let t_buf = PyUntypedBuffer::get(table)?;
     let t = bytes_of_mut(&t_buf, "table")?;
-    let size = rows.saturating_mul(last.saturating_sub(first)) * 8;
+    let size = rows
+        .saturating_mul(last.saturating_sub(first))
+        .saturating_mul(8);
     Ok(
         maybe_detach(py, size, || table::cut(t, shape(rows, width), first, last))
             .map_err(CoreError)?,
@@ -548,7 +552,9 @@ pub fn kv_plan_diff<'py>(
         budget,
         acked_end,
     };
-    let size = rows.saturating_mul(pages.saturating_sub(first)) * 8;
+    let size = rows
+        .saturating_mul(pages.saturating_sub(first))
+        .saturating_mul(8);
     let plan = maybe_detach(py, size, || {
         table::plan_diff(
             m,

@@ -371,21 +371,25 @@ pub fn plan_diff(
         return Ok(None);
     }
     let tail_skip = |page: usize| match d.tail_page {
-        Some(t) if t == page => d.held.saturating_sub(t * d.page_rows),
+        Some(t) if t == page => d.held.saturating_sub(t.saturating_mul(d.page_rows)),
         _ => 0,
     };
     let size = |page: usize| {
         let rows_in = d.page_rows.min(d.tokens - page * d.page_rows);
-        rows_in.saturating_sub(tail_skip(page)) * d.row_bytes
+        rows_in
+            .saturating_sub(tail_skip(page))
+            .saturating_mul(d.row_bytes)
     };
-    let total: usize = diff.iter().map(|&(p, _)| size(p)).sum();
+    let total = diff
+        .iter()
+        .fold(0usize, |acc, &(p, _)| acc.saturating_add(size(p)));
     let mut resume = None;
     let mut bytes = total;
     if !diff.is_empty() && total > d.budget {
         let mut fit = 0;
         let mut acc = 0usize;
         for &(p, _) in &diff {
-            acc += size(p);
+            acc = acc.saturating_add(size(p));
             if acc > d.budget {
                 break;
             }
@@ -395,7 +399,9 @@ pub fn plan_diff(
         if fit < diff.len() {
             resume = Some(diff[fit].0);
             diff.truncate(fit);
-            bytes = diff.iter().map(|&(p, _)| size(p)).sum();
+            bytes = diff
+                .iter()
+                .fold(0usize, |acc, &(p, _)| acc.saturating_add(size(p)));
         }
     }
     // The peer holds what is sent: nothing from `pages` on, then these pages.
