@@ -118,6 +118,8 @@ class KVChannel:
     def entries(self) -> tuple[KVEntry, ...]:
         """This frame's KV entries: at most one per cache (a HAVE waiting
         behind another entry for the same cache goes in the next frame)."""
+        if not (self.pending or self.haves or self.deletes):
+            return ()
         out: list[KVEntry] = [
             KVEntry(name, KVKind.DELETE, owner, uid)
             for name, (owner, uid) in sorted(self.deletes.items())
@@ -297,7 +299,9 @@ class KVChannel:
             # The owner's cache of another incarnation (it re-created or
             # reloaded it): keep our rows, the page tables tell what differs.
             port.follow(cache, e.uid, self)
-        o = self.out.setdefault(e.name, _Out())
+        o = self.out.get(e.name)
+        if o is None:
+            o = self.out[e.name] = _Out()
         o.probe = None
         o.dirty_from = None
         self.pending.discard(e.name)
