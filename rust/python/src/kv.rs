@@ -419,10 +419,11 @@ pub fn kv_table_set_pages(
     let head_index_buf = PyUntypedBuffer::get(head_index)?;
     let page_index_buf = PyUntypedBuffer::get(page_index)?;
     let hashes_buf = PyUntypedBuffer::get(hashes)?;
-    let t = bytes_of_mut(&t_buf, "table")?;
+    // The indices are copied out before the table is borrowed for writing.
     let hi: Vec<u32> = typed(bytes_of(&head_index_buf, "head_index")?, "head_index")?;
     let pi: Vec<u32> = typed(bytes_of(&page_index_buf, "page_index")?, "page_index")?;
     let hs: Vec<u64> = typed(bytes_of(&hashes_buf, "hashes")?, "hashes")?;
+    let t = bytes_of_mut(&t_buf, "table")?;
     let done = maybe_detach(py, hs.len() * 8, || {
         table::set_pages(t, shape(rows, width), heads, row0, &hi, &pi, &hs)
     })
