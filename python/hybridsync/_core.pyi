@@ -31,6 +31,7 @@ __all__ = [
     "decode_frame_as",
     "diff",
     "encode_frame",
+    "kv_apply_pages",
     "kv_dequantize",
     "kv_gather_pages",
     "kv_hash_pages",
@@ -44,6 +45,7 @@ __all__ = [
     "kv_table_range_sum",
     "kv_table_set_pages",
     "kv_table_set_range",
+    "kv_table_set_runs",
     "kv_verify_pages",
     "make_delta",
     "make_patch",
@@ -208,6 +210,22 @@ def kv_table_set_pages(
     page_index: _Buf,
     hashes: _Buf,
 ) -> tuple[int | None, int]: ...
+def kv_table_set_runs(
+    table: _Buf, rows: int, width: int, heads: int, runs: Iterable[_RunLike]
+) -> tuple[int | None, int]: ...
+def kv_apply_pages(
+    tensors: Sequence[_Buf],
+    heads: int,
+    capacity: int,
+    row_bytes: int,
+    page_rows: int,
+    rows: int,
+    runs: Iterable[_RunLike],
+    first_row: int,
+    stale_page: int,
+    table: _Buf,
+    width: int,
+) -> tuple[int, bool, int]: ...
 def kv_table_hash(
     bufs: Sequence[_Buf],
     heads: int,
@@ -238,6 +256,24 @@ def kv_plan_diff(
     acked_end: int,
     same_sum: bool,
 ) -> tuple[list[tuple[int, int, bytes, bytes, bytes]], int, int, int | None, int, int] | None: ...
+
+class _RunLike(Protocol):
+    """A run of KV pages (``hybridsync.sync.frame.KVRun``)."""
+
+    @property
+    def layer(self) -> int: ...
+    @property
+    def kind(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def heads(self) -> _Buf: ...
+    @property
+    def pages(self) -> _Buf: ...
+    @property
+    def hashes(self) -> _Buf: ...
+    @property
+    def payload(self) -> _Buf: ...
 
 # -- the frame codec (hybridsync.sync.frame builds its dataclasses around it) --
 
@@ -340,6 +376,8 @@ def decode_frame_as(
     *,
     max_bytes: int = 67108864,
     max_kv_bytes: int = 68719476736,
+    kv_types: tuple[type, type, type, tuple[Any, ...], tuple[Any, ...], Any, Any, Any]
+    | None = None,
 ) -> tuple[Any, list[_KVEntryOut]]: ...
 
 # -- the audit log (hybridsync.audit) --------------------------------------------

@@ -37,29 +37,30 @@ conflict is recorded in ``memory.kv.conflicts``.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
 import numpy as np
 
 from hybridsync._core import (
+    kv_apply_pages,
     kv_dequantize,
     kv_gather_pages,
     kv_hash_pages,
     kv_plan_diff,
     kv_quantize,
     kv_row_bytes,
-    kv_scatter_pages,
     kv_table_cut,
     kv_table_hash,
     kv_table_range_sum,
     kv_table_set_pages,
     kv_table_set_range,
+    kv_table_set_runs,
 )
 from hybridsync.channels.checks import check_encodable
 from hybridsync.channels.events import ChangeBus, KVEvent, Origin, Subscription
-from hybridsync.errors import DecodeError, InvalidArgumentError, OwnershipError
+from hybridsync.errors import InvalidArgumentError, OwnershipError
 
 _T = TypeVar("_T")
 
@@ -210,12 +211,6 @@ def mlx4_parts(rows: np.ndarray, head_dim: int, scale_type: str) -> tuple[np.nda
     return w, s, b
 
 
-def _least(a: np.ndarray) -> int:
-    """The smallest value of a non-empty index array (a short one without a
-    numpy reduction, which costs more than the list)."""
-    return int(min(a.tolist())) if len(a) <= 64 else int(a.min())
-
-
 def _check_format(fmt: str) -> None:
     if fmt not in FORMATS:
         raise InvalidArgumentError(f"unknown KV format {fmt!r}: use one of {FORMATS}")
@@ -298,6 +293,20 @@ class PageTable:
         self._add(delta)
         self._end = max(self._end, end)
 
+    def set_runs(self, runs: Sequence[Any]) -> None:
+        """:meth:`set_pages` for every run of a PAGES entry (objects with
+        ``layer``, ``kind``, ``heads``, ``pages`` and ``hashes``, as
+        :class:`~hybridsync.sync.frame.KVRun`), in one core call."""
+        while True:
+            delta, end = kv_table_set_runs(
+                self.hashes, self._rows, self.hashes.shape[-1], self.heads, runs
+            )
+            if delta is not None:
+                break
+            self.reserve(end)
+        self._add(delta)
+        self._end = max(self._end, end)
+
     def cut(self, pages: int) -> None:
         """Forget every page from ``pages`` on."""
         width = self.hashes.shape[-1]
@@ -312,7 +321,7 @@ class PageTable:
         g = cache.geometry
         self._add(
             kv_table_hash(
-                [buf for layer in cache._bufs for buf in layer],
+                cache._tensors,
                 g.kv_heads,
                 cache._capacity,
                 cache._row_bytes,
@@ -388,7 +397,11 @@ class PageTable:
 
 @dataclass(frozen=True)
 class Geometry:
-    """What defines a cache's layout (and travels with its pages)."""
+    """What defines a cache's layout (and travels with its pages).
+
+    The frame decoder makes instances without running ``__init__``
+    (``hybridsync.sync.frame``): the class stays plain (no ``__slots__``,
+    no ``__post_init__``); the frame module checks its fields at import."""
 
     layers: int
     kv_heads: int
@@ -480,6 +493,8 @@ class KVCache:
             [np.zeros((kv_heads, 0, self._row_bytes), np.uint8) for _ in range(2)]
             for _ in range(layers)
         ]
+        #: The same tensors in (layer, K|V) order, as the table kernels take them.
+        self._tensors = [buf for layer in self._bufs for buf in layer]
         self._table = PageTable(layers, kv_heads)
         self._stale_from: int | None = None
         #: The replica's caches this one is attached to (as owned or mirror).
@@ -622,6 +637,7 @@ class KVCache:
                 new = np.zeros((self.kv_heads, cap, self._row_bytes), np.uint8)
                 new[:, : self._tokens] = old[:, : self._tokens]
                 layer[kind] = new
+        self._tensors = [buf for layer in self._bufs for buf in layer]
         self._capacity = cap
 
     def _stale(self, token: int) -> None:
@@ -848,42 +864,46 @@ class KVCache:
                     buf[:, e.tokens : old] = 0
         self._reserve(e.tokens)
         self._tokens = e.tokens
-        first_token = min(old, e.tokens)
-        diverged = False
-        for r in e.runs:
-            buf = self._bufs[r.layer][r.kind]
-            try:
-                kv_scatter_pages(
-                    buf,
-                    g.kv_heads,
-                    buf.shape[1],
-                    self._row_bytes,
-                    g.page_tokens,
-                    self._tokens,
-                    r.heads,
-                    r.pages,
-                    r.hashes,
-                    r.payload,
-                    r.offset,
-                )
-            except DecodeError:
-                if not r.offset:
-                    raise  # whole pages were verified while decoding
-                # Tails that do not complete our pages: our first rows differ
-                # from the sender's (divergence). Left as they are; the digest
-                # check after this entry asks for the sender's pages again.
-                diverged = True
-            if len(r.pages):
-                first_token = min(first_token, _least(r.pages) * g.page_tokens + r.offset)
+        pages = self.pages
+        table = self._table
+        table.cut(pages)
+        table.tokens = e.tokens
+        table.reserve(pages)
+        stale = self._stale_from
+        try:
+            # One core call: every run checked and written (whole pages were
+            # verified while decoding; tails that do not complete our pages
+            # -- our first rows differ from the sender's, divergence -- are
+            # left as they are, and the digest check after this entry asks
+            # for the sender's pages again), and the table brought up to
+            # date: written pages take the hashes just checked, the others
+            # from the first row touched on are hashed.
+            first_token, diverged, delta = kv_apply_pages(
+                self._tensors,
+                g.kv_heads,
+                self._capacity,
+                self._row_bytes,
+                g.page_tokens,
+                e.tokens,
+                e.runs,
+                min(old, e.tokens),
+                pages if stale is None else stale,
+                table.hashes,
+                table.hashes.shape[-1],
+            )
+        except BaseException:
+            self._stale_from = 0  # some runs may be written: rehash all
+            raise
+        table._add(delta)
+        table._end = max(table._end, pages)
+        self._stale_from = None
         self._source = source
-        first = int(first_token) // g.page_tokens
-        self._stale_from = first if self._stale_from is None else min(self._stale_from, first)
-        self.refresh()
+        first = first_token // g.page_tokens
         self._complete = (
-            complete_digest is not None and not diverged and self._table.digest() == complete_digest
+            complete_digest is not None and not diverged and table.digest() == complete_digest
         )
         if self._caches is not None and self._name is not None:
-            self._caches._announce(self._name, first, source, origin, first_token=int(first_token))
+            self._caches._announce(self._name, first, source, origin, first_token=first_token)
         return diverged
 
     # -- persistence -----------------------------------------------------------

@@ -34,7 +34,7 @@ from hybridsync.errors import (
 )
 
 if TYPE_CHECKING:  # the stub's names for the Rust codec's KV tuples
-    from hybridsync._core import _KVEntryIn, _KVEntryOut
+    from hybridsync._core import _KVEntryIn
 
 __all__ = [
     "FLAG_RENAME",
@@ -747,6 +747,20 @@ _FIELDS: dict[type, tuple[str, ...]] = {
     Entry: ("name", "kind", "ack", "local", "edits", "checksum", "text", "ref"),
     Edit: ("version", "patch", "raw"),
     MetaBlock: ("epoch", "kind", "a", "b", "epoch_id"),
+    KVEntry: (
+        "name",
+        "kind",
+        "owner",
+        "uid",
+        "geometry",
+        "tokens",
+        "digest",
+        "flags",
+        "runs",
+        "table",
+    ),
+    KVRun: ("layer", "kind", "heads", "pages", "hashes", "payload", "offset"),
+    Geometry: ("layers", "kv_heads", "head_dim", "fmt", "page_tokens", "scale_type", "runtime"),
 }
 for _cls, _names in _FIELDS.items():
     if (
@@ -763,7 +777,21 @@ def _by_code(kinds: type[enum.IntEnum]) -> tuple[object, ...]:
 
 
 _TYPES = (Frame, Entry, Edit, MetaBlock, _by_code(Kind), _by_code(MetaKind))
-_KV_KINDS = _by_code(KVKind)
+_LE32 = np.dtype("<u4")
+_LE64 = np.dtype("<u8")
+#: The KV classes for the Rust decoder: entries, runs and geometries are made
+#: there (index arrays and hashes as new writable little-endian arrays,
+#: payloads as views of the frame), with no Python step per entry or run.
+_KV_TYPES = (
+    KVEntry,
+    KVRun,
+    Geometry,
+    _by_code(KVKind),
+    tuple(_FMT_NAMES.get(code) for code in range(max(_FMT_NAMES) + 1)),
+    np.frombuffer,
+    _LE32,
+    _LE64,
+)
 _U64_MAX = (1 << 64) - 1
 
 
@@ -773,52 +801,21 @@ def _kv_tuple(e: KVEntry) -> _KVEntryIn:
     if g is not None:
         code = _FMT_CODES[(g.fmt, g.scale_type if g.fmt == "mlx4" else "f16")]
         geometry = (code, g.layers, g.kv_heads, g.head_dim, g.page_tokens, g.runtime)
+    # One numpy call per array (none copies the usual little-endian arrays).
     runs = [
         (
             r.layer,
             r.kind,
             r.offset,
-            np.ascontiguousarray(r.heads.astype("<u4", copy=False)),
-            np.ascontiguousarray(r.pages.astype("<u4", copy=False)),
-            np.ascontiguousarray(r.hashes.astype("<u8", copy=False)),
+            np.ascontiguousarray(r.heads, _LE32),
+            np.ascontiguousarray(r.pages, _LE32),
+            np.ascontiguousarray(r.hashes, _LE64),
             r.payload,
         )
         for r in e.runs
     ]
-    table = None if e.table is None else np.ascontiguousarray(e.table.astype("<u8", copy=False))
+    table = None if e.table is None else np.ascontiguousarray(e.table, _LE64)
     return (e.name, e.kind, e.owner, e.uid, geometry, e.tokens, e.digest, e.flags, runs, table)
-
-
-def _kv_entries(data: bytes, kv: list[_KVEntryOut]) -> tuple[KVEntry, ...]:
-    view = memoryview(data)
-    out = []
-    for name, code, owner, uid, geo, tokens, digest, flags, runs, table in kv:
-        kind = KVKind(code)
-        if geo is None:
-            out.append(KVEntry(name, kind, owner, uid))
-            continue
-        fmt_code, layers, heads, dim, page, runtime = geo
-        fmt, scale = _FMT_NAMES[fmt_code]
-        g = Geometry(layers, heads, dim, fmt, page, scale, runtime)
-        arr = None
-        if table is not None:
-            at, count = table
-            arr = np.frombuffer(view[at : at + 8 * count], "<u8").astype(np.uint64)
-            arr = arr.reshape(layers, 2, heads, -(-tokens // page))
-        kv_runs = tuple(
-            KVRun(
-                layer,
-                rkind,
-                np.frombuffer(view[h : h + 4 * n], "<u4").astype(np.uint32),
-                np.frombuffer(view[p : p + 4 * n], "<u4").astype(np.uint32),
-                np.frombuffer(view[x : x + 8 * n], "<u8").astype(np.uint64),
-                view[at : at + size],
-                offset,
-            )
-            for layer, rkind, offset, n, h, p, x, at, size in runs
-        )
-        out.append(KVEntry(name, kind, owner, uid, g, tokens, digest, flags, kv_runs, arr))
-    return tuple(out)
 
 
 def encode_frame(frame: Frame, *, compress_threshold: int = 1024, level: int = 3) -> bytes:
@@ -853,12 +850,11 @@ def decode_frame(data: bytes, *, max_bytes: int = 64 << 20, max_kv_bytes: int = 
     if max_bytes < 0:
         raise LimitExceededError(f"frame of {len(data)} bytes exceeds the limit of {max_bytes}")
     frame: Frame
-    frame, kv = _rust_decode_frame_as(
+    frame, _ = _rust_decode_frame_as(
         data,
         _TYPES,
         max_bytes=min(max_bytes, _U64_MAX),
         max_kv_bytes=max(0, min(max_kv_bytes, _U64_MAX)),
+        kv_types=_KV_TYPES,
     )
-    if kv:
-        frame = dataclasses.replace(frame, kv=_kv_entries(data, kv))
     return frame

@@ -319,8 +319,8 @@ class KVChannel:
         else:
             o.acked.tokens = cache.tokens
             o.acked.cut(cache.pages)
-            for r in e.runs:
-                o.acked.set_pages(r.layer, r.kind, r.heads, r.pages, r.hashes)
+            if e.runs:
+                o.acked.set_runs(e.runs)
         self.link.metrics.kv_pages_received += sum(len(r.heads) for r in e.runs)
         if diverged or (e.flags & KV_COMPLETE and cache.page_table.digest() != e.digest):
             self.link.metrics.kv_resyncs += 1

@@ -14,12 +14,14 @@ use hybridsync_core::frame::{
     MetaBlock, MetaKind,
 };
 use hybridsync_core::Error;
-use pyo3::buffer::PyUntypedBuffer;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple, PyType};
+use pyo3::types::{
+    PyByteArray, PyBytes, PyDict, PyList, PyMemoryView, PySlice, PyString, PyTuple, PyType,
+};
 use pyo3::{intern, IntoPyObjectExt};
 
+use crate::buf::Buf;
 use crate::{invalid, maybe_detach, CoreError, Delta, Patch, DETACH_THRESHOLD};
 
 /// A decoded edit's change as a Python object: a ``Delta`` or a ``Patch``.
@@ -33,39 +35,25 @@ fn change_obj(py: Python<'_>, change: Option<Change>) -> PyResult<Bound<'_, PyAn
     })
 }
 
-/// A contiguous buffer's bytes.
-fn bytes_of<'a>(buf: &'a PyUntypedBuffer, what: &str) -> PyResult<&'a [u8]> {
-    if !buf.is_c_contiguous() {
-        return Err(invalid(format!("{what} must be a C-contiguous buffer")));
-    }
-    let len = buf.len_bytes();
-    if len == 0 {
-        return Ok(&[]);
-    }
-    // SAFETY: the exporter guarantees `len_bytes` readable bytes at `buf_ptr`
-    // while the buffer is held; the slice does not outlive `buf`.
-    Ok(unsafe { std::slice::from_raw_parts(buf.buf_ptr() as *const u8, len) })
-}
-
 /// Bytes from Python: a `bytes` object (read in place), or any other
 /// C-contiguous buffer (bytearray, memoryview, numpy array).
 enum Blob<'py> {
     Bytes(Bound<'py, PyBytes>),
-    Buffer(PyUntypedBuffer),
+    Buffer(Buf<'py>),
 }
 
 impl<'py> Blob<'py> {
     fn new(obj: Bound<'py, PyAny>) -> PyResult<Self> {
         match obj.cast_into::<PyBytes>() {
             Ok(b) => Ok(Blob::Bytes(b)),
-            Err(e) => Ok(Blob::Buffer(PyUntypedBuffer::get(&e.into_inner())?)),
+            Err(e) => Ok(Blob::Buffer(Buf::get(&e.into_inner(), "bytes")?)),
         }
     }
 
     fn as_bytes(&self) -> PyResult<&[u8]> {
         match self {
             Blob::Bytes(b) => Ok(b.as_bytes()),
-            Blob::Buffer(b) => bytes_of(b, "bytes"),
+            Blob::Buffer(b) => Ok(b.bytes()),
         }
     }
 }
@@ -98,14 +86,14 @@ struct MetaObj<'py> {
     b: Option<Blob<'py>>,
 }
 
-struct RunObj {
+struct RunObj<'py> {
     layer: u64,
     kind: u8,
     offset: u64,
-    heads: PyUntypedBuffer,
-    pages: PyUntypedBuffer,
-    hashes: PyUntypedBuffer,
-    payload: PyUntypedBuffer,
+    heads: Buf<'py>,
+    pages: Buf<'py>,
+    hashes: Buf<'py>,
+    payload: Buf<'py>,
 }
 
 struct KvObj<'py> {
@@ -118,8 +106,8 @@ struct KvObj<'py> {
     tokens: u64,
     digest: u64,
     flags: u8,
-    runs: Vec<RunObj>,
-    table: Option<PyUntypedBuffer>,
+    runs: Vec<RunObj<'py>>,
+    table: Option<Buf<'py>>,
 }
 
 type GeometryTuple<'py> = (u8, u64, u64, u64, u64, Bound<'py, PyString>);
@@ -212,10 +200,10 @@ fn kv_obj<'py>(t: KvTuple<'py>) -> PyResult<KvObj<'py>> {
                 layer,
                 kind,
                 offset,
-                heads: PyUntypedBuffer::get(&heads)?,
-                pages: PyUntypedBuffer::get(&pages)?,
-                hashes: PyUntypedBuffer::get(&hashes)?,
-                payload: PyUntypedBuffer::get(&payload)?,
+                heads: Buf::get(&heads, "heads")?,
+                pages: Buf::get(&pages, "pages")?,
+                hashes: Buf::get(&hashes, "hashes")?,
+                payload: Buf::get(&payload, "payload")?,
             })
         })
         .collect::<PyResult<Vec<_>>>()?;
@@ -243,7 +231,7 @@ fn kv_obj<'py>(t: KvTuple<'py>) -> PyResult<KvObj<'py>> {
         digest,
         flags,
         runs,
-        table: table.map(|t| PyUntypedBuffer::get(&t)).transpose()?,
+        table: table.map(|t| Buf::get(&t, "table")).transpose()?,
     })
 }
 
@@ -335,10 +323,10 @@ pub fn encode_frame<'py>(
                     layer: r.layer,
                     kind: r.kind,
                     offset: r.offset,
-                    heads: bytes_of(&r.heads, "heads")?,
-                    pages: bytes_of(&r.pages, "pages")?,
-                    hashes: bytes_of(&r.hashes, "hashes")?,
-                    payload: bytes_of(&r.payload, "payload")?,
+                    heads: r.heads.bytes(),
+                    pages: r.pages.bytes(),
+                    hashes: r.hashes.bytes(),
+                    payload: r.payload.bytes(),
                 })
             })
             .collect::<PyResult<Vec<_>>>()?;
@@ -357,7 +345,7 @@ pub fn encode_frame<'py>(
             digest: o.digest,
             flags: o.flags,
             runs,
-            table: o.table.as_ref().map(|t| bytes_of(t, "table")).transpose()?,
+            table: o.table.as_ref().map(|t| t.bytes()),
         });
     }
     let frame = Frame {
@@ -583,18 +571,23 @@ fn member<'py>(kinds: &Bound<'py, PyTuple>, code: u8) -> PyResult<Bound<'py, PyA
 /// ``__slots__``, no ``__post_init__``: instances are made without calling
 /// ``__init__``) and two tuples of enum members indexed by wire code. Returns
 /// ``(frame, kv)``: the frame with ``kv=()`` and the KV entries as
-/// :func:`decode_frame` returns them. Raises as :func:`decode_frame` does.
+/// :func:`decode_frame` returns them. With ``kv_types`` (``(KVEntry, KVRun,
+/// Geometry, kv_kinds, formats, frombuffer, u32, u64)``, see
+/// [`KvTypes`]) the KV entries are instances too, made the same way, in the
+/// frame's ``kv``, and ``kv`` is empty. Raises as :func:`decode_frame` does.
 #[pyfunction]
-#[pyo3(signature = (data, types, *, max_bytes=67108864, max_kv_bytes=68719476736))]
+#[pyo3(signature = (data, types, *, max_bytes=67108864, max_kv_bytes=68719476736, kv_types=None))]
 pub fn decode_frame_as<'py>(
     py: Python<'py>,
     data: &Bound<'py, PyBytes>,
     types: &Bound<'py, PyTuple>,
     max_bytes: u64,
     max_kv_bytes: u64,
+    kv_types: Option<&Bound<'py, PyTuple>>,
 ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyList>)> {
     let (frame_cls, entry_cls, edit_cls, meta_cls, kinds, meta_kinds): FrameTypes<'py> =
         types.extract()?;
+    let kv_types: Option<KvTypes<'py>> = kv_types.map(|t| t.extract()).transpose()?;
     let bytes = data.as_bytes();
     let mut scratch = Vec::new();
     let f = run_decode(py, bytes, max_bytes, max_kv_bytes, &mut scratch)?;
@@ -661,6 +654,12 @@ pub fn decode_frame_as<'py>(
         )?,
         None => py.None().into_bound(py),
     };
+    // With `kv_types` the KV entries are objects in the frame; else tuples.
+    let (kv_objects, kv) = match &kv_types {
+        Some(t) if !f.kv.is_empty() => (kv_instances(py, data, f.kv, t)?, PyList::empty(py)),
+        Some(_) => (empty.clone(), PyList::empty(py)),
+        None => (empty.clone(), kv_list(py, bytes, f.kv)?),
+    };
     let frame = instance(
         &frame_cls,
         &[
@@ -676,12 +675,12 @@ pub fn decode_frame_as<'py>(
                 PyTuple::new(py, entries)?.into_any(),
             ),
             (intern!(py, "meta"), meta),
-            (intern!(py, "kv"), empty),
+            (intern!(py, "kv"), kv_objects),
             (intern!(py, "resume"), f.resume.into_bound_py_any(py)?),
             (intern!(py, "rename"), f.rename.into_bound_py_any(py)?),
         ],
     )?;
-    Ok((frame, kv_list(py, bytes, f.kv)?))
+    Ok((frame, kv))
 }
 
 type FrameTypes<'py> = (
@@ -692,3 +691,166 @@ type FrameTypes<'py> = (
     Bound<'py, PyTuple>,
     Bound<'py, PyTuple>,
 );
+
+/// ``(KVEntry, KVRun, Geometry, kv_kinds, formats, frombuffer, u32, u64)``:
+/// the KV dataclasses, the members of ``KVKind`` by wire code, ``(fmt,
+/// scale_type)`` (or None) by format code, ``numpy.frombuffer`` and the
+/// little-endian ``u32`` and ``u64`` dtypes.
+type KvTypes<'py> = (
+    Bound<'py, PyType>,
+    Bound<'py, PyType>,
+    Bound<'py, PyType>,
+    Bound<'py, PyTuple>,
+    Bound<'py, PyTuple>,
+    Bound<'py, PyAny>,
+    Bound<'py, PyAny>,
+    Bound<'py, PyAny>,
+);
+
+/// A new writable array of `dtype` holding a copy of `raw`.
+fn array<'py>(
+    frombuffer: &Bound<'py, PyAny>,
+    dtype: &Bound<'py, PyAny>,
+    raw: &[u8],
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = frombuffer.py();
+    frombuffer.call1((PyByteArray::new(py, raw), dtype))
+}
+
+/// The KV entries as instances of the caller's KV classes: index arrays and
+/// hashes as new writable numpy arrays, payloads as memoryviews of `data`
+/// (no copy), the HAVE table as a ``[layers, 2, heads, pages]`` array.
+fn kv_instances<'py>(
+    py: Python<'py>,
+    data: &Bound<'py, PyBytes>,
+    kv: Vec<KvEntry<'_>>,
+    types: &KvTypes<'py>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let (entry_cls, run_cls, geometry_cls, kinds, formats, frombuffer, u32le, u64le) = types;
+    let bytes = data.as_bytes();
+    let (k_name, k_kind, k_owner, k_uid) = (
+        intern!(py, "name"),
+        intern!(py, "kind"),
+        intern!(py, "owner"),
+        intern!(py, "uid"),
+    );
+    let (k_geometry, k_tokens, k_digest, k_flags, k_runs, k_table) = (
+        intern!(py, "geometry"),
+        intern!(py, "tokens"),
+        intern!(py, "digest"),
+        intern!(py, "flags"),
+        intern!(py, "runs"),
+        intern!(py, "table"),
+    );
+    let mut view: Option<Bound<'py, PyAny>> = None;
+    let none = || py.None().into_bound(py);
+    let zero = || 0u8.into_bound_py_any(py);
+    let mut out = Vec::with_capacity(kv.len());
+    for k in kv {
+        let head = [
+            (k_name, PyString::new(py, k.name).into_any()),
+            (k_kind, member(kinds, k.kind as u8)?),
+            (k_owner, PyString::new(py, k.owner).into_any()),
+            (k_uid, k.uid.into_bound_py_any(py)?),
+        ];
+        let Some(g) = k.geometry else {
+            let [a, b, c, d] = head;
+            out.push(instance(
+                entry_cls,
+                &[
+                    a,
+                    b,
+                    c,
+                    d,
+                    (k_geometry, none()),
+                    (k_tokens, zero()?),
+                    (k_digest, zero()?),
+                    (k_flags, zero()?),
+                    (k_runs, PyTuple::empty(py).into_any()),
+                    (k_table, none()),
+                ],
+            )?);
+            continue;
+        };
+        let (fmt, scale_type): (Bound<'py, PyAny>, Bound<'py, PyAny>) =
+            member(formats, g.code)?.extract()?;
+        // The decoder checked that the runtime record is UTF-8.
+        let runtime = std::str::from_utf8(k.runtime).unwrap_or("");
+        let geometry = instance(
+            geometry_cls,
+            &[
+                (intern!(py, "layers"), g.layers.into_bound_py_any(py)?),
+                (intern!(py, "kv_heads"), g.kv_heads.into_bound_py_any(py)?),
+                (intern!(py, "head_dim"), g.head_dim.into_bound_py_any(py)?),
+                (intern!(py, "fmt"), fmt),
+                (
+                    intern!(py, "page_tokens"),
+                    g.page_tokens.into_bound_py_any(py)?,
+                ),
+                (intern!(py, "scale_type"), scale_type),
+                (
+                    intern!(py, "runtime"),
+                    PyString::new(py, runtime).into_any(),
+                ),
+            ],
+        )?;
+        let mut runs = Vec::with_capacity(k.runs.len());
+        for r in &k.runs {
+            let view = match &view {
+                Some(v) => v,
+                None => view.insert(PyMemoryView::from(data.as_any())?.into_any()),
+            };
+            let at = offset_in(bytes, r.payload);
+            let payload = view.get_item(PySlice::new(
+                py,
+                isize::try_from(at).map_err(|_| invalid("payload offset overflows"))?,
+                isize::try_from(at + r.payload.len())
+                    .map_err(|_| invalid("payload offset overflows"))?,
+                1,
+            ))?;
+            runs.push(instance(
+                run_cls,
+                &[
+                    (intern!(py, "layer"), r.layer.into_bound_py_any(py)?),
+                    (k_kind, r.kind.into_bound_py_any(py)?),
+                    (intern!(py, "heads"), array(frombuffer, u32le, r.heads)?),
+                    (intern!(py, "pages"), array(frombuffer, u32le, r.pages)?),
+                    (intern!(py, "hashes"), array(frombuffer, u64le, r.hashes)?),
+                    (intern!(py, "payload"), payload),
+                    (intern!(py, "offset"), r.offset.into_bound_py_any(py)?),
+                ],
+            )?);
+        }
+        let table = match k.table {
+            Some(t) => {
+                let pages = if g.page_tokens == 0 {
+                    0
+                } else {
+                    k.tokens.div_ceil(g.page_tokens)
+                };
+                array(frombuffer, u64le, t)?.call_method1(
+                    intern!(py, "reshape"),
+                    ((g.layers, 2u8, g.kv_heads, pages),),
+                )?
+            }
+            None => none(),
+        };
+        let [a, b, c, d] = head;
+        out.push(instance(
+            entry_cls,
+            &[
+                a,
+                b,
+                c,
+                d,
+                (k_geometry, geometry),
+                (k_tokens, k.tokens.into_bound_py_any(py)?),
+                (k_digest, k.digest.into_bound_py_any(py)?),
+                (k_flags, k.flags.into_bound_py_any(py)?),
+                (k_runs, PyTuple::new(py, runs)?.into_any()),
+                (k_table, table),
+            ],
+        )?);
+    }
+    Ok(PyTuple::new(py, out)?.into_any())
+}

@@ -7,44 +7,12 @@
 //! shapes; here only byte sizes are checked (by the core crate).
 
 use hybridsync_core::kv::{self, table, Float, Format, PageLayout};
-use pyo3::buffer::PyUntypedBuffer;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
+use crate::buf::Buf;
 use crate::{invalid, maybe_detach, CoreError};
-
-/// A contiguous buffer's bytes.
-fn bytes_of<'a>(buf: &'a PyUntypedBuffer, what: &str) -> PyResult<&'a [u8]> {
-    if !buf.is_c_contiguous() {
-        return Err(invalid(format!("{what} must be a C-contiguous buffer")));
-    }
-    let len = buf.len_bytes();
-    if len == 0 {
-        return Ok(&[]);
-    }
-    // SAFETY: the exporter guarantees `len_bytes` readable bytes at `buf_ptr`
-    // while the buffer is held; the slice does not outlive `buf`. Another
-    // thread writing the same memory meanwhile yields unspecified values,
-    // never out-of-bounds access.
-    Ok(unsafe { std::slice::from_raw_parts(buf.buf_ptr() as *const u8, len) })
-}
-
-/// A contiguous writable buffer's bytes.
-#[allow(clippy::mut_from_ref)] // the buffer protocol hands out the memory
-fn bytes_of_mut<'a>(buf: &'a PyUntypedBuffer, what: &str) -> PyResult<&'a mut [u8]> {
-    if buf.readonly() {
-        return Err(invalid(format!("{what} must be a writable buffer")));
-    }
-    if !buf.is_c_contiguous() {
-        return Err(invalid(format!("{what} must be a C-contiguous buffer")));
-    }
-    let len = buf.len_bytes();
-    if len == 0 {
-        return Ok(&mut []);
-    }
-    // SAFETY: as in `bytes_of`, and the exporter says the memory is writable.
-    Ok(unsafe { std::slice::from_raw_parts_mut(buf.buf_ptr() as *mut u8, len) })
-}
 
 fn typed<T: FromLe>(b: &[u8], what: &str) -> PyResult<Vec<T>> {
     let size = std::mem::size_of::<T>();
@@ -132,12 +100,12 @@ pub fn kv_quantize(
     dst: &Bound<'_, PyAny>,
     scale_type: &str,
 ) -> PyResult<()> {
-    let src_buf = PyUntypedBuffer::get(src)?;
-    let dst_buf = PyUntypedBuffer::get(dst)?;
+    let src_buf = Buf::get(src, "src")?;
+    let dst_buf = Buf::get_mut(dst, "dst")?;
     let t = float_arg(src_type)?;
     let f = format_arg(fmt, scale_type)?;
-    let s = bytes_of(&src_buf, "src")?;
-    let d = bytes_of_mut(&dst_buf, "dst")?;
+    let s = src_buf.bytes();
+    let d = dst_buf.bytes_mut("dst")?;
     maybe_detach(py, s.len(), || kv::quantize(s, t, n, f, d)).map_err(CoreError)?;
     Ok(())
 }
@@ -153,11 +121,11 @@ pub fn kv_dequantize(
     dst: &Bound<'_, PyAny>,
     scale_type: &str,
 ) -> PyResult<()> {
-    let src_buf = PyUntypedBuffer::get(src)?;
-    let dst_buf = PyUntypedBuffer::get(dst)?;
+    let src_buf = Buf::get(src, "src")?;
+    let dst_buf = Buf::get_mut(dst, "dst")?;
     let f = format_arg(fmt, scale_type)?;
-    let s = bytes_of(&src_buf, "src")?;
-    let d = bytes_of_mut(&dst_buf, "dst")?;
+    let s = src_buf.bytes();
+    let d = dst_buf.bytes_mut("dst")?;
     maybe_detach(py, s.len(), || kv::dequantize(s, f, n, d)).map_err(CoreError)?;
     Ok(())
 }
@@ -177,11 +145,11 @@ pub fn kv_hash_pages(
     last: usize,
     out: &Bound<'_, PyAny>,
 ) -> PyResult<()> {
-    let buf_buf = PyUntypedBuffer::get(buf)?;
-    let out_buf = PyUntypedBuffer::get(out)?;
+    let buf_buf = Buf::get(buf, "buf")?;
+    let out_buf = Buf::get_mut(out, "out")?;
     let l = layout(heads, capacity, row_bytes, page_rows, rows);
-    let b = bytes_of(&buf_buf, "buf")?;
-    let o = bytes_of_mut(&out_buf, "out")?;
+    let b = buf_buf.bytes();
+    let o = out_buf.bytes_mut("out")?;
     if o.len() % 8 != 0 {
         return Err(invalid("out is not a whole number of u64 values"));
     }
@@ -217,13 +185,13 @@ pub fn kv_gather_pages<'py>(
     page_index: &Bound<'_, PyAny>,
     offset: usize,
 ) -> PyResult<Bound<'py, PyBytes>> {
-    let buf_buf = PyUntypedBuffer::get(buf)?;
-    let head_index_buf = PyUntypedBuffer::get(head_index)?;
-    let page_index_buf = PyUntypedBuffer::get(page_index)?;
+    let buf_buf = Buf::get(buf, "buf")?;
+    let head_index_buf = Buf::get(head_index, "head_index")?;
+    let page_index_buf = Buf::get(page_index, "page_index")?;
     let l = layout(heads, capacity, row_bytes, page_rows, rows);
-    let b = bytes_of(&buf_buf, "buf")?;
-    let hi: Vec<u32> = typed(bytes_of(&head_index_buf, "head_index")?, "head_index")?;
-    let pi: Vec<u32> = typed(bytes_of(&page_index_buf, "page_index")?, "page_index")?;
+    let b = buf_buf.bytes();
+    let hi: Vec<u32> = typed(head_index_buf.bytes(), "head_index")?;
+    let pi: Vec<u32> = typed(page_index_buf.bytes(), "page_index")?;
     let ranges = if offset == 0 {
         kv::page_ranges(b.len(), &l, &hi, &pi)
     } else {
@@ -254,15 +222,15 @@ pub fn kv_verify_pages(
     page_index: &Bound<'_, PyAny>,
     hashes: &Bound<'_, PyAny>,
 ) -> PyResult<()> {
-    let payload_buf = PyUntypedBuffer::get(payload)?;
-    let head_index_buf = PyUntypedBuffer::get(head_index)?;
-    let page_index_buf = PyUntypedBuffer::get(page_index)?;
-    let hashes_buf = PyUntypedBuffer::get(hashes)?;
+    let payload_buf = Buf::get(payload, "payload")?;
+    let head_index_buf = Buf::get(head_index, "head_index")?;
+    let page_index_buf = Buf::get(page_index, "page_index")?;
+    let hashes_buf = Buf::get(hashes, "hashes")?;
     let l = layout(heads, capacity, row_bytes, page_rows, rows);
-    let p = bytes_of(&payload_buf, "payload")?;
-    let hi: Vec<u32> = typed(bytes_of(&head_index_buf, "head_index")?, "head_index")?;
-    let pi: Vec<u32> = typed(bytes_of(&page_index_buf, "page_index")?, "page_index")?;
-    let hs: Vec<u64> = typed(bytes_of(&hashes_buf, "hashes")?, "hashes")?;
+    let p = payload_buf.bytes();
+    let hi: Vec<u32> = typed(head_index_buf.bytes(), "head_index")?;
+    let pi: Vec<u32> = typed(page_index_buf.bytes(), "page_index")?;
+    let hs: Vec<u64> = typed(hashes_buf.bytes(), "hashes")?;
     maybe_detach(py, p.len(), || kv::verify_pages(p, &l, &hi, &pi, &hs)).map_err(CoreError)?;
     Ok(())
 }
@@ -287,17 +255,17 @@ pub fn kv_scatter_pages(
     payload: &Bound<'_, PyAny>,
     offset: usize,
 ) -> PyResult<()> {
-    let buf_buf = PyUntypedBuffer::get(buf)?;
-    let head_index_buf = PyUntypedBuffer::get(head_index)?;
-    let page_index_buf = PyUntypedBuffer::get(page_index)?;
-    let hashes_buf = PyUntypedBuffer::get(hashes)?;
-    let payload_buf = PyUntypedBuffer::get(payload)?;
+    let buf_buf = Buf::get_mut(buf, "buf")?;
+    let head_index_buf = Buf::get(head_index, "head_index")?;
+    let page_index_buf = Buf::get(page_index, "page_index")?;
+    let hashes_buf = Buf::get(hashes, "hashes")?;
+    let payload_buf = Buf::get(payload, "payload")?;
     let l = layout(heads, capacity, row_bytes, page_rows, rows);
-    let b = bytes_of_mut(&buf_buf, "buf")?;
-    let p = bytes_of(&payload_buf, "payload")?;
-    let hi: Vec<u32> = typed(bytes_of(&head_index_buf, "head_index")?, "head_index")?;
-    let pi: Vec<u32> = typed(bytes_of(&page_index_buf, "page_index")?, "page_index")?;
-    let hs: Vec<u64> = typed(bytes_of(&hashes_buf, "hashes")?, "hashes")?;
+    let b = buf_buf.bytes_mut("buf")?;
+    let p = payload_buf.bytes();
+    let hi: Vec<u32> = typed(head_index_buf.bytes(), "head_index")?;
+    let pi: Vec<u32> = typed(page_index_buf.bytes(), "page_index")?;
+    let hs: Vec<u64> = typed(hashes_buf.bytes(), "hashes")?;
     maybe_detach(py, p.len(), || {
         if offset == 0 {
             kv::scatter_pages(b, &l, &hi, &pi, &hs, p)
@@ -312,19 +280,12 @@ pub fn kv_scatter_pages(
 /// xxh3-64 of a buffer, with 0 reported as 1 (the page hash).
 #[pyfunction]
 pub fn kv_page_hash(py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<u64> {
-    let data_buf = PyUntypedBuffer::get(data)?;
-    let b = bytes_of(&data_buf, "data")?;
+    let data_buf = Buf::get(data, "data")?;
+    let b = data_buf.bytes();
     Ok(maybe_detach(py, b.len(), || kv::page_hash(b)))
 }
 
 // -- page tables ----------------------------------------------------------
-
-/// True when two buffers share memory.
-fn overlaps(a: &PyUntypedBuffer, b: &PyUntypedBuffer) -> bool {
-    let (a0, b0) = (a.buf_ptr() as usize, b.buf_ptr() as usize);
-    let (a1, b1) = (a0 + a.len_bytes(), b0 + b.len_bytes());
-    a.len_bytes() > 0 && b.len_bytes() > 0 && a0 < b1 && b0 < a1
-}
 
 fn shape(rows: usize, width: usize) -> table::TableShape {
     table::TableShape { rows, width }
@@ -341,8 +302,8 @@ pub fn kv_table_range_sum(
     first: usize,
     last: usize,
 ) -> PyResult<u64> {
-    let t_buf = PyUntypedBuffer::get(table)?;
-    let t = bytes_of(&t_buf, "table")?;
+    let t_buf = Buf::get(table, "table")?;
+    let t = t_buf.bytes();
     let size = rows
         .saturating_mul(last.saturating_sub(first))
         .saturating_mul(8);
@@ -363,13 +324,13 @@ pub fn kv_table_set_range(
     first: usize,
     block: &Bound<'_, PyAny>,
 ) -> PyResult<u64> {
-    let t_buf = PyUntypedBuffer::get(table)?;
-    let b_buf = PyUntypedBuffer::get(block)?;
-    if overlaps(&t_buf, &b_buf) {
+    let t_buf = Buf::get_mut(table, "table")?;
+    let b_buf = Buf::get(block, "block")?;
+    if t_buf.overlaps(&b_buf) {
         return Err(invalid("block and table share memory"));
     }
-    let t = bytes_of_mut(&t_buf, "table")?;
-    let b = bytes_of(&b_buf, "block")?;
+    let t = t_buf.bytes_mut("table")?;
+    let b = b_buf.bytes();
     Ok(maybe_detach(py, b.len(), || {
         table::set_range(t, shape(rows, width), first, b)
     })
@@ -387,8 +348,8 @@ pub fn kv_table_cut(
     first: usize,
     last: usize,
 ) -> PyResult<u64> {
-    let t_buf = PyUntypedBuffer::get(table)?;
-    let t = bytes_of_mut(&t_buf, "table")?;
+    let t_buf = Buf::get_mut(table, "table")?;
+    let t = t_buf.bytes_mut("table")?;
     let size = rows
         .saturating_mul(last.saturating_sub(first))
         .saturating_mul(8);
@@ -415,15 +376,15 @@ pub fn kv_table_set_pages(
     page_index: &Bound<'_, PyAny>,
     hashes: &Bound<'_, PyAny>,
 ) -> PyResult<(Option<u64>, usize)> {
-    let t_buf = PyUntypedBuffer::get(table)?;
-    let head_index_buf = PyUntypedBuffer::get(head_index)?;
-    let page_index_buf = PyUntypedBuffer::get(page_index)?;
-    let hashes_buf = PyUntypedBuffer::get(hashes)?;
+    let t_buf = Buf::get_mut(table, "table")?;
+    let head_index_buf = Buf::get(head_index, "head_index")?;
+    let page_index_buf = Buf::get(page_index, "page_index")?;
+    let hashes_buf = Buf::get(hashes, "hashes")?;
     // The indices are copied out before the table is borrowed for writing.
-    let hi: Vec<u32> = typed(bytes_of(&head_index_buf, "head_index")?, "head_index")?;
-    let pi: Vec<u32> = typed(bytes_of(&page_index_buf, "page_index")?, "page_index")?;
-    let hs: Vec<u64> = typed(bytes_of(&hashes_buf, "hashes")?, "hashes")?;
-    let t = bytes_of_mut(&t_buf, "table")?;
+    let hi: Vec<u32> = typed(head_index_buf.bytes(), "head_index")?;
+    let pi: Vec<u32> = typed(page_index_buf.bytes(), "page_index")?;
+    let hs: Vec<u64> = typed(hashes_buf.bytes(), "hashes")?;
+    let t = t_buf.bytes_mut("table")?;
     let done = maybe_detach(py, hs.len() * 8, || {
         table::set_pages(t, shape(rows, width), heads, row0, &hi, &pi, &hs)
     })
@@ -453,20 +414,20 @@ pub fn kv_table_hash(
     table: &Bound<'_, PyAny>,
     width: usize,
 ) -> PyResult<u64> {
-    let t_buf = PyUntypedBuffer::get(table)?;
+    let t_buf = Buf::get_mut(table, "table")?;
     let mut held = Vec::with_capacity(bufs.len());
     for b in &bufs {
-        let b_buf = PyUntypedBuffer::get(b)?;
-        if overlaps(&t_buf, &b_buf) {
+        let b_buf = Buf::get(b, "buf")?;
+        if t_buf.overlaps(&b_buf) {
             return Err(invalid("a tensor and the table share memory"));
         }
         held.push(b_buf);
     }
     let mut tensors = Vec::with_capacity(held.len());
     for b in &held {
-        tensors.push(bytes_of(b, "buf")?);
+        tensors.push(b.bytes());
     }
-    let t = bytes_of_mut(&t_buf, "table")?;
+    let t = t_buf.bytes_mut("table")?;
     let l = layout(heads, capacity, row_bytes, page_rows, rows);
     // Every tensor checked before the first is hashed: all or nothing.
     for b in &tensors {
@@ -534,13 +495,13 @@ pub fn kv_plan_diff<'py>(
     acked_end: usize,
     same_sum: bool,
 ) -> PyResult<Option<DiffPlanOut<'py>>> {
-    let m_buf = PyUntypedBuffer::get(mine)?;
-    let a_buf = PyUntypedBuffer::get(acked)?;
-    if overlaps(&m_buf, &a_buf) {
+    let m_buf = Buf::get(mine, "mine")?;
+    let a_buf = Buf::get_mut(acked, "acked")?;
+    if m_buf.overlaps(&a_buf) {
         return Err(invalid("the two tables share memory"));
     }
-    let m = bytes_of(&m_buf, "mine")?;
-    let a = bytes_of_mut(&a_buf, "acked")?;
+    let m = m_buf.bytes();
+    let a = a_buf.bytes_mut("acked")?;
     let input = table::DiffInput {
         heads,
         first,
@@ -593,4 +554,203 @@ pub fn kv_plan_diff<'py>(
         plan.delta,
         plan.end,
     )))
+}
+
+/// The page indices and hashes of a run object (a ``KVRun``: ``layer``,
+/// ``kind``, ``offset``, ``heads``, ``pages``, ``hashes``), copied out.
+struct RunIndex {
+    tensor: usize,
+    offset: usize,
+    heads: Vec<u32>,
+    pages: Vec<u32>,
+    hashes: Vec<u64>,
+}
+
+fn run_index(run: &Bound<'_, PyAny>) -> PyResult<RunIndex> {
+    let py = run.py();
+    let layer: usize = run.getattr(intern!(py, "layer"))?.extract()?;
+    let kind: usize = run.getattr(intern!(py, "kind"))?.extract()?;
+    if kind > 1 {
+        return Err(invalid(format!(
+            "run kind {kind} is neither K (0) nor V (1)"
+        )));
+    }
+    let tensor = layer
+        .checked_mul(2)
+        .and_then(|v| v.checked_add(kind))
+        .ok_or_else(|| invalid(format!("layer {layer} is out of range")))?;
+    let heads = typed(
+        Buf::get(&run.getattr(intern!(py, "heads"))?, "heads")?.bytes(),
+        "heads",
+    )?;
+    let pages = typed(
+        Buf::get(&run.getattr(intern!(py, "pages"))?, "pages")?.bytes(),
+        "pages",
+    )?;
+    let hashes = typed(
+        Buf::get(&run.getattr(intern!(py, "hashes"))?, "hashes")?.bytes(),
+        "hashes",
+    )?;
+    Ok(RunIndex {
+        tensor,
+        offset: run.getattr(intern!(py, "offset"))?.extract()?,
+        heads,
+        pages,
+        hashes,
+    })
+}
+
+/// Write verified runs of pages into a cache's tensors and bring its page
+/// table up to date in one call (see `hybridsync_core::kv::table::apply_runs`):
+/// ``tensors`` are the cache's ``(layer, K|V)`` tensors in order (each laid
+/// out as in `kv_hash_pages`, ``rows`` in use after the write), ``runs``
+/// objects with the fields of ``KVRun`` (little-endian ``u32``/``u32``/``u64``
+/// buffers, a payload buffer), ``table`` the page table (``u64``,
+/// ``len(tensors) * heads`` x ``width``). The pages a run writes take its
+/// hashes (checked against the bytes while writing); the other pages from
+/// ``min(stale_page, first row touched // page_rows)`` on are hashed.
+/// Returns ``(first row touched, at most first_row; whether tails did not
+/// complete the pages held; change of the table's sum)``.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+pub fn kv_apply_pages(
+    py: Python<'_>,
+    tensors: Vec<Bound<'_, PyAny>>,
+    heads: usize,
+    capacity: usize,
+    row_bytes: usize,
+    page_rows: usize,
+    rows: usize,
+    runs: &Bound<'_, PyAny>,
+    first_row: usize,
+    stale_page: usize,
+    table: &Bound<'_, PyAny>,
+    width: usize,
+) -> PyResult<(usize, bool, u64)> {
+    let mut index = Vec::new();
+    let mut payloads = Vec::new();
+    for run in runs.try_iter()? {
+        let run = run?;
+        index.push(run_index(&run)?);
+        payloads.push(Buf::get(&run.getattr(intern!(py, "payload"))?, "payload")?);
+    }
+    let t_buf = Buf::get_mut(table, "table")?;
+    let mut held = Vec::with_capacity(tensors.len());
+    for b in &tensors {
+        held.push(Buf::get_mut(b, "tensor")?);
+    }
+    // Written memory shares nothing with anything else passed.
+    let mut spans: Vec<&Buf<'_>> = held.iter().chain([&t_buf]).collect();
+    spans.sort_by_key(|b| b.ptr());
+    if spans.windows(2).any(|w| w[0].overlaps(w[1])) {
+        return Err(invalid("the tensors and the table must not share memory"));
+    }
+    if payloads.iter().any(|p| spans.iter().any(|b| b.overlaps(p))) {
+        return Err(invalid(
+            "a payload shares memory with a tensor or the table",
+        ));
+    }
+    let runs: Vec<table::PageRun<'_>> = index
+        .iter()
+        .zip(&payloads)
+        .map(|(r, p)| table::PageRun {
+            tensor: r.tensor,
+            offset: r.offset,
+            heads: &r.heads,
+            pages: &r.pages,
+            hashes: &r.hashes,
+            payload: p.bytes(),
+        })
+        .collect();
+    let mut views = held
+        .iter()
+        .map(|b| b.bytes_mut("tensor"))
+        .collect::<PyResult<Vec<_>>>()?;
+    let t = t_buf.bytes_mut("table")?;
+    let l = layout(heads, capacity, row_bytes, page_rows, rows);
+    let s = shape(views.len().saturating_mul(heads), width);
+    let size = runs
+        .iter()
+        .map(|r| r.payload.len())
+        .sum::<usize>()
+        .saturating_add(
+            views
+                .len()
+                .saturating_mul(heads)
+                .saturating_mul(rows.saturating_sub(first_row))
+                .saturating_mul(row_bytes),
+        );
+    let done = maybe_detach(py, size, || {
+        table::apply_runs(&mut views, &l, &runs, first_row, stale_page, t, s)
+    })
+    .map_err(CoreError)?;
+    Ok((done.first_row, done.diverged, done.delta))
+}
+
+/// Set the pages of every run (objects with the fields of ``KVRun``; row
+/// ``(layer * 2 + kind) * heads + head``) of a page table (``u64``, ``rows``
+/// x ``width``) to the run's hashes: `kv_table_set_pages` for a whole
+/// entry. Returns ``(change of the sum, one past the highest page)``, or
+/// ``(None, width needed)`` without writing when a page lies beyond the
+/// width; nothing is written when a run is refused.
+#[pyfunction]
+pub fn kv_table_set_runs(
+    py: Python<'_>,
+    table: &Bound<'_, PyAny>,
+    rows: usize,
+    width: usize,
+    heads: usize,
+    runs: &Bound<'_, PyAny>,
+) -> PyResult<(Option<u64>, usize)> {
+    let index = runs
+        .try_iter()?
+        .map(|r| run_index(&r?))
+        .collect::<PyResult<Vec<_>>>()?;
+    let t_buf = Buf::get_mut(table, "table")?;
+    let t = t_buf.bytes_mut("table")?;
+    let mut end = 0usize;
+    for r in &index {
+        let row0 = r.tensor.saturating_mul(heads);
+        if r.heads.len() != r.pages.len() || r.pages.len() != r.hashes.len() {
+            return Err(invalid("head, page and hash lists differ in length"));
+        }
+        if row0.checked_add(heads).map_or(true, |top| top > rows) {
+            return Err(invalid(format!(
+                "rows {row0}..+{heads} are outside the table's {rows} rows"
+            )));
+        }
+        if let Some(&h) = r.heads.iter().find(|&&h| h as usize >= heads) {
+            return Err(invalid(format!("head {h} is outside 0..{heads}")));
+        }
+        end = end.max(r.pages.iter().map(|&p| p as usize + 1).max().unwrap_or(0));
+    }
+    if end > width {
+        return Ok((None, end));
+    }
+    let size = index.iter().map(|r| r.hashes.len() * 8).sum();
+    let delta = maybe_detach(py, size, || {
+        let mut delta = 0u64;
+        for r in &index {
+            let row0 = r.tensor * heads;
+            match table::set_pages(
+                t,
+                shape(rows, width),
+                heads,
+                row0,
+                &r.heads,
+                &r.pages,
+                &r.hashes,
+            )? {
+                table::SetPages::Done { delta: d, .. } => delta = delta.wrapping_add(d),
+                table::SetPages::Grow(need) => {
+                    return Err(hybridsync_core::Error::invalid(format!(
+                        "page table needs {need} slots per row"
+                    )))
+                }
+            }
+        }
+        Ok::<u64, hybridsync_core::Error>(delta)
+    })
+    .map_err(CoreError)?;
+    Ok((Some(delta), end))
 }

@@ -24,6 +24,7 @@ use pyo3::types::{PyBytes, PyString, PyTuple, PyType};
 use pyo3::IntoPyObjectExt;
 
 mod audit;
+mod buf;
 mod frame;
 mod kv;
 
@@ -683,6 +684,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(kv::kv_table_set_range, m)?)?;
     m.add_function(wrap_pyfunction!(kv::kv_table_cut, m)?)?;
     m.add_function(wrap_pyfunction!(kv::kv_table_set_pages, m)?)?;
+    m.add_function(wrap_pyfunction!(kv::kv_table_set_runs, m)?)?;
+    m.add_function(wrap_pyfunction!(kv::kv_apply_pages, m)?)?;
     m.add_function(wrap_pyfunction!(kv::kv_table_hash, m)?)?;
     m.add_function(wrap_pyfunction!(kv::kv_plan_diff, m)?)?;
     m.add_function(wrap_pyfunction!(frame::encode_frame, m)?)?;

@@ -261,6 +261,156 @@ pub fn hash_into(
     Ok(delta)
 }
 
+/// One run of pages for [`apply_runs`]: pages `(heads[i], pages[i])` of the
+/// tensor `tensor` (`layer * 2 + kind`) with hashes `hashes[i]`, their rows
+/// from row `offset` of each page on (0: whole pages; else tails that
+/// complete the pages the receiver holds) back to back in `payload`.
+#[derive(Clone, Copy, Debug)]
+pub struct PageRun<'a> {
+    /// The (layer, K|V) tensor: `layer * 2 + kind`.
+    pub tensor: usize,
+    /// Rows of each page the payload skips.
+    pub offset: usize,
+    /// Head of each page.
+    pub heads: &'a [u32],
+    /// Page index of each page.
+    pub pages: &'a [u32],
+    /// Hash of each (whole) page.
+    pub hashes: &'a [u64],
+    /// The pages' rows, back to back.
+    pub payload: &'a [u8],
+}
+
+/// What [`apply_runs`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// The change of the table's sum.
+    pub delta: u64,
+    /// The first row the runs touched (at most the `first_row` passed in).
+    pub first_row: usize,
+    /// Tails of some run did not complete the pages held (left unwritten).
+    pub diverged: bool,
+}
+
+/// Write runs of pages into a cache's tensors (`tensors[layer * 2 + kind]`,
+/// each laid out as `layout`, whose `rows` are the rows in use after the
+/// write) and bring slots `first..layout.pages()` of its page table up to
+/// date, where `first` is the lower of `stale_page` and the page of the
+/// first row touched (`first_row` or a run's first row).
+///
+/// Each run is checked before it is written, as [`scatter_pages`] and
+/// [`scatter_tails`] do: whole pages that do not match their hashes fail
+/// with [`Error::Decode`] (runs before it stay written); tails that do not
+/// complete the pages held are left out and reported as `diverged`. The
+/// pages a run wrote take its hashes, already checked against the bytes
+/// written, so they are not hashed again; every other page of the range is
+/// hashed. Rows are `tensor * layout.heads + head`; the table must hold
+/// `tensors.len() * layout.heads` rows and at least `layout.pages()` slots
+/// per row.
+///
+/// [`scatter_pages`]: super::scatter_pages
+/// [`scatter_tails`]: super::scatter_tails
+pub fn apply_runs(
+    tensors: &mut [&mut [u8]],
+    layout: &PageLayout,
+    runs: &[PageRun<'_>],
+    first_row: usize,
+    stale_page: usize,
+    table: &mut [u8],
+    shape: TableShape,
+) -> Result<Applied> {
+    for t in tensors.iter() {
+        layout.check(t.len())?;
+    }
+    shape.check(table.len())?;
+    let rows = tensors
+        .len()
+        .checked_mul(layout.heads)
+        .ok_or_else(|| Error::invalid("table rows overflow"))?;
+    if rows != shape.rows {
+        return Err(Error::invalid(format!(
+            "{} tensors of {} heads do not match the table's {} rows",
+            tensors.len(),
+            layout.heads,
+            shape.rows
+        )));
+    }
+    let last = layout.pages();
+    shape.check_range(0, last)?;
+    if let Some(r) = runs.iter().find(|r| r.tensor >= tensors.len()) {
+        return Err(Error::invalid(format!(
+            "run of tensor {} is outside the cache's {} tensors",
+            r.tensor,
+            tensors.len()
+        )));
+    }
+    let mut first_row = first_row;
+    let mut diverged = false;
+    // (slot, hash) of every page written.
+    let mut given: Vec<(usize, u64)> = Vec::new();
+    for r in runs {
+        let t = &mut *tensors[r.tensor];
+        let done = if r.offset == 0 {
+            super::scatter_pages(t, layout, r.heads, r.pages, r.hashes, r.payload)
+        } else {
+            super::scatter_tails(t, layout, r.heads, r.pages, r.hashes, r.payload, r.offset)
+        };
+        match done {
+            Ok(()) => {
+                for ((&h, &p), &x) in r.heads.iter().zip(r.pages).zip(r.hashes) {
+                    // In range: the scatter checked head and page.
+                    let row = r.tensor * layout.heads + h as usize;
+                    given.push((row * shape.width + p as usize, x));
+                }
+            }
+            Err(Error::Decode(_)) if r.offset > 0 => diverged = true,
+            Err(e) => return Err(e),
+        }
+        if let Some(&p) = r.pages.iter().min() {
+            let row = (p as usize)
+                .saturating_mul(layout.page_rows)
+                .saturating_add(r.offset);
+            first_row = first_row.min(row);
+        }
+    }
+    // Stable: of two runs writing one page, the later one's hash stays.
+    given.sort_by_key(|&(slot, _)| slot);
+    let first = stale_page
+        .min(first_row / layout.page_rows.max(1))
+        .min(last);
+    let mut at = 0usize;
+    let mut delta = 0u64;
+    for (i, t) in tensors.iter().enumerate() {
+        for h in 0..layout.heads {
+            let row = i * layout.heads + h;
+            for page in first..last {
+                let slot = row * shape.width + page;
+                let mut new = None;
+                while at < given.len() && given[at].0 <= slot {
+                    if given[at].0 == slot {
+                        new = Some(given[at].1);
+                    }
+                    at += 1;
+                }
+                let new = match new {
+                    Some(x) => x,
+                    None => page_hash(&t[layout.page_range(h, page)?]),
+                };
+                let k = key(row, page);
+                delta = delta
+                    .wrapping_sub(mix(get(table, slot), k))
+                    .wrapping_add(mix(new, k));
+                put(table, slot, new);
+            }
+        }
+    }
+    Ok(Applied {
+        delta,
+        first_row,
+        diverged,
+    })
+}
+
 /// What a diff compares: the sender's table and what it knows the peer holds.
 #[derive(Clone, Copy, Debug)]
 pub struct DiffInput {
@@ -517,6 +667,155 @@ mod tests {
         assert!(hash_into(&buf, &layout, 0, 4, &mut t, shape, 5).is_err());
     }
 
+    /// A run's fields, owned: tensor, offset, heads, pages, hashes, payload.
+    type OwnedRun = (usize, usize, Vec<u32>, Vec<u32>, Vec<u64>, Vec<u8>);
+
+    /// Slots `first..last` of every row as [`hash_into`] computes them.
+    fn rehashed(tensors: &[Vec<u8>], layout: &PageLayout, width: usize) -> Vec<u64> {
+        let shape = TableShape {
+            rows: tensors.len() * layout.heads,
+            width,
+        };
+        let mut t = vec![0u8; shape.rows * width * 8];
+        for (i, b) in tensors.iter().enumerate() {
+            let r = hash_into(
+                b,
+                layout,
+                0,
+                layout.pages(),
+                &mut t,
+                shape,
+                i * layout.heads,
+            );
+            assert!(r.is_ok());
+        }
+        values(&t)
+    }
+
+    fn apply(
+        tensors: &mut [Vec<u8>],
+        layout: &PageLayout,
+        runs: &[PageRun<'_>],
+        first_row: usize,
+        table: &mut [u8],
+        shape: TableShape,
+    ) -> Result<Applied> {
+        let mut views: Vec<&mut [u8]> = tensors.iter_mut().map(|t| t.as_mut_slice()).collect();
+        apply_runs(
+            &mut views,
+            layout,
+            runs,
+            first_row,
+            usize::MAX,
+            table,
+            shape,
+        )
+    }
+
+    #[test]
+    fn apply_runs_writes_pages_and_takes_their_hashes() {
+        // 1 layer (K, V) x 2 heads; pages of 4 rows of 3 bytes; 7 rows in use.
+        let layout = PageLayout {
+            heads: 2,
+            capacity: 8,
+            row_bytes: 3,
+            page_rows: 4,
+            rows: 7,
+        };
+        let src: Vec<Vec<u8>> = (0..2u8)
+            .map(|k| (0..48u8).map(|b| b.wrapping_mul(7) ^ k).collect())
+            .collect();
+        // The receiver holds rows 0..5; row 5 and 6 are new.
+        let mut dst: Vec<Vec<u8>> = src
+            .iter()
+            .map(|b| {
+                let mut b = b.clone();
+                for head in 0..2 {
+                    b[head * 24 + 15..head * 24 + 24].fill(0);
+                }
+                b
+            })
+            .collect();
+        let ph =
+            |t: &[u8], h: usize, p: usize| page_hash(&t[layout.page_range(h, p).unwrap_or(0..0)]);
+        // K: whole page 1 of both heads; V: tails (from row 1 of page 1).
+        let k_payload =
+            super::super::gather_pages(&src[0], &layout, &[0, 1], &[1, 1]).unwrap_or_default();
+        let v_tail: Vec<u8> = [&src[1][15..21], &src[1][39..45]].concat();
+        let k_hashes = [ph(&src[0], 0, 1), ph(&src[0], 1, 1)];
+        let v_hashes = [ph(&src[1], 0, 1), ph(&src[1], 1, 1)];
+        let runs = [
+            PageRun {
+                tensor: 0,
+                offset: 0,
+                heads: &[0, 1],
+                pages: &[1, 1],
+                hashes: &k_hashes,
+                payload: &k_payload,
+            },
+            PageRun {
+                tensor: 1,
+                offset: 1,
+                heads: &[0, 1],
+                pages: &[1, 1],
+                hashes: &v_hashes,
+                payload: &v_tail,
+            },
+        ];
+        let shape = TableShape { rows: 4, width: 3 };
+        let mut t = vec![0u8; 4 * 3 * 8];
+        let done = apply(&mut dst, &layout, &runs, 5, &mut t, shape);
+        assert_eq!(
+            done,
+            Ok(Applied {
+                delta: full_sum(&t, shape),
+                first_row: 4,
+                diverged: false
+            })
+        );
+        for k in 0..2 {
+            for head in 0..2 {
+                let r = layout.page_range(head, 1).unwrap_or(0..0);
+                assert_eq!(dst[k][r.clone()], src[k][r]);
+            }
+        }
+        // Page 1 takes the run hashes, those of the rows written; page 0
+        // (below the first row touched) is left alone.
+        let mut want = rehashed(&dst, &layout, 3);
+        for row in 0..4 {
+            want[row * 3] = 0;
+        }
+        assert_eq!(values(&t), want);
+
+        // Tails that do not complete what the receiver holds: left out.
+        let mut other = dst.clone();
+        other[1][12] ^= 1; // row 4 of head 0, V
+        let before = other[1].clone();
+        let mut t2 = vec![0u8; 4 * 3 * 8];
+        let done = apply(&mut other, &layout, &runs[1..], 0, &mut t2, shape);
+        assert_eq!(done.map(|a| a.diverged), Ok(true));
+        assert_eq!(other[1], before);
+        assert_eq!(values(&t2), rehashed(&other, &layout, 3));
+
+        // Whole pages that do not match their hashes: an error.
+        let mut bad = k_payload.clone();
+        bad[0] ^= 1;
+        let bad_run = PageRun {
+            payload: &bad,
+            ..runs[0]
+        };
+        let r = apply(&mut dst, &layout, &[bad_run], 7, &mut t, shape);
+        assert!(matches!(r, Err(Error::Decode(_))));
+        // A tensor out of range, a table of another shape: refused.
+        let far = PageRun {
+            tensor: 2,
+            ..runs[0]
+        };
+        assert!(apply(&mut dst, &layout, &[far], 7, &mut t, shape).is_err());
+        let narrow = TableShape { rows: 4, width: 1 };
+        assert!(apply(&mut dst, &layout, &[], 7, &mut t[..32], narrow).is_err());
+    }
+
     proptest! {
         #[test]
         fn sums_follow_every_write(
@@ -549,6 +848,71 @@ mod tests {
                 prop_assert!(delta.is_ok());
                 sum = sum.wrapping_add(delta.unwrap_or(0));
                 prop_assert_eq!(sum, full_sum(&t, shape));
+            }
+        }
+
+        #[test]
+        fn applied_runs_leave_true_hashes(
+            runs in proptest::collection::vec(
+                (0usize..3, 0usize..3, proptest::collection::vec((0u32..3, 0u32..3, any::<u64>()), 0..4),
+                 proptest::collection::vec(any::<u8>(), 0..40)),
+                0..4,
+            ),
+            rows in 0usize..9,
+            first_row in 0usize..12,
+            honest in any::<bool>(),
+        ) {
+            let layout = PageLayout { heads: 2, capacity: 8, row_bytes: 3, page_rows: 4, rows };
+            let src: Vec<Vec<u8>> = (0..2u8).map(|k| (0..48u8).map(|b| b ^ (k * 91)).collect()).collect();
+            let mut dst = vec![vec![0u8; 48]; 2];
+            let owned: Vec<OwnedRun> = runs
+                .into_iter()
+                .map(|(tensor, offset, pages, payload)| {
+                    let heads: Vec<u32> = pages.iter().map(|x| x.0).collect();
+                    let idx: Vec<u32> = pages.iter().map(|x| x.1).collect();
+                    let mut hashes: Vec<u64> = pages.iter().map(|x| x.2).collect();
+                    let mut payload = payload;
+                    if honest && tensor < 2 {
+                        // Real pages of the source (where they exist).
+                        if let Ok(p) = super::super::gather_pages(&src[tensor], &layout, &heads, &idx) {
+                            hashes = heads
+                                .iter()
+                                .zip(&idx)
+                                .map(|(&h, &p)| {
+                                    let r = layout.page_range(h as usize, p as usize).unwrap_or(0..0);
+                                    page_hash(&src[tensor][r])
+                                })
+                                .collect();
+                            payload = p;
+                        }
+                    }
+                    (tensor, offset, heads, idx, hashes, payload)
+                })
+                .collect();
+            let runs: Vec<PageRun<'_>> = owned
+                .iter()
+                .map(|(tensor, offset, heads, pages, hashes, payload)| PageRun {
+                    tensor: *tensor,
+                    offset: *offset,
+                    heads,
+                    pages,
+                    hashes,
+                    payload,
+                })
+                .collect();
+            let shape = TableShape { rows: 4, width: 3 };
+            let mut t = vec![0u8; 4 * 3 * 8];
+            if let Ok(done) = apply(&mut dst, &layout, &runs, first_row, &mut t, shape) {
+                prop_assert_eq!(done.delta, full_sum(&t, shape));
+                prop_assert!(done.first_row <= first_row);
+                // Every slot in range holds the hash of the rows held.
+                let want = rehashed(&dst, &layout, 3);
+                let first = (done.first_row / 4).min(layout.pages());
+                for row in 0..4 {
+                    for page in first..layout.pages() {
+                        prop_assert_eq!(values(&t)[row * 3 + page], want[row * 3 + page]);
+                    }
+                }
             }
         }
 

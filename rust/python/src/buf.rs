@@ -1,0 +1,116 @@
+//! Contiguous buffers lent by Python objects, asked for as plain bytes.
+//!
+//! `PyUntypedBuffer::get` asks for the full buffer description (format,
+//! shape, strides): a numpy array then builds its PEP 3118 format string,
+//! about a thousand instructions each time a new array crosses. The
+//! kernels read and write raw bytes only, so they ask for a simple
+//! (C-contiguous, formatless) buffer instead; when an object refuses that,
+//! the full request tells why, with the errors the bindings always raised.
+
+use std::marker::PhantomData;
+
+use pyo3::buffer::PyUntypedBuffer;
+use pyo3::ffi;
+use pyo3::prelude::*;
+
+use crate::invalid;
+
+/// The buffer of a Python object, held (and the object kept alive) while
+/// this lives. Never leaves the thread that holds the GIL.
+pub struct Buf<'py> {
+    /// Boxed: exporters may rely on the view's address staying put.
+    raw: Box<ffi::Py_buffer>,
+    _py: PhantomData<Python<'py>>,
+}
+
+impl<'py> Buf<'py> {
+    /// A readable C-contiguous buffer of `obj` (`what` names it in errors).
+    pub fn get(obj: &Bound<'py, PyAny>, what: &str) -> PyResult<Self> {
+        Self::request(obj, what, false)
+    }
+
+    /// A writable C-contiguous buffer of `obj`.
+    pub fn get_mut(obj: &Bound<'py, PyAny>, what: &str) -> PyResult<Self> {
+        Self::request(obj, what, true)
+    }
+
+    fn request(obj: &Bound<'py, PyAny>, what: &str, writable: bool) -> PyResult<Self> {
+        let mut raw = Box::new(ffi::Py_buffer::new());
+        let flags = if writable {
+            ffi::PyBUF_WRITABLE
+        } else {
+            ffi::PyBUF_SIMPLE
+        };
+        // SAFETY: `raw` is a valid `Py_buffer`; on success the exporter has
+        // filled it in, and it is released once, on drop.
+        let rc = unsafe { ffi::PyObject_GetBuffer(obj.as_ptr(), &mut *raw, flags) };
+        if rc == 0 {
+            return Ok(Buf {
+                raw,
+                _py: PhantomData,
+            });
+        }
+        let refused = PyErr::fetch(obj.py());
+        // Not a buffer at all: the full request raises what it always did.
+        let full = PyUntypedBuffer::get(obj)?;
+        if writable && full.readonly() {
+            return Err(invalid(format!("{what} must be a writable buffer")));
+        }
+        if !full.is_c_contiguous() {
+            return Err(invalid(format!("{what} must be a C-contiguous buffer")));
+        }
+        Err(refused)
+    }
+
+    /// Bytes in the buffer.
+    pub fn len(&self) -> usize {
+        usize::try_from(self.raw.len).unwrap_or(0)
+    }
+
+    /// Address of the first byte.
+    pub fn ptr(&self) -> usize {
+        self.raw.buf as usize
+    }
+
+    /// The buffer's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        let len = self.len();
+        if len == 0 || self.raw.buf.is_null() {
+            return &[];
+        }
+        // SAFETY: the exporter guarantees `len` readable bytes at `buf`
+        // while the buffer is held; the slice does not outlive `self`.
+        // Another thread writing the same memory meanwhile yields
+        // unspecified values, never out-of-bounds access.
+        unsafe { std::slice::from_raw_parts(self.raw.buf as *const u8, len) }
+    }
+
+    /// The buffer's bytes, for writing (a buffer from [`Buf::get_mut`]).
+    #[allow(clippy::mut_from_ref)] // the buffer protocol hands out the memory
+    pub fn bytes_mut(&self, what: &str) -> PyResult<&mut [u8]> {
+        if self.raw.readonly != 0 {
+            return Err(invalid(format!("{what} must be a writable buffer")));
+        }
+        let len = self.len();
+        if len == 0 || self.raw.buf.is_null() {
+            return Ok(&mut []);
+        }
+        // SAFETY: as in `bytes`, and the exporter lent the memory writable.
+        Ok(unsafe { std::slice::from_raw_parts_mut(self.raw.buf as *mut u8, len) })
+    }
+
+    /// True when the two buffers share memory.
+    pub fn overlaps(&self, other: &Buf<'_>) -> bool {
+        let (a0, b0) = (self.ptr(), other.ptr());
+        let (a1, b1) = (a0 + self.len(), b0 + other.len());
+        self.len() > 0 && other.len() > 0 && a0 < b1 && b0 < a1
+    }
+}
+
+impl Drop for Buf<'_> {
+    fn drop(&mut self) {
+        // SAFETY: obtained by a successful `PyObject_GetBuffer` and released
+        // once; `Buf` is not `Send`, so the thread still holds the GIL.
+        unsafe { ffi::PyBuffer_Release(&mut *self.raw) }
+    }
+}
