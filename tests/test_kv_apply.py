@@ -291,3 +291,57 @@ def test_apply_failure_marks_the_whole_table_stale() -> None:
     assert mirror._stale_from == 0
     mirror.refresh()
     np.testing.assert_array_equal(mirror.page_table.hashes[..., : mirror.pages], true_table(mirror))
+
+
+def test_sender_side_constructors_make_the_same_instances() -> None:
+    h = np.array([0, 1], np.uint32)
+    run = F._kv_run(1, 0, h, h, h.astype(np.uint64), b"xy", 3)
+    ref = F.KVRun(1, 0, h, h, h.astype(np.uint64), b"xy", 3)
+    assert repr(run) == repr(ref)
+    assert vars(run).keys() == vars(ref).keys()
+    g = F.Geometry(1, 2, 64, "q4_0", 4, "f16")
+    e = F._kv_pages("c", "o", 9, g, 5, 7, F.KV_COMPLETE, (run,))
+    want = F.KVEntry("c", F.KVKind.PAGES, "o", 9, g, 5, 7, F.KV_COMPLETE, (ref,))
+    assert repr(e) == repr(want) and vars(e).keys() == vars(want).keys()
+    assert dataclasses.replace(e, runs=()) == dataclasses.replace(want, runs=())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        e.tokens = 1  # type: ignore[misc]
+    data = F.encode_frame(F.Frame("s", 1, 1, False, kv=(e,)))
+    assert data == F.encode_frame(F.Frame("s", 1, 1, False, kv=(want,)))
+
+
+def test_a_plan_with_the_tensors_carries_the_gathered_payloads() -> None:
+    rng = np.random.default_rng(7)
+    cache = KVCache(2, 3, 64, "q4_0", page_tokens=4)
+    cache.append(*rows(rng, cache, 9))
+    cache.refresh()
+    held = PageTable(2, 3)
+    block = cache.page_table.hashes[..., :2].copy()
+    block[..., 1] = 12345  # the hash of the rows 4..5 the peer holds
+    held.set_range(0, block)
+    held.tokens = 6  # the peer lacks rows 6.. (a tail of page 1) and page 2
+    mine = cache.page_table
+    plain = held.copy().take_diff(mine, 1, 9, 4, cache.row_bytes, 1, 1 << 20)
+    with_payloads = held.take_diff(mine, 1, 9, 4, cache.row_bytes, 1, 1 << 20, cache)
+    assert plain is not None and with_payloads is not None
+    assert plain[1:] == with_payloads[1:]
+    assert {r[1] for r in plain[0]} == {0, 2}  # whole pages and tails
+    for r, w in zip(plain[0], with_payloads[0], strict=True):
+        assert tuple(w[:5]) == tuple(r)
+        lk, offset, heads, pages = r[:4]
+        want = cache.gather_pages(
+            lk >> 1,
+            lk & 1,
+            np.frombuffer(heads, np.uint32),
+            np.frombuffer(pages, np.uint32),
+            offset,
+        )
+        assert w[5] == want
+    # Tensors that do not match the table: refused before anything is written.
+    other = PageTable(2, 3)
+    before = other.hashes.copy()
+    small = KVCache(1, 3, 64, "q4_0", page_tokens=4)
+    small.append(*rows(rng, small, 9))
+    with pytest.raises(InvalidArgumentError):
+        other.take_diff(mine, 0, 9, 4, cache.row_bytes, None, 1 << 20, small)
+    np.testing.assert_array_equal(other.hashes[..., : before.shape[-1]], before)

@@ -1,7 +1,7 @@
 """Type stubs of the hybridsync._core extension module (checked by mypy.stubtest)."""
 
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal, Protocol, TypeAlias, final
+from typing import Any, Literal, Protocol, TypeAlias, final, overload
 
 from numpy.typing import NDArray
 from typing_extensions import Buffer
@@ -238,6 +238,7 @@ def kv_table_hash(
     table: _Buf,
     width: int,
 ) -> int: ...
+@overload
 def kv_plan_diff(
     mine: _Buf,
     acked: _Buf,
@@ -255,7 +256,34 @@ def kv_plan_diff(
     budget: int,
     acked_end: int,
     same_sum: bool,
+    *,
+    tensors: None = None,
+    capacity: int = 0,
 ) -> tuple[list[tuple[int, int, bytes, bytes, bytes]], int, int, int | None, int, int] | None: ...
+@overload
+def kv_plan_diff(
+    mine: _Buf,
+    acked: _Buf,
+    rows: int,
+    mine_width: int,
+    acked_width: int,
+    heads: int,
+    first: int,
+    pages: int,
+    tokens: int,
+    held: int,
+    page_rows: int,
+    row_bytes: int,
+    tail_page: int | None,
+    budget: int,
+    acked_end: int,
+    same_sum: bool,
+    *,
+    tensors: Sequence[_Buf],
+    capacity: int = 0,
+) -> (
+    tuple[list[tuple[int, int, bytes, bytes, bytes, bytes]], int, int, int | None, int, int] | None
+): ...
 
 class _RunLike(Protocol):
     """A run of KV pages (``hybridsync.sync.frame.KVRun``)."""

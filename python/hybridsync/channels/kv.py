@@ -344,7 +344,8 @@ class PageTable:
         row_bytes: int,
         tail_page: int | None,
         budget: int,
-    ) -> tuple[list[tuple[int, int, bytes, bytes, bytes]], int, int, int | None] | None:
+        cache: KVCache | None = None,
+    ) -> tuple[list[tuple[Any, ...]], int, int, int | None] | None:
         """This table is what a peer holds of a cache whose table is ``mine``
         (``tokens`` tokens): plan the pages from ``first`` on that the peer
         lacks, earliest first while ``budget`` bytes last (``tail_page``: the
@@ -353,7 +354,9 @@ class PageTable:
         holds everything; else ``(runs, pages, bytes, resume)``: runs
         ``(layer * 2 + kind, offset, heads, pages, hashes)`` (little-endian
         ``u32``, ``u32``, ``u64`` bytes) and the first page not sent when the
-        budget ran out (else None)."""
+        budget ran out (else None). With ``cache`` (the cache whose table is
+        ``mine``) each run also carries its payload (as
+        :meth:`KVCache.gather_pages` returns it), gathered in the same call."""
         pages = -(-tokens // page_tokens)
         self.reserve(max(pages, first))
         plan = kv_plan_diff(
@@ -373,6 +376,8 @@ class PageTable:
             budget,
             self._end,
             self._sum == mine._sum,
+            tensors=None if cache is None else cache._tensors,
+            capacity=0 if cache is None else cache._capacity,
         )
         if plan is None:
             return None

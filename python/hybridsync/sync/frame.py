@@ -795,6 +795,59 @@ _KV_TYPES = (
 _U64_MAX = (1 << 64) - 1
 
 
+_new = object.__new__
+
+
+def _kv_run(
+    layer: int,
+    kind: int,
+    heads: np.ndarray,
+    pages: np.ndarray,
+    hashes: np.ndarray,
+    payload: bytes | memoryview,
+    offset: int,
+) -> KVRun:
+    """``KVRun(...)`` made as the Rust decoder makes it: without the frozen
+    dataclass ``__init__`` and its ``object.__setattr__`` per field (a
+    sender builds runs every cycle). The same instance: every field set."""
+    r = _new(KVRun)
+    d = r.__dict__
+    d["layer"] = layer
+    d["kind"] = kind
+    d["heads"] = heads
+    d["pages"] = pages
+    d["hashes"] = hashes
+    d["payload"] = payload
+    d["offset"] = offset
+    return r
+
+
+def _kv_pages(
+    name: str,
+    owner: str,
+    uid: int,
+    geometry: Geometry,
+    tokens: int,
+    digest: int,
+    flags: int,
+    runs: tuple[KVRun, ...],
+) -> KVEntry:
+    """``KVEntry(name, KVKind.PAGES, ...)`` made as :func:`_kv_run` makes runs."""
+    e = _new(KVEntry)
+    d = e.__dict__
+    d["name"] = name
+    d["kind"] = KVKind.PAGES
+    d["owner"] = owner
+    d["uid"] = uid
+    d["geometry"] = geometry
+    d["tokens"] = tokens
+    d["digest"] = digest
+    d["flags"] = flags
+    d["runs"] = runs
+    d["table"] = None
+    return e
+
+
 def _kv_tuple(e: KVEntry) -> _KVEntryIn:
     g = e.geometry
     geometry = None

@@ -23,7 +23,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from hybridsync.channels.kv import KVCache, KVCaches, KVConflict, KVPort, PageTable
-from hybridsync.sync.frame import KV_COMPLETE, KV_PROBE, KVEntry, KVKind, KVRun
+from hybridsync.sync.frame import (
+    KV_COMPLETE,
+    KV_PROBE,
+    KVEntry,
+    KVKind,
+    KVRun,
+    _kv_pages,
+    _kv_run,
+)
 
 if TYPE_CHECKING:
     from hybridsync.sync.link import Link
@@ -160,16 +168,8 @@ class KVChannel:
     ) -> KVEntry:
         assert cache.owner is not None
         digest = cache.page_table.digest() if flags & KV_COMPLETE else 0
-        return KVEntry(
-            name,
-            KVKind.PAGES,
-            cache.owner,
-            cache.uid,
-            cache.geometry,
-            cache.tokens,
-            digest,
-            flags,
-            runs,
+        return _kv_pages(
+            name, cache.owner, cache.uid, cache.geometry, cache.tokens, digest, flags, runs
         )
 
     def _diff(self, name: str, cache: KVCache, o: _Out, budget: int) -> tuple[KVEntry | None, int]:
@@ -194,7 +194,7 @@ class KVChannel:
         tail_page = None
         if touched is not None and touched >= held and held % pt and held < tokens:
             tail_page = held // pt  # the peer's partial last page only grew
-        plan = acked.take_diff(mine, first, tokens, pt, cache.row_bytes, tail_page, budget)
+        plan = acked.take_diff(mine, first, tokens, pt, cache.row_bytes, tail_page, budget, cache)
         if plan is None:
             return None, 0
         planned, sent, used, resume = plan
@@ -204,32 +204,25 @@ class KVChannel:
             o.dirty_from = resume
             o.dirty_token = resume * pt
             flags = 0
+        # Each run of one (layer, K|V): pages ``pidx[i]`` of heads ``heads[i]``
+        # (little-endian ``u32``) with their hashes (``u64``), each from row
+        # ``offset`` of its page on, and those rows (gathered by the plan).
         runs = tuple(
-            self._run(cache, lk >> 1, lk & 1, offset, heads, pidx, hashes)
-            for lk, offset, heads, pidx, hashes in planned
+            _kv_run(
+                lk >> 1,
+                lk & 1,
+                np.frombuffer(heads, _U32LE),
+                np.frombuffer(pidx, _U32LE),
+                np.frombuffer(hashes, _U64LE),
+                payload,
+                offset,
+            )
+            for lk, offset, heads, pidx, hashes, payload in planned
         )
         m = self.link.metrics
         m.kv_pages_sent += sent
         m.kv_page_bytes_sent += used
         return self._pages_entry(name, cache, flags, runs), used
-
-    @staticmethod
-    def _run(
-        cache: KVCache,
-        layer: int,
-        kind: int,
-        offset: int,
-        heads: bytes,
-        pages: bytes,
-        hashes: bytes,
-    ) -> KVRun:
-        """The run of one (layer, K|V): pages ``pages[i]`` of heads
-        ``heads[i]`` (little-endian ``u32``) with their hashes (``u64``),
-        each from row ``offset`` of its page on."""
-        h = np.frombuffer(heads, _U32LE)
-        p = np.frombuffer(pages, _U32LE)
-        payload = cache.gather_pages(layer, kind, h, p, offset)
-        return KVRun(layer, kind, h, p, np.frombuffer(hashes, _U64LE), payload, offset)
 
     # -- receiving ----------------------------------------------------------------
 
@@ -321,7 +314,10 @@ class KVChannel:
             o.acked.cut(cache.pages)
             if e.runs:
                 o.acked.set_runs(e.runs)
-        self.link.metrics.kv_pages_received += sum(len(r.heads) for r in e.runs)
+        received = 0
+        for r in e.runs:
+            received += len(r.heads)
+        self.link.metrics.kv_pages_received += received
         if diverged or (e.flags & KV_COMPLETE and cache.page_table.digest() != e.digest):
             self.link.metrics.kv_resyncs += 1
             o.acked = cache.page_table.copy()

@@ -9,7 +9,8 @@
 use hybridsync_core::kv::{self, table, Float, Format, PageLayout};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyTuple};
+use pyo3::IntoPyObjectExt;
 
 use crate::buf::Buf;
 use crate::{invalid, maybe_detach, CoreError};
@@ -450,15 +451,8 @@ pub fn kv_table_hash(
     .map_err(CoreError)?)
 }
 
-type PlannedRunOut<'py> = (
-    usize,
-    usize,
-    Bound<'py, PyBytes>,
-    Bound<'py, PyBytes>,
-    Bound<'py, PyBytes>,
-);
 type DiffPlanOut<'py> = (
-    Vec<PlannedRunOut<'py>>,
+    Vec<Bound<'py, PyTuple>>,
     usize,
     usize,
     Option<usize>,
@@ -466,15 +460,29 @@ type DiffPlanOut<'py> = (
     usize,
 );
 
+fn le_bytes<'py, T: Copy, const N: usize>(
+    py: Python<'py>,
+    v: &[T],
+    to_le: fn(T) -> [u8; N],
+) -> Bound<'py, PyBytes> {
+    let raw: Vec<u8> = v.iter().flat_map(|&x| to_le(x)).collect();
+    PyBytes::new(py, &raw)
+}
+
 /// Plan the pages of `mine` (`u64`, `rows` x `mine_width`) that the peer's
 /// table `acked` (`rows` x `acked_width`) lacks, from page `first` on, and
 /// record them in `acked` (see `hybridsync_core::kv::table::plan_diff`).
 /// Returns None (writing nothing) when nothing differs; else `(runs, pages
 /// sent, bytes sent, page to resume from or None, change of acked's sum,
 /// acked's new end)`, each run `(layer * 2 + kind, offset, heads u32,
-/// pages u32, hashes u64)` with little-endian bytes.
+/// pages u32, hashes u64)` with little-endian bytes. With `tensors` (the
+/// cache's `(layer, K|V)` tensors in order, laid out as in
+/// `kv_gather_pages` with `capacity` rows, `tokens` in use) each run also
+/// carries its payload, as `kv_gather_pages` returns it: one call per
+/// frame instead of one per run. The tensors are checked before `acked`
+/// is written.
 #[pyfunction]
-#[pyo3(signature = (mine, acked, rows, mine_width, acked_width, heads, first, pages, tokens, held, page_rows, row_bytes, tail_page, budget, acked_end, same_sum))]
+#[pyo3(signature = (mine, acked, rows, mine_width, acked_width, heads, first, pages, tokens, held, page_rows, row_bytes, tail_page, budget, acked_end, same_sum, *, tensors=None, capacity=0))]
 #[allow(clippy::too_many_arguments)]
 pub fn kv_plan_diff<'py>(
     py: Python<'py>,
@@ -494,11 +502,29 @@ pub fn kv_plan_diff<'py>(
     budget: usize,
     acked_end: usize,
     same_sum: bool,
+    tensors: Option<Vec<Bound<'_, PyAny>>>,
+    capacity: usize,
 ) -> PyResult<Option<DiffPlanOut<'py>>> {
     let m_buf = Buf::get(mine, "mine")?;
     let a_buf = Buf::get_mut(acked, "acked")?;
     if m_buf.overlaps(&a_buf) {
         return Err(invalid("the two tables share memory"));
+    }
+    let l = layout(heads, capacity, row_bytes, page_rows, tokens);
+    let mut held_tensors = Vec::new();
+    for t in tensors.iter().flatten() {
+        let b = Buf::get(t, "tensor")?;
+        if b.overlaps(&a_buf) {
+            return Err(invalid("a tensor and the table share memory"));
+        }
+        l.check(b.len()).map_err(CoreError)?;
+        held_tensors.push(b);
+    }
+    if tensors.is_some() && held_tensors.len().checked_mul(heads) != Some(rows) {
+        return Err(invalid(format!(
+            "{} tensors of {heads} heads do not match the table's {rows} rows",
+            held_tensors.len()
+        )));
     }
     let m = m_buf.bytes();
     let a = a_buf.bytes_mut("acked")?;
@@ -531,21 +557,35 @@ pub fn kv_plan_diff<'py>(
     let Some(plan) = plan else {
         return Ok(None);
     };
-    let runs = plan
-        .runs
-        .iter()
-        .map(|r| {
-            let le32 = |v: &[u32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-            let le64: Vec<u8> = r.hashes.iter().flat_map(|x| x.to_le_bytes()).collect();
-            (
-                r.layer_kind,
-                r.offset,
-                PyBytes::new(py, &le32(&r.heads)),
-                PyBytes::new(py, &le32(&r.pages)),
-                PyBytes::new(py, &le64),
-            )
-        })
-        .collect();
+    let mut runs = Vec::with_capacity(plan.runs.len());
+    for r in &plan.runs {
+        let mut items = vec![
+            r.layer_kind.into_bound_py_any(py)?,
+            r.offset.into_bound_py_any(py)?,
+            le_bytes(py, &r.heads, u32::to_le_bytes).into_any(),
+            le_bytes(py, &r.pages, u32::to_le_bytes).into_any(),
+            le_bytes(py, &r.hashes, u64::to_le_bytes).into_any(),
+        ];
+        if tensors.is_some() {
+            let b = held_tensors
+                .get(r.layer_kind)
+                .ok_or_else(|| invalid("a planned run lies outside the tensors"))?
+                .bytes();
+            let ranges = if r.offset == 0 {
+                kv::page_ranges(b.len(), &l, &r.heads, &r.pages)
+            } else {
+                kv::tail_ranges(b.len(), &l, &r.heads, &r.pages, r.offset)
+            }
+            .map_err(CoreError)?;
+            let total: usize = ranges.iter().map(|r| r.len()).sum();
+            let payload = PyBytes::new_with(py, total, |out| {
+                maybe_detach(py, total, || kv::gather_into(b, &ranges, out))
+                    .map_err(|e| CoreError(e).into())
+            })?;
+            items.push(payload.into_any());
+        }
+        runs.push(PyTuple::new(py, items)?);
+    }
     Ok(Some((
         runs,
         plan.sent,
