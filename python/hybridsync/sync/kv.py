@@ -128,15 +128,19 @@ class KVChannel:
         behind another entry for the same cache goes in the next frame)."""
         if not (self.pending or self.haves or self.deletes):
             return ()
-        out: list[KVEntry] = [
-            KVEntry(name, KVKind.DELETE, owner, uid)
-            for name, (owner, uid) in sorted(self.deletes.items())
-        ]
-        self.deletes.clear()
-        named = {e.name for e in out}
+        out: list[KVEntry] = []
+        named: set[str] = set()
+        if self.deletes:
+            out = [
+                KVEntry(name, KVKind.DELETE, owner, uid)
+                for name, (owner, uid) in sorted(self.deletes.items())
+            ]
+            self.deletes.clear()
+            named = {e.name for e in out}
         budget = self.budget
+        caches = self.kv
         for name in sorted(self.pending):
-            cache = self.kv.get(name)
+            cache = caches.get(name)
             o = self.out.get(name)
             if cache is None or o is None or cache.owner is None:
                 self.pending.discard(name)
@@ -158,9 +162,10 @@ class KVChannel:
             if entry is not None:
                 out.append(entry)
                 named.add(name)
-        for name in sorted(self.haves):
-            if name not in named:
-                out.append(self.haves.pop(name))
+        if self.haves:
+            for name in sorted(self.haves):
+                if name not in named:
+                    out.append(self.haves.pop(name))
         return tuple(out)
 
     def _pages_entry(
@@ -254,9 +259,10 @@ class KVChannel:
 
     def _receive_pages(self, e: KVEntry) -> None:
         memory = self.link.memory
-        port = memory.kv.port
+        caches = memory.kv
+        port = caches.port
         assert e.geometry is not None
-        cache = self.kv.get(e.name)
+        cache = caches.get(e.name)
         if cache is not None and not cache.writable and cache.owner == memory.replica_id:
             port.drop(e.name, None)  # a mirror of our own id: not a cache we hold
             cache = None

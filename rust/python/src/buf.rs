@@ -1,15 +1,15 @@
 //! Contiguous buffers lent by Python objects, asked for as plain bytes.
 //!
 //! `PyUntypedBuffer::get` asks for the full buffer description (format,
-//! shape, strides): a numpy array then builds its PEP 3118 format string,
-//! about a thousand instructions each time a new array crosses. The
+//! shape, strides): a numpy array then builds its PEP 3118 format string
+//! (hundreds of instructions) each time an array crosses. The
 //! kernels read and write raw bytes only, so they ask for a simple
 //! (C-contiguous, formatless) buffer instead; when an object refuses that,
-//! the full request tells why, with the errors the bindings always raised.
+//! the full request is made, and refused with the errors the bindings
+//! always raised when it is not C-contiguous (or not writable).
 
 use std::marker::PhantomData;
 
-use pyo3::buffer::PyUntypedBuffer;
 use pyo3::ffi;
 use pyo3::prelude::*;
 
@@ -35,31 +35,39 @@ impl<'py> Buf<'py> {
     }
 
     fn request(obj: &Bound<'py, PyAny>, what: &str, writable: bool) -> PyResult<Self> {
-        let mut raw = Box::new(ffi::Py_buffer::new());
         let flags = if writable {
             ffi::PyBUF_WRITABLE
         } else {
             ffi::PyBUF_SIMPLE
         };
+        if let Some(b) = Self::with_flags(obj, flags) {
+            return Ok(b);
+        }
+        let _refused = PyErr::fetch(obj.py());
+        // The full description, which every exporter serves (an object
+        // that is no buffer raises here, as it always did); then tell what
+        // is wrong with it, or use it.
+        let b = Self::with_flags(obj, ffi::PyBUF_FULL_RO).ok_or_else(|| PyErr::fetch(obj.py()))?;
+        if writable && b.raw.readonly != 0 {
+            return Err(invalid(format!("{what} must be a writable buffer")));
+        }
+        // SAFETY: `b.raw` is a buffer obtained above and still held.
+        if unsafe { ffi::PyBuffer_IsContiguous(&*b.raw, b'C' as std::ffi::c_char) } == 0 {
+            return Err(invalid(format!("{what} must be a C-contiguous buffer")));
+        }
+        Ok(b)
+    }
+
+    /// The buffer asked for with `flags`, or None with the exporter's error set.
+    fn with_flags(obj: &Bound<'py, PyAny>, flags: std::ffi::c_int) -> Option<Self> {
+        let mut raw = Box::new(ffi::Py_buffer::new());
         // SAFETY: `raw` is a valid `Py_buffer`; on success the exporter has
         // filled it in, and it is released once, on drop.
         let rc = unsafe { ffi::PyObject_GetBuffer(obj.as_ptr(), &mut *raw, flags) };
-        if rc == 0 {
-            return Ok(Buf {
-                raw,
-                _py: PhantomData,
-            });
-        }
-        let refused = PyErr::fetch(obj.py());
-        // Not a buffer at all: the full request raises what it always did.
-        let full = PyUntypedBuffer::get(obj)?;
-        if writable && full.readonly() {
-            return Err(invalid(format!("{what} must be a writable buffer")));
-        }
-        if !full.is_c_contiguous() {
-            return Err(invalid(format!("{what} must be a C-contiguous buffer")));
-        }
-        Err(refused)
+        (rc == 0).then(|| Buf {
+            raw,
+            _py: PhantomData,
+        })
     }
 
     /// Bytes in the buffer.
