@@ -6,7 +6,8 @@
 //! are read in place), and decoding returns plain tuples, with patches
 //! already parsed into `Patch` objects and KV arrays and payloads as byte
 //! offsets into the frame (so the caller slices them without a copy).
-//! :func:`decode_frame_as` builds the caller's frame dataclasses directly.
+//! :func:`decode_frame_as` builds the caller's frame dataclasses directly
+//! (with ``kv_types``, the KV entries, runs and geometries too).
 //! Frames of 4 KiB or more are encoded and decoded without the GIL.
 
 use hybridsync_core::frame::{
