@@ -20,8 +20,10 @@ already heals.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import re
 import secrets
 import sqlite3
 from pathlib import Path
@@ -67,7 +69,8 @@ CREATE TABLE IF NOT EXISTS link_docs (
     role TEXT NOT NULL, peer TEXT NOT NULL, name TEXT NOT NULL, state BLOB NOT NULL,
     sum INTEGER NOT NULL, PRIMARY KEY (role, peer, name));
 """
-
+#: The tables of a replica file (every one exists from the file's creation on).
+_TABLES = frozenset(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", _SCHEMA))
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -148,6 +151,16 @@ class Store:
                     f"{self.path} is an SQLite database of another application (tables "
                     f"{', '.join(sorted(tables)[:5])}), not a hybridsync replica file"
                 )
+            missing = _TABLES - tables
+            if tables and missing:
+                # A replica file holds every table from its creation on: some
+                # are gone from the schema (damage), and creating them again
+                # would change a file that is refused anyway.
+                self._db.close()
+                raise CorruptionError(
+                    f"{self.path} is not a readable replica file: tables "
+                    f"{', '.join(sorted(missing))} are missing"
+                )
             # Larger pages: KV page rows are megabytes; 16 KiB pages cut the
             # overflow-page bookkeeping 4x (takes effect when the file is created).
             self._db.execute("PRAGMA page_size=16384")
@@ -163,7 +176,7 @@ class Store:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     self._db.execute(statement)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, UnicodeDecodeError) as exc:  # (a damaged schema's names)
             if hasattr(self, "_db"):
                 self._db.close()
             if not isinstance(exc, sqlite3.OperationalError):
@@ -177,7 +190,8 @@ class Store:
             raise StorageError(f"cannot open {self.path}: {exc}") from None
         try:
             info = self._info()
-            if not info:
+            created = not info
+            if created:
                 self._put_info("format", FORMAT_VERSION)
                 self._put_info("replica_id", replica_id)
                 info["incarnation"] = secrets.token_bytes(16)
@@ -192,13 +206,25 @@ class Store:
                     raise InvalidArgumentError(
                         f"{self.path} holds replica {info.get('replica_id')!r}, not {replica_id!r}"
                     )
-            self._db.execute("COMMIT")
+            if created:
+                self._db.execute("COMMIT")
+            # An existing file: the transaction stays open (nothing written)
+            # until load() has read and checked it; a file it refuses is
+            # closed with a rollback, as it was (committing, even nothing,
+            # lets SQLite rewrite a damaged header).
+            self._loading = not created
             #: Identifies the replica's history across reopenings (the hub
             #: handshake shows it: peers resume their links while it holds).
             incarnation = info.get("incarnation")
             if not isinstance(incarnation, bytes) or not 0 < len(incarnation) <= 64:
                 raise CorruptionError(f"{self.path}: the replica's incarnation is malformed")
             self.incarnation = incarnation
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
+            # Damage SQLite finds only now (reading the info rows, committing).
+            self._db.close()
+            if isinstance(exc, sqlite3.OperationalError):
+                raise StorageError(f"cannot open {self.path}: {exc}") from None
+            raise CorruptionError(f"{self.path} is not a readable replica file: {exc}") from None
         except BaseException:
             self._db.close()
             raise
@@ -271,7 +297,7 @@ class Store:
     def _rows(self, sql: str, *args: Any) -> list[Any]:
         try:
             return self._db.execute(sql, args).fetchall()
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
             raise CorruptionError(f"{self.path}: {exc}") from None
 
     def _info(self) -> dict[str, Any]:
@@ -293,6 +319,10 @@ class Store:
         if self._changes is not None:
             self._changes.remove_listener(self)
             self._changes = None
+        if getattr(self, "_loading", False):
+            self._loading = False
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
         self._db.close()
 
     # -- loading -------------------------------------------------------------------
@@ -309,6 +339,11 @@ class Store:
         meant to be dropped when this raises (``Memory`` does)."""
         try:
             self._load(memory)
+            if self._loading:
+                self._loading = False
+                self._db.execute("COMMIT")
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
+            raise CorruptionError(f"{self.path} is not a readable replica file: {exc}") from None
         except StorageError:
             raise
         except HybridSyncError as exc:  # a stored geometry or value the channels refuse
