@@ -477,3 +477,72 @@ def test_linked_replicas_converge_with_small_metadata_frames() -> None:
         )
     # The delete set (300 overwritten values) is not in every frame.
     assert max(sizes[1:]) < len(agent.meta._doc.get_update(agent.meta.state()))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    svs=st.lists(
+        st.dictionaries(st.integers(0, 2**53 - 1), st.integers(0, 2**32), max_size=6),
+        min_size=1,
+        max_size=80,
+    )
+)
+def test_state_vectors_round_trip_and_decoded_dicts_are_the_callers(
+    svs: list[dict[int, int]],
+) -> None:
+    """Decoded state vectors (kept for the next decode of the same bytes)
+    round-trip, and a caller changing the dict it got changes nothing for
+    the next caller, also past the bound of what is kept."""
+    for sv in svs + svs:
+        data = encode_state_vector(sv)
+        got = decode_state_vector(data)
+        assert got == sv
+        got[12345] = 1  # the caller's own dict
+        got.clear()
+        assert decode_state_vector(data) == sv
+        assert decode_state_vector(bytearray(data)) == sv
+
+
+def _collapse_reference(pending: list[tuple[int, int, Any]]) -> list[tuple[int, int, Any]]:
+    """What collapsing the log of own writes means, written plainly: going
+    from the newest, a write is dropped if a later set/del replaced a key on
+    its path, or (a set/del) the same key."""
+    kept: list[tuple[int, int, Any]] = []
+    replaced: list[tuple[Any, ...]] = []
+    for client, end, op in reversed(pending):
+        kind, path, key, _ = op
+        if any(path[: len(p)] == p for p in replaced):
+            continue
+        if kind in ("set", "del") and isinstance(key, str):
+            if (*path, key) in replaced:
+                continue
+            replaced.append((*path, key))
+        kept.append((client, end, op))
+    return kept[::-1]
+
+
+_PARTS = st.sampled_from(["a", "b", "c", 0, 1])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from(["set", "del", "insert", "ldel", "at"]),
+            st.lists(_PARTS, max_size=3).map(tuple),
+            st.one_of(_PARTS, st.none()),
+            st.integers(0, 3),
+        ),
+        max_size=60,
+    ),
+    clients=st.lists(st.integers(1, 3), min_size=60, max_size=60),
+)
+def test_collapsing_the_log_of_own_writes_matches_its_definition(
+    ops: list[tuple[str, tuple[Any, ...], Any, int]], clients: list[int]
+) -> None:
+    meta = Memory("a").meta
+    pending = [(clients[i], i + 1, op) for i, op in enumerate(ops)]
+    meta._pending = list(pending)
+    meta._collapse_pending()
+    assert meta._pending == _collapse_reference(pending)
+    assert meta._pending_clients == {c for c, _, _ in meta._pending}

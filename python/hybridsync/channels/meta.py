@@ -294,10 +294,29 @@ def _varint(data: bytes, pos: int, what: str) -> tuple[int, int]:
             raise DecodeError(f"{what} varint longer than 64 bits")
 
 
+#: Recently decoded state vectors (a cycle decodes the same few several times).
+_SV_CACHE: dict[bytes, dict[int, int]] = {}
+_SV_CACHE_SIZE = 64
+
+
 def decode_state_vector(data: bytes) -> dict[int, int]:
-    """Decode a Yjs (v1) state vector: client id -> clock."""
+    """Decode a Yjs (v1) state vector: client id -> clock (a new dict)."""
     if not data:
         return {}
+    if type(data) is not bytes:
+        return _decode_state_vector(data)
+    cached = _SV_CACHE.get(data)
+    if cached is not None:
+        return dict(cached)
+    out = _decode_state_vector(data)
+    if len(_SV_CACHE) >= _SV_CACHE_SIZE:
+        with suppress(StopIteration, RuntimeError, KeyError):
+            del _SV_CACHE[next(iter(_SV_CACHE))]
+    _SV_CACHE[data] = dict(out)
+    return out
+
+
+def _decode_state_vector(data: bytes) -> dict[int, int]:
     n, pos = _varint(data, 0, "state vector")
     if n > len(data):
         raise DecodeError("state vector entry count exceeds its size")
@@ -765,6 +784,8 @@ class Meta(_LiveMapping):
         #: clock end, op). A reopened durable replica writes under a new
         #: client id, so the log can hold several of its ids in one epoch.
         self._pending: list[tuple[int, int, Op]] = []
+        #: The client ids in _pending (kept along with it: read every cycle).
+        self._pending_clients: set[int] = set()
         self._pending_limit = 256
         #: This replica's latest write of each dict key it wrote (most recent
         #: last, at most _LATEST_KEYS): (path, key) -> (deleted, value). A
@@ -968,6 +989,7 @@ class Meta(_LiveMapping):
         self._pending = [
             (int(c), int(e), (str(k), tuple(p), key, v)) for c, e, k, p, key, v in saved["pending"]
         ]
+        self._pending_clients = {c for c, _, _ in self._pending}
         self._pending_limit = 2 * len(self._pending) + 256
         self._ticks = int(saved["ticks"])
         self._latest = {(tuple(p), str(k)): (bool(d), v) for p, k, d, v in saved.get("latest", [])}
@@ -1097,6 +1119,7 @@ class Meta(_LiveMapping):
         if self._txn_ops:
             end = decode_state_vector(self._doc.get_state()).get(self._client, 0)
             self._pending.extend((self._client, end, op) for op in self._txn_ops)
+            self._pending_clients.add(self._client)
             self._txn_ops = []
             if len(self._pending) > self._pending_limit:
                 self._collapse_pending()
@@ -1110,7 +1133,7 @@ class Meta(_LiveMapping):
         replaced: set[Path] = set()
         for client, end, op in reversed(self._pending):
             kind, path, key, _ = op
-            if any(path[: len(p)] == p for p in replaced):
+            if any(path[:i] in replaced for i in range(1, len(path) + 1)):
                 continue
             if kind in ("set", "del") and isinstance(key, str):
                 target = (*path, key)
@@ -1120,6 +1143,7 @@ class Meta(_LiveMapping):
             kept.append((client, end, op))
         kept.reverse()
         self._pending = kept
+        self._pending_clients = {c for c, _, _ in kept}
         self._pending_limit = 2 * len(kept) + 256
 
     def _logged(self, kind: str, path: Path, key: str | int, value: Any) -> Op:

@@ -317,7 +317,7 @@ class EpochMeta(Meta):
 
     def own_clients(self) -> set[int]:
         """The CRDT client ids of this replica's logged writes and current one."""
-        return {c for c, _, _ in self._pending} | {self._client}
+        return self._pending_clients | {self._client}
 
     def note_delivered(self, state: bytes) -> None:
         """Our upstream acknowledged a frame that carried ``state`` (a state
@@ -408,6 +408,7 @@ class EpochMeta(Meta):
                 ancestry[str(tag)] = f"{lo}:{hi}"
         self._start_epoch(self.epoch + 1, epoch_id, builder.get_update())
         self._pending.clear()  # the root integrated everything it wrote
+        self._pending_clients.clear()
         self.metrics.compactions += 1
         self._measure(len(self._doc.get_update()), self.metrics.live_bytes, 1)
         self._changes.meta_changed(Origin.LOCAL)
@@ -558,6 +559,7 @@ class EpochMeta(Meta):
             self._uncertain[tag] = max(self._uncertain.get(tag, 0), counter + 1)
             self._learn_ancestry()
         self._pending = []
+        self._pending_clients = set()
         self.metrics.crossings += 1
         if keep or overlays:
             with self._write() as ops:
