@@ -119,8 +119,18 @@ def run_schedule(
     knows_del: dict[str, set[str]] = {n: set() for n in mems}
     out = Outcome(kills={"root": 0, "hub": 0, "leaf": 0}, loss=loss)
 
+    #: Per replica: (epoch id, state vector) when its tags were last read, and them.
+    seen: dict[str, tuple[tuple[int, bytes], set[str]]] = {}
+
     def observe(name: str) -> None:
-        tags = set(_tags(mems[name]))
+        meta = mems[name].meta
+        key = (meta.epoch_id, meta.state())
+        last = seen.get(name)
+        if last is not None and last[0] == key and last[1] is not None:
+            tags = last[1]  # nothing changed since (reading them is O(state))
+        else:
+            tags = set(_tags(mems[name]))
+            seen[name] = (key, tags)
         had[name] |= tags
         knows_del[name] |= (deleted & had[name]) - tags
 
@@ -165,6 +175,7 @@ def run_schedule(
         excused_del.update(t for t in deleted if t not in known)
         mems[name] = replica(name)
         had[name], knows_del[name] = set(), set()
+        seen.pop(name, None)
         for n, p in parents.items():
             if name in (n, p):
                 # The connection drops: both ends close, fresh links follow.

@@ -434,7 +434,7 @@ def test_a_restarted_root_without_the_frozen_state_loses_no_acknowledged_insert(
         assert m.meta["log"].to_py() == ["a0", "a1", "a2", "a-acked-by-old", "late"]
 
 
-RESTART_SEEDS = int(os.environ.get("HYBRIDSYNC_RESTART_SEEDS", "20"))
+RESTART_SEEDS = int(os.environ.get("HYBRIDSYNC_RESTART_SEEDS", "200"))
 #: Mixes whose schedules still fail (docs/protocol.md 6.9, the README's table):
 #: strict, so a mix that starts passing must move out of this set.
 FAILING_MIXES = {"tree-all"}
