@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from hybridsync import Link, Memory
 from hybridsync._core import (
     kv_plan_diff,
+    kv_quantize,
     kv_table_cut,
     kv_table_range_sum,
     kv_table_set_pages,
@@ -262,3 +263,37 @@ def test_a_decode_step_sends_two_page_tails_and_digests_agree() -> None:
         mirror = b.kv["ctx"]
         assert mirror.digest() == cache.digest() and mirror.tokens == cache.tokens
         assert np.array_equal(mirror.quantized(0, "v"), cache.quantized(0, "v"))
+
+
+def test_table_kernels_refuse_absurd_shapes_without_panicking_or_spinning() -> None:
+    """A table without pages passes any size check, whatever its row count:
+    the kernels bound the rows (a panic or a 2**61-step loop otherwise)."""
+    with pytest.raises(InvalidArgumentError):
+        kv_table_set_range(bytearray(), 2**61, 0, 0, b"")
+    with pytest.raises(InvalidArgumentError):
+        kv_table_range_sum(b"", 2**61, 0, 0, 0)
+    with pytest.raises(InvalidArgumentError):
+        kv_table_cut(bytearray(), 2**40, 0, 0, 0)
+
+
+def test_a_plan_that_fails_changes_nothing() -> None:
+    """A tail that does not start inside its page is refused before the
+    peer's table is cut (the caller's running sum would be wrong for good)."""
+    mine = np.arange(1, 9, dtype=np.uint64).reshape(1, 2, 2, 2)
+    acked = np.zeros_like(mine)
+    acked[..., 0] = mine[..., 0]
+    before = acked.copy()
+    # 2 pages of 2 rows, 4 tokens, all held by the peer: page 1 has no tail.
+    args = (4, 2, 2, 2, 0, 2, 4, 4, 2, 10, 1, 1000, 2)
+    with pytest.raises(InvalidArgumentError):
+        kv_plan_diff(mine, acked, *args, False)
+    assert np.array_equal(acked, before)
+
+
+def test_kernels_refuse_a_destination_sharing_memory_with_a_source() -> None:
+    buf = bytearray(64 * 4)
+    with pytest.raises(InvalidArgumentError):
+        kv_quantize(buf, "f32", 64, "q8_0", buf)
+    src = np.zeros(64, np.float32)
+    with pytest.raises(InvalidArgumentError):
+        kv_quantize(src, "f32", 64, "q8_0", src.view(np.uint8)[:34])

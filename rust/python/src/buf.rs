@@ -43,11 +43,29 @@ impl<'py> Buf<'py> {
         if let Some(b) = Self::with_flags(obj, flags) {
             return Ok(b);
         }
-        let _refused = PyErr::fetch(obj.py());
+        let refused = PyErr::fetch(obj.py());
+        if !refused.is_instance_of::<pyo3::exceptions::PyException>(obj.py()) {
+            return Err(refused); // KeyboardInterrupt and the like: not a refusal
+        }
         // The full description, which every exporter serves (an object
         // that is no buffer raises here, as it always did); then tell what
-        // is wrong with it, or use it.
-        let b = Self::with_flags(obj, ffi::PyBUF_FULL_RO).ok_or_else(|| PyErr::fetch(obj.py()))?;
+        // is wrong with it, or use it. Writable: asked of the exporter again.
+        let full = if writable {
+            ffi::PyBUF_FULL
+        } else {
+            ffi::PyBUF_FULL_RO
+        };
+        let Some(b) = Self::with_flags(obj, full) else {
+            let err = PyErr::fetch(obj.py());
+            if writable && Self::with_flags(obj, ffi::PyBUF_FULL_RO).is_some() {
+                // A buffer, but its exporter does not let it be written.
+                return Err(invalid(format!("{what} must be a writable buffer")));
+            }
+            if writable {
+                drop(PyErr::take(obj.py())); // the read-only request's own error
+            }
+            return Err(err);
+        };
         if writable && b.raw.readonly != 0 {
             return Err(invalid(format!("{what} must be a writable buffer")));
         }

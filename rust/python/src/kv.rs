@@ -103,6 +103,9 @@ pub fn kv_quantize(
 ) -> PyResult<()> {
     let src_buf = Buf::get(src, "src")?;
     let dst_buf = Buf::get_mut(dst, "dst")?;
+    if src_buf.overlaps(&dst_buf) {
+        return Err(invalid("src and dst must not share memory"));
+    }
     let t = float_arg(src_type)?;
     let f = format_arg(fmt, scale_type)?;
     let s = src_buf.bytes();
@@ -124,6 +127,9 @@ pub fn kv_dequantize(
 ) -> PyResult<()> {
     let src_buf = Buf::get(src, "src")?;
     let dst_buf = Buf::get_mut(dst, "dst")?;
+    if src_buf.overlaps(&dst_buf) {
+        return Err(invalid("src and dst must not share memory"));
+    }
     let f = format_arg(fmt, scale_type)?;
     let s = src_buf.bytes();
     let d = dst_buf.bytes_mut("dst")?;
@@ -148,6 +154,9 @@ pub fn kv_hash_pages(
 ) -> PyResult<()> {
     let buf_buf = Buf::get(buf, "buf")?;
     let out_buf = Buf::get_mut(out, "out")?;
+    if buf_buf.overlaps(&out_buf) {
+        return Err(invalid("buf and out must not share memory"));
+    }
     let l = layout(heads, capacity, row_bytes, page_rows, rows);
     let b = buf_buf.bytes();
     let o = out_buf.bytes_mut("out")?;
@@ -261,6 +270,14 @@ pub fn kv_scatter_pages(
     let page_index_buf = Buf::get(page_index, "page_index")?;
     let hashes_buf = Buf::get(hashes, "hashes")?;
     let payload_buf = Buf::get(payload, "payload")?;
+    if [&head_index_buf, &page_index_buf, &hashes_buf, &payload_buf]
+        .iter()
+        .any(|other| buf_buf.overlaps(other))
+    {
+        return Err(invalid(
+            "buf must not share memory with the other arguments",
+        ));
+    }
     let l = layout(heads, capacity, row_bytes, page_rows, rows);
     let b = buf_buf.bytes_mut("buf")?;
     let p = payload_buf.bytes();
@@ -440,6 +457,13 @@ pub fn kv_table_hash(
         .saturating_mul(last.saturating_sub(first))
         .saturating_mul(page_rows)
         .saturating_mul(row_bytes);
+    if tensors
+        .len()
+        .checked_mul(heads)
+        .map_or(true, |rows| rows > table::MAX_ROWS)
+    {
+        return Err(invalid("too many tensors x heads for a page table"));
+    }
     let s = shape(tensors.len().saturating_mul(heads), width);
     Ok(maybe_detach(py, size, || {
         let mut delta = 0u64;
@@ -680,7 +704,13 @@ pub fn kv_apply_pages(
         held.push(Buf::get_mut(b, "tensor")?);
     }
     // Written memory shares nothing with anything else passed.
-    let mut spans: Vec<&Buf<'_>> = held.iter().chain([&t_buf]).collect();
+    // (Empty buffers hold no memory; left in, one could sit between two
+    // that overlap and hide them from the neighbour comparison.)
+    let mut spans: Vec<&Buf<'_>> = held
+        .iter()
+        .chain([&t_buf])
+        .filter(|b| b.len() > 0)
+        .collect();
     spans.sort_by_key(|b| b.ptr());
     if spans.windows(2).any(|w| w[0].overlaps(w[1])) {
         return Err(invalid("the tensors and the table must not share memory"));

@@ -38,6 +38,9 @@ pub fn key(row: usize, page: usize) -> u64 {
     ((row as u64) << 32) | page as u64
 }
 
+/// The most rows a page table may have (layers x 2 x KV heads).
+pub const MAX_ROWS: usize = 1 << 24;
+
 /// The shape of a page table: `rows` rows of `width` `u64` slots.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TableShape {
@@ -50,6 +53,14 @@ pub struct TableShape {
 impl TableShape {
     /// Check the shape against a buffer of `len` bytes.
     pub fn check(&self, len: usize) -> Result<()> {
+        if self.rows > MAX_ROWS {
+            // (A table without pages would pass the size check with any
+            // count of rows, and every per-row loop would run that long.)
+            return Err(Error::invalid(format!(
+                "page table of {} rows: at most {MAX_ROWS}",
+                self.rows
+            )));
+        }
         let need = self
             .rows
             .checked_mul(self.width)
@@ -488,7 +499,7 @@ pub fn plan_diff(
     acked_shape.check(acked.len())?;
     let d = input;
     let rows = mine_shape.rows;
-    if acked_shape.rows != rows || d.heads == 0 || rows % (2 * d.heads) != 0 {
+    if acked_shape.rows != rows || d.heads == 0 || d.heads > MAX_ROWS || rows % (2 * d.heads) != 0 {
         return Err(Error::invalid(format!(
             "tables of {rows} and {} rows for {} heads",
             acked_shape.rows, d.heads
@@ -499,6 +510,19 @@ pub fn plan_diff(
             "{} pages of {} rows for {} tokens",
             d.pages, d.page_rows, d.tokens
         )));
+    }
+    if let Some(t) = d.tail_page {
+        // A tail starts inside the rows the page holds (checked before the
+        // peer's table is cut: nothing may change when the plan fails).
+        let inside = t < d.pages
+            && matches!(t.checked_mul(d.page_rows),
+                Some(s) if s <= d.held && d.held < d.tokens.min(s.saturating_add(d.page_rows)));
+        if !inside {
+            return Err(Error::invalid(format!(
+                "tail of page {t} from row {} of {} tokens",
+                d.held, d.tokens
+            )));
+        }
     }
     let last = d.pages.max(d.first);
     if d.pages > mine_shape.width || last > acked_shape.width {
