@@ -855,9 +855,6 @@ class Meta(_LiveMapping):
         doc.log = log
         # Every transaction's update (own writes and peers' updates alike)
         # feeds the estimate and the log: O(size of the change).
-        # (The CRDT holds its callbacks from native code, where the garbage
-        # collector cannot see a cycle back to us: they hold us weakly, or
-        # a dropped replica would never be freed.)
         # The CRDT holds its callbacks, and they hold the document, from
         # native code, where the garbage collector cannot see the cycle: the
         # callbacks hold us weakly, and each document's subscriptions are
@@ -879,7 +876,7 @@ class Meta(_LiveMapping):
             self._watch = self._root.observe_deep(_weakly(self, "_note_paths"))
             self._subs.append((self._root, self._watch))
         elif not on and self._watching:
-            self._subs.remove((self._root, self._watch))
+            self._subs[:] = [sub for sub in self._subs if sub[1] is not self._watch]
             self._root.unobserve(self._watch)
             self._watch = None
         self._watching = on
