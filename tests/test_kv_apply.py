@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from hybridsync import Link, Memory
 from hybridsync import frame as F
-from hybridsync._core import kv_apply_pages, kv_hash_pages
+from hybridsync._core import PageGather, kv_apply_pages, kv_hash_pages
 from hybridsync.channels.events import Origin
 from hybridsync.errors import DecodeError, HybridSyncError, InvalidArgumentError
 from hybridsync.kv import KVCache, PageTable
@@ -336,7 +336,29 @@ def test_a_plan_with_the_tensors_carries_the_gathered_payloads() -> None:
             np.frombuffer(pages, np.uint32),
             offset,
         )
-        assert w[5] == want
+        # The payload stays where it lies (a PageGather of the tensor's rows):
+        # its bytes are the gathered pages, and a frame carries them as such.
+        assert isinstance(w[5], PageGather) and not isinstance(w[5], bytes)
+        assert len(w[5]) == len(want) and bytes(w[5]) == want
+        run = F._kv_run(
+            lk >> 1,
+            lk & 1,
+            np.frombuffer(heads, np.uint32),
+            np.frombuffer(pages, np.uint32),
+            np.frombuffer(r[4], np.uint64),
+            w[5],
+            offset,
+        )
+        g = cache.geometry
+        gathered = F.Frame("s", 1, 1, False, kv=(F._kv_pages("c", "o", 9, g, 9, 0, 0, (run,)),))
+        copied = dataclasses.replace(run, payload=want)
+        plain_frame = F.Frame(
+            "s", 1, 1, False, kv=(F._kv_pages("c", "o", 9, g, 9, 0, 0, (copied,)),)
+        )
+        assert F.encode_frame(gathered) == F.encode_frame(plain_frame)
+        assert F.encode_frame(gathered) == F._py_encode_frame(gathered)
+        decoded = F.decode_frame(F.encode_frame(gathered)).kv[0].runs[0]
+        assert bytes(decoded.payload) == want
     # Tensors that do not match the table: refused before anything is written.
     other = PageTable(2, 3)
     before = other.hashes.copy()

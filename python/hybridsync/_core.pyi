@@ -16,6 +16,7 @@ __all__ = [
     "PATCH_FORMAT_VERSION",
     "Delta",
     "Hunk",
+    "PageGather",
     "Patch",
     "__version__",
     "apply_patch",
@@ -170,6 +171,15 @@ def kv_gather_pages(
     page_index: _Buf,
     offset: int = 0,
 ) -> bytes: ...
+
+@final
+class PageGather:
+    """The rows a planned run sends, where they lie in one of a cache's
+    tensors: the frame encoder copies them straight into the frame."""
+
+    def __len__(self) -> int: ...
+    def __bytes__(self) -> bytes: ...
+
 def kv_verify_pages(
     payload: _Buf,
     heads: int,
@@ -282,7 +292,8 @@ def kv_plan_diff(
     tensors: Sequence[_Buf],
     capacity: int = 0,
 ) -> (
-    tuple[list[tuple[int, int, bytes, bytes, bytes, bytes]], int, int, int | None, int, int] | None
+    tuple[list[tuple[int, int, bytes, bytes, bytes, PageGather]], int, int, int | None, int, int]
+    | None
 ): ...
 
 class _RunLike(Protocol):
@@ -301,7 +312,7 @@ class _RunLike(Protocol):
     @property
     def hashes(self) -> _Buf: ...
     @property
-    def payload(self) -> _Buf: ...
+    def payload(self) -> _Buf | PageGather: ...
 
 # -- the frame codec (hybridsync.sync.frame builds its dataclasses around it) --
 
@@ -344,7 +355,8 @@ class _MetaLike(Protocol):
 #: (format code, layers, kv_heads, head_dim, page_tokens, runtime record)
 _GeometryTuple: TypeAlias = tuple[int, int, int, int, int, str]
 #: (layer, kind, offset, heads, pages, hashes, payload): u32/u32/u64 LE buffers
-_KVRunIn: TypeAlias = tuple[int, int, int, _Buf, _Buf, _Buf, _Buf]
+#: and the pages' bytes (a buffer, or a PageGather of them where they lie)
+_KVRunIn: TypeAlias = tuple[int, int, int, _Buf, _Buf, _Buf, _Buf | PageGather]
 #: (name, kind, owner, uid, geometry, tokens, digest, flags, runs, table)
 _KVEntryIn: TypeAlias = tuple[
     str, int, str, int, _GeometryTuple | None, int, int, int, Sequence[_KVRunIn], _Buf | None

@@ -355,8 +355,9 @@ class PageTable:
         ``(layer * 2 + kind, offset, heads, pages, hashes)`` (little-endian
         ``u32``, ``u32``, ``u64`` bytes) and the first page not sent when the
         budget ran out (else None). With ``cache`` (the cache whose table is
-        ``mine``) each run also carries its payload (as
-        :meth:`KVCache.gather_pages` returns it), gathered in the same call."""
+        ``mine``) each run also carries its payload: a
+        :class:`~hybridsync._core.PageGather` of the rows where they lie,
+        which the frame encoder copies straight into the frame."""
         pages = -(-tokens // page_tokens)
         self.reserve(max(pages, first))
         plan = kv_plan_diff(

@@ -21,9 +21,9 @@ import numpy as np
 import xxhash
 import zstandard
 
+from hybridsync._core import PageGather, kv_verify_pages
 from hybridsync._core import decode_frame_as as _rust_decode_frame_as
 from hybridsync._core import encode_frame as _rust_encode_frame
-from hybridsync._core import kv_verify_pages
 from hybridsync.channels.kv import MAX_RUNTIME_BYTES, Geometry
 from hybridsync.channels.text import DELTA_FORMAT_VERSION, Delta, Patch
 from hybridsync.errors import (
@@ -195,7 +195,11 @@ class KVRun:
     heads: np.ndarray
     pages: np.ndarray
     hashes: np.ndarray
-    payload: bytes | memoryview
+    #: The pages' bytes: a decoded run's are a memoryview of the frame; a
+    #: sender's are a :class:`~hybridsync._core.PageGather` of the rows where
+    #: they lie in the cache (``bytes()`` copies them out), which the frame
+    #: encoder copies straight into the frame.
+    payload: bytes | memoryview | PageGather
     #: Rows of each page the payload skips (0: whole pages; else page tails,
     #: whose hashes the receiver checks against its own first rows).
     offset: int = 0
@@ -298,7 +302,8 @@ def _encode_kv(entries: tuple[KVEntry, ...]) -> list[bytes | memoryview]:
                 out += r.hashes.astype("<u8").tobytes()
                 _put_uint(out, len(r.payload))
                 parts.append(bytes(out))
-                parts.append(r.payload)
+                payload = r.payload
+                parts.append(bytes(payload) if isinstance(payload, PageGather) else payload)
                 out = bytearray()
         else:
             if e.table is None:

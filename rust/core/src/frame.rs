@@ -334,7 +334,40 @@ pub struct KvRun<'a> {
     /// Page hashes, `u64` little-endian.
     pub hashes: &'a [u8],
     /// The pages' (or page tails') bytes, concatenated.
-    pub payload: &'a [u8],
+    pub payload: Payload<'a>,
+}
+
+/// The bytes of a run's pages (or page tails), back to back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Payload<'a> {
+    /// In one slice: what a decoded run holds.
+    Whole(&'a [u8]),
+    /// In pieces, in order, that the encoder copies straight into the frame:
+    /// a sender's pages where they lie in the cache's buffers.
+    Parts(Vec<&'a [u8]>),
+}
+
+impl<'a> Payload<'a> {
+    /// Number of bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Payload::Whole(b) => b.len(),
+            Payload::Parts(parts) => parts.iter().map(|p| p.len()).sum(),
+        }
+    }
+
+    /// Whether it holds no byte.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes of a [`Payload::Whole`] (None for parts).
+    pub fn whole(&self) -> Option<&'a [u8]> {
+        match self {
+            Payload::Whole(b) => Some(b),
+            Payload::Parts(_) => None,
+        }
+    }
 }
 
 impl KvRun<'_> {
@@ -534,7 +567,15 @@ fn write_kv<S: Sink>(out: &mut S, entries: &[KvEntry<'_>]) -> Result<()> {
                 out.put(r.heads);
                 out.put(r.pages);
                 out.put(r.hashes);
-                out.blob(r.payload);
+                match &r.payload {
+                    Payload::Whole(b) => out.blob(b),
+                    Payload::Parts(parts) => {
+                        out.uint(r.payload.len() as u64);
+                        for p in parts {
+                            out.put(p);
+                        }
+                    }
+                }
             }
         } else if let Some(table) = e.table {
             out.byte(1);
@@ -681,9 +722,10 @@ pub fn prepare_frame<'f, 'a>(
 }
 
 /// Writes into a slice; a write past its end sets `overflow` and is dropped.
-/// The checksum streams along: large parts (KV pages) are hashed chunk by
-/// chunk right after their copy, while in cache; small writes are hashed
-/// from the slice in one go before the next large part, or at the end.
+/// The checksum streams along: parts of [`HASH_ALONG`] bytes or more (KV
+/// pages) are hashed chunk by chunk right after their copy, while in cache;
+/// small writes are hashed from the slice in one go before the next large
+/// part, or at the end.
 struct SliceSink<'b> {
     buf: &'b mut [u8],
     pos: usize,
@@ -692,7 +734,11 @@ struct SliceSink<'b> {
     overflow: bool,
 }
 
-/// Parts at least this large are copied and hashed chunk by chunk.
+/// Parts at least this large are hashed right after their copy (a page of
+/// a few KiB, hashed later from a frame of megabytes, would have left the
+/// cache by then).
+const HASH_ALONG: usize = 4 << 10;
+/// Larger parts are copied and hashed in chunks of this size.
 const CHUNK: usize = 64 << 10;
 
 impl SliceSink<'_> {
@@ -717,14 +763,14 @@ impl Sink for SliceSink<'_> {
             self.overflow = true;
             return;
         }
-        if bytes.len() >= CHUNK {
+        if bytes.len() >= HASH_ALONG {
             self.catch_up();
         }
         let Some(dst) = self.buf.get_mut(self.pos..end) else {
             self.overflow = true;
             return;
         };
-        if bytes.len() < CHUNK {
+        if bytes.len() < HASH_ALONG {
             dst.copy_from_slice(bytes);
         } else {
             for (d, s) in dst.chunks_mut(CHUNK).zip(bytes.chunks(CHUNK)) {
@@ -1129,7 +1175,7 @@ fn decode_kv<'a>(data: &'a [u8], max_kv_bytes: u64) -> Result<Vec<KvEntry<'a>>> 
                 heads: heads_raw,
                 pages: pages_raw,
                 hashes: hashes_raw,
-                payload,
+                payload: Payload::Whole(payload),
             });
         }
         entry.runs = runs;
@@ -1504,7 +1550,7 @@ mod tests {
                                     heads: h,
                                     pages: p,
                                     hashes: x,
-                                    payload,
+                                    payload: Payload::Whole(payload),
                                 })
                                 .collect();
                         }
@@ -1759,6 +1805,43 @@ mod tests {
             // Decoding what was decoded re-encodes to the same bytes.
             let again = encode_frame(&back, &opts).unwrap();
             prop_assert_eq!(again, bytes);
+        }
+
+        #[test]
+        fn payload_parts_encode_as_the_whole(
+            m in model(),
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..8),
+            big in any::<bool>(),
+        ) {
+            // Payloads as pieces (where a sender's pages lie) encode to the
+            // same bytes as the payloads whole; pages of several KiB too
+            // (hashed right after their copy).
+            let mut m = m;
+            if big {
+                for k in &mut m.kv {
+                    for r in &mut k.runs {
+                        let n = r.6.len();
+                        r.6 = (0..(8 << 10) + n).map(|i| (i * 31 + n) as u8).collect();
+                    }
+                }
+            }
+            let whole = m.frame();
+            let mut parts = whole.clone();
+            for k in &mut parts.kv {
+                for r in &mut k.runs {
+                    let bytes = r.payload.whole().unwrap();
+                    let mut at: Vec<usize> = cuts.iter().map(|c| c.index(bytes.len() + 1)).collect();
+                    at.push(0);
+                    at.push(bytes.len());
+                    at.sort_unstable();
+                    r.payload = Payload::Parts(at.windows(2).map(|w| &bytes[w[0]..w[1]]).collect());
+                }
+            }
+            let opts = EncodeOptions::default();
+            prop_assert_eq!(
+                encode_frame(&parts, &opts).unwrap(),
+                encode_frame(&whole, &opts).unwrap()
+            );
         }
 
         #[test]

@@ -12,7 +12,7 @@
 
 use hybridsync_core::frame::{
     self, Change, EncodeOptions, Entry, Frame, Geometry, Kind, KvEntry, KvKind, KvRun, Limits,
-    MetaBlock, MetaKind,
+    MetaBlock, MetaKind, Payload,
 };
 use hybridsync_core::Error;
 use pyo3::prelude::*;
@@ -23,6 +23,7 @@ use pyo3::types::{
 use pyo3::{intern, IntoPyObjectExt};
 
 use crate::buf::Buf;
+use crate::kv::PageGather;
 use crate::{invalid, maybe_detach, CoreError, Delta, Patch, DETACH_THRESHOLD};
 
 /// A decoded edit's change as a Python object: a ``Delta`` or a ``Patch``.
@@ -94,7 +95,49 @@ struct RunObj<'py> {
     heads: Buf<'py>,
     pages: Buf<'py>,
     hashes: Buf<'py>,
-    payload: Buf<'py>,
+    payload: RunPayload<'py>,
+}
+
+/// A run's payload as the sender handed it: a buffer, or the planned pages
+/// where they lie (a `PageGather`: copied straight into the frame).
+enum RunPayload<'py> {
+    Whole(Buf<'py>),
+    Gather(Buf<'py>, Vec<std::ops::Range<usize>>),
+}
+
+impl<'py> RunPayload<'py> {
+    fn get(obj: &Bound<'py, PyAny>) -> PyResult<Self> {
+        match obj.cast::<PageGather>() {
+            Ok(g) => {
+                let (buf, ranges) = g.get().source(obj.py())?;
+                Ok(RunPayload::Gather(buf, ranges.to_vec()))
+            }
+            Err(_) => Ok(RunPayload::Whole(Buf::get(obj, "payload")?)),
+        }
+    }
+
+    fn payload(&self) -> PyResult<Payload<'_>> {
+        match self {
+            RunPayload::Whole(b) => Ok(Payload::Whole(b.bytes())),
+            RunPayload::Gather(b, ranges) => {
+                let src = b.bytes();
+                ranges
+                    .iter()
+                    .map(|r| {
+                        src.get(r.clone())
+                            .ok_or_else(|| invalid("a planned page lies outside its tensor"))
+                    })
+                    .collect::<PyResult<Vec<_>>>()
+                    .map(Payload::Parts)
+            }
+        }
+    }
+}
+
+/// The payload of a decoded run (always whole).
+fn whole<'a>(p: &Payload<'a>) -> PyResult<&'a [u8]> {
+    p.whole()
+        .ok_or_else(|| invalid("a decoded KV run holds its payload in pieces"))
 }
 
 struct KvObj<'py> {
@@ -204,7 +247,7 @@ fn kv_obj<'py>(t: KvTuple<'py>) -> PyResult<KvObj<'py>> {
                 heads: Buf::get(&heads, "heads")?,
                 pages: Buf::get(&pages, "pages")?,
                 hashes: Buf::get(&hashes, "hashes")?,
-                payload: Buf::get(&payload, "payload")?,
+                payload: RunPayload::get(&payload)?,
             })
         })
         .collect::<PyResult<Vec<_>>>()?;
@@ -327,7 +370,7 @@ pub fn encode_frame<'py>(
                     heads: r.heads.bytes(),
                     pages: r.pages.bytes(),
                     hashes: r.hashes.bytes(),
-                    payload: r.payload.bytes(),
+                    payload: r.payload.payload()?,
                 })
             })
             .collect::<PyResult<Vec<_>>>()?;
@@ -425,7 +468,7 @@ fn kv_list<'py>(
             .runs
             .iter()
             .map(|r| {
-                (
+                Ok((
                     r.layer,
                     r.kind,
                     r.offset,
@@ -433,11 +476,11 @@ fn kv_list<'py>(
                     offset_in(bytes, r.heads),
                     offset_in(bytes, r.pages),
                     offset_in(bytes, r.hashes),
-                    offset_in(bytes, r.payload),
+                    offset_in(bytes, whole(&r.payload)?),
                     r.payload.len(),
-                )
+                ))
             })
-            .collect::<Vec<_>>();
+            .collect::<PyResult<Vec<_>>>()?;
         let table = k.table.map(|t| (offset_in(bytes, t), t.len() / 8));
         let t = (
             PyString::new(py, k.name),
@@ -801,7 +844,7 @@ fn kv_instances<'py>(
                 Some(v) => v,
                 None => view.insert(PyMemoryView::from(data.as_any())?.into_any()),
             };
-            let at = offset_in(bytes, r.payload);
+            let at = offset_in(bytes, whole(&r.payload)?);
             let payload = view.get_item(PySlice::new(
                 py,
                 isize::try_from(at).map_err(|_| invalid("payload offset overflows"))?,

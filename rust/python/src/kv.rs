@@ -216,6 +216,74 @@ pub fn kv_gather_pages<'py>(
     })
 }
 
+/// The rows a planned run sends, where they lie in one of a cache's
+/// tensors (byte ranges of it, in order): the frame encoder copies them
+/// straight from there into the frame, without an intermediate copy.
+/// `bytes()` gathers them into a new bytes object; `len()` counts them.
+/// The tensor is kept alive; its buffer is asked for again at each use, and
+/// the ranges are checked against it then.
+#[pyclass(frozen, module = "hybridsync._core")]
+pub struct PageGather {
+    tensor: Py<PyAny>,
+    ranges: Vec<std::ops::Range<usize>>,
+    len: usize,
+}
+
+impl PageGather {
+    fn new(tensor: Py<PyAny>, ranges: Vec<std::ops::Range<usize>>) -> Self {
+        // Adjacent ranges (consecutive pages of one head) merged: fewer copies.
+        let mut merged: Vec<std::ops::Range<usize>> = Vec::with_capacity(ranges.len());
+        for r in ranges {
+            match merged.last_mut() {
+                Some(last) if last.end == r.start => last.end = r.end,
+                _ => merged.push(r),
+            }
+        }
+        let len = merged.iter().map(|r| r.len()).sum();
+        Self {
+            tensor,
+            ranges: merged,
+            len,
+        }
+    }
+
+    /// The tensor's buffer and the ranges, each checked to lie inside it.
+    pub fn source<'py>(&self, py: Python<'py>) -> PyResult<(Buf<'py>, &[std::ops::Range<usize>])> {
+        let b = Buf::get(self.tensor.bind(py), "tensor")?;
+        let n = b.bytes().len();
+        if self.ranges.iter().any(|r| r.start > r.end || r.end > n) {
+            return Err(invalid(format!(
+                "the planned pages no longer lie inside their tensor of {n} bytes"
+            )));
+        }
+        Ok((b, &self.ranges))
+    }
+}
+
+#[pymethods]
+impl PageGather {
+    fn __len__(&self) -> usize {
+        self.len
+    }
+
+    fn __bytes__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let (b, ranges) = self.source(py)?;
+        let src = b.bytes();
+        PyBytes::new_with(py, self.len, |out| {
+            maybe_detach(py, self.len, || kv::gather_into(src, ranges, out))
+                .map_err(|e| CoreError(e).into())
+        })
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<PageGather: {} bytes in {} ranges>",
+            self.len,
+            self.ranges.len()
+        )
+    }
+}
+
 /// Check that `payload` holds exactly the given pages with the given hashes
 /// (raises DecodeError otherwise); writes nothing.
 #[pyfunction]
@@ -502,9 +570,9 @@ fn le_bytes<'py, T: Copy, const N: usize>(
 /// pages u32, hashes u64)` with little-endian bytes. With `tensors` (the
 /// cache's `(layer, K|V)` tensors in order, laid out as in
 /// `kv_gather_pages` with `capacity` rows, `tokens` in use) each run also
-/// carries its payload, as `kv_gather_pages` returns it: one call per
-/// frame instead of one per run. The tensors are checked before `acked`
-/// is written.
+/// carries its payload: a `PageGather` of the rows where they lie, which
+/// the frame encoder copies straight into the frame. The tensors are
+/// checked before `acked` is written.
 #[pyfunction]
 #[pyo3(signature = (mine, acked, rows, mine_width, acked_width, heads, first, pages, tokens, held, page_rows, row_bytes, tail_page, budget, acked_end, same_sum, *, tensors=None, capacity=0))]
 #[allow(clippy::too_many_arguments)]
@@ -601,12 +669,13 @@ pub fn kv_plan_diff<'py>(
                 kv::tail_ranges(b.len(), &l, &r.heads, &r.pages, r.offset)
             }
             .map_err(CoreError)?;
-            let total: usize = ranges.iter().map(|r| r.len()).sum();
-            let payload = PyBytes::new_with(py, total, |out| {
-                maybe_detach(py, total, || kv::gather_into(b, &ranges, out))
-                    .map_err(|e| CoreError(e).into())
-            })?;
-            items.push(payload.into_any());
+            let tensor = tensors
+                .iter()
+                .flatten()
+                .nth(r.layer_kind)
+                .ok_or_else(|| invalid("a planned run lies outside the tensors"))?;
+            let gather = PageGather::new(tensor.clone().unbind(), ranges);
+            items.push(Bound::new(py, gather)?.into_any());
         }
         runs.push(PyTuple::new(py, items)?);
     }

@@ -688,6 +688,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(kv::kv_apply_pages, m)?)?;
     m.add_function(wrap_pyfunction!(kv::kv_table_hash, m)?)?;
     m.add_function(wrap_pyfunction!(kv::kv_plan_diff, m)?)?;
+    m.add_class::<kv::PageGather>()?;
     m.add_function(wrap_pyfunction!(frame::encode_frame, m)?)?;
     m.add_function(wrap_pyfunction!(frame::decode_frame, m)?)?;
     m.add_function(wrap_pyfunction!(frame::decode_frame_as, m)?)?;
