@@ -109,12 +109,12 @@ def test_unknown_protocol_version_is_refused_clearly() -> None:
     _cm, _sm, cl, sv = pair()
     frame = bytearray(cl.outgoing() or b"")
     frame[0] = MARK | (PROTOCOL_VERSION + 1)
-    with pytest.raises(DecodeError, match="protocol version 3; this build speaks version 2"):
+    with pytest.raises(DecodeError, match="protocol version 4; this build speaks version 3"):
         sv.incoming(bytes(frame))
     # A peer of the first protocol version (its frames start "HSYN", 1) is
     # told which side to upgrade.
     v1 = b"HSYN\x01\x04" + bytes(frame[2:])
-    with pytest.raises(DecodeError, match="protocol version 1; this build speaks version 2"):
+    with pytest.raises(DecodeError, match="protocol version 1; this build speaks version 3"):
         sv.incoming(v1)
 
 

@@ -407,9 +407,9 @@ def test_defects_and_their_errors() -> None:
     data = rust_encode(frame)
     assert norm(rust_decode(data)) == norm(frame)
     for decode in (_core.decode_frame, PY_DECODE):
-        with pytest.raises(DecodeError, match="protocol version 3; this build speaks version 2"):
-            decode(resign(bytes([F.MARK | 3]) + data[1:]))
-        with pytest.raises(DecodeError, match="protocol version 1; this build speaks version 2"):
+        with pytest.raises(DecodeError, match="protocol version 4; this build speaks version 3"):
+            decode(resign(bytes([F.MARK | 4]) + data[1:]))
+        with pytest.raises(DecodeError, match="protocol version 1; this build speaks version 3"):
             decode(b"HSYN\x01" + data[1:])
         with pytest.raises(DecodeError, match="not a hybridsync frame"):
             decode(resign(b"X" + data[1:]))

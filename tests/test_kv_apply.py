@@ -357,8 +357,18 @@ def test_a_plan_with_the_tensors_carries_the_gathered_payloads() -> None:
         )
         assert F.encode_frame(gathered) == F.encode_frame(plain_frame)
         assert F.encode_frame(gathered) == F._py_encode_frame(gathered)
-        decoded = F.decode_frame(F.encode_frame(gathered)).kv[0].runs[0]
+        data = F.encode_frame(gathered)
+        decoded = F.decode_frame(data).kv[0].runs[0]
         assert bytes(decoded.payload) == want
+        # A changed payload byte is caught: whole pages by their page hashes
+        # (which the frame checksum leaves their bytes to), tails by the
+        # frame checksum; the same by the Python reference decoder.
+        at = data.index(want)
+        bad = bytearray(data)
+        bad[at + len(want) // 2] ^= 0x10
+        for decode in (F.decode_frame, F._py_decode_frame):
+            with pytest.raises(DecodeError, match="hash" if offset == 0 else "checksum"):
+                decode(bytes(bad))
     # Tensors that do not match the table: refused before anything is written.
     other = PageTable(2, 3)
     before = other.hashes.copy()

@@ -59,7 +59,7 @@ __all__ = [
 MARK = 0xA0
 #: How a version 1 frame starts (recognised only to name its version).
 V1_MAGIC = b"HSYN"
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 FLAG_COMPRESSED = 0x01
 FLAG_REPLY = 0x02
 FLAG_META = 0x04
@@ -273,9 +273,12 @@ def _put_geometry(out: bytearray, g: Geometry) -> None:
         _put_bytes(out, runtime)
 
 
-def _encode_kv(entries: tuple[KVEntry, ...]) -> list[bytes | memoryview]:
-    """The KV section as a list of parts (page payloads are not copied here)."""
+def _encode_kv(entries: tuple[KVEntry, ...]) -> tuple[list[bytes | memoryview], set[int]]:
+    """The KV section as a list of parts (page payloads are not copied here),
+    and the indices of the parts the frame checksum leaves out (the payloads
+    of whole pages, which their page hashes cover)."""
     parts: list[bytes | memoryview] = []
+    unsummed: set[int] = set()
     out = bytearray()
     _put_uint(out, len(entries))
     for e in entries:
@@ -303,6 +306,8 @@ def _encode_kv(entries: tuple[KVEntry, ...]) -> list[bytes | memoryview]:
                 _put_uint(out, len(r.payload))
                 parts.append(bytes(out))
                 payload = r.payload
+                if r.offset == 0:
+                    unsummed.add(len(parts))
                 parts.append(bytes(payload) if isinstance(payload, PageGather) else payload)
                 out = bytearray()
         else:
@@ -312,7 +317,7 @@ def _encode_kv(entries: tuple[KVEntry, ...]) -> list[bytes | memoryview]:
                 out.append(1)
                 out += e.table.astype("<u8").tobytes()
     parts.append(bytes(out))
-    return parts
+    return parts, unsummed
 
 
 def _py_encode_frame(frame: Frame, *, compress_threshold: int = 1024, level: int = 3) -> bytes:
@@ -371,17 +376,20 @@ def _py_encode_frame(frame: Frame, *, compress_threshold: int = 1024, level: int
             payload = packed
             flags |= FLAG_COMPRESSED
     kv: list[bytes | memoryview] = []
+    unsummed: set[int] = set()
     if frame.kv:
         flags |= FLAG_KV
-        kv = _encode_kv(frame.kv)
+        kv, unsummed = _encode_kv(frame.kv)
         head = bytearray()
         _put_uint(head, sum(len(p) for p in kv))
         kv.insert(0, bytes(head))
-    # One copy of the page payloads: the join; the checksum streams over the parts.
+    # One copy of the page payloads: the join; the checksum streams over the
+    # parts but the payloads of whole pages.
     parts = [_HEADER.pack(MARK | PROTOCOL_VERSION, flags), *kv, payload]
     h = xxhash.xxh3_64()
-    for part in parts:
-        h.update(part)
+    for i, part in enumerate(parts):
+        if i - 2 not in unsummed:  # parts[2 + k] is kv part k
+            h.update(part)
     parts.append(_CHECKSUM.pack(h.intdigest() & 0xFFFFFFFF))
     return b"".join(parts)
 
@@ -512,7 +520,11 @@ def _check_tails(
         raise DecodeError(f"page tails of {name!r} hold {size} bytes, not {int(rows.sum())} rows")
 
 
-def _decode_kv(data: bytes | memoryview, max_kv_bytes: int) -> tuple[KVEntry, ...]:
+def _decode_kv(
+    data: bytes | memoryview, max_kv_bytes: int, skips: list[tuple[int, int]] | None = None
+) -> tuple[KVEntry, ...]:
+    """The KV section's entries; ``skips`` receives the (start, end) in
+    ``data`` of each whole-page payload (checked here against its hashes)."""
     r = _Reader(data)
     out: list[KVEntry] = []
     names: set[str] = set()
@@ -577,7 +589,11 @@ def _decode_kv(data: bytes | memoryview, max_kv_bytes: int) -> tuple[KVEntry, ..
             heads = np.frombuffer(r.take(4 * n), dtype="<u4").astype(np.uint32)
             pidx = np.frombuffer(r.take(4 * n), dtype="<u4").astype(np.uint32)
             hashes = np.frombuffer(r.take(8 * n), dtype="<u8").astype(np.uint64)
-            payload = r.blob()
+            size = r.uint()
+            start = r.pos
+            payload = r.take(size)
+            if offset == 0 and skips is not None:
+                skips.append((start, start + size))
             keys = (heads.astype(np.uint64) << np.uint64(32)) | pidx
             unique = {int(k) | (layer * 2 + kv_kind) << 48 for k in np.unique(keys)}
             if len(unique) != n or not pages_seen.isdisjoint(unique):
@@ -631,17 +647,31 @@ def _py_decode_frame(
         )
     view = memoryview(data)
     (checksum,) = _CHECKSUM.unpack_from(data, len(data) - _CHECKSUM.size)
-    if checksum != xxhash.xxh3_64_intdigest(view[: -_CHECKSUM.size]) & 0xFFFFFFFF:
-        raise DecodeError("frame checksum mismatch: the frame was garbled or truncated")
-    if flags & ~_KNOWN_FLAGS:
-        raise DecodeError(f"unknown frame flags 0x{flags:02x}")
+    signed = view[: -_CHECKSUM.size]
     body_view = view[_HEADER.size : -_CHECKSUM.size]
     kv: tuple[KVEntry, ...] = ()
     if flags & FLAG_KV:
-        # Zero-copy: page payloads stay views into the frame.
+        # Zero-copy: page payloads stay views into the frame. The checksum
+        # leaves the payloads of whole pages out: decoding the section checks
+        # them against their page hashes first.
         r0 = _Reader(body_view)
-        kv = _decode_kv(r0.blob(), max_kv_bytes)
+        size = r0.uint()
+        base = _HEADER.size + r0.pos
+        skips: list[tuple[int, int]] = []
+        kv = _decode_kv(r0.take(size), max_kv_bytes, skips)
         body_view = body_view[r0.pos :]
+        h = xxhash.xxh3_64()
+        at = 0
+        for start, end in skips:
+            h.update(signed[at : base + start])
+            at = base + end
+        h.update(signed[at:])
+        if checksum != h.intdigest() & 0xFFFFFFFF:
+            raise DecodeError("frame checksum mismatch: the frame was garbled or truncated")
+    elif checksum != xxhash.xxh3_64_intdigest(signed) & 0xFFFFFFFF:
+        raise DecodeError("frame checksum mismatch: the frame was garbled or truncated")
+    if flags & ~_KNOWN_FLAGS:
+        raise DecodeError(f"unknown frame flags 0x{flags:02x}")
     body = bytes(body_view)
     if flags & FLAG_COMPRESSED:
         body = _decompress(body, max_bytes)

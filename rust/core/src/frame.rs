@@ -2,7 +2,9 @@
 //!
 //! A frame is a mark byte holding the protocol version, a flag byte, the KV
 //! section (when flagged), the body (zstd-compressed when flagged) and the low
-//! 32 bits of the xxh3-64 of everything before it. The body holds the sender
+//! 32 bits of the xxh3-64 of everything before it but the payloads of whole
+//! KV pages (their 64-bit page hashes, checked when decoding, cover those
+//! bytes; version 2 summed them too). The body holds the sender
 //! (when flagged), its epoch and sequence number, one entry per document and
 //! the metadata block (when flagged).
 //!
@@ -27,7 +29,7 @@ pub const MARK: u8 = 0xA0;
 /// The first four bytes of a version 1 frame (recognised to name its version).
 pub const V1_MAGIC: &[u8; 4] = b"HSYN";
 /// The protocol version this codec speaks.
-pub const PROTOCOL_VERSION: u8 = 2;
+pub const PROTOCOL_VERSION: u8 = 3;
 /// The body is zstd-compressed.
 pub const FLAG_COMPRESSED: u8 = 0x01;
 /// The frame answers a request.
@@ -492,6 +494,11 @@ trait Sink {
     fn u64le(&mut self, value: u64) {
         self.put(&value.to_le_bytes());
     }
+    /// Bytes the frame checksum leaves out: the payloads of whole KV pages,
+    /// which their page hashes cover.
+    fn put_unsummed(&mut self, bytes: &[u8]) {
+        self.put(bytes);
+    }
 }
 
 impl Sink for Vec<u8> {
@@ -567,13 +574,16 @@ fn write_kv<S: Sink>(out: &mut S, entries: &[KvEntry<'_>]) -> Result<()> {
                 out.put(r.heads);
                 out.put(r.pages);
                 out.put(r.hashes);
-                match &r.payload {
-                    Payload::Whole(b) => out.blob(b),
-                    Payload::Parts(parts) => {
-                        out.uint(r.payload.len() as u64);
-                        for p in parts {
-                            out.put(p);
-                        }
+                out.uint(r.payload.len() as u64);
+                let parts = match &r.payload {
+                    Payload::Whole(b) => std::slice::from_ref(b),
+                    Payload::Parts(parts) => parts.as_slice(),
+                };
+                for p in parts {
+                    if r.offset == 0 {
+                        out.put_unsummed(p); // whole pages: their hashes cover them
+                    } else {
+                        out.put(p); // tails: checked only once applied
                     }
                 }
             }
@@ -721,68 +731,61 @@ pub fn prepare_frame<'f, 'a>(
     })
 }
 
-/// Writes into a slice; a write past its end sets `overflow` and is dropped.
-/// The checksum streams along: parts of [`HASH_ALONG`] bytes or more (KV
-/// pages) are hashed chunk by chunk right after their copy, while in cache;
-/// small writes are hashed from the slice in one go before the next large
-/// part, or at the end.
-struct SliceSink<'b> {
-    buf: &'b mut [u8],
-    pos: usize,
-    hashed: usize,
+/// Hands a frame's bytes to `out`, in order: small writes gathered in a
+/// buffer first, parts of [`HASH_ALONG`] bytes or more (KV pages) straight
+/// from where they lie, in chunks of [`CHUNK`]. The checksum streams along,
+/// each chunk hashed right after `out` copied it, while in cache.
+struct PartSink<F: FnMut(&[u8])> {
+    out: F,
+    small: Vec<u8>,
+    written: usize,
     hasher: Xxh3,
-    overflow: bool,
 }
 
-/// Parts at least this large are hashed right after their copy (a page of
-/// a few KiB, hashed later from a frame of megabytes, would have left the
-/// cache by then).
+/// Parts at least this large go to the output without a stop in the small
+/// buffer (a page of a few KiB, hashed later from a frame of megabytes,
+/// would have left the cache by then).
 const HASH_ALONG: usize = 4 << 10;
-/// Larger parts are copied and hashed in chunks of this size.
+/// Larger parts are copied and hashed in chunks of this size; the small
+/// buffer is handed over once it holds this much.
 const CHUNK: usize = 64 << 10;
 
-impl SliceSink<'_> {
-    fn catch_up(&mut self) {
-        if let Some(pending) = self.buf.get(self.hashed..self.pos) {
-            self.hasher.update(pending);
+impl<F: FnMut(&[u8])> PartSink<F> {
+    fn flush(&mut self) {
+        if !self.small.is_empty() {
+            (self.out)(&self.small);
+            self.hasher.update(&self.small);
+            self.written = self.written.saturating_add(self.small.len());
+            self.small.clear();
         }
-        self.hashed = self.pos;
-    }
-
-    /// Bytes written, and the xxh3-64 of them.
-    fn finish(mut self) -> (usize, u64) {
-        self.catch_up();
-        (self.pos, self.hasher.digest())
     }
 }
 
-impl Sink for SliceSink<'_> {
+impl<F: FnMut(&[u8])> Sink for PartSink<F> {
     fn put(&mut self, bytes: &[u8]) {
-        let end = self.pos.saturating_add(bytes.len());
-        if end > self.buf.len() {
-            self.overflow = true;
-            return;
-        }
-        if bytes.len() >= HASH_ALONG {
-            self.catch_up();
-        }
-        let Some(dst) = self.buf.get_mut(self.pos..end) else {
-            self.overflow = true;
-            return;
-        };
         if bytes.len() < HASH_ALONG {
-            dst.copy_from_slice(bytes);
-        } else {
-            for (d, s) in dst.chunks_mut(CHUNK).zip(bytes.chunks(CHUNK)) {
-                d.copy_from_slice(s);
-                self.hasher.update(s);
+            self.small.extend_from_slice(bytes);
+            if self.small.len() >= CHUNK {
+                self.flush();
             }
-            self.hashed = end;
+            return;
         }
-        self.pos = end;
+        self.flush();
+        for chunk in bytes.chunks(CHUNK) {
+            (self.out)(chunk);
+            self.hasher.update(chunk);
+        }
+        self.written = self.written.saturating_add(bytes.len());
     }
     fn byte(&mut self, b: u8) {
-        self.put(&[b]);
+        self.small.push(b);
+    }
+    fn put_unsummed(&mut self, bytes: &[u8]) {
+        self.flush();
+        for chunk in bytes.chunks(CHUNK) {
+            (self.out)(chunk);
+        }
+        self.written = self.written.saturating_add(bytes.len());
     }
 }
 
@@ -802,6 +805,36 @@ impl PreparedFrame<'_, '_> {
         false
     }
 
+    /// Hand the frame's bytes to `out` in order: their concatenation is the
+    /// frame, [`PreparedFrame::len`] bytes (KV pages come as slices of where
+    /// they lie, so that `out` copies them once). Fails, after handing out
+    /// bytes that must then be discarded, if the frame came out of another
+    /// size (a KV section that changed since [`prepare_frame`]).
+    pub fn write_parts(&self, out: impl FnMut(&[u8])) -> Result<()> {
+        let mut sink = PartSink {
+            out,
+            small: Vec::with_capacity(256),
+            written: 0,
+            hasher: Xxh3::new(),
+        };
+        sink.byte(MARK | PROTOCOL_VERSION);
+        sink.byte(self.flags);
+        if !self.kv.is_empty() {
+            sink.uint(self.kv_len as u64);
+            write_kv(&mut sink, self.kv)?;
+        }
+        sink.put(&self.body);
+        sink.flush();
+        let checksum = sink.hasher.digest() as u32;
+        (sink.out)(&checksum.to_le_bytes());
+        if sink.written.saturating_add(CHECKSUM_LEN) != self.len() {
+            return Err(Error::invalid(
+                "the KV section changed size while the frame was written",
+            ));
+        }
+        Ok(())
+    }
+
     /// Write the frame into `out`, which must be [`PreparedFrame::len`] bytes.
     pub fn write_into(&self, out: &mut [u8]) -> Result<()> {
         let total = out.len();
@@ -811,31 +844,24 @@ impl PreparedFrame<'_, '_> {
                 self.len()
             )));
         }
-        let mut sink = SliceSink {
-            buf: out,
-            pos: 0,
-            hashed: 0,
-            hasher: Xxh3::new(),
-            overflow: false,
-        };
-        sink.byte(MARK | PROTOCOL_VERSION);
-        sink.byte(self.flags);
-        if !self.kv.is_empty() {
-            sink.uint(self.kv_len as u64);
-            write_kv(&mut sink, self.kv)?;
-        }
-        sink.put(&self.body);
-        let overflow = sink.overflow;
-        let (signed, checksum) = sink.finish();
-        match (overflow, out.get_mut(signed..)) {
-            (false, Some(tail)) if tail.len() == CHECKSUM_LEN => {
-                tail.copy_from_slice(&(checksum as u32).to_le_bytes());
-                Ok(())
+        let mut pos = 0usize;
+        let mut overflow = false;
+        self.write_parts(|part| {
+            let end = pos.saturating_add(part.len());
+            match out.get_mut(pos..end) {
+                Some(dst) if !overflow => {
+                    dst.copy_from_slice(part);
+                    pos = end;
+                }
+                _ => overflow = true,
             }
-            _ => Err(Error::invalid(
+        })?;
+        if overflow || pos != total {
+            return Err(Error::invalid(
                 "the KV section changed size while the frame was written",
-            )),
+            ));
         }
+        Ok(())
     }
 }
 
@@ -1384,21 +1410,44 @@ pub fn decode_frame<'a>(
         None => return Err(Error::decode("frame truncated before its checksum")),
     };
     let signed = data.get(..data.len() - CHECKSUM_LEN).unwrap_or_default();
-    if u32::from_le_bytes(*sum) != xxh3_64(signed) as u32 {
+    let mut body: &'a [u8] = body;
+    let mut kv = Vec::new();
+    let sum = u32::from_le_bytes(*sum);
+    if flags & FLAG_KV != 0 {
+        // The checksum leaves the payloads of whole pages out: decoding the
+        // section checks them against their page hashes first.
+        let mut r = Reader::new(body);
+        let section = blob(&mut r)?;
+        kv = decode_kv(section, limits.max_kv_bytes)?;
+        body = body.get(r.position()..).unwrap_or_default();
+        let mut h = Xxh3::new();
+        let mut at = 0usize;
+        for p in kv
+            .iter()
+            .flat_map(|e| &e.runs)
+            .filter(|run| run.offset == 0)
+            .filter_map(|run| run.payload.whole())
+        {
+            let start = (p.as_ptr() as usize).wrapping_sub(data.as_ptr() as usize);
+            match signed.get(at..start) {
+                Some(before) => h.update(before),
+                None => return Err(Error::decode("KV payloads out of order in the frame")),
+            }
+            at = start.saturating_add(p.len());
+        }
+        h.update(signed.get(at..).unwrap_or_default());
+        if sum != h.digest() as u32 {
+            return Err(Error::decode(
+                "frame checksum mismatch: the frame was garbled or truncated",
+            ));
+        }
+    } else if sum != xxh3_64(signed) as u32 {
         return Err(Error::decode(
             "frame checksum mismatch: the frame was garbled or truncated",
         ));
     }
     if flags & !KNOWN_FLAGS != 0 {
         return Err(Error::decode(format!("unknown frame flags 0x{flags:02x}")));
-    }
-    let mut body: &'a [u8] = body;
-    let mut kv = Vec::new();
-    if flags & FLAG_KV != 0 {
-        let mut r = Reader::new(body);
-        let section = blob(&mut r)?;
-        kv = decode_kv(section, limits.max_kv_bytes)?;
-        body = body.get(r.position()..).unwrap_or_default();
     }
     if flags & FLAG_COMPRESSED != 0 {
         decompress(body, limits.max_bytes, scratch)?;
@@ -1993,7 +2042,19 @@ mod tests {
         let frame = m.frame();
         let bytes = encode_frame(&frame, &EncodeOptions::default()).unwrap();
         let n = bytes.len() - CHECKSUM_LEN;
-        assert_eq!(bytes[n..], (xxh3_64(&bytes[..n]) as u32).to_le_bytes());
+        // The checksum sums everything but the whole pages' payload.
+        let payload = pages.concat();
+        let at = bytes
+            .windows(payload.len())
+            .position(|w| w == payload.as_slice())
+            .unwrap();
+        let mut summed = bytes[..at].to_vec();
+        summed.extend_from_slice(&bytes[at + payload.len()..n]);
+        assert_eq!(bytes[n..], (xxh3_64(&summed) as u32).to_le_bytes());
+        // A page byte changed: its page hash no longer matches.
+        let mut bad = bytes.clone();
+        bad[at + 70_000] ^= 1;
+        assert!(matches!(decode(&bad), Err(Error::Decode(m)) if m.contains("hash")));
         let mut scratch = Vec::new();
         assert_eq!(
             decode_frame(&bytes, &Limits::default(), &mut scratch).unwrap(),
@@ -2009,14 +2070,14 @@ mod tests {
         bad[0] = b'X';
         assert!(matches!(decode(&bad), Err(Error::Decode(m)) if m.contains("not a hybridsync")));
         let mut bad = bytes.clone();
-        bad[0] = MARK | 3;
+        bad[0] = MARK | 4;
         resign(&mut bad);
-        assert!(matches!(decode(&bad), Err(Error::Decode(m)) if m.contains("version 3")));
+        assert!(matches!(decode(&bad), Err(Error::Decode(m)) if m.contains("version 4")));
         // A version 1 frame (its 4-byte magic, then the version) is named as such.
         let mut v1 = b"HSYN\x01\x04".to_vec();
         v1.extend_from_slice(&bytes[2..]);
         assert!(
-            matches!(decode(&v1), Err(Error::Decode(m)) if m.contains("protocol version 1; this build speaks version 2"))
+            matches!(decode(&v1), Err(Error::Decode(m)) if m.contains("protocol version 1; this build speaks version 3"))
         );
         let mut bad = bytes.clone();
         bad[3] ^= 1;

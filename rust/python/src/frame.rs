@@ -15,6 +15,7 @@ use hybridsync_core::frame::{
     MetaBlock, MetaKind, Payload,
 };
 use hybridsync_core::Error;
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{
@@ -411,9 +412,59 @@ pub fn encode_frame<'py>(
     // into the new bytes object: KV pages are copied once.
     let prepared =
         maybe_detach(py, size, || frame::prepare_frame(&frame, &opts)).map_err(CoreError)?;
-    PyBytes::new_with(py, prepared.len(), |out| {
-        maybe_detach(py, size, || prepared.write_into(out)).map_err(|e| CoreError(e).into())
+    new_bytes_written(py, prepared.len(), size, |out| prepared.write_parts(out))
+}
+
+/// A new bytes object of `len` bytes, written by `write` (which hands its
+/// bytes over in order) without zero-filling it first: a frame of megabytes
+/// is written once, not twice. Fails, and the object is dropped unseen,
+/// unless `write` succeeded and handed over exactly `len` bytes.
+fn new_bytes_written<'py>(
+    py: Python<'py>,
+    len: usize,
+    work: usize,
+    write: impl FnOnce(&mut dyn FnMut(&[u8])) -> Result<(), Error> + Send,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let size = ffi::Py_ssize_t::try_from(len).map_err(|_| invalid("a frame too large"))?;
+    // SAFETY: PyBytes_FromStringAndSize(NULL, n) returns a new reference to a
+    // bytes object with n uninitialised bytes (or NULL with an exception set).
+    let obj = unsafe {
+        Bound::from_owned_ptr_or_err(py, ffi::PyBytes_FromStringAndSize(std::ptr::null(), size))?
+    };
+    // SAFETY: the object is new and not shared: its `len` bytes are ours to
+    // write, seen as MaybeUninit (they are not initialised yet).
+    let buf: &mut [std::mem::MaybeUninit<u8>] =
+        unsafe { std::slice::from_raw_parts_mut(ffi::PyBytes_AsString(obj.as_ptr()).cast(), len) };
+    let (pos, overflow) = maybe_detach(py, work, move || {
+        let mut pos = 0usize;
+        let mut overflow = false;
+        let mut out = |part: &[u8]| {
+            let end = pos.saturating_add(part.len());
+            match buf.get_mut(pos..end) {
+                Some(dst) if !overflow => {
+                    // SAFETY: MaybeUninit<u8> has the layout of u8; `dst` is
+                    // `part.len()` bytes of the new object, which `part`
+                    // (borrowed from elsewhere) cannot overlap.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            part.as_ptr(),
+                            dst.as_mut_ptr().cast::<u8>(),
+                            part.len(),
+                        );
+                    }
+                    pos = end;
+                }
+                _ => overflow = true,
+            }
+        };
+        write(&mut out).map(|()| (pos, overflow))
     })
+    .map_err(CoreError)?;
+    if overflow || pos != len {
+        return Err(invalid("a frame came out of another size than planned"));
+    }
+    // Every byte written: the object may be seen now.
+    Ok(obj.cast_into::<PyBytes>()?)
 }
 
 // The Python signature spells the defaults out.
