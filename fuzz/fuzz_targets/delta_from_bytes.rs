@@ -34,7 +34,10 @@ fuzz_target!(|data: &[u8]| {
                 DeltaOp::Delete(d) => deleted += d,
             }
         }
-        assert!(kept + deleted <= text.len(), "a delta that fits ran past the text");
+        assert!(
+            kept + deleted <= text.len(),
+            "a delta that fits ran past the text"
+        );
         assert_eq!(out.len(), text.len() - deleted + inserted, "wrong length");
     }
 });

@@ -13,8 +13,8 @@
 #![no_main]
 
 use hybridsync_core::frame::{
-    decode_frame, encode_frame, EncodeOptions, Limits, FLAG_COMPRESSED, FLAG_KV, MARK,
-    PROTOCOL_VERSION,
+    decode_frame, encode_frame, frame_checksum, EncodeOptions, Limits, FLAG_COMPRESSED, FLAG_KV,
+    MARK, PROTOCOL_VERSION,
 };
 use libfuzzer_sys::fuzz_target;
 use xxhash_rust::xxh3::xxh3_64;
@@ -29,7 +29,9 @@ fuzz_target!(|data: &[u8]| {
     } else {
         let mut out = vec![MARK | PROTOCOL_VERSION];
         out.extend_from_slice(rest);
-        let sum = xxh3_64(&out) as u32;
+        // The checksum a sender would write (it leaves whole KV pages out),
+        // or a plain one where the KV section does not decode.
+        let sum = frame_checksum(&out).unwrap_or(xxh3_64(&out) as u32);
         out.extend_from_slice(&sum.to_le_bytes());
         signed = out;
         &signed[..]

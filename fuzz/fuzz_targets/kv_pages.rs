@@ -25,8 +25,17 @@ fuzz_target!(|data: &[u8]| {
     };
     let n = usize::from(g[5] % 16).min(rest.len() / 2);
     let (index, payload) = rest.split_at(2 * n);
-    let heads: Vec<u32> = index.iter().step_by(2).map(|&b| u32::from(b % 10)).collect();
-    let pages: Vec<u32> = index.iter().skip(1).step_by(2).map(|&b| u32::from(b % 20)).collect();
+    let heads: Vec<u32> = index
+        .iter()
+        .step_by(2)
+        .map(|&b| u32::from(b % 10))
+        .collect();
+    let pages: Vec<u32> = index
+        .iter()
+        .skip(1)
+        .step_by(2)
+        .map(|&b| u32::from(b % 20))
+        .collect();
     let hashes: Vec<u64> = (0..n as u64).map(|i| i ^ u64::from(g[6])).collect();
     let _ = verify_pages(payload, &layout, &heads, &pages, &hashes);
     let mut buf = vec![0u8; layout.heads * layout.capacity * layout.row_bytes];
@@ -51,6 +60,12 @@ fuzz_target!(|data: &[u8]| {
     let rows = payload.len() / (width * src.size());
     if let Ok(rb) = fmt.row_bytes(width) {
         let mut out = vec![0u8; rows * rb];
-        let _ = quantize(&payload[..rows * width * src.size()], src, width, fmt, &mut out);
+        let _ = quantize(
+            &payload[..rows * width * src.size()],
+            src,
+            width,
+            fmt,
+            &mut out,
+        );
     }
 });

@@ -1355,6 +1355,51 @@ fn decode_body<'a>(body: &'a [u8], flags: u8, kv: Vec<KvEntry<'a>>) -> Result<Fr
     })
 }
 
+/// The frame checksum of the KV section's entries `kv` decoded from
+/// `signed` (a frame less its trailer): xxh3-64 of `signed` less the payloads
+/// of whole pages, low 32 bits.
+fn summed(signed: &[u8], kv: &[KvEntry<'_>]) -> Result<u32> {
+    let mut h = Xxh3::new();
+    let mut at = 0usize;
+    for p in kv
+        .iter()
+        .flat_map(|e| &e.runs)
+        .filter(|run| run.offset == 0)
+        .filter_map(|run| run.payload.whole())
+    {
+        let start = (p.as_ptr() as usize).wrapping_sub(signed.as_ptr() as usize);
+        match signed.get(at..start) {
+            Some(before) => h.update(before),
+            None => return Err(Error::decode("KV payloads out of order in the frame")),
+        }
+        at = start.saturating_add(p.len());
+    }
+    match signed.get(at..) {
+        Some(rest) => h.update(rest),
+        None => return Err(Error::decode("a KV payload past the end of the frame")),
+    }
+    Ok(h.digest() as u32)
+}
+
+/// The checksum trailer a frame whose other bytes are `signed` must carry
+/// (see [`decode_frame`]: the KV section, when flagged, is decoded to find
+/// the payloads of whole pages the checksum leaves out; with default
+/// limits). Fails as decoding the KV section fails. For tests and tools
+/// that build frames by hand.
+pub fn frame_checksum(signed: &[u8]) -> Result<u32> {
+    let flags = match signed {
+        [_, flags, ..] => *flags,
+        _ => return Err(Error::decode("a frame is at least its 2-byte header")),
+    };
+    if flags & FLAG_KV == 0 {
+        return Ok(xxh3_64(signed) as u32);
+    }
+    let mut r = Reader::new(signed.get(HEADER_LEN..).unwrap_or_default());
+    let section = blob(&mut r)?;
+    let kv = decode_kv(section, DEFAULT_MAX_KV_BYTES)?;
+    summed(signed, &kv)
+}
+
 /// Decode and validate a frame, every patch and KV page hash included.
 ///
 /// A compressed body is decompressed into `scratch` (the decoded frame
@@ -1420,23 +1465,7 @@ pub fn decode_frame<'a>(
         let section = blob(&mut r)?;
         kv = decode_kv(section, limits.max_kv_bytes)?;
         body = body.get(r.position()..).unwrap_or_default();
-        let mut h = Xxh3::new();
-        let mut at = 0usize;
-        for p in kv
-            .iter()
-            .flat_map(|e| &e.runs)
-            .filter(|run| run.offset == 0)
-            .filter_map(|run| run.payload.whole())
-        {
-            let start = (p.as_ptr() as usize).wrapping_sub(data.as_ptr() as usize);
-            match signed.get(at..start) {
-                Some(before) => h.update(before),
-                None => return Err(Error::decode("KV payloads out of order in the frame")),
-            }
-            at = start.saturating_add(p.len());
-        }
-        h.update(signed.get(at..).unwrap_or_default());
-        if sum != h.digest() as u32 {
+        if sum != summed(signed, &kv)? {
             return Err(Error::decode(
                 "frame checksum mismatch: the frame was garbled or truncated",
             ));
@@ -1836,7 +1865,7 @@ mod tests {
 
     fn resign(data: &mut [u8]) {
         let n = data.len() - CHECKSUM_LEN;
-        let sum = xxh3_64(&data[..n]) as u32;
+        let sum = frame_checksum(&data[..n]).unwrap_or(xxh3_64(&data[..n]) as u32);
         data[n..].copy_from_slice(&sum.to_le_bytes());
     }
 
@@ -1848,6 +1877,8 @@ mod tests {
             let frame = m.frame();
             let opts = EncodeOptions { compress_threshold: threshold, level: 3 };
             let bytes = encode_frame(&frame, &opts).unwrap();
+            let n = bytes.len() - CHECKSUM_LEN;
+            prop_assert_eq!(&frame_checksum(&bytes[..n]).unwrap().to_le_bytes()[..], &bytes[n..]);
             let mut scratch = Vec::new();
             let back = decode_frame(&bytes, &Limits::default(), &mut scratch).unwrap();
             prop_assert_eq!(&back, &frame);
