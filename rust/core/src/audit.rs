@@ -251,7 +251,11 @@ pub fn decode_entry(body: &[u8]) -> Result<Entry> {
 
 /// The hash of an entry body (what the next entry's `prev` holds).
 pub fn entry_hash(body: &[u8]) -> Hash {
-    let mut h = blake3::Hasher::new_derive_key(ENTRY_CONTEXT);
+    // The context's key derived once: a copy of the keyed hasher per entry.
+    static ENTRY: std::sync::OnceLock<blake3::Hasher> = std::sync::OnceLock::new();
+    let mut h = ENTRY
+        .get_or_init(|| blake3::Hasher::new_derive_key(ENTRY_CONTEXT))
+        .clone();
     h.update(body);
     *h.finalize().as_bytes()
 }

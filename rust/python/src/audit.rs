@@ -275,11 +275,19 @@ pub fn audit_append<'py>(
     for (seq, time_ns, channel, kind, origin, subject, writer, via, writer_seq, content) in entries
     {
         let content: Hash = if let Ok(text) = content.cast::<pyo3::types::PyString>() {
-            // A temporary UTF-8 copy: `to_str` would cache one inside every
-            // non-ASCII text hashed, for as long as the text lives.
-            let utf8 = text.encode_utf8()?;
-            let s = utf8.as_bytes();
-            maybe_detach(py, s.len(), || audit::content_hash(s))
+            // SAFETY: `text` is a live str; PyUnicode_IS_ASCII only reads its
+            // header.
+            if unsafe { pyo3::ffi::PyUnicode_IS_ASCII(text.as_ptr()) } != 0 {
+                // An ASCII str holds its UTF-8 in place: read, not copied.
+                let s = text.to_str()?.as_bytes();
+                maybe_detach(py, s.len(), || audit::content_hash(s))
+            } else {
+                // A temporary UTF-8 copy: `to_str` would cache one inside
+                // every non-ASCII text hashed, for as long as the text lives.
+                let utf8 = text.encode_utf8()?;
+                let s = utf8.as_bytes();
+                maybe_detach(py, s.len(), || audit::content_hash(s))
+            }
         } else {
             let b = content
                 .cast::<PyBytes>()
