@@ -310,7 +310,7 @@ def test_sender_side_constructors_make_the_same_instances() -> None:
     assert data == F.encode_frame(F.Frame("s", 1, 1, False, kv=(want,)))
 
 
-def test_a_plan_with_the_tensors_carries_the_gathered_payloads() -> None:
+def test_a_plan_with_the_tensors_carries_its_payloads_where_they_lie() -> None:
     rng = np.random.default_rng(7)
     cache = KVCache(2, 3, 64, "q4_0", page_tokens=4)
     cache.append(*rows(rng, cache, 9))

@@ -32,6 +32,7 @@ __all__ = [
     "decode_frame_as",
     "diff",
     "encode_frame",
+    "frame_checksum",
     "kv_apply_pages",
     "kv_dequantize",
     "kv_gather_pages",
@@ -397,6 +398,7 @@ def encode_frame(
     compress_threshold: int = 1024,
     level: int = 3,
 ) -> bytes: ...
+def frame_checksum(signed: bytes) -> int: ...
 def decode_frame(
     data: bytes, *, max_bytes: int = 67108864, max_kv_bytes: int = 68719476736
 ) -> tuple[

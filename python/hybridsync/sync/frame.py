@@ -274,7 +274,8 @@ def _put_geometry(out: bytearray, g: Geometry) -> None:
 
 
 def _encode_kv(entries: tuple[KVEntry, ...]) -> tuple[list[bytes | memoryview], set[int]]:
-    """The KV section as a list of parts (page payloads are not copied here),
+    """The KV section as a list of parts (page payloads are not copied here,
+    but a PageGather's rows are gathered into bytes),
     and the indices of the parts the frame checksum leaves out (the payloads
     of whole pages, which their page hashes cover)."""
     parts: list[bytes | memoryview] = []
@@ -383,8 +384,8 @@ def _py_encode_frame(frame: Frame, *, compress_threshold: int = 1024, level: int
         head = bytearray()
         _put_uint(head, sum(len(p) for p in kv))
         kv.insert(0, bytes(head))
-    # One copy of the page payloads: the join; the checksum streams over the
-    # parts but the payloads of whole pages.
+    # The join copies the page payloads into the frame; the checksum streams
+    # over the parts but the payloads of whole pages.
     parts = [_HEADER.pack(MARK | PROTOCOL_VERSION, flags), *kv, payload]
     h = xxhash.xxh3_64()
     for i, part in enumerate(parts):

@@ -211,7 +211,11 @@ class KVChannel:
             flags = 0
         # Each run of one (layer, K|V): pages ``pidx[i]`` of heads ``heads[i]``
         # (little-endian ``u32``) with their hashes (``u64``), each from row
-        # ``offset`` of its page on, and those rows (gathered by the plan).
+        # ``offset`` of its page on, and those rows: a PageGather of where they
+        # lie in the cache, read when this frame is encoded, in this same
+        # outgoing() call (the pages must not change in between: another
+        # thread writing this cache meanwhile would make them disagree with
+        # their planned hashes, and the receiver refuse the frame).
         runs = tuple(
             _kv_run(
                 lk >> 1,

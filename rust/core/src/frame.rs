@@ -57,6 +57,10 @@ pub const KV_PROBE: u8 = 0x02;
 pub const HEADER_LEN: usize = 2;
 /// Bytes of the trailing checksum.
 pub const CHECKSUM_LEN: usize = 4;
+/// Most items a decoder reserves room for from a count the frame declares
+/// (counts are checked against the bytes left, but an item takes more memory
+/// decoded than its few bytes on the wire): more grow as they are read.
+const RESERVE_MAX: usize = 1024;
 /// The default limit on a frame's size, compressed or not.
 pub const DEFAULT_MAX_BYTES: usize = 64 << 20;
 /// The default limit on the size of one KV cache a frame describes.
@@ -1056,8 +1060,8 @@ fn check_tails(
 fn decode_kv<'a>(data: &'a [u8], max_kv_bytes: u64) -> Result<Vec<KvEntry<'a>>> {
     let mut r = Reader::new(data);
     let n = count(&mut r, "KV entry count", 3)?;
-    let mut out = Vec::with_capacity(n);
-    let mut names: HashSet<&str> = HashSet::with_capacity(n);
+    let mut out = Vec::with_capacity(n.min(RESERVE_MAX));
+    let mut names: HashSet<&str> = HashSet::with_capacity(n.min(RESERVE_MAX));
     for _ in 0..n {
         let name = text(&mut r, "KV cache name")?;
         if name.is_empty() || !names.insert(name) {
@@ -1148,8 +1152,8 @@ fn decode_kv<'a>(data: &'a [u8], max_kv_bytes: u64) -> Result<Vec<KvEntry<'a>>> 
         }
         entry.flags = flags;
         let n_runs = count(&mut r, "KV run count", 5)?;
-        let mut runs = Vec::with_capacity(n_runs);
-        let mut seen: HashSet<(u64, u8, u64)> = HashSet::with_capacity(n_runs);
+        let mut runs = Vec::with_capacity(n_runs.min(RESERVE_MAX));
+        let mut seen: HashSet<(u64, u8, u64)> = HashSet::with_capacity(n_runs.min(RESERVE_MAX));
         let mut pages_seen: HashSet<u128> = HashSet::new();
         let layout = PageLayout {
             heads: usize::try_from(g.kv_heads).unwrap_or(usize::MAX),
@@ -1230,8 +1234,8 @@ fn decode_body<'a>(body: &'a [u8], flags: u8, kv: Vec<KvEntry<'a>>) -> Result<Fr
     let epoch = r.u64()?;
     let seq = r.u64()?;
     let n = count(&mut r, "entry count", 2)?;
-    let mut entries = Vec::with_capacity(n);
-    let mut names: HashSet<&str> = HashSet::with_capacity(n);
+    let mut entries = Vec::with_capacity(n.min(RESERVE_MAX));
+    let mut names: HashSet<&str> = HashSet::with_capacity(n.min(RESERVE_MAX));
     let mut indices: HashSet<u64> = HashSet::new();
     for _ in 0..n {
         let at = r.position();
@@ -1273,7 +1277,7 @@ fn decode_body<'a>(body: &'a [u8], flags: u8, kv: Vec<KvEntry<'a>>) -> Result<Fr
                 entry.ack = r.u64()?;
                 entry.local = r.u64()?;
                 let n_edits = count(&mut r, "edit count", 2)?;
-                let mut edits = Vec::with_capacity(n_edits);
+                let mut edits = Vec::with_capacity(n_edits.min(RESERVE_MAX));
                 let mut previous: Option<u64> = None;
                 for _ in 0..n_edits {
                     let version = r.u64()?;

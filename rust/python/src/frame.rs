@@ -425,6 +425,11 @@ fn new_bytes_written<'py>(
     work: usize,
     write: impl FnOnce(&mut dyn FnMut(&[u8])) -> Result<(), Error> + Send,
 ) -> PyResult<Bound<'py, PyBytes>> {
+    if len == 0 {
+        // CPython shares one empty bytes object: never written into. (A
+        // frame has at least its header and checksum.)
+        return Err(invalid("a frame of no bytes"));
+    }
     let size = ffi::Py_ssize_t::try_from(len).map_err(|_| invalid("a frame too large"))?;
     // SAFETY: PyBytes_FromStringAndSize(NULL, n) returns a new reference to a
     // bytes object with n uninitialised bytes (or NULL with an exception set).
@@ -548,6 +553,19 @@ fn kv_list<'py>(
         out.append(t)?;
     }
     Ok(out)
+}
+
+/// The checksum trailer (``u32``) a frame whose other bytes are ``signed``
+/// must carry: the low 32 bits of xxh3-64 of ``signed`` less the payloads of
+/// whole KV pages (decoding the KV section, when flagged, to find them). For
+/// tests and tools that build frames by hand.
+///
+/// Raises:
+///     DecodeError: the KV section does not decode.
+///     LimitExceededError: a KV cache over the default limit.
+#[pyfunction]
+pub fn frame_checksum(signed: &[u8]) -> PyResult<u32> {
+    Ok(frame::frame_checksum(signed).map_err(CoreError)?)
 }
 
 /// Decode and validate a frame (see ``hybridsync.sync.frame.decode_frame``).

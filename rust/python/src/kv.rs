@@ -571,8 +571,10 @@ fn le_bytes<'py, T: Copy, const N: usize>(
 /// cache's `(layer, K|V)` tensors in order, laid out as in
 /// `kv_gather_pages` with `capacity` rows, `tokens` in use) each run also
 /// carries its payload: a `PageGather` of the rows where they lie, which
-/// the frame encoder copies straight into the frame. The tensors are
-/// checked before `acked` is written.
+/// the frame encoder copies straight into the frame. The tensors' sizes are
+/// checked before `acked` is written; their rows are read when the frame is
+/// encoded, so they must not change in between (the caller encodes the
+/// frame in the same step, holding the cache).
 #[pyfunction]
 #[pyo3(signature = (mine, acked, rows, mine_width, acked_width, heads, first, pages, tokens, held, page_rows, row_bytes, tail_page, budget, acked_end, same_sum, *, tensors=None, capacity=0))]
 #[allow(clippy::too_many_arguments)]

@@ -691,6 +691,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<kv::PageGather>()?;
     m.add_function(wrap_pyfunction!(frame::encode_frame, m)?)?;
     m.add_function(wrap_pyfunction!(frame::decode_frame, m)?)?;
+    m.add_function(wrap_pyfunction!(frame::frame_checksum, m)?)?;
     m.add_function(wrap_pyfunction!(frame::decode_frame_as, m)?)?;
     m.add_function(wrap_pyfunction!(audit::audit_hash, m)?)?;
     m.add_function(wrap_pyfunction!(audit::audit_hash_parts, m)?)?;
