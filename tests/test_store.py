@@ -14,6 +14,7 @@ import pytest
 from hybridsync import KVCache, Link, Memory
 from hybridsync.errors import CorruptionError, InvalidArgumentError, StorageError
 from hybridsync.meta import CompactionPolicy
+from hybridsync.sync import link as link_module
 
 # -- helpers ---------------------------------------------------------------------
 
@@ -543,6 +544,34 @@ def test_a_reopened_server_resends_its_saved_reply_to_a_late_duplicate(tmp_path:
     assert server.outgoing() == reply  # byte for byte, as before the crash
     settle(client, server)
     assert a.digest() == s.digest() and a.meta["new"] == "written on s"
+
+
+def test_a_saved_reply_of_another_protocol_version_is_answered_afresh(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The replica was saved by a build of another protocol version: its
+    # saved reply would be refused by the client, so a late duplicate of the
+    # request gets a reply built afresh, which the client accepts.
+    a, s = Memory("a"), Memory("s", path=tmp_path / "s.db")
+    client, server = Link(a, "s"), Link(s, "a", role="server")
+    a.text["d"] = "hello\n"
+    settle(client, server)
+    request = client.outgoing()
+    assert request is not None
+    server.incoming(request)
+    reply = server.outgoing()
+    assert reply is not None
+    crash(s)  # the reply is lost on the way
+    monkeypatch.setattr(link_module, "_FRAME_MARK", bytes([reply[0] ^ 0x0F]))
+    s = Memory("s", path=tmp_path / "s.db")
+    server = Link(s, "a", role="server")
+    server.incoming(request)
+    again = server.outgoing()
+    assert again is not None and again != reply
+    client.incoming(again)
+    a.text["d"] = "hello again\n"
+    settle(client, server)
+    assert a.digest() == s.digest() and s.text["d"] == "hello again\n"
 
 
 def test_saved_retired_epochs_are_the_latest_ones(tmp_path: Path) -> None:

@@ -41,6 +41,8 @@ from hybridsync.channels.text import (
 from hybridsync.errors import DecodeError, InvalidArgumentError, ProtocolError
 from hybridsync.sync.epochs import EpochMeta
 from hybridsync.sync.frame import (
+    MARK,
+    PROTOCOL_VERSION,
     Edit,
     Entry,
     Frame,
@@ -53,6 +55,8 @@ from hybridsync.sync.frame import (
 )
 from hybridsync.sync.kv import KVChannel
 
+#: The first byte of the frames this build sends.
+_FRAME_MARK = bytes([MARK | PROTOCOL_VERSION])
 #: Sets of document names at most this large are rebuilt each cycle (see outgoing).
 _SMALL_SET = 64
 
@@ -535,7 +539,11 @@ class Link:
                 self._epoch = None if epoch is None else int(epoch)
                 self._seq = int(header["seq"])
                 self._retired_epochs = dict.fromkeys(int(e) for e in header["retired"])
-                self._last_frame = bytes(header["reply"])
+                reply = bytes(header["reply"])
+                # A reply saved by a build of another protocol version is not
+                # resent (the peer would refuse it, and send its request
+                # again, forever): a copy of that request gets a reply afresh.
+                self._last_frame = reply if reply[:1] == _FRAME_MARK else b""
                 self._reply_due = bool(header["reply_due"])
         except (ValueError, TypeError, KeyError, DecodeError) as exc:
             raise CorruptionError(
