@@ -523,7 +523,11 @@ def test_a_failed_save_leaves_nothing_half_known(tmp_path: Path) -> None:
         assert again.kv["big"].tokens == 256 and again.digest() == digest
 
 
-def test_a_reopened_server_resends_its_saved_reply_to_a_late_duplicate(tmp_path: Path) -> None:
+def _a_request_answered_by_a_durable_server(
+    tmp_path: Path,
+) -> tuple[Memory, Memory, Link, bytes, bytes]:
+    """A client in memory and a durable server in step, then one more
+    request and the server's reply to it (not yet delivered)."""
     a, s = Memory("a"), Memory("s", path=tmp_path / "s.db")
     client, server = Link(a, "s"), Link(s, "a", role="server")
     a.meta["k0"] = 0
@@ -534,6 +538,11 @@ def test_a_reopened_server_resends_its_saved_reply_to_a_late_duplicate(tmp_path:
     server.incoming(request)
     reply = server.outgoing()
     assert reply is not None
+    return a, s, client, request, reply
+
+
+def test_a_reopened_server_resends_its_saved_reply_to_a_late_duplicate(tmp_path: Path) -> None:
+    a, s, client, request, reply = _a_request_answered_by_a_durable_server(tmp_path)
     client.incoming(reply)
     s.meta["new"] = "written on s"
     s.flush()
@@ -552,15 +561,7 @@ def test_a_saved_reply_of_another_protocol_version_is_answered_afresh(
     # The replica was saved by a build of another protocol version: its
     # saved reply would be refused by the client, so a late duplicate of the
     # request gets a reply built afresh, which the client accepts.
-    a, s = Memory("a"), Memory("s", path=tmp_path / "s.db")
-    client, server = Link(a, "s"), Link(s, "a", role="server")
-    a.text["d"] = "hello\n"
-    settle(client, server)
-    request = client.outgoing()
-    assert request is not None
-    server.incoming(request)
-    reply = server.outgoing()
-    assert reply is not None
+    a, s, client, request, reply = _a_request_answered_by_a_durable_server(tmp_path)
     crash(s)  # the reply is lost on the way
     monkeypatch.setattr(link_module, "_FRAME_MARK", bytes([reply[0] ^ 0x0F]))
     s = Memory("s", path=tmp_path / "s.db")
