@@ -45,7 +45,8 @@ from hybridsync.audit import (
     verify_log,
 )
 from hybridsync.audit.keys import key_to_pem, key_to_text
-from hybridsync.audit.segments import encode_records, parse_records
+from hybridsync.audit.log import MAX_CLAIMS
+from hybridsync.audit.segments import GROW, encode_records, parse_records
 from hybridsync.cli import main
 from hybridsync.errors import HybridSyncError, InvalidArgumentError, StorageError
 
@@ -148,6 +149,34 @@ def test_claims_signed_at_closing_go_out_with_the_next_head(tmp_path: Path) -> N
         settle([pair])
         (r,) = attribute(reader.audit, doc="late")
         assert (r.writer, r.confirmed, r.writer_seq) == ("w", True, 1)
+
+
+@pytest.mark.parametrize("durable", [False, True])
+def test_a_head_is_signed_whenever_its_claims_are_full(tmp_path: Path, durable: bool) -> None:
+    """However rarely the policy signs, no local write loses its claim: a
+    head is signed as soon as MAX_CLAIMS subjects await one, also in the
+    middle of one commit of many writes."""
+    policy = AuditPolicy(sign_every=1_000_000)
+    m = Memory("w", path=tmp_path / "w.db" if durable else None, audit=policy)
+    names = [f"doc{i}" for i in range(2 * MAX_CLAIMS + 300)]
+    for i, name in enumerate(names[:700]):
+        m.text[name] = str(i)
+        if i % 50 == 0:
+            m.flush()
+    with m.changes.change_set():
+        for i, name in enumerate(names[700:]):  # one batch past two heads' worth
+            m.text[name] = str(i)
+    m.flush()
+    assert m.audit is not None
+    m.audit.sign()
+    heads = m.audit.heads()
+    assert len(heads) >= 3 and all(len(h.claims) <= MAX_CLAIMS for h in heads)
+    claimed = {(c.subject, c.seq) for h in heads for c in h.claims}
+    logged = {(e.subject, e.seq) for e in m.audit.entries()}
+    assert claimed == logged and len(logged) == len(names)
+    if durable:
+        m.close()
+        assert verify_log(tmp_path / "w.db").ok
 
 
 def test_the_log_is_on_for_durable_replicas_and_can_be_turned_off(tmp_path: Path) -> None:
@@ -671,6 +700,38 @@ def test_a_torn_last_record_is_repaired_on_reopening(tmp_path: Path) -> None:
     with Memory("a", path=path, audit=AuditPolicy(sign_every=4)) as m:
         assert m.audit is not None and m.audit.seq == 6
         m.text["doc0"] = "after the crash"
+    report = verify_log(path)
+    assert report.ok and report.last_seq == 7
+
+
+def test_the_segment_being_written_is_mapped_and_cut_to_its_records(tmp_path: Path) -> None:
+    """A live log's segment has room after its records (zeros): a reader
+    sees only the records; closing cuts the file to them; a batch whose
+    first length byte never made it (a process killed while copying it) ends
+    the segment there, and reopening removes it."""
+    path = tmp_path / "a.db"
+    m = Memory("a", path=path, audit=AuditPolicy(sign_every=4))
+    for i in range(6):
+        m.text[f"d{i}"] = f"v{i}"
+        m.flush()
+    seg = segment(path)
+    assert seg.stat().st_size >= GROW  # mapped, with room
+    live = verify_log(path)
+    assert live.ok and not live.warnings and live.last_seq == 6
+    m.close()
+    data = seg.read_bytes()
+    records, used = parse_records(data)
+    assert used == len(data) and len(records) == 6
+    # What a kill in the middle of appending two records leaves: everything
+    # but the batch's first length byte, then the file's room.
+    extra = encode_records([records[4], records[5]])
+    seg.write_bytes(data + b"\0" + extra[1:] + bytes(4096))
+    report = verify_log(path)
+    assert report.ok and report.last_seq == 6, report.problems
+    with Memory("a", path=path, audit=AuditPolicy(sign_every=4)) as m:
+        assert m.audit is not None and m.audit.seq == 6
+        m.text["d0"] = "after the crash"
+    assert parse_records(seg.read_bytes())[1] == seg.stat().st_size
     report = verify_log(path)
     assert report.ok and report.last_seq == 7
 

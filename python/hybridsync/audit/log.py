@@ -193,7 +193,7 @@ class AuditPolicy:
     """
 
     enabled: bool = True
-    sign_every: int = 1024
+    sign_every: int = 4096
     publish: bool = True
     max_entries: int | None = None
     key: SigningKey | None = None
@@ -649,6 +649,8 @@ class AuditLog:
         self.public_key = public_key_bytes(self.key)
         tail = self.segments.open()
         self.seq, self.head = self._checkpoint()
+        #: The position of the last entry written (``seq`` counts those noted).
+        self._written = self.seq
         if tail:
             try:
                 self.seq = audit_decode_entry(tail[-1])[0]
@@ -658,6 +660,7 @@ class AuditLog:
                     "`hybridsync audit` tells which entries are damaged"
                 ) from None
             self.head = audit_entry_hash(tail[-1])
+            self._written = self.seq
         last = self._db.execute("SELECT MAX(seq) FROM heads").fetchone()[0]
         self.signed_seq = int(last or 0)
         self._heads_signed = int(self._db.execute("SELECT COUNT(*) FROM heads").fetchone()[0])
@@ -971,19 +974,21 @@ class AuditLog:
             return self._sign()
 
     def _sign(self, *, publish: bool = True) -> SignedHead | None:
-        if self.seq == 0 or self.seq == self.signed_seq:
+        # Signs the entries written (at a commit point: every entry noted).
+        at = self._written
+        if at == 0 or at == self.signed_seq:
             return None
         now = max(time.time_ns(), self._last_head_time() + 1)
         claims = tuple(
             Claim(CHANNELS[ch], subject, seq, content)
             for (ch, subject), (seq, content) in self._claims.items()
-            if seq <= self.seq
+            if seq <= at
         )
         witness = tuple(sorted(self._seen.values(), key=lambda h: (h.time_ns, h.replica)))
         span = bytes(self._span)
         unsigned = SignedHead(
             self.replica_id,
-            self.seq,
+            at,
             self.head,
             now,
             self.public_key,
@@ -994,7 +999,7 @@ class AuditLog:
         )
         head = SignedHead(
             self.replica_id,
-            self.seq,
+            at,
             self.head,
             now,
             self.public_key,
@@ -1021,9 +1026,9 @@ class AuditLog:
             )
         if self.fsync and self.path is not None:
             self._db.execute("PRAGMA synchronous=NORMAL")
-        self.signed_seq = self.seq
+        self.signed_seq = at
         self._heads_signed += 1
-        self.segments.roll(self.seq + 1)
+        self.segments.roll(at + 1)
         self._span.clear()
         self._claims.clear()
         if publish and self.policy.publish:
@@ -1080,10 +1085,34 @@ class AuditLog:
         if not pending:
             return
         self._pending = []
+        claims = self._claims
+        if len(claims) + len(pending) <= MAX_CLAIMS:
+            self._write_batch(pending)
+            return
+        # The next head could not claim every local write of this batch: write
+        # it in pieces, signing a head whenever its claims are full.
+        start, new = 0, set[tuple[int, str]]()
+        for i, entry in enumerate(pending):
+            key = (entry[2], entry[5])
+            if entry[4] or key in claims or key in new:
+                continue
+            if len(claims) + len(new) == MAX_CLAIMS:
+                self._write_batch(pending[start:i])
+                self._sign()
+                start, new = i, set()
+            new.add(key)
+        self._write_batch(pending[start:])
+        if len(claims) >= MAX_CLAIMS:
+            self._sign()
+
+    def _write_batch(self, pending: list[_Pending]) -> None:
+        if not pending:
+            return
         # One core call encodes, hashes and chains the batch; one write.
         records, hashes, contents = audit_append(pending, self.head, self._recent)
         self.segments.append_records(pending[0][0], records, len(pending))
         self.head = hashes[-32:]
+        self._written = pending[-1][0]
         self._span += hashes
         claims = self._claims
         for i, entry in enumerate(pending):
@@ -1091,8 +1120,6 @@ class AuditLog:
                 key = (entry[2], entry[5])
                 claims.pop(key, None)
                 claims[key] = (entry[0], contents[32 * i : 32 * i + 32])
-        while len(claims) > MAX_CLAIMS:
-            del claims[next(iter(claims))]
 
     def commit(self) -> None:
         """Append the entries made since the last commit to the log's
@@ -1103,7 +1130,10 @@ class AuditLog:
                 return
             if self._pending:
                 self._write()
-            if self.seq - self.signed_seq >= self.policy.sign_every:
+            if (
+                self.seq - self.signed_seq >= self.policy.sign_every
+                or len(self._claims) >= MAX_CLAIMS
+            ):
                 self._sign()
 
     def close(self) -> None:

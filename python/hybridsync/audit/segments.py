@@ -3,9 +3,14 @@ entry bodies.
 
 A segment ``seg-<first seq, 20 digits>.log`` holds consecutive entries, each
 as a varint byte length then the body (the buffer
-:func:`hybridsync._core.audit_verify_chain` reads). Appending is one
-``write`` per commit (what a process crash cannot lose); ``sync`` makes it
-survive power loss too. A new segment starts after a signed head once the
+:func:`hybridsync._core.audit_verify_chain` reads). The segment being written
+is mapped into memory and grown in steps of :data:`GROW` bytes of zeros:
+appending a commit's records is a copy into the page cache, no system call,
+and a process crash cannot lose it (the kernel holds the pages); ``sync``
+makes it survive power loss too. A record length of zero ends a segment
+(a body is never empty): what follows it is the unused room, or a write the
+process did not finish, since a batch's first length byte is written last.
+Closing cuts the file to its records. A new segment starts after a signed head once the
 current one holds ``roll_entries`` entries, so that whole segments can be
 pruned up to a signed head (the checkpoint). In memory (no folder) the
 segments are byte strings.
@@ -14,6 +19,7 @@ segments are byte strings.
 from __future__ import annotations
 
 import itertools
+import mmap
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +31,32 @@ __all__ = ["Segments", "encode_records", "parse_records"]
 _PREFIX, _SUFFIX = "seg-", ".log"
 #: The longest entry record accepted when reading (an entry is far smaller).
 MAX_RECORD = 1 << 20
+#: A segment file being written grows by this many bytes at a time.
+GROW = 1 << 20
+
+
+def records_end(data: bytes) -> int:
+    """Where the records of a segment file end: at a zero record length
+    (the unused room of a segment being written, or an unfinished write), else
+    at the end of ``data`` (a malformed or torn record is left to
+    :func:`parse_records`)."""
+    pos, end = 0, len(data)
+    while pos < end:
+        if data[pos] == 0:
+            return pos
+        n = shift = 0
+        i = pos
+        while True:
+            if i >= end or shift > 28:
+                return end
+            b = data[i]
+            i += 1
+            n |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                break
+        pos = i + n
+    return end
 
 
 def encode_records(bodies: list[bytes]) -> bytes:
@@ -87,6 +119,8 @@ class Segments:
         self.roll_entries = roll_entries
         self._mem: dict[int, bytearray] = {}
         self._fd: int | None = None
+        self._map: mmap.mmap | None = None
+        self._end = 0  # where the records of the mapped segment end
         self._current = 0  # first seq of the segment appended to
         self._count = 0  # entries in it
 
@@ -112,8 +146,14 @@ class Segments:
         return sorted(out)
 
     def read(self, first: int) -> bytes:
+        """A segment's records (without the room after them)."""
         if self.folder is None:
             return bytes(self._mem[first])
+        data = self._read_file(first)
+        return data[: records_end(data)]
+
+    def _read_file(self, first: int) -> bytes:
+        assert self.folder is not None
         try:
             return (self.folder / self._name(first)).read_bytes()
         except OSError as exc:
@@ -126,12 +166,15 @@ class Segments:
         if not firsts:
             return []
         last = firsts[-1]
-        data = self.read(last)
-        records, good = parse_records(data, str(self.folder))
+        data = self._read_file(last) if self.folder is not None else self.read(last)
+        records, good = parse_records(data[: records_end(data)], str(self.folder))
         if good < len(data) and self.folder is not None:
-            with open(self.folder / self._name(last), "r+b") as fh:
-                fh.truncate(good)
-                os.fsync(fh.fileno())
+            try:
+                with open(self.folder / self._name(last), "r+b") as fh:
+                    fh.truncate(good)
+                    os.fsync(fh.fileno())
+            except OSError as exc:
+                raise StorageError(f"cannot repair the audit log {self.folder}: {exc}") from None
         self._current, self._count = last, len(records)
         return records
 
@@ -161,25 +204,58 @@ class Segments:
             self._start(first_seq)
         if self.folder is None:
             self._mem.setdefault(self._current, bytearray()).extend(data)
-        else:
-            if self._fd is None:
-                self._fd = self._openfd(self._current)
-            try:
-                done = os.write(self._fd, data)
-                while done < len(data):
-                    done += os.write(self._fd, data[done:])
-            except OSError as exc:
-                raise StorageError(f"cannot write the audit log {self.folder}: {exc}") from None
+            self._count += count
+            return
+        n = len(data)
+        if not n:
+            return
+        if self._fd is None:
+            self._open_current()
+        mm = self._map
+        pos = self._end
+        if mm is None or pos + n > len(mm):
+            mm = self._grow(pos + n)
+        # The first length byte goes in last (after the rest of the batch,
+        # then the length's other bytes, back to front): until it does, a
+        # zero ends the segment where the batch starts, so a process killed
+        # in the middle leaves no torn record that reads as whole.
+        k = 1
+        while data[k - 1] & 0x80:
+            k += 1
+        mm[pos + k : pos + n] = memoryview(data)[k:]
+        for i in range(k - 1, -1, -1):
+            mm[pos + i] = data[i]
+        self._end = pos + n
         self._count += count
 
-    def _openfd(self, first: int) -> int:
+    def _open_current(self) -> None:
+        """Open the current segment for writing: its records end where the
+        file does (:meth:`open` cut what followed them)."""
         assert self.folder is not None
         try:
-            return os.open(
-                self.folder / self._name(first), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
-            )
+            fd = os.open(self.folder / self._name(self._current), os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise StorageError(f"cannot write the audit log {self.folder}: {exc}") from None
+        try:
+            self._end = os.fstat(fd).st_size
+        except OSError as exc:
+            os.close(fd)
+            raise StorageError(f"cannot write the audit log {self.folder}: {exc}") from None
+        self._fd = fd
+
+    def _grow(self, need: int) -> mmap.mmap:
+        """Map the current segment (open) with room for ``need`` bytes."""
+        assert self._fd is not None
+        try:
+            if self._map is not None:
+                self._map.close()
+                self._map = None
+            size = (need // GROW + 1) * GROW
+            os.ftruncate(self._fd, size)
+            self._map = mmap.mmap(self._fd, size)
+        except (OSError, ValueError) as exc:
+            raise StorageError(f"cannot write the audit log {self.folder}: {exc}") from None
+        return self._map
 
     def _start(self, first: int) -> None:
         self.close()
@@ -195,8 +271,13 @@ class Segments:
 
     def sync(self) -> None:
         """Make what was appended survive power loss."""
-        if self._fd is not None:
-            os.fsync(self._fd)
+        try:
+            if self._map is not None:
+                self._map.flush()
+            if self._fd is not None:
+                os.fsync(self._fd)
+        except OSError as exc:
+            raise StorageError(f"cannot sync the audit log {self.folder}: {exc}") from None
 
     def prune(self, upto: int) -> None:
         """Remove the segments whose entries are all at or below ``upto``
@@ -214,6 +295,16 @@ class Segments:
                     raise StorageError(f"cannot prune the audit log: {exc}") from None
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        """Stop writing the current segment: its file is cut to its records."""
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            if self._map is not None:
+                self._map.close()
+                self._map = None
+                os.ftruncate(fd, self._end)
+        except OSError as exc:
+            raise StorageError(f"cannot close the audit log {self.folder}: {exc}") from None
+        finally:
+            os.close(fd)
