@@ -215,16 +215,12 @@ class Segments:
         pos = self._end
         if mm is None or pos + n > len(mm):
             mm = self._grow(pos + n)
-        # The first length byte goes in last (after the rest of the batch,
-        # then the length's other bytes, back to front): until it does, a
-        # zero ends the segment where the batch starts, so a process killed
-        # in the middle leaves no torn record that reads as whole.
-        k = 1
-        while data[k - 1] & 0x80:
-            k += 1
-        mm[pos + k : pos + n] = memoryview(data)[k:]
-        for i in range(k - 1, -1, -1):
-            mm[pos + i] = data[i]
+        # The batch's first byte (its first record's length) goes in last:
+        # until it does, the zero there ends the segment where the batch
+        # starts, so a process killed in the middle of the copy leaves no
+        # torn record that reads as whole.
+        mm[pos + 1 : pos + n] = memoryview(data)[1:]
+        mm[pos] = data[0]
         self._end = pos + n
         self._count += count
 
