@@ -736,6 +736,42 @@ def test_the_segment_being_written_is_mapped_and_cut_to_its_records(tmp_path: Pa
     assert report.ok and report.last_seq == 7
 
 
+def test_a_full_disk_is_a_storage_error_and_loses_no_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Room for the mapped segment is allocated before anything is copied
+    into it: a full disk raises StorageError from the commit (not a SIGBUS
+    in the copy), the entries stay noted, and the next commit writes them."""
+    import errno
+
+    import hybridsync.audit.segments as segments
+
+    allocate = segments._allocate
+
+    def full(fd: int, start: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(segments, "GROW", 64)  # each commit grows the segment
+    path = tmp_path / "a.db"
+    m = Memory("a", path=path, audit=AuditPolicy(sign_every=4))
+    m.text["d0"] = "before"
+    m.flush()
+    for i in range(1, 4):
+        m.text[f"d{i}"] = f"v{i}"
+    monkeypatch.setattr(segments, "_allocate", full)
+    with pytest.raises(StorageError, match="No space left"):
+        m.flush()
+    monkeypatch.setattr(segments, "_allocate", allocate)
+    m.text["d4"] = "after"
+    m.flush()
+    m.close()
+    report = verify_log(path)
+    assert report.ok and report.last_seq == 5, report.problems
+    with Memory("a", path=path) as m:
+        assert m.audit is not None
+        assert [e.subject for e in m.audit.entries()] == [f"d{i}" for i in range(5)]
+
+
 def test_killed_process_keeps_every_flushed_entry(tmp_path: Path) -> None:
     """A replica killed with SIGKILL (no close): every entry written before
     its last flush is in the log, which reopens and verifies."""

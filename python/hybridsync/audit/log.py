@@ -1085,6 +1085,15 @@ class AuditLog:
         if not pending:
             return
         self._pending = []
+        try:
+            self._write_pending(pending)
+        except BaseException:
+            # What was not written (a full disk: StorageError) stays noted,
+            # for the next commit: the chain has no gap.
+            self._pending = [e for e in pending if e[0] > self._written] + self._pending
+            raise
+
+    def _write_pending(self, pending: list[_Pending]) -> None:
         claims = self._claims
         if len(claims) + len(pending) <= MAX_CLAIMS:
             self._write_batch(pending)

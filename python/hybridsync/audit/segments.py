@@ -4,7 +4,9 @@ entry bodies.
 A segment ``seg-<first seq, 20 digits>.log`` holds consecutive entries, each
 as a varint byte length then the body (the buffer
 :func:`hybridsync._core.audit_verify_chain` reads). The segment being written
-is mapped into memory and grown in steps of :data:`GROW` bytes of zeros:
+is mapped into memory and grown in steps of :data:`GROW` bytes of zeros
+(allocated on the disk first, so a full disk is a StorageError, not a
+SIGBUS):
 appending a commit's records is a copy into the page cache, no system call,
 and a process crash cannot lose it (the kernel holds the pages); ``sync``
 makes it survive power loss too. A record length of zero ends a segment
@@ -18,6 +20,7 @@ segments are byte strings.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import mmap
 import os
@@ -33,6 +36,25 @@ _PREFIX, _SUFFIX = "seg-", ".log"
 MAX_RECORD = 1 << 20
 #: A segment file being written grows by this many bytes at a time.
 GROW = 1 << 20
+
+
+def _allocate(fd: int, start: int, length: int) -> None:
+    """Give the file disk blocks (of zeros) for ``start .. start + length``, so
+    that copying into the mapped file never needs room the disk lacks: a full
+    disk fails here, as an OSError, not later as a SIGBUS in the middle of a
+    copy."""
+    fallocate = getattr(os, "posix_fallocate", None)
+    if fallocate is not None:
+        try:
+            fallocate(fd, start, length)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+    zeros = memoryview(bytes(length))
+    done = 0
+    while done < length:
+        done += os.pwrite(fd, zeros[done:], start + done)
 
 
 def records_end(data: bytes) -> int:
@@ -247,7 +269,9 @@ class Segments:
                 self._map.close()
                 self._map = None
             size = (need // GROW + 1) * GROW
-            os.ftruncate(self._fd, size)
+            have = os.fstat(self._fd).st_size
+            if size > have:
+                _allocate(self._fd, have, size - have)
             self._map = mmap.mmap(self._fd, size)
         except (OSError, ValueError) as exc:
             raise StorageError(f"cannot write the audit log {self.folder}: {exc}") from None
