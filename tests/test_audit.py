@@ -179,6 +179,23 @@ def test_a_head_is_signed_whenever_its_claims_are_full(tmp_path: Path, durable: 
         assert verify_log(tmp_path / "w.db").ok
 
 
+def test_versions_of_a_long_document_are_not_held_until_a_commit() -> None:
+    """An in-memory replica's link never commits: the versions of a document
+    wait in the log for their hash, but never more than _MAX_PENDING_CHARS
+    characters of them; every version is logged with its own hash."""
+    from hybridsync.audit.log import _MAX_PENDING_CHARS
+
+    m = Memory("a", audit=True)
+    log = m.audit
+    assert log is not None
+    versions = [f"{i}" + "x" * (1 << 20) for i in range(12)]
+    for v in versions:
+        m.text["big"] = v
+        held = sum(len(e[9]) for e in log._pending if isinstance(e[9], str))
+        assert held <= _MAX_PENDING_CHARS
+    assert [e.content for e in log.entries()] == [audit_hash(v.encode()) for v in versions]
+
+
 def test_the_log_is_on_for_durable_replicas_and_can_be_turned_off(tmp_path: Path) -> None:
     with Memory("a", path=tmp_path / "on.db") as m:
         assert m.audit is not None

@@ -104,6 +104,10 @@ MAX_HEAD_CHARS = 1 << 20
 _HEAD_FIXED = 1 + 16 + 32 + 32 + 64 + 32
 #: Entries noted before they are encoded and written, at most.
 _MAX_PENDING = 256
+#: Characters of the texts held by noted entries at most (each version of a
+#: document waits for its hash at the next commit: versions of a long
+#: document are hashed and written sooner, not held).
+_MAX_PENDING_CHARS = 1 << 22
 #: Claims received that the log remembers for attributing new entries.
 _RECENT_CLAIMS = 4096
 _SCHEMA = 1
@@ -598,6 +602,7 @@ class AuditLog:
             self.segments.close()
             raise
         self._pending: list[_Pending] = []
+        self._pending_chars = 0  # characters of the texts in _pending
         #: Local writes since the last signed head, claimed in the next one:
         #: (channel code, subject) -> (seq, content hash), oldest first.
         self._claims: dict[tuple[int, str], tuple[int, bytes]] = {}
@@ -767,6 +772,7 @@ class AuditLog:
             else:
                 kind = 1 if name in self._docs else 0
                 self._docs.add(name)  # the text is hashed at the commit
+                self._pending_chars += len(new)
             seq = self.seq = self.seq + 1
             entry: _Pending
             if where == "remote":
@@ -778,7 +784,7 @@ class AuditLog:
             pending.append(entry)
             if self.path is None and seq - self.signed_seq >= self.policy.sign_every:
                 self.commit()
-            elif len(pending) >= _MAX_PENDING:
+            elif len(pending) >= _MAX_PENDING or self._pending_chars >= _MAX_PENDING_CHARS:
                 self._write()
 
     def _on_meta(self, event: MetaEvent) -> None:
@@ -1085,12 +1091,14 @@ class AuditLog:
         if not pending:
             return
         self._pending = []
+        self._pending_chars = 0
         try:
             self._write_pending(pending)
         except BaseException:
             # What was not written (a full disk: StorageError) stays noted,
             # for the next commit: the chain has no gap.
             self._pending = [e for e in pending if e[0] > self._written] + self._pending
+            self._pending_chars = sum(len(e[9]) for e in self._pending if isinstance(e[9], str))
             raise
 
     def _write_pending(self, pending: list[_Pending]) -> None:
