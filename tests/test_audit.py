@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from hybridsync import KVCache, Link, Memory
 from hybridsync._core import (
+    TextHashes,
     audit_decode_entry,
     audit_entry,
     audit_entry_hash,
@@ -194,6 +195,78 @@ def test_versions_of_a_long_document_are_not_held_until_a_commit() -> None:
         held = sum(len(e[9]) for e in log._pending if isinstance(e[9], str))
         assert held <= _MAX_PENDING_CHARS
     assert [e.content for e in log.entries()] == [audit_hash(v.encode()) for v in versions]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    start=st.integers(0, 300_000) | st.integers(40_000, 300_000),
+    edits=st.lists(
+        st.tuples(
+            st.sampled_from(["insert", "delete", "append", "cut", "unicode", "other"]),
+            st.integers(0, 1 << 30),
+            st.integers(0, 40_000),
+        ),
+        min_size=1,
+        max_size=10,
+    ),
+    min_len=st.sampled_from([0, 1 << 16]),
+    max_bytes=st.sampled_from([0, 250_000, 64 << 20, 64 << 20]),
+)
+def test_text_hashes_are_blake3_of_each_version(
+    start: int, edits: list[tuple[str, int, int]], min_len: int, max_bytes: int
+) -> None:
+    """TextHashes rehashes a long document from where a version differs
+    from the one before (BLAKE3's tree); whatever the edits, the sizes, the
+    documents it keeps or evicts, each hash is BLAKE3 of the version (the
+    reference: audit_hash of its UTF-8)."""
+    texts = TextHashes(min_len=min_len, max_bytes=max_bytes)
+    docs = {"a": "".join(chr(97 + i % 26) for i in range(start)), "b": "b" * 70_000}
+    for what, at, n in edits:
+        name = "b" if what == "other" else "a"
+        t = docs[name]
+        at %= len(t) + 1
+        if what == "insert":
+            t = t[:at] + "x" * (n % 3000) + t[at:]
+        elif what == "delete":
+            t = t[:at] + t[at + n :]
+        elif what == "append":
+            t += "line\n" * (n % 5000)
+        elif what == "cut":
+            t = t[:at]
+        elif what == "unicode":
+            t = t[:at] + "\u00e9\u4e2d" + t[at:]
+        else:
+            t = t + "b"
+        docs[name] = t
+        assert texts.hash(name, t) == audit_hash(t.encode()), (what, len(t))
+        assert texts.kept_bytes <= max_bytes
+    texts.forget("a")
+    assert texts.hash("a", docs["a"]) == audit_hash(docs["a"].encode())
+
+
+def test_a_long_document_is_logged_with_the_hash_of_every_version() -> None:
+    """Appends to and edits in the middle of a long document, through the
+    log: every entry's content is BLAKE3 of that version."""
+    m = Memory("a", audit=True)
+    log = m.audit
+    assert log is not None
+    text = "".join(f"line {i}\n" for i in range(20_000))
+    versions = []
+    for i in range(30):
+        if i % 3 == 2:
+            mid = len(text) // 2
+            text = text[:mid] + f"edit {i}" + text[mid + 5 :]
+        else:
+            text += f"appended {i}\n"
+        m.text["log"] = text
+        versions.append(text)
+        if i % 4 == 0:
+            log.commit()
+    del m.text["log"]
+    assert [e.content for e in log.entries()] == [
+        *(audit_hash(v.encode()) for v in versions),
+        bytes(32),
+    ]
 
 
 def test_the_log_is_on_for_durable_replicas_and_can_be_turned_off(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ __all__ = [
     "Hunk",
     "PageGather",
     "Patch",
+    "TextHashes",
     "__version__",
     "apply_patch",
     "audit_append",
@@ -451,4 +452,14 @@ def audit_append(
     entries: Sequence[tuple[int, int, int, int, int, str, str | None, str, int, str | bytes]],
     prev: bytes,
     claims: dict[tuple[str, str, bytes], str],
+    texts: TextHashes | None = None,
 ) -> tuple[bytes, bytes, bytes]: ...
+
+@final
+class TextHashes:
+    def __new__(cls, min_len: int = 65536, max_bytes: int = 67108864) -> TextHashes: ...
+    def hash(self, name: str, text: str) -> bytes: ...
+    def forget(self, name: str) -> None: ...
+    @property
+    def kept_bytes(self) -> int: ...
+    def __len__(self) -> int: ...

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hybridsync._core import (
+    TextHashes,
     audit_append,
     audit_decode_entry,
     audit_entry_hash,
@@ -603,6 +604,9 @@ class AuditLog:
             raise
         self._pending: list[_Pending] = []
         self._pending_chars = 0  # characters of the texts in _pending
+        #: Long documents' previous versions, so that a new version is
+        #: rehashed from where it differs (BLAKE3's tree), not whole.
+        self._texts = TextHashes()
         #: Local writes since the last signed head, claimed in the next one:
         #: (channel code, subject) -> (seq, content hash), oldest first.
         self._claims: dict[tuple[int, str], tuple[int, bytes]] = {}
@@ -1126,7 +1130,7 @@ class AuditLog:
         if not pending:
             return
         # One core call encodes, hashes and chains the batch; one write.
-        records, hashes, contents = audit_append(pending, self.head, self._recent)
+        records, hashes, contents = audit_append(pending, self.head, self._recent, self._texts)
         self.segments.append_records(pending[0][0], records, len(pending))
         self.head = hashes[-32:]
         self._written = pending[-1][0]

@@ -21,6 +21,8 @@
 //! its log was pruned after (a checkpoint). The encoding is canonical:
 //! [`decode_entry`] accepts exactly what [`encode_entry`] writes.
 
+pub mod incremental;
+
 use crate::varint::{write_u64, Reader};
 use crate::{Error, Result};
 

@@ -4,10 +4,13 @@
 //! buffer (bytes, numpy arrays, memoryviews), read in place. Hashing inputs
 //! of 256 KiB or more and verifying chains that long run without the GIL.
 
+use std::collections::HashMap;
+
+use hybridsync_core::audit::incremental::{common_prefix, TreeCache};
 use hybridsync_core::audit::{self, Entry, Hash, HASH_LEN};
 use pyo3::buffer::PyUntypedBuffer;
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyString};
 
 use crate::{invalid, CoreError};
 
@@ -258,11 +261,13 @@ const CHANNEL_NAMES: [&str; 3] = ["text", "meta", "kv"];
 /// write.
 #[pyfunction]
 #[allow(clippy::type_complexity)]
+#[pyo3(signature = (entries, prev, claims, texts = None))]
 pub fn audit_append<'py>(
     py: Python<'py>,
     entries: Vec<Pending<'py>>,
     prev: &[u8],
     claims: &Bound<'py, pyo3::types::PyDict>,
+    texts: Option<&Bound<'py, TextHashes>>,
 ) -> PyResult<(
     Bound<'py, PyBytes>,
     Bound<'py, PyBytes>,
@@ -274,24 +279,18 @@ pub fn audit_append<'py>(
     let mut contents = Vec::with_capacity(entries.len() * HASH_LEN);
     for (seq, time_ns, channel, kind, origin, subject, writer, via, writer_seq, content) in entries
     {
-        let content: Hash = if let Ok(text) = content.cast::<pyo3::types::PyString>() {
-            // SAFETY: `text` is a live str; PyUnicode_IS_ASCII only reads its
-            // header.
-            if unsafe { pyo3::ffi::PyUnicode_IS_ASCII(text.as_ptr()) } != 0 {
-                // An ASCII str holds its UTF-8 in place: read, not copied.
-                let s = text.to_str()?.as_bytes();
-                maybe_detach(py, s.len(), || audit::content_hash(s))
-            } else {
-                // A temporary UTF-8 copy: `to_str` would cache one inside
-                // every non-ASCII text hashed, for as long as the text lives.
-                let utf8 = text.encode_utf8()?;
-                let s = utf8.as_bytes();
-                maybe_detach(py, s.len(), || audit::content_hash(s))
+        let content: Hash = if let Ok(text) = content.cast::<PyString>() {
+            match texts {
+                Some(t) if channel == 0 => t.borrow_mut().hash_text(py, &subject, text)?,
+                _ => text_hash(py, text)?,
             }
         } else {
             let b = content
                 .cast::<PyBytes>()
                 .map_err(|_| invalid("an entry's content is a str (hashed) or a 32-byte hash"))?;
+            if let (Some(t), 0) = (texts, channel) {
+                t.borrow_mut().forget(&subject);
+            }
             hash_arg(b.as_bytes(), "content")?
         };
         let writer = match writer {
@@ -332,4 +331,147 @@ pub fn audit_append<'py>(
         PyBytes::new(py, &hashes),
         PyBytes::new(py, &contents),
     ))
+}
+
+/// BLAKE3 of a str's UTF-8.
+fn text_hash(py: Python<'_>, text: &Bound<'_, PyString>) -> PyResult<Hash> {
+    if is_ascii(text) {
+        // An ASCII str holds its UTF-8 in place: read, not copied.
+        let s = text.to_str()?.as_bytes();
+        Ok(maybe_detach(py, s.len(), || audit::content_hash(s)))
+    } else {
+        // A temporary UTF-8 copy: `to_str` would cache one inside every
+        // non-ASCII text hashed, for as long as the text lives.
+        let utf8 = text.encode_utf8()?;
+        let s = utf8.as_bytes();
+        Ok(maybe_detach(py, s.len(), || audit::content_hash(s)))
+    }
+}
+
+fn is_ascii(text: &Bound<'_, PyString>) -> bool {
+    // SAFETY: `text` is a live str; PyUnicode_IS_ASCII only reads its header.
+    unsafe { pyo3::ffi::PyUnicode_IS_ASCII(text.as_ptr()) != 0 }
+}
+
+/// A document's previous version and the chaining values of its runs.
+struct Doc {
+    prev: Py<PyString>,
+    len: usize,
+    cache: TreeCache,
+    used: u64,
+}
+
+/// Content hashes of successive versions of documents: BLAKE3 of each
+/// version's UTF-8, a document of at least `min_len` bytes of ASCII
+/// rehashing only what follows the part a version shares with the one hashed
+/// before (`hybridsync_core::audit::incremental`); shorter or non-ASCII texts
+/// are hashed whole. Keeps, for documents of at most `max_bytes` bytes in
+/// all (the least recently hashed go first), a reference to the previous
+/// version and the chaining values of its 16 KiB runs (about 0.4% of it).
+#[pyclass(module = "hybridsync._core")]
+pub struct TextHashes {
+    docs: HashMap<String, Doc>,
+    bytes: usize,
+    min_len: usize,
+    max_bytes: usize,
+    tick: u64,
+}
+
+impl TextHashes {
+    fn hash_text(
+        &mut self,
+        py: Python<'_>,
+        name: &str,
+        text: &Bound<'_, PyString>,
+    ) -> PyResult<Hash> {
+        if !is_ascii(text) || text.to_str()?.len() < self.min_len {
+            self.forget(name);
+            return text_hash(py, text);
+        }
+        let new = text.to_str()?.as_bytes();
+        let (common, mut cache) = match self.docs.remove(name) {
+            Some(doc) => {
+                self.bytes -= doc.len;
+                let prev = doc.prev.bind(py).to_str()?.as_bytes();
+                (common_prefix(prev, new), doc.cache)
+            }
+            None => (0, TreeCache::new()),
+        };
+        let h = maybe_detach(py, new.len() - common.min(new.len()), || {
+            cache.hash(common, new)
+        });
+        self.tick += 1;
+        self.bytes += new.len();
+        self.docs.insert(
+            name.to_owned(),
+            Doc {
+                prev: text.clone().unbind(),
+                len: new.len(),
+                cache,
+                used: self.tick,
+            },
+        );
+        while self.bytes > self.max_bytes {
+            let Some(oldest) = self
+                .docs
+                .iter()
+                .min_by_key(|(_, d)| d.used)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            self.forget(&oldest);
+        }
+        Ok(h)
+    }
+
+    fn forget(&mut self, name: &str) {
+        if let Some(doc) = self.docs.remove(name) {
+            self.bytes -= doc.len;
+        }
+    }
+}
+
+#[pymethods]
+impl TextHashes {
+    #[new]
+    #[pyo3(signature = (min_len = 65536, max_bytes = 67108864))]
+    fn new(min_len: usize, max_bytes: usize) -> Self {
+        Self {
+            docs: HashMap::new(),
+            bytes: 0,
+            min_len,
+            max_bytes,
+            tick: 0,
+        }
+    }
+
+    /// BLAKE3 of the UTF-8 of `text`, the new version of document `name`.
+    #[pyo3(name = "hash")]
+    fn py_hash<'py>(
+        &mut self,
+        py: Python<'py>,
+        name: &str,
+        text: &Bound<'py, PyString>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let h = self.hash_text(py, name, text)?;
+        Ok(PyBytes::new(py, &h))
+    }
+
+    /// Drop what is kept of document `name` (deleted).
+    #[pyo3(name = "forget")]
+    fn py_forget(&mut self, name: &str) {
+        self.forget(name);
+    }
+
+    /// Bytes of the documents whose previous version is kept.
+    #[getter]
+    fn kept_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// How many documents have their previous version kept.
+    fn __len__(&self) -> usize {
+        self.docs.len()
+    }
 }

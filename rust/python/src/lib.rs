@@ -701,5 +701,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(audit::audit_verify_chain, m)?)?;
     m.add_function(wrap_pyfunction!(audit::audit_head_message, m)?)?;
     m.add_function(wrap_pyfunction!(audit::audit_append, m)?)?;
+    m.add_class::<audit::TextHashes>()?;
     Ok(())
 }
