@@ -19,14 +19,18 @@ r = server.outgoing(); client.incoming(r)``), both replicas of a pair together.
    x head_dim 128 holding about 1 GiB (``--quick``: 63 MiB), with and without the audit log;
    each round appends 256 tokens (one new page per layer, K/V and head: 9.4 MB of rows) and
    runs one cycle. The audit log hashes the new rows on both sides (BLAKE3).
+3. **Long document**: one document of about 1 MB (``--quick``: 200 KB) of text lines; each
+   round appends a line, and every fifth round also rewrites a word in its middle; durable
+   and in-memory pairs with and without the log. Each version's content hash is BLAKE3 of
+   the whole new text: the log rehashes a long document from where a version differs.
 
 Usage::
 
-    python benches/bench_audit.py [--quick] [--part edit|kv|all] [--out benches/results]
+    python benches/bench_audit.py [--quick] [--part edit|kv|long|all] [--out benches/results]
 
 It writes ``audit.md`` and ``audit.json`` (``audit-quick.*`` with ``--quick``) into
-``--out`` (with ``--part``, ``audit-edit.*`` or ``audit-kv.*``). Absolute numbers depend on
-the machine and are never asserted.
+``--out`` (with ``--part``, ``audit-edit.*``, ``audit-kv.*`` or ``audit-long.*``).
+Absolute numbers depend on the machine and are never asserted.
 """
 
 from __future__ import annotations
@@ -54,6 +58,8 @@ GEOMETRY = (32, 8, 128)
 KV_PAGES, QUICK_KV_PAGES = 114, 7
 KV_ROUNDS, QUICK_KV_ROUNDS = 15, 4
 EDIT_ROUNDS, QUICK_EDIT_ROUNDS = 16384, 400
+LONG_BYTES, QUICK_LONG_BYTES = 1_000_000, 200_000
+LONG_ROUNDS, QUICK_LONG_ROUNDS = 400, 60
 TRACE = "seph-blog1"
 
 
@@ -151,6 +157,52 @@ def edit_cycle(quick: bool, tmp: Path) -> dict[str, Any]:
     return {"trace": TRACE, "cycles": n, "rows": rows, "entries": audited_log.seq}
 
 
+def long_document(quick: bool, tmp: Path) -> dict[str, Any]:
+    size = QUICK_LONG_BYTES if quick else LONG_BYTES
+    n = QUICK_LONG_ROUNDS if quick else LONG_ROUNDS
+    lines, total = [], 0
+    while total < size:
+        lines.append(f"{len(lines):07d} an agent's transcript, one line of it\n")
+        total += len(lines[-1])
+    start = "".join(lines)
+    pairs = {
+        "durable": Pair(
+            Memory("c0", path=tmp / "c0.db", fsync=False, audit=False),
+            Memory("s0", path=tmp / "s0.db", fsync=False, audit=False),
+        ),
+        "durable + audit": Pair(
+            Memory("c1", path=tmp / "c1.db", fsync=False),
+            Memory("s1", path=tmp / "s1.db", fsync=False),
+        ),
+        "in memory": Pair(Memory("c2"), Memory("s2")),
+        "in memory + audit": Pair(Memory("c3", audit=True), Memory("s3", audit=True)),
+    }
+    for p in pairs.values():
+        p.client.text["log.md"] = start
+        p.settle()
+        p.wire = 0
+
+    def edit(i: int, p: Pair) -> None:
+        t = p.client.text["log.md"] + f"{i:07d} appended by the agent\n"
+        if i % 5 == 4:
+            mid = len(t) // 2
+            t = t[:mid] + "EDITED" + t[mid + 6 :]
+        p.client.text["log.md"] = t
+
+    interleave(pairs, n, edit)
+    for p in pairs.values():
+        p.settle()
+        assert p.server.text["log.md"] == p.client.text["log.md"]
+    rows = {name: _summary(p) for name, p in pairs.items()}
+    for base, audited in (("durable", "durable + audit"), ("in memory", "in memory + audit")):
+        rows[audited]["cpu_ratio"] = rows[audited]["cpu_total_s"] / rows[base]["cpu_total_s"]
+        rows[audited]["median_ratio"] = rows[audited]["cpu_median_us"] / rows[base]["cpu_median_us"]
+    for p in pairs.values():
+        p.client.close()
+        p.server.close()
+    return {"bytes": len(start), "cycles": n, "rows": rows}
+
+
 def kv_cycle(quick: bool) -> dict[str, Any]:
     rng = np.random.default_rng(SEED)
     layers, heads, dim = GEOMETRY
@@ -224,7 +276,29 @@ def report(res: dict[str, Any], quick: bool, part: str) -> str:
         lines += _edit_table(res["edit"])
     if "kv" in res:
         lines += _kv_table(res["kv"])
+    if "long" in res:
+        lines += _long_table(res["long"])
     return "\n".join(lines) + "\n"
+
+
+def _long_table(r: dict[str, Any]) -> list[str]:
+    lines = [
+        f"## Long document: {r['bytes']:,} bytes, a line appended per cycle (and every fifth "
+        f"cycle a word rewritten in the middle), {r['cycles']} cycles",
+        "",
+        "| configuration | CPU total (s) | median per cycle (us) | CPU ratio (total / median) |",
+        "|---|---|---|---|",
+    ]
+    for name, row in r["rows"].items():
+        ratio = (
+            f"{row['cpu_ratio']:.3f} / {row['median_ratio']:.3f}"
+            if "cpu_ratio" in row
+            else "1 (base)"
+        )
+        lines.append(
+            f"| {name} | {row['cpu_total_s']:.3f} | {row['cpu_median_us']:.0f} | {ratio} |"
+        )
+    return [*lines, ""]
 
 
 def _edit_table(e: dict[str, Any]) -> list[str]:
@@ -267,7 +341,7 @@ def _kv_table(k: dict[str, Any]) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (a few seconds)")
-    ap.add_argument("--part", choices=("edit", "kv", "all"), default="all")
+    ap.add_argument("--part", choices=("edit", "kv", "long", "all"), default="all")
     ap.add_argument("--out", type=Path, default=Path("benches/results"))
     args = ap.parse_args()
     res: dict[str, Any] = {"date": time.strftime("%Y-%m-%d", time.gmtime())}
@@ -278,6 +352,10 @@ def main() -> None:
     if args.part in ("kv", "all"):
         log("KV cycle ...")
         res["kv"] = kv_cycle(args.quick)
+    if args.part in ("long", "all"):
+        with tempfile.TemporaryDirectory() as tmp:
+            log("long document ...")
+            res["long"] = long_document(args.quick, Path(tmp))
     stem = "audit-quick" if args.quick else "audit"
     if args.part != "all":
         stem += f"-{args.part}"

@@ -116,13 +116,14 @@ fn hash_run(data: &[u8], start: usize, len: usize) -> ChainingValue {
 
 /// How many leading bytes `a` and `b` share.
 pub fn common_prefix(a: &[u8], b: &[u8]) -> usize {
-    const STEP: usize = 256;
     let n = a.len().min(b.len());
     let mut i = 0;
-    // Whole steps compared as slices (memcmp), then the differing step byte
-    // by byte.
-    while i + STEP <= n && a[i..i + STEP] == b[i..i + STEP] {
-        i += STEP;
+    // Whole steps compared as slices (memcmp), long ones first, then the
+    // differing step byte by byte.
+    for step in [1 << 14, 1 << 8] {
+        while i + step <= n && a[i..i + step] == b[i..i + step] {
+            i += step;
+        }
     }
     while i < n && a[i] == b[i] {
         i += 1;
