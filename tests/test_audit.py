@@ -862,6 +862,97 @@ def test_a_full_disk_is_a_storage_error_and_loses_no_entry(
         assert [e.subject for e in m.audit.entries()] == [f"d{i}" for i in range(5)]
 
 
+def test_an_empty_last_segment_does_not_restart_the_positions(tmp_path: Path) -> None:
+    """A segment created after a roll, with nothing in it yet (a crash or a
+    full disk before its first record; its room allocated, or not): the log
+    reopens at the entries of the segment before, and removes it."""
+    path = tmp_path / "a.db"
+    policy = AuditPolicy(sign_every=2, segment_entries=2)
+    with Memory("a", path=path, audit=policy) as m:
+        for i in range(5):
+            m.text[f"d{i}"] = f"v{i}"
+            m.flush()
+    folder = audit_path(path)
+    segs = sorted(folder.glob("seg-*.log"))
+    last_first = int(segs[-1].name[4:-4])
+    n = len(parse_records(segs[-1].read_bytes())[0])
+    assert last_first + n - 1 == 5
+    for room in (b"", bytes(4096)):
+        empty = folder / f"seg-{last_first + n:020d}.log"
+        empty.write_bytes(room)
+        with Memory("a", path=path, audit=policy) as m:
+            assert m.audit is not None and m.audit.seq == 5
+        assert not empty.exists()
+        report = verify_log(path)
+        assert report.ok, report.problems
+    with Memory("a", path=path, audit=policy) as m:
+        m.text["more"] = "after"
+    report = verify_log(path)
+    assert report.ok and report.last_seq == 6, report.problems
+
+
+def test_an_unfinished_record_after_the_signed_head_is_cut_on_reopening(
+    tmp_path: Path,
+) -> None:
+    """A power loss can leave a record whose length reached the disk and
+    whose end did not (the segment's room reads as zeros): after the latest
+    signed head, such a record is cut when the log reopens; at or below it,
+    the log refuses to open and changes nothing."""
+    path = tmp_path / "a.db"
+    policy = AuditPolicy(sign_every=4)
+    m = Memory("a", path=path, audit=policy)
+    for i in range(6):
+        m.text[f"d{i}"] = f"v{i}"
+        m.flush()
+    crashed, m.audit = m.audit, None  # as if the power went: no closing head,
+    m.close()  # the segment not cut (only the store closes)
+    seg = segment(path)
+    data = seg.read_bytes()
+    records, _ = parse_records(data[: data.index(bytes(64))])
+    assert len(records) == 6
+    # Entry 6 (after the head at 4) with its last 40 bytes lost: zeros.
+    body = records[5][:-40] + bytes(40)
+    seg.write_bytes(encode_records(records[:5]) + encode_records([body]) + bytes(1000))
+    with Memory("a", path=path, audit=policy) as m2:
+        assert m2.audit is not None and m2.audit.seq == 5
+        m2.text["d9"] = "after the power loss"
+    report = verify_log(path)
+    assert report.ok and report.last_seq == 6, report.problems
+    # A zero in place of a signed entry's length: refused, untouched.
+    data = seg.read_bytes()
+    records, _ = parse_records(data)
+    damaged = encode_records(records[:2]) + b"\0" + encode_records(records[2:])[1:]
+    seg.write_bytes(damaged)
+    with pytest.raises(AuditError, match="below its latest signed head"):
+        Memory("a", path=path, audit=policy)
+    assert seg.read_bytes() == damaged
+    assert crashed is not None
+
+
+def test_claims_restored_at_reopening_never_overfill_a_head(tmp_path: Path) -> None:
+    """A head signed at closing with MAX_CLAIMS claims: after reopening, the
+    next head still holds at most MAX_CLAIMS (the latest), and the log
+    verifies."""
+    path = tmp_path / "w.db"
+    policy = AuditPolicy(sign_every=1_000_000)
+    m = Memory("w", path=path, audit=policy)
+    for i in range(MAX_CLAIMS - 1):
+        m.text[f"d{i}"] = "x"
+    m.flush()
+    m.text["last"] = "x"
+    m.close()
+    with Memory("w", path=path, audit=policy) as m:
+        m.text["after"] = "y"
+        m.flush()
+        assert m.audit is not None
+        m.audit.sign()
+        heads = m.audit.heads()
+        assert all(len(h.claims) <= MAX_CLAIMS for h in heads)
+        assert any(c.subject == "after" for c in heads[-1].claims)
+    report = verify_log(path)
+    assert report.ok, report.problems
+
+
 def test_killed_process_keeps_every_flushed_entry(tmp_path: Path) -> None:
     """A replica killed with SIGKILL (no close): every entry written before
     its last flush is in the log, which reopens and verifies."""

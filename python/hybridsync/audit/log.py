@@ -58,6 +58,7 @@ from hybridsync._core import (
     audit_hash,
     audit_hash_parts,
     audit_head_message,
+    audit_verify_chain,
 )
 from hybridsync.audit.keys import (
     KEY_ENV,
@@ -67,7 +68,7 @@ from hybridsync.audit.keys import (
     public_key_bytes,
     verify_signature,
 )
-from hybridsync.audit.segments import Segments
+from hybridsync.audit.segments import Segments, encode_records
 from hybridsync.channels.events import KVEvent, MetaEvent, Origin, Subscription
 from hybridsync.errors import CorruptionError, DecodeError, InvalidArgumentError, StorageError
 
@@ -656,10 +657,30 @@ class AuditLog:
                 )
         self.key = self._signing_key()
         self.public_key = public_key_bytes(self.key)
-        tail = self.segments.open()
+        last = self._db.execute("SELECT MAX(seq) FROM heads").fetchone()[0]
+        self.signed_seq = int(last or 0)
+        self._heads_signed = int(self._db.execute("SELECT COUNT(*) FROM heads").fetchone()[0])
+        first, tail = self.segments.open()
+        keep = len(tail)
+        if tail:
+            # Entries after the latest signed head were never synced: a power
+            # loss can leave an unfinished record that reads as whole (the
+            # segment's room is zeros). Keep those that chain, cut the rest.
+            try:
+                prev = audit_decode_entry(tail[0])[10]
+                good = audit_verify_chain(encode_records(tail), first, prev)[0]
+            except DecodeError:
+                good = 0
+            if good < len(tail) and first + good > self.signed_seq:
+                keep = good
+                log.warning(
+                    "%s: cut %d unfinished audit entries after entry %d (a power loss)",
+                    self.path,
+                    len(tail) - good,
+                    first + good - 1,
+                )
+        tail = tail[:keep]
         self.seq, self.head = self._checkpoint()
-        #: The position of the last entry written (``seq`` counts those noted).
-        self._written = self.seq
         if tail:
             try:
                 self.seq = audit_decode_entry(tail[-1])[0]
@@ -669,10 +690,15 @@ class AuditLog:
                     "`hybridsync audit` tells which entries are damaged"
                 ) from None
             self.head = audit_entry_hash(tail[-1])
-            self._written = self.seq
-        last = self._db.execute("SELECT MAX(seq) FROM heads").fetchone()[0]
-        self.signed_seq = int(last or 0)
-        self._heads_signed = int(self._db.execute("SELECT COUNT(*) FROM heads").fetchone()[0])
+        if self.seq < self.signed_seq:
+            raise AuditError(
+                f"{self.path}: the log ends at entry {self.seq}, below its latest signed "
+                f"head ({self.signed_seq}): entries were cut or damaged (nothing was "
+                "changed); `hybridsync audit` tells which"
+            )
+        self.segments.repair(keep)
+        #: The position of the last entry written (``seq`` counts those noted).
+        self._written = self.seq
         #: Hashes of the entries after the latest signed head.
         self._span = bytearray()
         if self.seq > self.signed_seq:
@@ -993,7 +1019,7 @@ class AuditLog:
             Claim(CHANNELS[ch], subject, seq, content)
             for (ch, subject), (seq, content) in self._claims.items()
             if seq <= at
-        )
+        )[-MAX_CLAIMS:]  # more only when claims restored at reopening fill it (the latest win)
         witness = tuple(sorted(self._seen.values(), key=lambda h: (h.time_ns, h.replica)))
         span = bytes(self._span)
         unsigned = SignedHead(
@@ -1038,11 +1064,14 @@ class AuditLog:
             self._db.execute("PRAGMA synchronous=NORMAL")
         self.signed_seq = at
         self._heads_signed += 1
-        self.segments.roll(at + 1)
         self._span.clear()
+        claimed = dict(self._claims)
         self._claims.clear()
-        if publish and self.policy.publish:
-            self._publish(head)
+        self.segments.roll(at + 1)
+        if publish and self.policy.publish and not self._publish(head):
+            # Not published: its claims go out with the next head.
+            for k, v in claimed.items():
+                self._claims.setdefault(k, v)
         self._prune()
         return head
 
@@ -1050,10 +1079,10 @@ class AuditLog:
         t = self._db.execute("SELECT MAX(time_ns) FROM heads").fetchone()[0]
         return int(t or 0)
 
-    def _publish(self, head: SignedHead) -> None:
+    def _publish(self, head: SignedHead) -> bool:
         """Into its slot of the replica's ring of heads in the metadata (so
         that the heads signed between two exchanges of a link all reach the
-        peer, up to :data:`HEAD_RING` of them)."""
+        peer, up to :data:`HEAD_RING` of them). False when it failed (logged)."""
         key = META_PREFIX + self.replica_id
         slot = str(self._heads_signed % HEAD_RING)
         try:
@@ -1065,6 +1094,8 @@ class AuditLog:
                 meta[key] = {slot: head.to_value()}
         except Exception:
             log.exception("%s: could not publish its signed head", self.replica_id)
+            return False
+        return True
 
     def _prune(self) -> None:
         keep = self.policy.max_entries
@@ -1072,8 +1103,8 @@ class AuditLog:
             return
         # Segments start after signed heads: drop whole ones, the head before
         # the first one kept becoming the checkpoint.
-        self.segments.prune(self.seq - keep)
-        first = self.segments.firsts()[0] if self.segments.firsts() else self.seq + 1
+        self.segments.prune(self._written - keep)
+        first = self.segments.firsts()[0] if self.segments.firsts() else self._written + 1
         seq = first - 1
         if seq <= self._checkpoint()[0]:
             return
@@ -1098,12 +1129,27 @@ class AuditLog:
         self._pending_chars = 0
         try:
             self._write_pending(pending)
-        except BaseException:
-            # What was not written (a full disk: StorageError) stays noted,
-            # for the next commit: the chain has no gap.
-            self._pending = [e for e in pending if e[0] > self._written] + self._pending
-            self._pending_chars = sum(len(e[9]) for e in self._pending if isinstance(e[9], str))
+        except Exception as exc:
+            if isinstance(exc, StorageError):
+                self._keep_unwritten(pending)
+                raise
+            # An entry that cannot be encoded would fail every commit: those
+            # not written are dropped (logged), the positions they took given
+            # back, so the chain has no gap.
+            dropped = sum(1 for e in pending if e[0] > self._written) + len(self._pending)
+            self._pending = []
+            self.seq = self._written
+            log.exception("%s: dropped %d audit entries", self.replica_id, dropped)
             raise
+        except BaseException:
+            self._keep_unwritten(pending)
+            raise
+
+    def _keep_unwritten(self, pending: list[_Pending]) -> None:
+        """After a failed write (a full disk): what was not written stays
+        noted, for the next commit, so the chain has no gap."""
+        self._pending = [e for e in pending if e[0] > self._written] + self._pending
+        self._pending_chars = sum(len(e[9]) for e in self._pending if isinstance(e[9], str))
 
     def _write_pending(self, pending: list[_Pending]) -> None:
         claims = self._claims
@@ -1117,10 +1163,14 @@ class AuditLog:
             key = (entry[2], entry[5])
             if entry[4] or key in claims or key in new:
                 continue
-            if len(claims) + len(new) == MAX_CLAIMS:
+            if len(claims) + len(new) >= MAX_CLAIMS and (
+                i > start or self._written > self.signed_seq
+            ):
                 self._write_batch(pending[start:i])
-                self._sign()
-                start, new = i, set()
+                if self._sign() is not None:
+                    start, new = i, set()
+            # (Full of claims restored at reopening, with nothing new to sign:
+            # the next head keeps the latest MAX_CLAIMS.)
             new.add(key)
         self._write_batch(pending[start:])
         if len(claims) >= MAX_CLAIMS:

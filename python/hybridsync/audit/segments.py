@@ -12,7 +12,11 @@ and a process crash cannot lose it (the kernel holds the pages); ``sync``
 makes it survive power loss too. A record length of zero ends a segment
 (a body is never empty): what follows it is the unused room, or a write the
 process did not finish, since a batch's first length byte is written last.
-Closing cuts the file to its records. A new segment starts after a signed head once the
+Closing cuts the file to its records. (That order covers a crash of the
+writing process; a reader in another process reading a live segment on a
+CPU that reorders stores may see a batch's first byte before the rest for a
+moment: such a record fails verification as malformed until the commit
+ends.) A new segment starts after a signed head once the
 current one holds ``roll_entries`` entries, so that whole segments can be
 pruned up to a signed head (the checkpoint). In memory (no folder) the
 segments are byte strings.
@@ -143,6 +147,7 @@ class Segments:
         self._fd: int | None = None
         self._map: mmap.mmap | None = None
         self._end = 0  # where the records of the mapped segment end
+        self._empty_after: list[int] = []  # empty segments after the current one
         self._current = 0  # first seq of the segment appended to
         self._count = 0  # entries in it
 
@@ -181,24 +186,46 @@ class Segments:
         except OSError as exc:
             raise StorageError(f"cannot read the audit log {self.folder}: {exc}") from None
 
-    def open(self) -> list[bytes]:
-        """Repair a torn last record (a crash in the middle of a write) and
-        return the last segment's records."""
+    def open(self) -> tuple[int, list[bytes]]:
+        """The first position and the records of the last segment that holds
+        any (segments after it hold none: created, then a crash or a full disk
+        before their first record), changing nothing yet: :meth:`repair`
+        then cuts what follows the records kept."""
         firsts = self.firsts()
-        if not firsts:
-            return []
-        last = firsts[-1]
-        data = self._read_file(last) if self.folder is not None else self.read(last)
-        records, good = parse_records(data[: records_end(data)], str(self.folder))
-        if good < len(data) and self.folder is not None:
-            try:
-                with open(self.folder / self._name(last), "r+b") as fh:
+        self._empty_after = []
+        while firsts:
+            last = firsts[-1]
+            data = self._read_file(last) if self.folder is not None else self.read(last)
+            records, _ = parse_records(data[: records_end(data)], str(self.folder))
+            if records or len(firsts) == 1:
+                self._current, self._count = last, len(records)
+                return last, records
+            self._empty_after.append(firsts.pop())
+        return 0, []
+
+    def repair(self, keep: int) -> None:
+        """Cut the current segment to its first ``keep`` records (a torn or
+        unfinished write after them, the room of a segment being written)
+        and remove the empty segments after it (see :meth:`open`)."""
+        if self.folder is None:
+            return
+        try:
+            for first in self._empty_after:
+                (self.folder / self._name(first)).unlink(missing_ok=True)
+            self._empty_after = []
+            path = self.folder / self._name(self._current)
+            if not path.exists():
+                return
+            data = self._read_file(self._current)
+            records, _ = parse_records(data[: records_end(data)], str(self.folder))
+            good = len(encode_records(records[:keep]))
+            if good < len(data):
+                with open(path, "r+b") as fh:
                     fh.truncate(good)
                     os.fsync(fh.fileno())
-            except OSError as exc:
-                raise StorageError(f"cannot repair the audit log {self.folder}: {exc}") from None
-        self._current, self._count = last, len(records)
-        return records
+            self._count = min(keep, len(records))
+        except OSError as exc:
+            raise StorageError(f"cannot repair the audit log {self.folder}: {exc}") from None
 
     def all_records(self) -> Iterator[tuple[int, list[bytes]]]:
         """(first position, records) of every segment, in order."""
@@ -255,11 +282,15 @@ class Segments:
         except OSError as exc:
             raise StorageError(f"cannot write the audit log {self.folder}: {exc}") from None
         try:
-            self._end = os.fstat(fd).st_size
+            size = os.fstat(fd).st_size
+            # Normally the file is its records (cut when closed or repaired);
+            # after a close that could not cut it, they end at the room.
+            end = size if size == 0 else records_end(os.pread(fd, size, 0))
         except OSError as exc:
             os.close(fd)
             raise StorageError(f"cannot write the audit log {self.folder}: {exc}") from None
         self._fd = fd
+        self._end = end
 
     def _grow(self, need: int) -> mmap.mmap:
         """Map the current segment (open) with room for ``need`` bytes."""
@@ -323,7 +354,7 @@ class Segments:
             if self._map is not None:
                 self._map.close()
                 self._map = None
-                os.ftruncate(fd, self._end)
+            os.ftruncate(fd, self._end)
         except OSError as exc:
             raise StorageError(f"cannot close the audit log {self.folder}: {exc}") from None
         finally:

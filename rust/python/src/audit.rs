@@ -281,7 +281,9 @@ pub fn audit_append<'py>(
     {
         let content: Hash = if let Ok(text) = content.cast::<PyString>() {
             match texts {
-                Some(t) if channel == 0 => t.borrow_mut().hash_text(py, &subject, text)?,
+                Some(t) if channel == 0 => {
+                    busy(t.try_borrow_mut())?.hash_text(py, &subject, text)?
+                }
                 _ => text_hash(py, text)?,
             }
         } else {
@@ -289,7 +291,7 @@ pub fn audit_append<'py>(
                 .cast::<PyBytes>()
                 .map_err(|_| invalid("an entry's content is a str (hashed) or a 32-byte hash"))?;
             if let (Some(t), 0) = (texts, channel) {
-                t.borrow_mut().forget(&subject);
+                busy(t.try_borrow_mut())?.forget(&subject);
             }
             hash_arg(b.as_bytes(), "content")?
         };
@@ -331,6 +333,12 @@ pub fn audit_append<'py>(
         PyBytes::new(py, &hashes),
         PyBytes::new(py, &contents),
     ))
+}
+
+/// A TextHashes in use elsewhere (another thread, while hashing without the
+/// GIL) is an error, not a panic.
+fn busy<T>(r: Result<T, pyo3::pycell::PyBorrowMutError>) -> PyResult<T> {
+    r.map_err(|_| invalid("this TextHashes is in use by another thread"))
 }
 
 /// BLAKE3 of a str's UTF-8.
