@@ -929,6 +929,105 @@ def test_an_unfinished_record_after_the_signed_head_is_cut_on_reopening(
     assert crashed is not None
 
 
+@pytest.mark.parametrize("damage", ["zeros", "tail"])
+def test_a_damaged_first_record_after_a_roll_is_cut_not_kept_or_refused(
+    tmp_path: Path, damage: str
+) -> None:
+    """The last segment starts after a signed head; its first record (not
+    yet signed) is checked against the entry before it, in the previous
+    segment: zeroed whole or at its end by a power loss, it is cut, and the
+    log reopens at the signed head (not refused, not kept broken)."""
+    path = tmp_path / "a.db"
+    policy = AuditPolicy(sign_every=2, segment_entries=2)
+    m = Memory("a", path=path, audit=policy)
+    for i in range(5):
+        m.text[f"d{i}"] = f"v{i}"
+        m.flush()
+    crashed, m.audit = m.audit, None
+    m.close()
+    seg = sorted(audit_path(path).glob("seg-*.log"))[-1]
+    data = seg.read_bytes()
+    (record,) = parse_records(data[: data.index(bytes(64))])[0]
+    body = bytes(len(record)) if damage == "zeros" else record[:30] + bytes(len(record) - 30)
+    seg.write_bytes(encode_records([body]) + bytes(1000))
+    with Memory("a", path=path, audit=policy) as m2:
+        assert m2.audit is not None and m2.audit.seq == 4
+        m2.text["after"] = "y"
+    report = verify_log(path)
+    assert report.ok and report.last_seq == 5, report.problems
+    assert crashed is not None
+
+
+def test_a_failed_signature_in_a_commit_keeps_every_entry(tmp_path: Path) -> None:
+    """A database error while a head is signed in the middle of a commit
+    (its claims full): the entries not yet written stay noted, and the next
+    commit writes them."""
+    path = tmp_path / "a.db"
+    m = Memory("a", path=path, audit=AuditPolicy(sign_every=1_000_000))
+    log = m.audit
+    assert log is not None
+    for i in range(MAX_CLAIMS - 24):
+        m.text[f"d{i}"] = "x"
+    m.flush()
+    db = log._db
+
+    class Failing:
+        def execute(self, sql: str, *args: Any) -> Any:
+            if sql.startswith("INSERT INTO heads"):
+                raise sqlite3.OperationalError("database or disk is full")
+            return db.execute(sql, *args)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(db, name)
+
+        def __enter__(self) -> Any:
+            return db.__enter__()
+
+        def __exit__(self, *exc: Any) -> Any:
+            return db.__exit__(*exc)
+
+    for i in range(100):
+        m.text[f"e{i}"] = "y"
+    log._db = Failing()  # type: ignore[assignment]
+    with pytest.raises(sqlite3.OperationalError):
+        m.flush()
+    log._db = db
+    m.flush()
+    m.close()
+    with Memory("a", path=path) as m2:
+        assert m2.audit is not None
+        logged = [e.subject for e in m2.audit.entries()]
+    assert sorted(s for s in logged if s.startswith("e")) == sorted(f"e{i}" for i in range(100))
+    assert verify_log(path).ok
+
+
+def test_a_failed_roll_keeps_the_heads_claims_for_the_next_one(tmp_path: Path) -> None:
+    """Closing the full segment after a signature fails: the head is kept
+    (not published), its claims go out with the next head."""
+    path = tmp_path / "a.db"
+    m = Memory("a", path=path, audit=AuditPolicy(sign_every=1_000_000, segment_entries=2))
+    log = m.audit
+    assert log is not None
+    m.text["d0"] = "x"
+    m.text["d1"] = "y"
+    m.flush()
+    close = log.segments.close
+
+    def failing() -> None:
+        close()
+        raise StorageError("cannot close the audit log: EIO")
+
+    log.segments.close = failing  # type: ignore[method-assign]
+    with pytest.raises(StorageError):
+        log.sign()
+    log.segments.close = close  # type: ignore[method-assign]
+    m.text["d2"] = "z"
+    m.flush()
+    head = log.sign()
+    assert head is not None and [c.subject for c in head.claims] == ["d0", "d1", "d2"]
+    m.close()
+
+
 def test_claims_restored_at_reopening_never_overfill_a_head(tmp_path: Path) -> None:
     """A head signed at closing with MAX_CLAIMS claims: after reopening, the
     next head still holds at most MAX_CLAIMS (the latest), and the log

@@ -68,7 +68,7 @@ from hybridsync.audit.keys import (
     public_key_bytes,
     verify_signature,
 )
-from hybridsync.audit.segments import Segments, encode_records
+from hybridsync.audit.segments import Segments, encode_records, parse_records
 from hybridsync.channels.events import KVEvent, MetaEvent, Origin, Subscription
 from hybridsync.errors import CorruptionError, DecodeError, InvalidArgumentError, StorageError
 
@@ -115,6 +115,14 @@ _RECENT_CLAIMS = 4096
 _SCHEMA = 1
 #: The log folder's SQLite file (heads, heads received, claims, settings).
 DB_NAME = "audit.sqlite"
+
+
+class _Unencodable(Exception):
+    """A batch of entries the core could not encode (``error`` says why)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class AuditError(CorruptionError):
@@ -661,26 +669,24 @@ class AuditLog:
         self.signed_seq = int(last or 0)
         self._heads_signed = int(self._db.execute("SELECT COUNT(*) FROM heads").fetchone()[0])
         first, tail = self.segments.open()
+        # What the last segment's first entry follows: the previous segment's
+        # last entry, else the checkpoint.
+        base_seq, base_head = self._checkpoint()
+        before = [f for f in self.segments.firsts() if f < first]
+        if tail and before:
+            records = parse_records(self.segments.read(before[-1]), str(self.path))[0]
+            if records:
+                base_seq, base_head = first - 1, audit_entry_hash(records[-1])
         keep = len(tail)
         if tail:
             # Entries after the latest signed head were never synced: a power
             # loss can leave an unfinished record that reads as whole (the
             # segment's room is zeros). Keep those that chain, cut the rest.
-            try:
-                prev = audit_decode_entry(tail[0])[10]
-                good = audit_verify_chain(encode_records(tail), first, prev)[0]
-            except DecodeError:
-                good = 0
+            good = audit_verify_chain(encode_records(tail), first, base_head)[0]
             if good < len(tail) and first + good > self.signed_seq:
                 keep = good
-                log.warning(
-                    "%s: cut %d unfinished audit entries after entry %d (a power loss)",
-                    self.path,
-                    len(tail) - good,
-                    first + good - 1,
-                )
-        tail = tail[:keep]
-        self.seq, self.head = self._checkpoint()
+        cut, tail = tail[keep:], tail[:keep]
+        self.seq, self.head = base_seq, base_head
         if tail:
             try:
                 self.seq = audit_decode_entry(tail[-1])[0]
@@ -695,6 +701,13 @@ class AuditLog:
                 f"{self.path}: the log ends at entry {self.seq}, below its latest signed "
                 f"head ({self.signed_seq}): entries were cut or damaged (nothing was "
                 "changed); `hybridsync audit` tells which"
+            )
+        if cut:
+            log.warning(
+                "%s: cut %d unfinished audit entries after entry %d (a power loss)",
+                self.path,
+                len(cut),
+                self.seq,
             )
         self.segments.repair(keep)
         #: The position of the last entry written (``seq`` counts those noted).
@@ -1047,27 +1060,33 @@ class AuditLog:
         if self.fsync:
             self.segments.sync()  # never sign what a power loss could take back
             self._db.execute("PRAGMA synchronous=FULL")
-        with self._db:
-            self._db.execute(
-                "INSERT INTO heads VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    head.seq,
-                    head.time_ns,
-                    head.head,
-                    head.key,
-                    head.signature,
-                    head.tail(),
-                    span,
-                ),
-            )
-        if self.fsync and self.path is not None:
-            self._db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            with self._db:
+                self._db.execute(
+                    "INSERT INTO heads VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        head.seq,
+                        head.time_ns,
+                        head.head,
+                        head.key,
+                        head.signature,
+                        head.tail(),
+                        span,
+                    ),
+                )
+        finally:
+            if self.fsync and self.path is not None:
+                self._db.execute("PRAGMA synchronous=NORMAL")
         self.signed_seq = at
         self._heads_signed += 1
         self._span.clear()
         claimed = dict(self._claims)
         self._claims.clear()
-        self.segments.roll(at + 1)
+        try:
+            self.segments.roll(at + 1)
+        except BaseException:
+            self._claims.update(claimed)  # the head is kept, not published: claimed again
+            raise
         if publish and self.policy.publish and not self._publish(head):
             # Not published: its claims go out with the next head.
             for k, v in claimed.items():
@@ -1129,19 +1148,19 @@ class AuditLog:
         self._pending_chars = 0
         try:
             self._write_pending(pending)
-        except Exception as exc:
-            if isinstance(exc, StorageError):
-                self._keep_unwritten(pending)
-                raise
+        except _Unencodable as exc:
             # An entry that cannot be encoded would fail every commit: those
             # not written are dropped (logged), the positions they took given
             # back, so the chain has no gap.
             dropped = sum(1 for e in pending if e[0] > self._written) + len(self._pending)
             self._pending = []
+            self._pending_chars = 0
             self.seq = self._written
-            log.exception("%s: dropped %d audit entries", self.replica_id, dropped)
-            raise
+            log.error("%s: dropped %d audit entries: %s", self.replica_id, dropped, exc.error)
+            raise exc.error from None
         except BaseException:
+            # Not written (a full disk, a database error): noted still, for
+            # the next commit.
             self._keep_unwritten(pending)
             raise
 
@@ -1180,7 +1199,10 @@ class AuditLog:
         if not pending:
             return
         # One core call encodes, hashes and chains the batch; one write.
-        records, hashes, contents = audit_append(pending, self.head, self._recent, self._texts)
+        try:
+            records, hashes, contents = audit_append(pending, self.head, self._recent, self._texts)
+        except Exception as exc:
+            raise _Unencodable(exc) from exc
         self.segments.append_records(pending[0][0], records, len(pending))
         self.head = hashes[-32:]
         self._written = pending[-1][0]

@@ -196,7 +196,9 @@ class Segments:
         while firsts:
             last = firsts[-1]
             data = self._read_file(last) if self.folder is not None else self.read(last)
-            records, _ = parse_records(data[: records_end(data)], str(self.folder))
+            # Lenient: what follows a malformed length is the caller's to judge
+            # (cut after the signed head, refused below it).
+            records, _ = parse_records(data[: records_end(data)], str(self.folder), lenient=True)
             if records or len(firsts) == 1:
                 self._current, self._count = last, len(records)
                 return last, records
@@ -217,7 +219,7 @@ class Segments:
             if not path.exists():
                 return
             data = self._read_file(self._current)
-            records, _ = parse_records(data[: records_end(data)], str(self.folder))
+            records, _ = parse_records(data[: records_end(data)], str(self.folder), lenient=True)
             good = len(encode_records(records[:keep]))
             if good < len(data):
                 with open(path, "r+b") as fh:
