@@ -244,10 +244,12 @@ def test_text_hashes_are_blake3_of_each_version(
     assert texts.hash("a", docs["a"]) == audit_hash(docs["a"].encode())
 
 
-def test_a_long_document_is_logged_with_the_hash_of_every_version() -> None:
+@pytest.mark.parametrize("cache", [64 << 20, 0])
+def test_a_long_document_is_logged_with_the_hash_of_every_version(cache: int) -> None:
     """Appends to and edits in the middle of a long document, through the
-    log: every entry's content is BLAKE3 of that version."""
-    m = Memory("a", audit=True)
+    log: every entry's content is BLAKE3 of that version (with the previous
+    versions kept, or none)."""
+    m = Memory("a", audit=AuditPolicy(text_cache_bytes=cache))
     log = m.audit
     assert log is not None
     text = "".join(f"line {i}\n" for i in range(20_000))
@@ -262,11 +264,13 @@ def test_a_long_document_is_logged_with_the_hash_of_every_version() -> None:
         versions.append(text)
         if i % 4 == 0:
             log.commit()
+    assert len(log._texts) == (1 if cache else 0)
     del m.text["log"]
     assert [e.content for e in log.entries()] == [
         *(audit_hash(v.encode()) for v in versions),
         bytes(32),
     ]
+    assert len(log._texts) == 0  # forgotten with the deletion
 
 
 def test_the_log_is_on_for_durable_replicas_and_can_be_turned_off(tmp_path: Path) -> None:

@@ -204,6 +204,11 @@ class AuditPolicy:
             of those replicas under any other key are refused. Other
             replicas' keys are trusted on first use (the first key a head of
             that replica was accepted under).
+        text_cache_bytes: documents of 64 KiB or more (ASCII) are rehashed
+            from where a version differs from the one before, which takes
+            keeping a reference to that version: at most this many bytes of
+            them (the least recently changed go first). 0: every version is
+            hashed whole.
     """
 
     enabled: bool = True
@@ -215,6 +220,7 @@ class AuditPolicy:
     segment_entries: int = 16384
     kv_content: Literal["rows", "pages"] = "rows"
     trusted_keys: Mapping[str, bytes] = field(default_factory=dict)
+    text_cache_bytes: int = 64 << 20
 
     def __post_init__(self) -> None:
         if not isinstance(self.sign_every, int) or self.sign_every < 1:
@@ -224,6 +230,14 @@ class AuditPolicy:
                 raise InvalidArgumentError(
                     "trusted_keys maps replica ids to raw 32-byte Ed25519 public keys"
                 )
+        if (
+            not isinstance(self.text_cache_bytes, int)
+            or isinstance(self.text_cache_bytes, bool)
+            or self.text_cache_bytes < 0
+        ):
+            raise InvalidArgumentError(
+                f"text_cache_bytes must be an int >= 0, got {self.text_cache_bytes!r}"
+            )
         if self.kv_content not in ("rows", "pages"):
             raise InvalidArgumentError(f"kv_content is 'rows' or 'pages', got {self.kv_content!r}")
         if not isinstance(self.segment_entries, int) or self.segment_entries < 1:
@@ -615,7 +629,7 @@ class AuditLog:
         self._pending_chars = 0  # characters of the texts in _pending
         #: Long documents' previous versions, so that a new version is
         #: rehashed from where it differs (BLAKE3's tree), not whole.
-        self._texts = TextHashes()
+        self._texts = TextHashes(max_bytes=self.policy.text_cache_bytes)
         #: Local writes since the last signed head, claimed in the next one:
         #: (channel code, subject) -> (seq, content hash), oldest first.
         self._claims: dict[tuple[int, str], tuple[int, bytes]] = {}
