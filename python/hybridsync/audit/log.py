@@ -688,7 +688,8 @@ class AuditLog:
         base_seq, base_head = self._checkpoint()
         before = [f for f in self.segments.firsts() if f < first]
         if tail and before:
-            records = parse_records(self.segments.read(before[-1]), str(self.path))[0]
+            data = self.segments.read(before[-1])
+            records = parse_records(data, str(self.path), lenient=True)[0]
             if records:
                 base_seq, base_head = first - 1, audit_entry_hash(records[-1])
         keep = len(tail)

@@ -6,10 +6,9 @@ as a varint byte length then the body (the buffer
 :func:`hybridsync._core.audit_verify_chain` reads). The segment being written
 is mapped into memory and grown in steps of :data:`GROW` bytes of zeros
 (allocated on the disk first, so a full disk is a StorageError, not a
-SIGBUS):
-appending a commit's records is a copy into the page cache, no system call,
-and a process crash cannot lose it (the kernel holds the pages); ``sync``
-makes it survive power loss too. A record length of zero ends a segment
+SIGBUS): appending a commit's records is a copy into the page cache, no
+system call, and a process crash cannot lose it (the kernel holds the
+pages); ``sync`` makes it survive power loss too. A record length of zero ends a segment
 (a body is never empty): what follows it is the unused room, or a write the
 process did not finish, since a batch's first length byte is written last.
 Closing cuts the file to its records. (That order covers a crash of the
@@ -276,8 +275,9 @@ class Segments:
         self._count += count
 
     def _open_current(self) -> None:
-        """Open the current segment for writing: its records end where the
-        file does (:meth:`open` cut what followed them)."""
+        """Open the current segment for writing, after its records (the
+        file's end, once :meth:`repair` or :meth:`close` cut it; else where
+        the room after them starts)."""
         assert self.folder is not None
         try:
             fd = os.open(self.folder / self._name(self._current), os.O_RDWR | os.O_CREAT, 0o600)
