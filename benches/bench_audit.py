@@ -282,21 +282,27 @@ def report(res: dict[str, Any], quick: bool, part: str) -> str:
 
 
 def _long_table(r: dict[str, Any]) -> list[str]:
-    lines = [
+    return _cpu_table(
         f"## Long document: {r['bytes']:,} bytes, a line appended per cycle (and every fifth "
         f"cycle a word rewritten in the middle), {r['cycles']} cycles",
+        r["rows"],
+    )
+
+
+def _ratio(r: dict[str, Any]) -> str:
+    return f"{r['cpu_ratio']:.3f} / {r['median_ratio']:.3f}" if "cpu_ratio" in r else "1 (base)"
+
+
+def _cpu_table(heading: str, rows: dict[str, dict[str, Any]]) -> list[str]:
+    lines = [
+        heading,
         "",
         "| configuration | CPU total (s) | median per cycle (us) | CPU ratio (total / median) |",
         "|---|---|---|---|",
     ]
-    for name, row in r["rows"].items():
-        ratio = (
-            f"{row['cpu_ratio']:.3f} / {row['median_ratio']:.3f}"
-            if "cpu_ratio" in row
-            else "1 (base)"
-        )
+    for name, r in rows.items():
         lines.append(
-            f"| {name} | {row['cpu_total_s']:.3f} | {row['cpu_median_us']:.0f} | {ratio} |"
+            f"| {name} | {r['cpu_total_s']:.3f} | {r['cpu_median_us']:.0f} | {_ratio(r)} |"
         )
     return [*lines, ""]
 
@@ -310,9 +316,7 @@ def _edit_table(e: dict[str, Any]) -> list[str]:
         "|---|---|---|---|---|---|---|",
     ]
     for name, r in e["rows"].items():
-        ratio = (
-            f"{r['cpu_ratio']:.3f} / {r['median_ratio']:.3f}" if "cpu_ratio" in r else "1 (base)"
-        )
+        ratio = _ratio(r)
         wire = f"{r['wire_ratio']:.4f}" if "wire_ratio" in r else "1 (base)"
         lines.append(
             f"| {name} | {r['cpu_total_s']:.3f} | {r['cpu_median_us']:.0f} "
@@ -323,19 +327,11 @@ def _edit_table(e: dict[str, Any]) -> list[str]:
 
 
 def _kv_table(k: dict[str, Any]) -> list[str]:
-    lines = [
+    return _cpu_table(
         f"## KV cycle: a {k['cache_mib']:.0f} MiB q4_0 cache, 256 new tokens "
         f"({k['new_mb_per_cycle']:.1f} MB of rows) per cycle, {k['cycles']} cycles",
-        "",
-        "| configuration | CPU total (s) | median per cycle (us) | CPU ratio (total / median) |",
-        "|---|---|---|---|",
-    ]
-    for name, r in k["rows"].items():
-        ratio = (
-            f"{r['cpu_ratio']:.3f} / {r['median_ratio']:.3f}" if "cpu_ratio" in r else "1 (base)"
-        )
-        lines.append(f"| {name} | {r['cpu_total_s']:.3f} | {r['cpu_median_us']:.0f} | {ratio} |")
-    return [*lines, ""]
+        k["rows"],
+    )
 
 
 def main() -> None:

@@ -60,6 +60,25 @@ def _allocate(fd: int, start: int, length: int) -> None:
         done += os.pwrite(fd, zeros[done:], start + done)
 
 
+def _length(data: bytes, pos: int) -> tuple[int, int]:
+    """The varint record length at ``pos`` and where its body starts; ``-1``
+    for a length cut off by the end of ``data``, ``-2`` for one longer than
+    a record can be (over 4 bytes)."""
+    n = shift = 0
+    i, end = pos, len(data)
+    while True:
+        if i >= end:
+            return -1, i
+        b = data[i]
+        i += 1
+        n |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return n, i
+        if shift > 28:
+            return -2, i
+
+
 def records_end(data: bytes) -> int:
     """Where the records of a segment file end: at a zero record length
     (the unused room of a segment being written, or an unfinished write), else
@@ -69,17 +88,9 @@ def records_end(data: bytes) -> int:
     while pos < end:
         if data[pos] == 0:
             return pos
-        n = shift = 0
-        i = pos
-        while True:
-            if i >= end or shift > 28:
-                return end
-            b = data[i]
-            i += 1
-            n |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                break
+        n, i = _length(data, pos)
+        if n < 0:
+            return end
         pos = i + n
     return end
 
@@ -110,21 +121,13 @@ def parse_records(
     pos = 0
     end = len(data)
     while pos < end:
-        n = shift = 0
-        i = pos
-        while True:
-            if i >= end:
-                return out, pos  # torn length
-            b = data[i]
-            i += 1
-            n |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                break
-            if shift > 28:
-                if lenient:
-                    return out, pos
-                raise CorruptionError(f"{where}: a record length at byte {pos} is malformed")
+        n, i = _length(data, pos)
+        if n == -1:
+            return out, pos  # torn length
+        if n == -2:
+            if lenient:
+                return out, pos
+            raise CorruptionError(f"{where}: a record length at byte {pos} is malformed")
         if n > MAX_RECORD:
             if lenient:
                 return out, pos
